@@ -1,0 +1,340 @@
+"""Records, loaders and the mapping from character spans to token labels.
+
+One record format everywhere: a question, an answer, and the character spans of the answer that are
+forget-specific (the ground truth that token weights are judged against). Every loader turns its input
+into `Record`s and fails with a `DataError` that names the file, the line and what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+IGNORE_INDEX = -100
+
+
+class DataError(ValueError):
+    """Bad input data; the message says where and what to do."""
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+    label: str = "forget"
+
+
+@dataclass
+class Record:
+    id: str
+    question: str
+    answer: str
+    forget_spans: list[Span] = field(default_factory=list)
+    paraphrased_answer: str | None = None
+    perturbed_answer: list[str] | None = None
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass
+class Dataset:
+    """A forget set (what to unlearn), a retain set (what to keep) and an optional holdout set."""
+
+    name: str
+    forget: list[Record]
+    retain: list[Record]
+    holdout: list[Record] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+
+def _where(source: str, line: int | None) -> str:
+    return f"{source}, line {line}" if line is not None else source
+
+
+def record_from_dict(obj: object, source: str, line: int | None = None, index: int = 0) -> Record:
+    """Validate one JSON object and turn it into a Record (spans checked against the answer)."""
+    where = _where(source, line)
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object with 'question' and 'answer', got {type(obj).__name__}.")
+    for key in ("question", "answer"):
+        if key not in obj:
+            raise DataError(f"{where}: missing field '{key}'. Every record needs 'question' and 'answer' strings.")
+        if not isinstance(obj[key], str) or not obj[key].strip():
+            raise DataError(f"{where}: field '{key}' must be a non-empty string.")
+    answer = obj["answer"]
+    if "forget_spans" in obj and "forget_strings" in obj:
+        raise DataError(f"{where}: give either 'forget_spans' or 'forget_strings', not both.")
+    spans = _spans_from_strings(obj["forget_strings"], answer, where) if "forget_strings" in obj else \
+        _spans_from_dicts(obj.get("forget_spans", []), answer, where)
+    perturbed = obj.get("perturbed_answer")
+    if isinstance(perturbed, str):
+        perturbed = [perturbed]
+    if perturbed is not None and not (isinstance(perturbed, list) and all(isinstance(p, str) for p in perturbed)):
+        raise DataError(f"{where}: 'perturbed_answer' must be a string or a list of strings.")
+    paraphrased = obj.get("paraphrased_answer")
+    if paraphrased is not None and not isinstance(paraphrased, str):
+        raise DataError(f"{where}: 'paraphrased_answer' must be a string.")
+    return Record(
+        id=str(obj.get("id", f"{Path(source).stem}-{index}")),
+        question=obj["question"],
+        answer=answer,
+        forget_spans=spans,
+        paraphrased_answer=paraphrased,
+        perturbed_answer=perturbed,
+    )
+
+
+def _spans_from_dicts(raw: object, answer: str, where: str) -> list[Span]:
+    if not isinstance(raw, list):
+        raise DataError(f"{where}: 'forget_spans' must be a list of {{'start', 'end', 'label'}} objects.")
+    spans = []
+    for k, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("start"), int) or not isinstance(item.get("end"), int):
+            raise DataError(f"{where}: forget_spans[{k}] needs integer 'start' and 'end' (character offsets into the answer).")
+        start, end = item["start"], item["end"]
+        if not 0 <= start < end <= len(answer):
+            raise DataError(
+                f"{where}: forget_spans[{k}] = [{start}, {end}) lies outside the answer (length {len(answer)}); "
+                "offsets are 0-based characters into 'answer', end exclusive."
+            )
+        spans.append(Span(start, end, str(item.get("label", "forget"))))
+    spans.sort(key=lambda s: s.start)
+    for a, b in zip(spans, spans[1:]):
+        if b.start < a.end:
+            raise DataError(f"{where}: forget_spans [{a.start}, {a.end}) and [{b.start}, {b.end}) overlap; merge them.")
+    return spans
+
+
+def _spans_from_strings(raw: object, answer: str, where: str) -> list[Span]:
+    if not isinstance(raw, list) or not all(isinstance(s, str) and s for s in raw):
+        raise DataError(f"{where}: 'forget_strings' must be a list of non-empty strings.")
+    covered = [False] * len(answer)
+    for text in raw:
+        start = answer.find(text)
+        if start < 0:
+            raise DataError(f"{where}: forget string {text!r} does not occur in the answer {answer!r}.")
+        while start >= 0:
+            covered[start : start + len(text)] = [True] * len(text)
+            start = answer.find(text, start + 1)
+    spans, k = [], 0
+    while k < len(answer):
+        if covered[k]:
+            end = k
+            while end < len(answer) and covered[end]:
+                end += 1
+            spans.append(Span(k, end))
+            k = end
+        else:
+            k += 1
+    return spans
+
+
+# --------------------------------------------------------------------------------------------- loaders
+
+
+def load_jsonl(path: str | Path) -> list[Record]:
+    """Load a JSONL file of records; errors name the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file.")
+    records = []
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}, line {line_no}: malformed JSON ({err.msg} at column {err.colno}).") from None
+            records.append(record_from_dict(obj, str(path), line_no, len(records)))
+    _check_unique_ids(records, str(path))
+    return records
+
+
+def load_tofu_json(path: str | Path) -> list[Record]:
+    """Load a TOFU-format JSON list of {question, answer, ...}. TOFU has no span annotations."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file.") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: malformed JSON ({err.msg} at line {err.lineno}, column {err.colno}).") from None
+    if isinstance(data, dict):  # some exports wrap the rows
+        data = data.get("data", data.get("rows"))
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of {{'question', 'answer'}} objects.")
+    records = [record_from_dict(obj, str(path), None, k) for k, obj in enumerate(data)]
+    _check_unique_ids(records, str(path))
+    return records
+
+
+def load_hub_tofu(name: str) -> list[Record]:
+    """`datasets.load_dataset("locuslab/TOFU", name)`: needs a reachable hub."""
+    import datasets
+
+    try:
+        rows = datasets.load_dataset("locuslab/TOFU", name, split="train")
+    except Exception as err:  # network, unknown split name, ...
+        raise DataError(
+            f"could not load TOFU split '{name}' from the hub ({err}). Offline, point --data at a TOFU JSON file instead."
+        ) from None
+    return [record_from_dict(dict(row), f"locuslab/TOFU:{name}", None, k) for k, row in enumerate(rows)]
+
+
+def _check_unique_ids(records: list[Record], source: str) -> None:
+    seen: set[str] = set()
+    for rec in records:
+        if rec.id in seen:
+            raise DataError(f"{source}: record id {rec.id!r} appears twice; ids must be unique.")
+        seen.add(rec.id)
+
+
+def load_dataset_dir(path: str | Path) -> Dataset:
+    """A dataset folder: forget.jsonl and retain.jsonl, optional holdout.jsonl."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: not a folder. A dataset is a folder with forget.jsonl and retain.jsonl.")
+    for required in ("forget.jsonl", "retain.jsonl"):
+        if not (path / required).is_file():
+            raise DataError(f"{path}: missing {required}. A dataset folder needs forget.jsonl and retain.jsonl.")
+    forget = load_jsonl(path / "forget.jsonl")
+    if not forget:
+        raise DataError(f"{path / 'forget.jsonl'}: the forget set is empty; add at least one record.")
+    retain = load_jsonl(path / "retain.jsonl")
+    holdout = load_jsonl(path / "holdout.jsonl") if (path / "holdout.jsonl").is_file() else []
+    return Dataset(name=path.name, forget=forget, retain=retain, holdout=holdout)
+
+
+def demo_data_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "assets" / "demo_world"
+
+
+def load_data(spec: str, retain_spec: str | None = None) -> Dataset:
+    """Resolve a data spec: 'demo', a dataset folder, a TOFU JSON file (with `retain_spec` for its
+    retain set), or 'tofu:<forget split>[,<retain split>]' from the hub."""
+    if spec == "demo":
+        return load_dataset_dir(demo_data_dir())
+    if spec.startswith("tofu:"):
+        names = spec[len("tofu:"):].split(",")
+        forget_name = names[0]
+        retain_name = names[1] if len(names) > 1 else "retain" + str(100 - int("".join(c for c in forget_name if c.isdigit()) or 10))
+        return Dataset(name=spec, forget=load_hub_tofu(forget_name), retain=load_hub_tofu(retain_name))
+    path = Path(spec)
+    if path.is_dir():
+        return load_dataset_dir(path)
+    if path.suffix == ".json":
+        forget = load_tofu_json(path)
+        if not forget:
+            raise DataError(f"{path}: the forget set is empty; add at least one record.")
+        retain = load_tofu_json(retain_spec) if retain_spec else []
+        return Dataset(name=path.stem, forget=forget, retain=retain)
+    if path.suffix == ".jsonl":
+        forget = load_jsonl(path)
+        if not forget:
+            raise DataError(f"{path}: the forget set is empty; add at least one record.")
+        retain = load_jsonl(retain_spec) if retain_spec else []
+        return Dataset(name=path.stem, forget=forget, retain=retain)
+    raise DataError(
+        f"{spec!r}: not 'demo', a dataset folder (forget.jsonl + retain.jsonl), a TOFU .json file or a .jsonl file."
+    )
+
+
+def save_dataset_dir(dataset: Dataset, path: str | Path) -> None:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for split in ("forget", "retain", "holdout"):
+        records = getattr(dataset, split)
+        if split == "holdout" and not records:
+            continue
+        lines = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)
+        (path / f"{split}.jsonl").write_text(lines, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------- encoding
+
+
+@dataclass
+class EncodedSample:
+    """A record tokenised as prompt + answer, with one entry per answer token in the `answer_*` lists.
+
+    `input_ids[:prompt_length]` is exactly the prompt a model sees at generation time, and
+    `labels` is IGNORE_INDEX everywhere but on answer tokens (the only tokens trained and scored).
+    """
+
+    record_id: str
+    input_ids: list[int]
+    labels: list[int]
+    prompt_length: int
+    answer_tokens: list[str]
+    answer_offsets: list[tuple[int, int]]  # character range of each answer token inside `answer`
+    span_mask: list[bool]  # ground truth: the token overlaps a forget span
+    has_ground_truth: bool
+
+    @property
+    def answer_token_ids(self) -> list[int]:
+        return self.input_ids[self.prompt_length :]
+
+
+def format_prompt(question: str, tokenizer=None, chat_template: bool = False) -> str:
+    if chat_template:
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise DataError("chat_template=True but the tokenizer has no chat template; use the plain Question/Answer format.")
+        return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    return PROMPT_TEMPLATE.format(question=question)
+
+
+def encode_record(record: Record, tokenizer, max_length: int = 256, chat_template: bool = False) -> EncodedSample:
+    """Tokenise prompt + answer (+ EOS) and label each answer token by character overlap with the spans."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError("span labelling needs a fast tokenizer (offset mappings); load the model's tokenizer with use_fast=True.")
+    prompt = format_prompt(record.question, tokenizer, chat_template)
+    sep = "" if chat_template else " "
+    answer_start = len(prompt) + len(sep)
+    text = prompt + sep + record.answer
+    enc = tokenizer(text, add_special_tokens=not chat_template, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    # a token is an answer token when it ends inside the answer (BPE merges the separating space in)
+    first = next((k for k, (s, e) in enumerate(offsets) if e > answer_start and e > s), None)
+    if first is None:
+        raise DataError(f"record {record.id!r}: the answer produced no tokens.")
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)
+        offsets.append((len(text), len(text)))
+    if len(ids) > max_length:
+        if first >= max_length - 1:
+            raise DataError(f"record {record.id!r}: the prompt alone is {first} tokens, over max_length={max_length}.")
+        warnings.warn(f"record {record.id!r}: {len(ids)} tokens, truncated to max_length={max_length}.", stacklevel=2)
+        ids, offsets = ids[:max_length], offsets[:max_length]
+    answer_offsets = [(max(s - answer_start, 0), max(e - answer_start, 0)) for s, e in offsets[first:]]
+    span_mask = [any(s < sp.end and e > sp.start for sp in record.forget_spans) for s, e in answer_offsets]
+    answer_tokens = [_readable(tokenizer, tid, record.answer, off) for tid, off in zip(ids[first:], answer_offsets)]
+    return EncodedSample(
+        record_id=record.id,
+        input_ids=ids,
+        labels=[IGNORE_INDEX] * first + ids[first:],
+        prompt_length=first,
+        answer_tokens=answer_tokens,
+        answer_offsets=answer_offsets,
+        span_mask=span_mask,
+        has_ground_truth=bool(record.forget_spans),
+    )
+
+
+def _readable(tokenizer, token_id: int, answer: str, offset: tuple[int, int]) -> str:
+    """The answer text a token covers (readable for any tokenizer), or its special-token name."""
+    start, end = offset
+    if end > start:
+        return answer[start:end]
+    return tokenizer.convert_ids_to_tokens(token_id)
+
+
+def encode_records(records: list[Record], tokenizer, max_length: int = 256, chat_template: bool = False) -> list[EncodedSample]:
+    return [encode_record(r, tokenizer, max_length, chat_template) for r in records]
