@@ -338,3 +338,4 @@ def _readable(tokenizer, token_id: int, answer: str, offset: tuple[int, int]) ->
 
 def encode_records(records: list[Record], tokenizer, max_length: int = 256, chat_template: bool = False) -> list[EncodedSample]:
     return [encode_record(r, tokenizer, max_length, chat_template) for r in records]
+

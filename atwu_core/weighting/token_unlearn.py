@@ -1,0 +1,84 @@
+"""TokenUnlearn's importance: how much a token depends on the knowledge context, mixed with its entropy.
+
+phi = a * norm(|log p(y_t | q) - log p(y_t | q masked)|) + (1 - a) * norm(H_t), computed once on the
+original model (norm = min-max within the answer). Hard selection unlearns only each answer's top
+tokens; soft weighting uses T * softmax(phi / temperature).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import torch
+
+from atwu_core.data import encode_record
+from atwu_core.generation import collate, evaluating, pad_token_id
+from atwu_core.losses import per_sequence, token_nll
+from atwu_core.weighting.base import ForgetForward, PrepareContext, TokenWeights, WeightingScheme
+
+MASKED_QUESTION = "?"
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    span = x.max() - x.min()
+    return (x - x.min()) / span if span > 0 else torch.zeros_like(x)
+
+
+def answer_logprobs_and_entropy(model, samples, pad_id: int, batch_size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per sample: log p of each answer token and the predictive entropy at that position."""
+    out = []
+    device = next(model.parameters()).device
+    with evaluating(model):
+        for start in range(0, len(samples), batch_size):
+            batch = collate(samples[start : start + batch_size], pad_id)
+            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+            nll, mask = token_nll(logits, batch["labels"].to(device))
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            entropy = -(logp.exp() * logp).sum(-1)
+            for lp, ent in zip(per_sequence(-nll, mask), per_sequence(entropy, mask)):
+                out.append((torch.tensor(lp), torch.tensor(ent)))
+    return out
+
+
+class TokenUnlearnImportance(WeightingScheme):
+    def __init__(self, params: dict):
+        self.p = params
+        self.importance: list[torch.Tensor] = []
+
+    def prepare(self, ctx: PrepareContext) -> None:
+        pad = pad_token_id(ctx.tokenizer)
+        masked = []
+        for record, sample in zip(ctx.records, ctx.samples):
+            m = encode_record(dataclasses.replace(record, question=MASKED_QUESTION), ctx.tokenizer, ctx.max_length, ctx.chat_template)
+            if m.answer_token_ids != sample.answer_token_ids:
+                warnings.warn(f"record {record.id!r}: the answer tokenises differently without its question; "
+                              "its knowledge signal is set to 0.", stacklevel=2)
+                m = None
+            masked.append(m)
+        with_q = answer_logprobs_and_entropy(ctx.model, ctx.samples, pad)
+        usable = [m for m in masked if m is not None]
+        without_q = iter(answer_logprobs_and_entropy(ctx.model, usable, pad)) if usable else iter(())
+        a = self.p["tu_a"]
+        for (logp, entropy), m in zip(with_q, masked):
+            delta = (logp - next(without_q)[0]).abs() if m is not None else torch.zeros_like(logp)
+            self.importance.append(a * _minmax(delta) + (1 - a) * _minmax(entropy))
+
+    def _scatter(self, fw: ForgetForward, values: list[torch.Tensor]) -> torch.Tensor:
+        out = torch.zeros_like(fw.mask, dtype=torch.float32)
+        for row, v in enumerate(values):
+            out[row][fw.mask[row]] = v.to(out.device)
+        return out
+
+    def weigh(self, fw: ForgetForward) -> TokenWeights:
+        phis = [self.importance[i] for i in fw.sample_index]
+        if self.p["tu_selection"] == "hard":
+            weights = []
+            for phi in phis:
+                k = max(1, round(self.p["tu_top_fraction"] * len(phi)))
+                w = torch.zeros_like(phi)
+                w[torch.topk(phi, k).indices] = 1.0
+                weights.append(w)
+        else:
+            weights = [len(phi) * torch.softmax(phi / self.p["tu_temperature"], dim=0) for phi in phis]
+        return TokenWeights(loss=self._scatter(fw, weights), scores=self._scatter(fw, phis))
