@@ -1,0 +1,181 @@
+"""`atwu`: run unlearning jobs, print their metrics, rebuild the demo, teach a model a dataset, start the app."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from atwu_core.config import METHODS, PRESETS, make_config, method_params, split_overrides
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _unlearn(args: argparse.Namespace) -> int:
+    from atwu_core.job import UnlearningJob
+
+    job_overrides, params = split_overrides(args.set or [], args.method)
+    preset = args.preset or "demo"
+    config = make_config(
+        args.method, preset, params,
+        model=args.model, data=args.data, retain_data=args.retain_data, steps=args.steps, seed=args.seed,
+        lora_rank=args.lora_rank, full=args.full or None, reference=args.reference, **job_overrides,
+    )
+    job = UnlearningJob(config, run_dir=args.out)
+    print(f"run folder: {job.run_dir}", flush=True)
+    for record in job.steps():
+        if not args.quiet:
+            losses = " ".join(f"{k}={_fmt(v)}" for k, v in record.losses.items())
+            print(f"step {record.step:4d}/{config.steps}  {record.elapsed:6.1f}s  {losses}", flush=True)
+    _print_metrics(job.metrics)
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    a = metrics["alignment"]
+    print(f"alignment  auroc={_fmt(a['auroc'])}  auprc={_fmt(a['auprc'])}  precision@k={_fmt(a['precision_at_k'])}")
+    for split in ("forget", "retain"):
+        if split in metrics:
+            for when in ("before", "after"):
+                q = metrics[split][when]
+                cols = "  ".join(f"{k}={_fmt(q[k])}" for k in ("exact", "rouge_l", "prob", "extraction_strength", "truth_ratio") if k in q)
+                print(f"{split:7s} {when:6s} {cols}")
+    if "forget_quality" in metrics:
+        print(f"forget quality (KS p-value vs reference) = {metrics['forget_quality']:.3g}")
+    if "timing" in metrics:
+        t = metrics["timing"]
+        print(f"timing  {t['total_seconds']:.1f}s total, {t['mean_step_seconds']:.3f}s/step, "
+              f"{t['tokens_per_second']:.0f} tokens/s, peak {t['peak_memory_mb']:.0f} MB")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from atwu_core.runs import RunReader
+
+    run = RunReader(args.run_dir)
+    metrics = run.metrics
+    if metrics is None:
+        raise ValueError(f"{args.run_dir}: no metrics.json (state: {run.status['state']}, error: {run.status.get('error')}).")
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        print(f"{run.config['method']} on {run.config['model']} / {run.config['data']}: {run.status['state']}")
+        _print_metrics(metrics)
+    return 0
+
+
+def _build_demo(args: argparse.Namespace) -> int:
+    if args.base == "smollm2":
+        from atwu_core.finetune import build_demo_smollm2
+
+        report = build_demo_smollm2()
+    else:
+        from atwu_core.finetune import build_demo
+
+        report = build_demo(args.out or Path(__file__).resolve().parent.parent / "assets", seed=args.seed)
+    print(report)
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from atwu_core.finetune import finetune_dataset_dir
+
+    if args.tiny == (args.model is not None):
+        raise ValueError("give exactly one of --tiny or --model M.")
+    kwargs = {"seed": args.seed} | ({"steps": args.steps} if args.steps else {})
+    if args.tiny:
+        report = finetune_dataset_dir(args.data, args.out, tiny=True, **kwargs)
+    else:
+        from atwu_core.models import load_model
+
+        loaded = load_model(args.model)
+        report = finetune_dataset_dir(args.data, args.out, model=loaded.model, tokenizer=loaded.tokenizer,
+                                      lora=args.lora, **kwargs)
+    print(report)
+    return 0
+
+
+def _methods(_args: argparse.Namespace) -> int:
+    for name, description in METHODS.items():
+        print(f"{name}: {description}")
+        for spec in method_params(name):
+            print(f"    {spec.name} = {spec.default!r}  {spec.help}")
+    return 0
+
+
+def _app(_args: argparse.Namespace) -> int:
+    main_py = Path(__file__).resolve().parent.parent / "app" / "main.py"
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(main_py)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atwu", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("unlearn", help="run an unlearning job into a run folder")
+    p.add_argument("--model", default="demo", help="'demo', 'demo-smollm2', 'smollm2', a folder, a .gguf file or a hub id")
+    p.add_argument("--data", default="demo", help="'demo', a dataset folder, a TOFU .json file, or tofu:<split>")
+    p.add_argument("--retain-data", help="retain set for a single-file --data (.json or .jsonl)")
+    p.add_argument("--method", default="atwu", choices=list(METHODS))
+    p.add_argument("--steps", type=int, help="model steps (default: the preset's)")
+    p.add_argument("--out", help="run folder (default: runs/<time>-<method>)")
+    p.add_argument("--seed", type=int, default=0)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--lora-rank", type=int, help="LoRA rank (default 8)")
+    group.add_argument("--full", action="store_true", help="fine-tune the full model instead of a LoRA adapter")
+    p.add_argument("--preset", choices=PRESETS, help="hyperparameter preset (default: demo)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job setting or method parameter")
+    p.add_argument("--reference", help="a retain-only model, for forget quality (KS test on truth ratios)")
+    p.add_argument("--quiet", action="store_true", help="print only the final metrics")
+    p.set_defaults(func=_unlearn)
+
+    p = sub.add_parser("eval", help="print a run's metrics")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("build-demo", help="regenerate the demo world and the model that memorised it")
+    p.add_argument("--base", choices=["tiny", "smollm2"], default="tiny")
+    p.add_argument("--out", help="assets folder (default: the package's assets/)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_build_demo)
+
+    p = sub.add_parser("finetune", help="teach a model a dataset folder")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--tiny", action="store_true", help="train a tokenizer and a tiny model from scratch")
+    p.add_argument("--model", help="start from this model instead")
+    p.add_argument("--lora", action="store_true", help="with --model: train a LoRA adapter and merge it")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("methods", help="list methods and their parameters")
+    p.set_defaults(func=_methods)
+
+    p = sub.add_parser("app", help="start the Streamlit app")
+    p.set_defaults(func=_app)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from atwu_core.data import DataError
+    from atwu_core.job import JobError
+    from atwu_core.models import ModelLoadError
+
+    try:
+        return args.func(args)
+    except (DataError, ModelLoadError, JobError, ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"atwu: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("atwu: interrupted; the run folder keeps what was recorded.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
