@@ -1,0 +1,146 @@
+"""Record loading, bad-input errors, and spans → token labels on several tokenizers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from atwu_core.data import DataError, Record, Span, encode_record, load_data, load_dataset_dir, load_jsonl, load_tofu_json
+
+SHARED_TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
+
+CORPUS = [
+    "Question: Where was Lorin Vask born?\nAnswer: Lorin Vask was born in Tessaly.",
+    "Question: What does Mira Dollen do?\nAnswer: Mira Dollen works as a glassblower in Orvane.",
+    "Question: When was Ivo Brask born?\nAnswer: Ivo Brask was born in 1957.",
+] * 5
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _record(**kw) -> str:
+    base = {"id": "r1", "question": "Where was Lorin Vask born?", "answer": "Lorin Vask was born in Tessaly."}
+    return json.dumps({**base, **kw})
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def test_forget_strings_mark_every_occurrence(tmp_path):
+    rec = load_jsonl(_write(tmp_path / "f.jsonl", [json.dumps(
+        {"id": "a", "question": "q?", "answer": "Vask met Vask in Tessaly.", "forget_strings": ["Vask", "Tessaly"]})]))[0]
+    assert [rec.answer[s.start:s.end] for s in rec.forget_spans] == ["Vask", "Vask", "Tessaly"]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"id": "x", "question": "q?"', "malformed JSON"),
+    ('{"id": "x", "answer": "a"}', "missing field 'question'"),
+    (_record(forget_spans=[{"start": 20, "end": 99}]), "outside the answer"),
+    (_record(forget_spans=[{"start": 0, "end": 10}, {"start": 5, "end": 12}]), "overlap"),
+    (_record(forget_strings=["Paris"]), "does not occur"),
+    (_record(forget_spans=[{"start": "0", "end": 3}]), "integer 'start'"),
+])
+def test_bad_records_name_file_line_and_problem(tmp_path, line, message):
+    path = _write(tmp_path / "forget.jsonl", [_record(id="ok"), line])
+    with pytest.raises(DataError) as err:
+        load_jsonl(path)
+    assert message in str(err.value)
+    assert f"{path}, line 2" in str(err.value)
+
+
+def test_dataset_folder_errors(tmp_path):
+    with pytest.raises(DataError, match="missing forget.jsonl"):
+        load_dataset_dir(tmp_path)
+    _write(tmp_path / "forget.jsonl", [""])
+    _write(tmp_path / "retain.jsonl", [_record()])
+    with pytest.raises(DataError, match="forget set is empty"):
+        load_dataset_dir(tmp_path)
+    with pytest.raises(DataError, match="not 'demo', a dataset folder"):
+        load_data(str(tmp_path / "nothing.txt"))
+
+
+def test_duplicate_ids_are_rejected(tmp_path):
+    with pytest.raises(DataError, match="appears twice"):
+        load_jsonl(_write(tmp_path / "f.jsonl", [_record(), _record()]))
+
+
+def test_demo_world_loads():
+    world = load_data("demo")
+    assert world.forget and world.retain
+    assert all(r.forget_spans for r in world.forget)
+
+
+@pytest.mark.skipif(not SHARED_TOFU.is_dir(), reason="../shared/data/tofu is not present (fresh clone)")
+def test_tofu_json_loads_with_perturbations():
+    records = load_tofu_json(SHARED_TOFU / "forget01.json")
+    assert len(records) == 40
+    assert all(r.paraphrased_answer and r.perturbed_answer for r in records)
+    assert not any(r.forget_spans for r in records)  # TOFU has no span annotations
+
+
+# ------------------------------------------------------------------------------------------ spans -> tokens
+
+
+def _byte_bpe() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
+
+
+def _wordpiece() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[UNK]", "[SEP]"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[SEP]", pad_token="[SEP]")
+
+
+def _metaspace_unigram() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=120, special_tokens=["</s>", "<unk>"], unk_token="<unk>"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="</s>")
+
+
+TOKENIZERS = {"byte-bpe": _byte_bpe, "wordpiece": _wordpiece, "sentencepiece-unigram": _metaspace_unigram}
+if (DEMO_MODEL / "tokenizer.json").is_file():
+    TOKENIZERS["demo"] = lambda: AutoTokenizer.from_pretrained(DEMO_MODEL)
+
+
+@pytest.mark.parametrize("name", list(TOKENIZERS))
+def test_span_tokens_cover_exactly_the_span_words(name):
+    tok = TOKENIZERS[name]()
+    answer = "Lorin Vask was born in Tessaly."
+    rec = Record("r", "Where was Lorin Vask born?", answer, [Span(0, 10, "name"), Span(23, 30, "birthplace")])
+    enc = encode_record(rec, tok)
+    assert enc.labels[: enc.prompt_length] == [-100] * enc.prompt_length
+    assert enc.labels[enc.prompt_length:] == enc.answer_token_ids
+    assert enc.answer_token_ids[-1] == tok.eos_token_id
+    inside = "".join(t for t, m in zip(enc.answer_tokens, enc.span_mask) if m).lower().replace(" ", "").replace("▁", "")
+    outside = "".join(t for t, m in zip(enc.answer_tokens, enc.span_mask) if not m).lower().replace(" ", "")
+    assert inside == "lorinvasktessaly"
+    assert outside.replace("▁", "").startswith("wasbornin.")
+    # offsets point back into the answer text
+    for (s, e), t in zip(enc.answer_offsets, enc.answer_tokens):
+        if e > s:
+            assert answer[s:e].strip().lower() == t.strip().lower().replace("▁", "")
+
+
+def test_overlong_sample_truncates_with_warning():
+    tok = _byte_bpe()
+    rec = Record("long", "Where was Lorin Vask born?", "Lorin Vask was born in Tessaly. " * 20)
+    with pytest.warns(UserWarning, match="truncated"):
+        enc = encode_record(rec, tok, max_length=40)
+    assert len(enc.input_ids) == 40
