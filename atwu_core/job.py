@@ -257,11 +257,15 @@ class UnlearningJob:
                 }
                 writer.write_json("metrics.json", self.metrics)
                 writer.status(self.state, step, cfg.steps)
+            except GeneratorExit:  # the consumer stopped iterating: same as a cancel, minus the final pass
+                self.state = "cancelled"
+                writer.status("cancelled", step, cfg.steps)
+                raise
             except BaseException as err:
                 self.state = "failed"
                 message = str(err) if isinstance(err, JobError) else f"{type(err).__name__}: {err}"
                 writer.status("failed", step, cfg.steps, error=message)
-                if isinstance(err, (JobError, GeneratorExit, KeyboardInterrupt)):
+                if isinstance(err, (JobError, KeyboardInterrupt)):
                     raise
                 raise JobError(message) from err
             finally:

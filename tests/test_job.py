@@ -1,0 +1,162 @@
+"""Every method as a short job on the real demo model; run folders, reopening, cancel, failure paths."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+from atwu_core.config import METHODS, make_config
+from atwu_core.job import BackgroundJob, JobBusyError, JobError, UnlearningJob, run_job
+from atwu_core.runs import RunReader, list_runs, wait_for_state, write_json_atomic
+
+
+def _fingerprint(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _short(method: str, **kw):
+    return make_config(method, steps=kw.pop("steps", 3), eval_max_samples=4, **kw)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_runs_and_records_every_token(method, demo_loaded, demo_world, tmp_path):
+    before = _fingerprint(demo_loaded.model)
+    job = run_job(_short(method), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "run")
+    run = RunReader(job.run_dir)
+    samples = {s["id"]: s for s in run.samples}
+    assert len(samples) == len(demo_world.forget)
+    steps = run.steps()
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    for rec in steps:
+        assert set(rec["weights"]) == set(samples)  # the demo forget set fits one batch
+        for sid, w in rec["weights"].items():
+            assert len(w) == len(samples[sid]["tokens"]) == len(rec["probs"][sid])
+        assert all(torch.isfinite(torch.tensor(list(rec["losses"].values()))))
+    assert run.final is not None and set(run.final["weights"]) == set(samples)
+    m = run.metrics
+    assert 0.0 <= m["alignment"]["auroc"] <= 1.0
+    for split in ("forget", "retain"):
+        for when in ("before", "after"):
+            assert set(m[split][when]) >= {"prob", "rouge_l", "exact", "extraction_strength"}
+    assert m["timing"]["tokens_per_second"] > 0
+    assert run.status["state"] == "completed"
+    assert not isinstance(demo_loaded.model, PeftModel)
+    assert _fingerprint(demo_loaded.model) == before, "the loaded model must never be modified"
+
+
+def test_uniform_weights_give_chance_alignment(demo_loaded, demo_world, tmp_path):
+    job = run_job(_short("graddiff", steps=1), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    assert job.metrics["alignment"]["auroc"] == pytest.approx(0.5)
+
+
+def test_atwu_scores_start_at_one_half_and_move(demo_loaded, demo_world, tmp_path):
+    job = UnlearningJob(_short("atwu", steps=4), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    records = list(job.steps())
+    first = [w for ws in records[0].weights.values() for w in ws]
+    assert first == pytest.approx([0.5] * len(first))
+    last = [w for ws in records[-1].weights.values() for w in ws]
+    assert max(abs(w - 0.5) for w in last) > 1e-3
+    assert "scorer" in records[-1].losses
+
+
+def test_adapter_reloads_with_peft_and_changes_the_model(demo_loaded, demo_world, tmp_path):
+    job = run_job(_short("ga", steps=5), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    ids = torch.tensor([job.forget[0].input_ids])
+    with torch.no_grad():
+        base_logits = demo_loaded.model(ids).logits
+        peft = PeftModel.from_pretrained(demo_loaded.model, str(job.run_dir / "adapter"))
+        after_logits = peft(ids).logits
+        demo_loaded.model = peft.unload()
+    assert not torch.allclose(base_logits, after_logits)
+
+
+def test_full_finetuning_trains_a_copy(demo_loaded, demo_world, tmp_path):
+    before = _fingerprint(demo_loaded.model)
+    job = run_job(_short("graddiff", steps=2, full=True), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    assert (job.run_dir / "model" / "model.safetensors").is_file()
+    assert _fingerprint(demo_loaded.model) == before
+
+
+def test_reopen_run_and_list_it(demo_loaded, demo_world, tmp_path):
+    job = run_job(_short("wga"), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "runs" / "a")
+    run = RunReader(job.run_dir)
+    sid = run.samples[0]["id"]
+    steps, matrix = run.weight_matrix(sid)
+    assert steps == [1, 2, 3] and len(matrix[0]) == len(run.samples[0]["tokens"])
+    assert run.final_weights()[sid] == run.final["weights"][sid]
+    config = json.loads((job.run_dir / "config.json").read_text())
+    assert config["method"] == "wga" and config["seed"] == 0 and "versions" in config
+    summary = list_runs(tmp_path / "runs")
+    assert summary[0]["method"] == "wga" and summary[0]["state"] == "completed"
+
+
+def test_cancel_is_honoured_within_a_step_and_leaves_everything_usable(demo_loaded, demo_world, tmp_path):
+    before = _fingerprint(demo_loaded.model)
+    bg = BackgroundJob.start(make_config("atwu", steps=500), demo_loaded, demo_world, tmp_path / "r")
+    with pytest.raises(JobBusyError):
+        BackgroundJob.start(make_config("ga", steps=2), demo_loaded, demo_world, tmp_path / "r2")
+    wait_for_state(bg.run_dir, ("running",), timeout=30)
+    while not RunReader(bg.run_dir).steps():
+        bg.join(0.05)
+    bg.cancel()
+    bg.join(60)
+    status = RunReader(bg.run_dir).status
+    assert status["state"] == "cancelled" and status["steps_done"] < 500
+    assert len(RunReader(bg.run_dir).steps()) == status["steps_done"]
+    assert (bg.run_dir / "adapter" / "adapter_config.json").is_file()
+    assert "auroc" in RunReader(bg.run_dir).metrics["alignment"]
+    assert _fingerprint(demo_loaded.model) == before
+    run_job(_short("ga", steps=1), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r3")  # still usable
+
+
+def test_non_finite_loss_fails_with_a_clear_error(demo_loaded, demo_world, tmp_path):
+    before = _fingerprint(demo_loaded.model)
+    config = _short("graddiff", params={"gamma": "nan"})
+    with pytest.raises(JobError, match="loss is nan"):
+        run_job(config, loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    status = RunReader(tmp_path / "r").status
+    assert status["state"] == "failed" and "lower the learning rate" in status["error"]
+    assert _fingerprint(demo_loaded.model) == before
+
+
+def test_existing_run_folder_is_not_overwritten(demo_loaded, demo_world, tmp_path):
+    run_job(_short("ga", steps=1), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    with pytest.raises(FileExistsError):
+        run_job(_short("ga", steps=1), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+
+
+def test_atomic_json_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_json_atomic(path, {"a": 1, "bad": float("nan")})
+    assert json.loads(path.read_text()) == {"a": 1, "bad": None}
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1, "bad": None}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"params": {"beta": "high"}}, "beta must be a float"),
+    ({"params": {"nonsense": 1}}, "has no parameter 'nonsense'"),
+    ({"params": {"saturation": "cubic"}}, "saturation must be one of fixed, scaled"),
+])
+def test_bad_parameters_are_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_config("atwu", **overrides)
+
+
+def test_default_atwu_job_forgets_keeps_and_aligns(demo_loaded, demo_world, tmp_path):
+    """The product's headline claim on the demo world (the issue's acceptance numbers)."""
+    job = run_job(make_config("atwu"), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    m = job.metrics
+    assert m["forget"]["after"]["exact"] <= 0.10
+    assert m["retain"]["after"]["exact"] >= 0.90 * m["retain"]["before"]["exact"]
+    assert m["alignment"]["auroc"] >= 0.85
