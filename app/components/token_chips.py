@@ -53,17 +53,34 @@ def token_chips_html(
     chips = []
     for k, token in enumerate(tokens):
         w = weights[k] if k < len(weights) and weights[k] is not None else 0.0
-        bg = weight_colour(w, vmin, vmax)
         change = "–" if previous is None or k >= len(previous) or previous[k] is None else f"{w - previous[k]:+.3f}"
         title = (
             f"token {token!r} | id {_fmt(token_ids, k, 'd')} | weight {w:.3f} | change {change} | "
             f"p before {_fmt(probs_before, k)} | p now {_fmt(probs_now, k)}"
         )
-        underline = "border-bottom:3px solid #d62728;" if span_mask and k < len(span_mask) and span_mask[k] else ""
-        text = html.escape(token.replace("\n", "⏎")).replace(" ", "&nbsp;") or "∅"
-        chips.append(
-            f'<span class="atwu-chip" title="{html.escape(title, quote=True)}" style="background:{bg};'
-            f"color:{_text_colour(bg)};{underline}padding:2px 1px;margin:1px 0;border-radius:3px;"
-            f'font-family:monospace;line-height:2">{text}</span>'
-        )
+        chips.append(_chip(token, title, weight_colour(w, vmin, vmax), _in_span(span_mask, k)))
     return f'<div style="word-wrap:break-word">{"".join(chips)}</div>{colour_bar_html(vmin, vmax)}'
+
+
+def span_chips_html(tokens: list[str], span_mask: list[bool], token_ids: list[int] | None = None) -> str:
+    """Tokens as chips with the ground-truth span tokens highlighted (no weights yet)."""
+    chips = [
+        _chip(token, f"token {token!r} | id {_fmt(token_ids, k, 'd')} | ground truth: {'forget' if _in_span(span_mask, k) else 'keep'}",
+              "rgb(253, 231, 37)" if _in_span(span_mask, k) else "rgb(232, 235, 240)", _in_span(span_mask, k))
+        for k, token in enumerate(tokens)
+    ]
+    return f'<div style="word-wrap:break-word">{"".join(chips)}</div>'
+
+
+def _in_span(span_mask: list[bool] | None, k: int) -> bool:
+    return bool(span_mask and k < len(span_mask) and span_mask[k])
+
+
+def _chip(token: str, title: str, bg: str, underline: bool) -> str:
+    text = html.escape(token.replace("\n", "⏎")).replace(" ", "&nbsp;") or "∅"
+    border = "border-bottom:3px solid #d62728;" if underline else ""
+    return (
+        f'<span class="atwu-chip" title="{html.escape(title, quote=True)}" style="background:{bg};'
+        f"color:{_text_colour(bg)};{border}padding:2px 1px;margin:1px 0;border-radius:3px;"
+        f'font-family:monospace;line-height:2">{text}</span>'
+    )

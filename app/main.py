@@ -1,0 +1,39 @@
+"""ATWU Explorer: `streamlit run app/main.py`. Navigation and the sidebar summary of the shared state."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run` puts app/ on the path, not the repository root
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import state  # noqa: E402
+
+PAGES = Path(__file__).resolve().parent / "pages"
+
+
+def main() -> None:
+    st.set_page_config(page_title="ATWU Explorer", page_icon="🧽", layout="wide")
+    page = st.navigation(
+        [
+            st.Page(PAGES / "model.py", title="Model", icon="🧠", url_path="model"),
+            st.Page(PAGES / "data.py", title="Data", icon="📄", url_path="data"),
+            st.Page(PAGES / "run.py", title="Run", icon="▶️", url_path="run", default=True),
+            st.Page(PAGES / "compare.py", title="Compare", icon="📊", url_path="compare"),
+            st.Page(PAGES / "query.py", title="Query", icon="💬", url_path="query"),
+            st.Page(PAGES / "runs.py", title="Runs", icon="🗂️", url_path="runs"),
+        ]
+    )
+    with st.sidebar:
+        st.caption(f"Model: **{state.model_spec()}**")
+        st.caption(f"Data: **{state.data_label()}**")
+        job = state.jobs().running()
+        st.caption(f"Job: **running** ({Path(job.run_dir).name})" if job else "Job: idle")
+    page.run()
+
+
+main()

@@ -1,0 +1,94 @@
+"""Query page: the model before and after a run, on a typed prompt or a forget/retain question."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app import state
+from app.components.curves import token_bars
+from app.run_views import run_label
+from atwu_core.data import EncodedSample, Record, encode_record
+from atwu_core.generation import greedy_answer, pad_token_id
+from atwu_core.metrics import answer_stats
+from atwu_core.models import adapter_enabled
+from atwu_core.runs import RunReader, list_runs
+
+
+def questions(reader: RunReader) -> dict[str, list[tuple[str, str]]]:
+    """(question, reference answer) pairs: the run's forget samples, and the session data's retain set."""
+    forget = [(s["question"], s["answer"]) for s in reader.samples]
+    retain = [(r.question, r.answer) for r in state.current_data().retain[:200]]
+    return {"Forget question": forget, "Retain question": retain}
+
+
+def ask(model, tokenizer, prompt: str, sample: EncodedSample | None, max_new: int) -> tuple[str, dict | None]:
+    """Greedy answer, and the reference answer's teacher-forced token scores when there is one."""
+    text = greedy_answer(model, tokenizer, prompt, max_new)
+    return text, answer_stats(model, [sample], pad_token_id(tokenizer))[0] if sample is not None else None
+
+
+def show_logprobs(sample: EncodedSample, before: dict, after: dict) -> None:
+    """Per-token log-probability of the reference answer before and after unlearning."""
+    delta = [a - b for a, b in zip(after["token_logprobs"], before["token_logprobs"])]
+    st.plotly_chart(token_bars(sample.answer_tokens, delta, title="Change in log-probability of each reference token",
+                               ylabel="log p after − log p before", colorbar="Δ log p"), key="delta_bars")
+    st.dataframe(pd.DataFrame({"token": sample.answer_tokens, "log p before": before["token_logprobs"],
+                               "log p after": after["token_logprobs"], "change": delta}), hide_index=True)
+    st.caption(f"Reference answer probability (per-token geometric mean): before {before['prob']:.3f}, after {after['prob']:.3f}.")
+
+
+def answer(run_dir: str, prompt: str, reference: str, max_new: int) -> None:
+    """Answers before (plain model) and after (the run's adapter) side by side."""
+    config = RunReader(run_dir).config
+    job = state.jobs().running()
+    if job is not None and RunReader(job.run_dir).config.get("model") == config.get("model"):
+        st.error("A job is training this model right now; query it when the job has finished.")
+        return
+    try:
+        with st.spinner(f"Loading {config['model']} …"):
+            loaded = state.models().get(config["model"])
+        sample = encode_record(Record(id="query", question=prompt, answer=reference), loaded.tokenizer) \
+            if reference.strip() else None
+        with loaded.lock:
+            before = ask(loaded.model, loaded.tokenizer, prompt, sample, max_new)
+            with adapter_enabled(loaded, run_dir) as model:
+                after = ask(model, loaded.tokenizer, prompt, sample, max_new)
+    except Exception as err:  # noqa: BLE001 - missing adapter, model or bad input: shown, the app stays usable
+        st.error(f"Could not answer: {err}")
+        return
+    c1, c2 = st.columns(2)
+    c1.markdown("**Before** (plain model)")
+    c1.info(before[0] or "(empty answer)")
+    c2.markdown("**After** (with the run's adapter)")
+    c2.info(after[0] or "(empty answer)")
+    if sample is not None:
+        show_logprobs(sample, before[1], after[1])
+
+
+st.title("Query")
+finished = [r for r in list_runs() if r["state"] in ("completed", "cancelled")]
+if not finished:
+    st.info("No finished run yet: run one on the Run page first.")
+    st.stop()
+run_dir = st.selectbox("Run", [r["run_dir"] for r in finished], key="query_run",
+                       format_func=lambda d: run_label(d, RunReader(d).config))
+reader = RunReader(run_dir)
+kind = st.radio("Prompt", ["Type a prompt", "Forget question", "Retain question"], horizontal=True, key="query_kind")
+if kind == "Type a prompt":
+    prompt = st.text_input("Prompt", key="query_prompt")
+    reference = st.text_input("Reference answer (optional: shows per-token log-probability changes)", key="query_reference")
+else:
+    pairs = questions(reader)[kind]
+    if not pairs:
+        st.info(f"No {kind.lower()}s available.")
+        st.stop()
+    pick = st.selectbox("Question", range(len(pairs)), format_func=lambda k: pairs[k][0], key=f"query_pick_{kind}")
+    prompt, reference = pairs[pick]
+    st.caption(f"Reference answer: {reference}")
+max_new = st.slider("Max new tokens", 8, 128, 48, key="query_max_new")
+if st.button("Answer", type="primary", key="query_go"):
+    if not prompt.strip():
+        st.error("Type a prompt first.")
+    else:
+        answer(run_dir, prompt, reference, max_new)

@@ -1,0 +1,110 @@
+"""Run page: configure a job, start or cancel it, and watch its token weights live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from app import state
+from app.run_views import pick_sample, progress_panel, sample_view
+from atwu_core.config import METHODS, PRESETS, ParamSpec, make_config, method_params, resolve_params
+from atwu_core.job import JobBusyError
+from atwu_core.runs import RunReader
+
+REFRESH_S = 1.0
+
+
+def param_widget(spec: ParamSpec, default: object, key: str) -> object:
+    """One input for a method hyperparameter, typed by its default."""
+    if spec.choices:
+        return st.selectbox(spec.name, spec.choices, index=spec.choices.index(default), help=spec.help, key=key)
+    if isinstance(default, bool):
+        return st.checkbox(spec.name, value=default, help=spec.help, key=key)
+    if isinstance(default, int):
+        return int(st.number_input(spec.name, value=default, step=1, help=spec.help, key=key))
+    if isinstance(default, float):
+        return float(st.number_input(spec.name, value=default, format="%g", help=spec.help, key=key))
+    return st.text_input(spec.name, value=str(default), help=spec.help, key=key)
+
+
+def settings() -> dict:
+    """The job settings widgets; returns make_config's arguments."""
+    c1, c2 = st.columns([2, 1])
+    method = c1.selectbox("Method", list(METHODS), key="method", help="The unlearning method.")
+    c1.caption(METHODS[method])
+    preset = c2.selectbox("Preset", PRESETS, key="preset", help="demo: fast settings for the demo; paper: the published ones.")
+    base = make_config(method, preset)
+    c1, c2, c3 = st.columns(3)
+    steps = int(c1.number_input("Steps", 1, 10_000, base.steps, key=f"steps_{preset}", help="Optimiser steps."))
+    lr = float(c2.number_input("Learning rate", 1e-7, 1.0, base.lr, format="%g", key=f"lr_{preset}",
+                               help="LoRA learning rate (linear warm-up, then decay)."))
+    seed = int(c3.number_input("Seed", 0, 2**31 - 1, base.seed, key="seed", help="Seeds batching and initialisation."))
+    defaults = resolve_params(method, preset)
+    with st.expander(f"{method} hyperparameters ({len(defaults)})"):
+        cols = st.columns(3)
+        params = {}
+        for k, spec in enumerate(method_params(method)):
+            with cols[k % 3]:
+                params[spec.name] = param_widget(spec, defaults[spec.name], f"p_{method}_{preset}_{spec.name}")
+    return {"method": method, "preset": preset, "params": params, "steps": steps, "lr": lr, "seed": seed}
+
+
+def start(arguments: dict) -> None:
+    """Start a job on the session's model and data; refusals and bad input become messages."""
+    registry = state.jobs()
+    if registry.running():
+        st.error("A job is already running; wait for it to finish or cancel it first.")
+        return
+    try:
+        config = make_config(**arguments, model=state.model_spec(), data=state.data_label())
+        with st.spinner(f"Loading {state.model_spec()} …"):
+            loaded = state.current_model()
+        job = registry.start(config, loaded, state.current_data())
+    except JobBusyError as err:
+        st.error(str(err))
+        return
+    except Exception as err:  # noqa: BLE001 - bad settings, model or data: shown, the app stays usable
+        st.error(f"Could not start the job: {err}")
+        return
+    st.session_state["run_dir"] = str(job.run_dir)
+
+
+def live_view(run_dir: str) -> None:
+    """Re-read the run folder every REFRESH_S seconds while its job runs (the job never calls Streamlit)."""
+    job = state.jobs().running()
+    live = job is not None and str(job.run_dir) == run_dir
+
+    @st.fragment(run_every=REFRESH_S if live else None)
+    def view() -> None:
+        try:
+            reader = RunReader(run_dir)
+        except FileNotFoundError:
+            st.info("Starting …")
+            return
+        steps = reader.steps()
+        st.subheader(f"Run {Path(run_dir).name}")
+        progress_panel(reader, steps)
+        sample = pick_sample(reader.samples, key="run_sample")
+        if sample is not None:
+            sample_view(reader, sample, key="run_view")
+        if live and state.jobs().running() is None:
+            st.rerun(scope="app")  # the job ended: one full rerun stops the polling
+
+    view()
+
+
+st.title("Run")
+st.caption(f"Model **{state.model_spec()}** · data **{state.data_label()}** (change them on the Model and Data pages)")
+arguments = settings()
+c1, c2, _ = st.columns([1, 1, 4])
+if c1.button("Run", type="primary", key="run", icon="▶️"):
+    start(arguments)
+if c2.button("Cancel", key="cancel", icon="⏹️"):
+    st.info("Cancelling …" if state.jobs().cancel() else "No job is running.")
+registry_job = state.jobs().job
+current = st.session_state.get("run_dir") or (str(registry_job.run_dir) if registry_job else None)
+if current:
+    live_view(current)
+else:
+    st.info("Press **Run** to unlearn the demo world's forget people and watch the per-token forget weights live.")

@@ -1,0 +1,114 @@
+"""Process-wide resources (loaded models, the one background job) and per-session selections.
+
+Models and the job live in `st.cache_resource` registries so that reruns, page switches and browser
+refreshes neither reload a model nor lose, kill or duplicate a running job.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import streamlit as st
+
+from atwu_core.config import JobConfig
+from atwu_core.data import Dataset, load_data
+from atwu_core.job import BackgroundJob, JobBusyError
+from atwu_core.models import LoadedModel, load_model
+
+DEFAULT_MODEL = "demo"
+DEFAULT_DATA = "demo"
+MAX_MODELS = 2  # a 135M model is ~2 GB in fp32: keep few
+
+
+class ModelRegistry:
+    """Loaded models by spec, most recently loaded last."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._models: dict[str, LoadedModel] = {}
+
+    def get(self, spec: str, progress: Callable[[str], None] | None = None) -> LoadedModel:
+        """The loaded model for `spec`, loading it once (errors propagate and are not cached)."""
+        with self._lock:
+            if spec not in self._models:
+                loaded = load_model(spec, progress=progress)
+                while len(self._models) >= MAX_MODELS:
+                    self._models.pop(next(iter(self._models)))
+                self._models[spec] = loaded
+            return self._models[spec]
+
+    def cached(self, spec: str) -> LoadedModel | None:
+        return self._models.get(spec)
+
+
+class JobRegistry:
+    """The one job this process runs at a time, shared by every session."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.job: BackgroundJob | None = None
+
+    def running(self) -> BackgroundJob | None:
+        job = self.job
+        return job if job is not None and job.is_alive() else None
+
+    def start(self, config: JobConfig, loaded: LoadedModel, dataset: Dataset) -> BackgroundJob:
+        """Start a job in a fresh run folder; raises JobBusyError while another job runs."""
+        with self._lock:
+            if self.running():
+                raise JobBusyError(f"a job is already running in {self.job.run_dir}; wait for it or cancel it.")
+            self.job = BackgroundJob.start(config, loaded, dataset)  # a fresh folder under runs_root()
+            return self.job
+
+    def cancel(self) -> bool:
+        job = self.running()
+        if job is not None:
+            job.cancel()
+        return job is not None
+
+
+@st.cache_resource(show_spinner=False)
+def models() -> ModelRegistry:
+    return ModelRegistry()
+
+
+@st.cache_resource(show_spinner=False)
+def jobs() -> JobRegistry:
+    return JobRegistry()
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def cached_data(spec: str, retain_spec: str | None = None) -> Dataset:
+    """A dataset from a spec (demo, a folder, a .json/.jsonl path); DataError propagates."""
+    return load_data(spec, retain_spec)
+
+
+# ------------------------------------------------------------------------------------------ per session
+
+
+def model_spec() -> str:
+    return st.session_state.setdefault("model_spec", DEFAULT_MODEL)
+
+
+def current_model(progress: Callable[[str], None] | None = None) -> LoadedModel:
+    """The session's model (the demo model unless another was chosen), loading it if needed."""
+    return models().get(model_spec(), progress)
+
+
+def current_data() -> Dataset:
+    """The session's dataset: one set on the Data page, else the demo world."""
+    if "dataset" not in st.session_state:
+        st.session_state["dataset"] = cached_data(DEFAULT_DATA)
+        st.session_state["data_label"] = "demo world"
+    return st.session_state["dataset"]
+
+
+def set_data(dataset: Dataset, label: str) -> None:
+    """Make `dataset` the session's data; `label` is what config.json records as its source."""
+    st.session_state["dataset"] = dataset
+    st.session_state["data_label"] = label
+
+
+def data_label() -> str:
+    return st.session_state.get("data_label", "demo world")
