@@ -85,8 +85,8 @@ class UnlearningJob:
                  run_dir: str | Path | None = None):
         self.config = config
         self.method: Method = build_method(config.method, config.params)
-        self.loaded = loaded or models.load_model(config.model, device=config.device, dtype=config.dtype)
         dataset = dataset or load_data(config.data, config.retain_data)
+        self.loaded = loaded or models.load_model(config.model, device=config.device, dtype=config.dtype)
         forget = dataset.forget
         if config.forget_ids is not None:
             wanted = set(config.forget_ids)
