@@ -18,11 +18,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rouge_score import rouge_scorer
 from scipy.stats import ks_2samp, rankdata
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from atwu_core import losses
 from atwu_core.data import IGNORE_INDEX, EncodedSample, Record, encode_records
 from atwu_core.generation import collate, evaluating, greedy_answers, model_device, pad_token_id
 
@@ -30,21 +30,22 @@ from atwu_core.generation import collate, evaluating, greedy_answers, model_devi
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood [B, L-1]: position t scores token t+1 from the logits at t; 0 where ignored.
+    """Per-token negative log-likelihood [B, L-1]: position t scores token t+1 from the logits at t; 0 off the answer.
 
-    Computed in float32 whatever the logits' dtype (bf16 log-softmax loses the small differences unlearning moves).
-    Keeps the autograd graph, so a training loss can be built from it.
+    The training loop's own computation (`losses.token_nll`, float32, keeps the graph), so what is
+    reported is exactly what is optimised.
     """
-    shifted_logits = logits[:, :-1].float()
-    shifted_labels = labels[:, 1:].to(logits.device)
-    return F.cross_entropy(shifted_logits.transpose(1, 2), shifted_labels, ignore_index=IGNORE_INDEX, reduction="none")
+    return losses.token_nll(logits, labels.to(logits.device))[0]
+
+
+def _logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    device = model_device(model)
+    return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
 
 
 def per_token_nll(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """`token_nll` of a `collate` batch under `model`; runs under the caller's grad mode."""
-    device = model_device(model)
-    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-    return token_nll(logits, batch["labels"])
+    return token_nll(_logits(model, batch), batch["labels"])
 
 
 def extraction_strength(correct: Sequence[bool]) -> float:
@@ -58,12 +59,11 @@ def answer_stats(model: torch.nn.Module, samples: Sequence[EncodedSample], pad_i
     """Teacher-forced scores per sample: `prob` (exp of minus the mean answer-token NLL), `extraction_strength`,
     and `token_logprobs` (log p of each answer token, for before/after views), plus its `id`."""
     stats: list[dict] = []
-    device = model_device(model)
     with evaluating(model):
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
             batch = collate(chunk, pad_id)
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+            logits = _logits(model, batch)
             nll = token_nll(logits, batch["labels"]).cpu()
             labels = batch["labels"][:, 1:]
             correct = (logits[:, :-1].argmax(-1).cpu() == labels)
