@@ -8,6 +8,7 @@ crash or a concurrent run never leaves a half-written folder that is mistaken fo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
@@ -172,8 +173,9 @@ def _is_complete(folder: Path, source: dict[str, Any]) -> bool:
 def _remove_leftovers(dest: Path) -> None:
     """Delete half-built folders (~0.5 GB each) that a killed conversion left; young ones may still be in use."""
     for leftover in dest.parent.glob(f".*-{dest.name}-*"):
-        if time.time() - leftover.stat().st_mtime > LEFTOVER_AGE_S:
-            shutil.rmtree(leftover, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another process may be removing it too
+            if time.time() - leftover.stat().st_mtime > LEFTOVER_AGE_S:
+                shutil.rmtree(leftover)
 
 
 def _move_into_place(tmp: Path, dest: Path, source: dict[str, Any]) -> None:
