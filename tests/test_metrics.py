@@ -163,6 +163,17 @@ def test_quality_of_the_wired_model_is_known_exactly(wired, tokenizer) -> None:
         quality(model, tokenizer, [replace(RECORD, id="other")], [sample])
 
 
+def test_truth_ratio_compares_perturbed_with_paraphrased_answers(wired, tokenizer) -> None:
+    model, sample = wired
+    # the paraphrase is the wired answer; a perturbed answer equal to it gives R = 1, other answers R << 1
+    tied = replace(RECORD, paraphrased_answer=RECORD.answer, perturbed_answer=[RECORD.answer, RECORD.answer])
+    wrong = replace(RECORD, paraphrased_answer=RECORD.answer, perturbed_answer=[RECORD.answer, "Ada Quill lives nowhere."])
+    assert quality(model, tokenizer, [tied], [sample])["truth_ratios"] == [pytest.approx(1.0)]
+    result = quality(model, tokenizer, [wrong], [sample])
+    assert 0.5 < result["truth_ratio"] < 0.75  # (1 + a small probability) / 2
+    assert result["truth_ratios"] == [result["truth_ratio"]]
+
+
 # --------------------------------------------------------------------------------------------- alignment
 
 
