@@ -69,7 +69,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _build_demo(args: argparse.Namespace) -> int:
     if args.base == "smollm2":
-        from atwu_core.finetune import build_demo_smollm2
+        from atwu_core.demo_smollm2 import build_demo_smollm2
 
         report = build_demo_smollm2()
     else:
