@@ -49,14 +49,15 @@ def progress_panel(reader: RunReader, steps: list[dict]) -> None:
         st.plotly_chart(fig, key=f"losses_{reader.dir.name}")
 
 
-def pick_sample(samples: list[dict], key: str) -> dict | None:
-    """Sample picker (samples with ground truth first)."""
+def pick_sample(samples: list[dict], key: str, recorded: list[str] = ()) -> dict | None:
+    """Sample picker (samples with ground truth first), starting on the first sample in `recorded`."""
     if not samples:
         return None
     ordered = sorted(samples, key=lambda s: not s["has_ground_truth"])
     by_id = {s["id"]: s for s in ordered}
-    sid = st.selectbox("Sample", list(by_id), key=key,
-                       format_func=lambda i: f"{i}: {by_id[i]['question'][:70]}")
+    ids = list(by_id)
+    start = next((ids.index(i) for i in ids if i in recorded), 0)
+    sid = st.selectbox("Sample", ids, index=start, key=key, format_func=lambda i: f"{i}: {by_id[i]['question'][:70]}")
     return by_id[sid]
 
 
@@ -64,6 +65,9 @@ def sample_view(reader: RunReader, sample: dict, *, key: str, upto_step: int | N
     """Steps × tokens heatmap and the token chips at the last shown step, for one forget sample."""
     steps, matrix = reader.weight_matrix(sample["id"])
     _, probs = reader.weight_matrix(sample["id"], key="probs")
+    final = reader.final if upto_step is None else None
+    if final is not None and sample["id"] in final["weights"]:
+        steps, matrix, probs = steps + ["final"], matrix + [final["weights"][sample["id"]]], probs + [final["probs"][sample["id"]]]
     if upto_step is not None:
         keep = sum(s <= upto_step for s in steps)
         steps, matrix, probs = steps[:keep], matrix[:keep], probs[:keep]
@@ -81,7 +85,7 @@ def sample_view(reader: RunReader, sample: dict, *, key: str, upto_step: int | N
     st.plotly_chart(fig, key=f"{key}_heatmap")
     flat = [v for row in matrix for v in row]
     vmin, vmax = (0.0, 1.0) if fixed else (min(flat), max(flat))
-    st.markdown(f"**Step {steps[-1]}** — Q: {sample['question']}")
+    st.markdown(f"**{'Final pass' if steps[-1] == 'final' else f'Step {steps[-1]}'}** — Q: {sample['question']}")
     st.html(token_chips_html(
         sample["tokens"], matrix[-1], span_mask=sample["span_mask"], token_ids=sample["token_ids"],
         previous=matrix[-2] if len(matrix) > 1 else None, probs_before=probs[0] if probs else None,

@@ -100,7 +100,7 @@ def current_data() -> Dataset:
     """The session's dataset: one set on the Data page, else the demo world."""
     if "dataset" not in st.session_state:
         st.session_state["dataset"] = cached_data(DEFAULT_DATA)
-        st.session_state["data_label"] = "demo world"
+        st.session_state["data_label"] = DEFAULT_DATA
     return st.session_state["dataset"]
 
 
@@ -111,4 +111,4 @@ def set_data(dataset: Dataset, label: str) -> None:
 
 
 def data_label() -> str:
-    return st.session_state.get("data_label", "demo world")
+    return st.session_state.get("data_label", DEFAULT_DATA)

@@ -72,9 +72,10 @@ def from_path() -> tuple[Dataset, str] | None:
         retain = st.text_input("Retain set JSON (optional)", key="retain_path").strip() or None
     if st.button("Load data", type="primary", key="load_path"):
         if not spec:
-            st.error("Type a path first.")
-            return None
-        return state.cached_data(spec, retain), spec
+            raise DataError("Type a path first.")
+        if not Path(spec).expanduser().exists():
+            raise DataError(f"{spec}: no such file or folder.")
+        return state.cached_data(str(Path(spec).expanduser()), retain), spec
     return None
 
 

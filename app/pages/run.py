@@ -13,6 +13,14 @@ from atwu_core.job import JobBusyError
 from atwu_core.runs import RunReader
 
 REFRESH_S = 1.0
+JOB_SETTINGS = {  # integer JobConfig fields worth changing from the app
+    "forget_batch_size": "Forget samples per step.",
+    "retain_batch_size": "Retain samples per step.",
+    "lora_rank": "LoRA rank.",
+    "lora_alpha": "LoRA alpha (scale = alpha / rank).",
+    "max_length": "Longest prompt + answer in tokens; longer samples are truncated.",
+    "eval_max_samples": "Forget and retain samples scored before/after at the end (fewer = faster finish).",
+}
 
 
 def param_widget(spec: ParamSpec, default: object, key: str) -> object:
@@ -40,6 +48,13 @@ def settings() -> dict:
     lr = float(c2.number_input("Learning rate", 1e-7, 1.0, base.lr, format="%g", key=f"lr_{preset}",
                                help="LoRA learning rate (linear warm-up, then decay)."))
     seed = int(c3.number_input("Seed", 0, 2**31 - 1, base.seed, key="seed", help="Seeds batching and initialisation."))
+    with st.expander("Job settings"):
+        cols = st.columns(3)
+        job = {}
+        for k, (name, text) in enumerate(JOB_SETTINGS.items()):
+            value = cols[k % 3].number_input(name.replace("_", " "), 1, 100_000, getattr(base, name), step=1,
+                                             help=text, key=f"job_{name}")
+            job[name] = None if value is None else int(value)
     defaults = resolve_params(method, preset)
     with st.expander(f"{method} hyperparameters ({len(defaults)})"):
         cols = st.columns(3)
@@ -47,7 +62,7 @@ def settings() -> dict:
         for k, spec in enumerate(method_params(method)):
             with cols[k % 3]:
                 params[spec.name] = param_widget(spec, defaults[spec.name], f"p_{method}_{preset}_{spec.name}")
-    return {"method": method, "preset": preset, "params": params, "steps": steps, "lr": lr, "seed": seed}
+    return {"method": method, "preset": preset, "params": params, "steps": steps, "lr": lr, "seed": seed, **job}
 
 
 def start(arguments: dict) -> None:
@@ -85,8 +100,10 @@ def live_view(run_dir: str) -> None:
         steps = reader.steps()
         st.subheader(f"Run {Path(run_dir).name}")
         progress_panel(reader, steps)
-        sample = pick_sample(reader.samples, key="run_sample")
-        if sample is not None:
+        if not steps:
+            st.info("Waiting for the first step …")
+        else:
+            sample = pick_sample(reader.samples, key=f"run_sample_{reader.dir.name}", recorded=list(steps[-1]["weights"]))
             sample_view(reader, sample, key="run_view")
         if live and state.jobs().running() is None:
             st.rerun(scope="app")  # the job ended: one full rerun stops the polling

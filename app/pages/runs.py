@@ -72,10 +72,10 @@ run_dir = st.selectbox("Reopen", [r["run_dir"] for r in runs], key="runs_pick",
 reader = RunReader(run_dir)
 steps = reader.steps()
 progress_panel(reader, steps)
-sample = pick_sample(reader.samples, key="runs_sample")
-if sample is None or not steps:
+if not steps or not reader.samples:
     st.info("This run recorded no steps.")
     st.stop()
+sample = pick_sample(reader.samples, key=f"runs_sample_{reader.dir.name}", recorded=list(steps[0]["weights"]))
 numbers = [rec["step"] for rec in steps]
 upto = st.slider("Replay up to step", numbers[0], numbers[-1], numbers[-1], key=f"runs_step_{run_dir}") \
     if len(numbers) > 1 else numbers[0]
