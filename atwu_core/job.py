@@ -13,6 +13,7 @@ with --full) and always unwraps it again, so a failed or cancelled job leaves th
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 import threading
@@ -308,14 +309,24 @@ class UnlearningJob:
         for name, (records, samples) in splits.items():
             if not samples:
                 continue
+            judge = functools.partial(metrics.quality, tokenizer=tok, records=records, samples=samples, max_samples=cap,
+                                      chat_template=self.config.chat_template)
             if reference is not None:
-                before = metrics.quality(reference, tok, records, samples, max_samples=cap)
+                before = judge(reference)
             else:
                 with models.reference_model(model) as ref:
-                    before = metrics.quality(ref, tok, records, samples, max_samples=cap)
-            after = metrics.quality(model, tok, records, samples, max_samples=cap)
-            out[name] = {"before": before, "after": after}
+                    before = judge(ref)
+            out[name] = {"before": before, "after": judge(model)}
+        if self.config.reference and out["forget"]["after"].get("truth_ratios"):
+            out["forget_quality"] = self._forget_quality(out["forget"]["after"]["truth_ratios"])
         return out
+
+    def _forget_quality(self, truth_ratios: list[float]) -> float:
+        """TOFU's forget quality: KS test of our truth ratios against a retain-only model's on the same forget set."""
+        reference = models.load_model(self.config.reference, device=self.config.device, dtype=self.config.dtype)
+        ratios = metrics.truth_ratios(reference.model, reference.tokenizer, self.dataset.forget[: self.config.eval_max_samples],
+                                      chat_template=self.config.chat_template)
+        return metrics.forget_quality(truth_ratios, ratios)
 
 
 def run_job(config: JobConfig, **kwargs) -> UnlearningJob:

@@ -174,12 +174,16 @@ def reference_model(model) -> Iterator[PreTrainedModel]:
 
 @contextlib.contextmanager
 def adapter_enabled(loaded: LoadedModel, run_dir: str | Path) -> Iterator[PreTrainedModel]:
-    """The unlearned model of a run: the loaded model with that run's adapter, removed again on exit."""
+    """The unlearned model of a run: the loaded model with that run's adapter, removed again on exit
+    (or, for a --full run, its saved model)."""
     from peft import PeftModel
 
-    adapter = Path(run_dir) / "adapter"
+    adapter, full = Path(run_dir) / "adapter", Path(run_dir) / "model"
+    if (full / "config.json").is_file():
+        yield load_model(str(full), device=loaded.info.device, dtype=loaded.info.dtype).model
+        return
     if not (adapter / "adapter_config.json").is_file():
-        raise ModelLoadError(f"{run_dir}: no LoRA adapter saved in this run (it may have failed before saving).")
+        raise ModelLoadError(f"{run_dir}: no adapter or model saved in this run (it may have failed before saving).")
     with loaded.lock:
         peft_model = PeftModel.from_pretrained(loaded.model, str(adapter))
         peft_model.eval()
