@@ -13,7 +13,7 @@ import streamlit as st  # noqa: E402
 
 from app import state  # noqa: E402
 
-PAGES = Path(__file__).resolve().parent / "pages"
+PAGES = Path(__file__).resolve().parent / "app_pages"  # not "pages/": that name turns on Streamlit's v1 multipage mode
 
 
 def main() -> None:

@@ -1,0 +1,145 @@
+"""Screenshots of every page of a live `streamlit run` (headless Chromium via Playwright).
+
+    python -m app.screenshots [OUT_DIR]      # default docs/screenshots
+
+Also provides `streamlit_server` and `launch_browser`, which tests/test_browser.py uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+HEATMAP = ".js-plotly-plot .heatmaplayer"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(runs_dir: Path, timeout: float = 60) -> Iterator[str]:
+    """`streamlit run app/main.py` on a free localhost port with its own runs root; yields its URL, stops it after."""
+    port = free_port()
+    env = {**os.environ, "ATWU_RUNS": str(runs_dir), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"streamlit did not start: {log.read().decode(errors='replace')[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@contextlib.contextmanager
+def launch_browser() -> Iterator[object]:
+    """A headless Debian Chromium page (1400 x 1000) driven by Playwright's sync API."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        finally:
+            browser.close()
+
+
+def settle(page, timeout: float = 30_000) -> None:
+    """Wait until Streamlit has finished the current script run."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+
+
+def press_run(page, url: str, steps: int | None = None) -> None:
+    """Open the Run page, optionally set the number of steps, and press Run."""
+    page.goto(f"{url}/run")
+    settle(page)
+    if steps is not None:
+        box = page.get_by_label("Steps", exact=True)
+        box.fill(str(steps))
+        box.press("Enter")
+        settle(page)
+    page.get_by_role("button", name=re.compile(r"Run$")).click()
+
+
+def wait_finished(page, timeout: float) -> None:
+    page.get_by_text(re.compile(r"^completed · step")).wait_for(timeout=timeout)
+
+
+def take_screenshots(out_dir: Path, steps: int = 40) -> list[Path]:
+    """Every page with a demo run in progress and finished; returns the PNG paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shots: list[Path] = []
+
+    def shot(page, name: str) -> None:
+        """The whole page: Streamlit scrolls inside its main section, so grow the viewport to fit it."""
+        height = page.evaluate("() => (document.querySelector('[data-testid=\"stMain\"]')"
+                               " || document.scrollingElement).scrollHeight")
+        page.set_viewport_size({"width": 1400, "height": min(max(height, 1000), 5000)})
+        page.wait_for_timeout(800)
+        path = out_dir / f"{name}.png"
+        page.screenshot(path=str(path))
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        shots.append(path)
+
+    with tempfile.TemporaryDirectory() as runs, streamlit_server(Path(runs)) as url, launch_browser() as page:
+        press_run(page, url, steps)
+        page.wait_for_selector(HEATMAP, timeout=60_000)
+        page.wait_for_timeout(4000)
+        shot(page, "run-in-progress")
+        wait_finished(page, timeout=300_000)
+        page.wait_for_timeout(1500)
+        shot(page, "run-finished")
+        for name in ("model", "data", "compare", "runs"):
+            page.goto(f"{url}/{name}")
+            settle(page)
+            page.wait_for_timeout(2500)
+            shot(page, name)
+        page.goto(f"{url}/query")
+        settle(page)
+        page.get_by_text("Forget question", exact=True).click()
+        settle(page)
+        page.get_by_role("button", name="Answer").click()
+        page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+        page.wait_for_timeout(1500)
+        shot(page, "query")
+    return shots
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "screenshots"
+    for png in take_screenshots(target):
+        print(png)
