@@ -17,15 +17,15 @@ PAGES = Path(__file__).resolve().parent / "app_pages"  # not "pages/": that name
 
 
 def main() -> None:
-    st.set_page_config(page_title="ATWU Explorer", page_icon="🧽", layout="wide")
+    st.set_page_config(page_title="ATWU Explorer", page_icon=":material/cleaning_services:", layout="wide")
     page = st.navigation(
         [
-            st.Page(PAGES / "model.py", title="Model", icon="🧠", url_path="model"),
-            st.Page(PAGES / "data.py", title="Data", icon="📄", url_path="data"),
-            st.Page(PAGES / "run.py", title="Run", icon="▶️", url_path="run", default=True),
-            st.Page(PAGES / "compare.py", title="Compare", icon="📊", url_path="compare"),
-            st.Page(PAGES / "query.py", title="Query", icon="💬", url_path="query"),
-            st.Page(PAGES / "runs.py", title="Runs", icon="🗂️", url_path="runs"),
+            st.Page(PAGES / "model.py", title="Model", icon=":material/memory:", url_path="model"),
+            st.Page(PAGES / "data.py", title="Data", icon=":material/description:", url_path="data"),
+            st.Page(PAGES / "run.py", title="Run", icon=":material/play_circle:", url_path="run", default=True),
+            st.Page(PAGES / "compare.py", title="Compare", icon=":material/insights:", url_path="compare"),
+            st.Page(PAGES / "query.py", title="Query", icon=":material/chat:", url_path="query"),
+            st.Page(PAGES / "runs.py", title="Runs", icon=":material/folder_open:", url_path="runs"),
         ]
     )
     with st.sidebar:

@@ -76,16 +76,16 @@ def launch_browser() -> Iterator[object]:
             browser.close()
 
 
-def settle(page, timeout: float = 30_000) -> None:
-    """Wait until Streamlit has finished the current script run."""
-    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout)
+def settle(page, timeout: float = 60_000) -> None:
+    """Wait until Streamlit has drawn a page title and finished the current script run."""
+    page.wait_for_selector("h1", timeout=timeout)
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
 
 
 def press_run(page, url: str, steps: int | None = None) -> None:
     """Open the Run page, optionally set the number of steps, and press Run."""
-    page.goto(f"{url}/run")
+    page.goto(url)  # the Run page is the default page, at the root
     settle(page)
     if steps is not None:
         box = page.get_by_label("Steps", exact=True)

@@ -30,10 +30,9 @@ if not chosen:
     st.info("Pick at least one run.")
     st.stop()
 
-readers = {d: RunReader(d) for d in chosen}
-weights = {d: r.final_weights() for d, r in readers.items()}
-samples = {d: {s["id"]: encoded_sample(s) for s in r.samples} for d, r in readers.items()}
-names = {d: f"{r.config['method']} · {run_label(d)}" for d, r in readers.items()}
+weights = {d: RunReader(d).final_weights() for d in chosen}
+samples = {d: {s["id"]: encoded_sample(s) for s in RunReader(d).samples} for d in chosen}
+names = {d: run_label(d) for d in chosen}
 results = {d: alignment(weights[d], list(samples[d].values())) for d in chosen}
 
 st.subheader("Alignment with the ground truth (pooled over all answer tokens)")

@@ -83,6 +83,7 @@ def start(arguments: dict) -> None:
         st.error(f"Could not start the job: {err}")
         return
     st.session_state["run_dir"] = str(job.run_dir)
+    st.rerun()  # redraw everything (the sidebar too) with the job running
 
 
 def live_view(run_dir: str) -> None:
@@ -115,9 +116,9 @@ st.title("Run")
 st.caption(f"Model **{state.model_spec()}** · data **{state.data_label()}** (change them on the Model and Data pages)")
 arguments = settings()
 c1, c2, _ = st.columns([1, 1, 4])
-if c1.button("Run", type="primary", key="run", icon="▶️"):
+if c1.button("Run", type="primary", key="run", icon=":material/play_arrow:"):
     start(arguments)
-if c2.button("Cancel", key="cancel", icon="⏹️"):
+if c2.button("Cancel", key="cancel", icon=":material/stop:"):
     st.info("Cancelling …" if state.jobs().cancel() else "No job is running.")
 registry_job = state.jobs().job
 current = st.session_state.get("run_dir") or (str(registry_job.run_dir) if registry_job else None)

@@ -100,6 +100,6 @@ def weight_heatmap(
         yaxis2={"domain": [0.95, 1.0], "visible": False, "range": [-1, 1]},
         showlegend=False,
         margin={"l": 60, "r": 20, "t": 60, "b": 90},
-        height=max(260, min(640, 120 + 14 * len(rows))),
+        height=max(320, min(720, 160 + 22 * len(rows))),
     )
     return fig

@@ -81,6 +81,6 @@ def _chip(token: str, title: str, bg: str, underline: bool) -> str:
     border = "border-bottom:3px solid #d62728;" if underline else ""
     return (
         f'<span class="atwu-chip" title="{html.escape(title, quote=True)}" style="background:{bg};'
-        f"color:{_text_colour(bg)};{border}padding:2px 1px;margin:1px 0;border-radius:3px;"
+        f"color:{_text_colour(bg)};{border}padding:2px 1px;margin:1px 2px 1px 0;border-radius:3px;"
         f'font-family:monospace;line-height:2">{text}</span>'
     )
