@@ -48,6 +48,7 @@ class JobRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.job: BackgroundJob | None = None
+        self.model: str | None = None  # the model spec the job trains
 
     def running(self) -> BackgroundJob | None:
         job = self.job
@@ -59,7 +60,12 @@ class JobRegistry:
             if self.running():
                 raise JobBusyError(f"a job is already running in {self.job.run_dir}; wait for it or cancel it.")
             self.job = BackgroundJob.start(config, loaded, dataset)  # a fresh folder under runs_root()
+            self.model = config.model
             return self.job
+
+    def busy_with(self, model: str) -> bool:
+        """Whether a running job is training `model` (which then must not be queried)."""
+        return self.running() is not None and self.model == model
 
     def cancel(self) -> bool:
         job = self.running()

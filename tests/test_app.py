@@ -111,10 +111,15 @@ def test_second_run_refused_and_cancel(completed_run: str) -> None:
     run_dir = start_job(at, steps=500)
     at.button(key="run").click().run()
     assert "already running" in errors(at)
+    refreshed = app()  # a browser refresh: a new session finds the same job and cannot start another
+    assert f"Run {Path(run_dir).name}" in [h.value for h in refreshed.subheader]
+    refreshed.button(key="run").click().run()
+    assert "already running" in errors(refreshed)
     assert len([r for r in list_runs() if r["state"] == "running"]) == 1
-    at.button(key="cancel").click().run()
+    refreshed.button(key="cancel").click().run()
     assert finish(at, run_dir)["state"] == "cancelled"
-    assert at.session_state["run_dir"] == run_dir  # the page kept following the same job
+    assert at.session_state["run_dir"] == run_dir
+    assert "Cancelled after" in " ".join(w.value for w in at.warning)
 
 
 def test_compare_shows_alignment(completed_run: str) -> None:

@@ -41,8 +41,7 @@ def show_logprobs(sample: EncodedSample, before: dict, after: dict) -> None:
 def answer(run_dir: str, prompt: str, reference: str, max_new: int) -> None:
     """Answers before (plain model) and after (the run's adapter) side by side."""
     config = RunReader(run_dir).config
-    job = state.jobs().running()
-    if job is not None and RunReader(job.run_dir).config.get("model") == config.get("model"):
+    if state.jobs().busy_with(config["model"]):
         st.error("A job is training this model right now; query it when the job has finished.")
         return
     try:

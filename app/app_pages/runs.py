@@ -65,8 +65,8 @@ if not runs:
     st.info(f"No runs in {runs_root()} yet: start one on the Run page.")
     st.stop()
 table = pd.DataFrame(runs).rename(columns={"forget_exact": "forget exact", "retain_exact": "retain exact"})
-st.dataframe(table.drop(columns=["run_dir"]).assign(run=[run_label(r["run_dir"]) for r in runs]), hide_index=True,
-             key="runs_table")
+table.insert(0, "run", [run_label(r["run_dir"]) for r in runs])
+st.dataframe(table.drop(columns=["run_dir"]), hide_index=True, key="runs_table")
 run_dir = st.selectbox("Reopen", [r["run_dir"] for r in runs], key="runs_pick",
                        format_func=lambda d: run_label(d, next(r for r in runs if r["run_dir"] == d)))
 reader = RunReader(run_dir)
