@@ -23,8 +23,13 @@ def encoded_sample(sample: dict) -> EncodedSample:
     """A samples.json entry as the answer-only EncodedSample the alignment metrics take."""
     ids = list(sample["token_ids"])
     return EncodedSample(
-        record_id=sample["id"], input_ids=ids, labels=ids, prompt_length=0, answer_tokens=list(sample["tokens"]),
-        answer_offsets=[tuple(o) for o in sample["offsets"]], span_mask=[bool(m) for m in sample["span_mask"]],
+        record_id=sample["id"],
+        input_ids=ids,
+        labels=ids,
+        prompt_length=0,
+        answer_tokens=list(sample["tokens"]),
+        answer_offsets=[tuple(o) for o in sample["offsets"]],
+        span_mask=[bool(m) for m in sample["span_mask"]],
         has_ground_truth=bool(sample["has_ground_truth"]),
     )
 
@@ -36,16 +41,19 @@ def progress_panel(reader: RunReader, steps: list[dict]) -> None:
     elapsed = steps[-1]["elapsed"] if steps else 0.0
     rate = len(steps) / elapsed if elapsed > 0 else 0.0
     eta = f"{(total - done) / rate:.0f} s" if rate > 0 and total > done else "–"
-    st.progress(min(done / total, 1.0) if total else 0.0,
-                text=f"{status['state']} · step {done}/{total} · {rate:.2f} steps/s · ETA {eta}")
+    st.progress(
+        min(done / total, 1.0) if total else 0.0,
+        text=f"{status['state']} · step {done}/{total} · {rate:.2f} steps/s · ETA {eta}",
+    )
     if status.get("state") == "failed":
         st.error(f"The job failed: {status.get('error')}")
     elif status.get("state") == "cancelled":
         st.warning(f"Cancelled after {done} steps.")
     if steps:
         losses = sorted({k for rec in steps for k in rec.get("losses", {})})
-        fig = loss_figure([rec["step"] for rec in steps],
-                          {k: [rec.get("losses", {}).get(k) for rec in steps] for k in losses})
+        fig = loss_figure(
+            [rec["step"] for rec in steps], {k: [rec.get("losses", {}).get(k) for rec in steps] for k in losses}
+        )
         st.plotly_chart(fig, key=f"losses_{reader.dir.name}")
 
 
@@ -67,7 +75,11 @@ def sample_view(reader: RunReader, sample: dict, *, key: str, upto_step: int | N
     _, probs = reader.weight_matrix(sample["id"], key="probs")
     final = reader.final if upto_step is None else None
     if final is not None and sample["id"] in final["weights"]:
-        steps, matrix, probs = steps + ["final"], matrix + [final["weights"][sample["id"]]], probs + [final["probs"][sample["id"]]]
+        steps, matrix, probs = (
+            steps + ["final"],
+            matrix + [final["weights"][sample["id"]]],
+            probs + [final["probs"][sample["id"]]],
+        )
     if upto_step is not None:
         keep = sum(s <= upto_step for s in steps)
         steps, matrix, probs = steps[:keep], matrix[:keep], probs[:keep]
@@ -76,18 +88,34 @@ def sample_view(reader: RunReader, sample: dict, *, key: str, upto_step: int | N
         return
     c1, c2 = st.columns(2)
     words = c1.toggle("Aggregate tokens to words", key=f"{key}_words")
-    fixed = c2.radio("Colour scale", ["fixed [0, 1]", "per sample"], key=f"{key}_scale", horizontal=True) == "fixed [0, 1]"
+    fixed = (
+        c2.radio("Colour scale", ["fixed [0, 1]", "per sample"], key=f"{key}_scale", horizontal=True) == "fixed [0, 1]"
+    )
     tokens, mask, shown = sample["tokens"], sample["span_mask"], matrix
     if words:
         tokens, shown, mask = aggregate_words(tokens, matrix, mask, sample["offsets"])
-    fig = weight_heatmap(steps, shown, tokens, span_mask=mask, fixed_scale=fixed,
-                         title=f"Forget weight per {'word' if words else 'token'} and step: {sample['id']}")
+    fig = weight_heatmap(
+        steps,
+        shown,
+        tokens,
+        span_mask=mask,
+        fixed_scale=fixed,
+        title=f"Forget weight per {'word' if words else 'token'} and step: {sample['id']}",
+    )
     st.plotly_chart(fig, key=f"{key}_heatmap")
     flat = [v for row in matrix for v in row]
     vmin, vmax = (0.0, 1.0) if fixed else (min(flat), max(flat))
     st.markdown(f"**{'Final pass' if steps[-1] == 'final' else f'Step {steps[-1]}'}** — Q: {sample['question']}")
-    st.html(token_chips_html(
-        sample["tokens"], matrix[-1], span_mask=sample["span_mask"], token_ids=sample["token_ids"],
-        previous=matrix[-2] if len(matrix) > 1 else None, probs_before=probs[0] if probs else None,
-        probs_now=probs[-1] if probs else None, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-6,
-    ))
+    st.html(
+        token_chips_html(
+            sample["tokens"],
+            matrix[-1],
+            span_mask=sample["span_mask"],
+            token_ids=sample["token_ids"],
+            previous=matrix[-2] if len(matrix) > 1 else None,
+            probs_before=probs[0] if probs else None,
+            probs_now=probs[-1] if probs else None,
+            vmin=vmin,
+            vmax=vmax if vmax > vmin else vmin + 1e-6,
+        )
+    )

@@ -21,8 +21,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 HEATMAP = ".js-plotly-plot .heatmaplayer"
 
 
@@ -37,8 +43,21 @@ def streamlit_server(runs_dir: Path, timeout: float = 60) -> Iterator[str]:
     """`streamlit run app/main.py` on a free localhost port with its own runs root; yields its URL, stops it after."""
     port = free_port()
     env = {**os.environ, "ATWU_RUNS": str(runs_dir), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.port", str(port),
-           "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(ROOT / "app" / "main.py"),
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -79,8 +98,7 @@ def launch_browser() -> Iterator[object]:
 def settle(page, timeout: float = 60_000) -> None:
     """Wait until Streamlit has drawn a page title and finished the current script run."""
     page.wait_for_selector("h1", timeout=timeout)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
 
 
 def press_run(page, url: str, steps: int | None = None) -> None:
@@ -106,8 +124,9 @@ def take_screenshots(out_dir: Path, steps: int = 40) -> list[Path]:
 
     def shot(page, name: str) -> None:
         """The whole page: Streamlit scrolls inside its main section, so grow the viewport to fit it."""
-        height = page.evaluate("() => (document.querySelector('[data-testid=\"stMain\"]')"
-                               " || document.scrollingElement).scrollHeight")
+        height = page.evaluate(
+            "() => (document.querySelector('[data-testid=\"stMain\"]') || document.scrollingElement).scrollHeight"
+        )
         page.set_viewport_size({"width": 1400, "height": min(max(height, 1000), 5000)})
         page.wait_for_timeout(800)
         path = out_dir / f"{name}.png"

@@ -173,7 +173,9 @@ def test_data_page_bad_inputs() -> None:
     assert "no such file or folder" in errors(at)
 
     at.radio(key="data_source").set_value("Upload JSONL").run()
-    at.file_uploader(key="upload").set_value(("bad.jsonl", b'{"question": "Q?", "answer": "A."}\n{oops\n', "application/json"))
+    at.file_uploader(key="upload").set_value(
+        ("bad.jsonl", b'{"question": "Q?", "answer": "A."}\n{oops\n', "application/json")
+    )
     at.run()
     at.button(key="use_upload").click().run()
     assert "bad.jsonl, line 2: malformed JSON" in errors(at)
@@ -197,7 +199,7 @@ def test_data_page_typed_sample_with_spans() -> None:
     at.button(key="use_typed").click().run()
     assert not at.error and not at.exception, errors(at)
     record = at.session_state["dataset"].forget[0]
-    assert [record.answer[s.start:s.end] for s in record.forget_spans] == ["Tessaly"]
+    assert [record.answer[s.start : s.end] for s in record.forget_spans] == ["Tessaly"]
     html = " ".join(h.proto.body for h in at.get("html"))
     assert "ground truth: forget" in html
 
@@ -206,7 +208,9 @@ def test_upload_valid_jsonl(tmp_path: Path) -> None:
     rows = [{"id": "u1", "question": "Who?", "answer": "Ada Vask.", "forget_strings": ["Vask"]}]
     at = on_page(app(), "data")
     at.radio(key="data_source").set_value("Upload JSONL").run()
-    at.file_uploader(key="upload").set_value(("mine.jsonl", "\n".join(map(json.dumps, rows)).encode(), "application/json"))
+    at.file_uploader(key="upload").set_value(
+        ("mine.jsonl", "\n".join(map(json.dumps, rows)).encode(), "application/json")
+    )
     at.run()
     at.button(key="use_upload").click().run()
     assert not at.error, errors(at)

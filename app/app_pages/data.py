@@ -64,8 +64,12 @@ def from_demo() -> tuple[Dataset, str] | None:
 
 
 def from_path() -> tuple[Dataset, str] | None:
-    kind = st.radio("Format", ["Dataset folder (forget.jsonl + retain.jsonl)", "TOFU-format JSON file"],
-                    key="path_kind", horizontal=True)
+    kind = st.radio(
+        "Format",
+        ["Dataset folder (forget.jsonl + retain.jsonl)", "TOFU-format JSON file"],
+        key="path_kind",
+        horizontal=True,
+    )
     spec = st.text_input("Path", key="data_path").strip()
     retain = None
     if kind.startswith("TOFU"):
@@ -80,10 +84,14 @@ def from_path() -> tuple[Dataset, str] | None:
 
 
 def from_upload() -> tuple[Dataset, str] | None:
-    upload = st.file_uploader("Forget set (JSONL: one {question, answer, forget_spans | forget_strings} per line)",
-                              type=["jsonl"], key="upload")
-    retain_upload = st.file_uploader("Retain set (optional JSONL; default: the demo world's retain set)",
-                                     type=["jsonl"], key="upload_retain")
+    upload = st.file_uploader(
+        "Forget set (JSONL: one {question, answer, forget_spans | forget_strings} per line)",
+        type=["jsonl"],
+        key="upload",
+    )
+    retain_upload = st.file_uploader(
+        "Retain set (optional JSONL; default: the demo world's retain set)", type=["jsonl"], key="upload_retain"
+    )
     if upload is None or not st.button("Use uploaded data", type="primary", key="use_upload"):
         return None
     forget = load_upload(upload)
@@ -97,16 +105,26 @@ def from_typed() -> tuple[Dataset, str] | None:
     question = st.text_input("Question", key="typed_question", placeholder="Where was Lorin Vask born?")
     answer = st.text_input("Answer", key="typed_answer", placeholder="Lorin Vask was born in Tessaly in 1987.")
     words = word_spans(answer)
-    chosen = st.pills("Ground truth: select the words to forget", list(range(len(words))), selection_mode="multi",
-                      format_func=lambda k: answer[words[k][0]:words[k][1]], key=f"typed_words_{answer}") or []
+    chosen = (
+        st.pills(
+            "Ground truth: select the words to forget",
+            list(range(len(words))),
+            selection_mode="multi",
+            format_func=lambda k: answer[words[k][0] : words[k][1]],
+            key=f"typed_words_{answer}",
+        )
+        or []
+    )
     if not st.button("Use this sample", type="primary", key="use_typed"):
         return None
     if not question.strip() or not answer.strip():
         raise DataError("Type both a question and an answer.")
     if not chosen:
         raise DataError("Select at least one answer word as ground truth (the words the model should forget).")
-    record = record_from_dict({"id": "typed-0", "question": question, "answer": answer,
-                               "forget_spans": selected_spans(words, chosen)}, "typed sample")
+    record = record_from_dict(
+        {"id": "typed-0", "question": question, "answer": answer, "forget_spans": selected_spans(words, chosen)},
+        "typed sample",
+    )
     return Dataset(name="typed sample", forget=[record], retain=demo_retain()), "typed sample"
 
 
@@ -125,8 +143,16 @@ def preview(dataset: Dataset) -> None:
     cols[0].metric("Forget samples", len(dataset.forget))
     cols[1].metric("Retain samples", len(dataset.retain))
     cols[2].metric("With ground truth", sum(bool(r.forget_spans) for r in dataset.forget))
-    st.dataframe(pd.DataFrame([{"id": r.id, "question": r.question, "answer": r.answer, "spans": len(r.forget_spans)}
-                               for r in dataset.forget]), hide_index=True, height=220)
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {"id": r.id, "question": r.question, "answer": r.answer, "spans": len(r.forget_spans)}
+                for r in dataset.forget
+            ]
+        ),
+        hide_index=True,
+        height=220,
+    )
     try:
         tokenizer = state.current_model().tokenizer
     except Exception as err:  # noqa: BLE001 - shown; the rest of the page still works
@@ -142,9 +168,11 @@ def preview(dataset: Dataset) -> None:
         return
     st.markdown(f"**Q:** {record.question}")
     st.html(span_chips_html(enc.answer_tokens, enc.span_mask, enc.answer_token_ids))
-    st.caption(f"{len(enc.answer_tokens)} answer tokens with {state.model_spec()}'s tokenizer, "
-               f"{sum(enc.span_mask)} inside ground-truth spans (highlighted, underlined)."
-               + ("" if enc.has_ground_truth else " This sample has no ground truth: alignment cannot be scored."))
+    st.caption(
+        f"{len(enc.answer_tokens)} answer tokens with {state.model_spec()}'s tokenizer, "
+        f"{sum(enc.span_mask)} inside ground-truth spans (highlighted, underlined)."
+        + ("" if enc.has_ground_truth else " This sample has no ground truth: alignment cannot be scored.")
+    )
 
 
 st.title("Data")

@@ -45,8 +45,12 @@ st.write("The model to unlearn from. Everything runs on this machine; the demo m
 source = st.radio("Source", list(SOURCES), key="model_source", horizontal=True)
 spec = SOURCES[source]
 if spec is None:
-    placeholder = "/path/to/model-folder or model.gguf" if source.startswith("Local") else "HuggingFaceTB/SmolLM2-135M-Instruct"
-    spec = st.text_input("Path" if source.startswith("Local") else "Hub id", key="model_path", placeholder=placeholder).strip()
+    placeholder = (
+        "/path/to/model-folder or model.gguf" if source.startswith("Local") else "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
+    spec = st.text_input(
+        "Path" if source.startswith("Local") else "Hub id", key="model_path", placeholder=placeholder
+    ).strip()
 if st.button("Load model", type="primary", key="load_model"):
     if not spec:
         st.error("Type a folder, a .gguf file or a hub id first.")

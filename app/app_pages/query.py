@@ -31,11 +31,31 @@ def ask(model, tokenizer, prompt: str, sample: EncodedSample | None, max_new: in
 def show_logprobs(sample: EncodedSample, before: dict, after: dict) -> None:
     """Per-token log-probability of the reference answer before and after unlearning."""
     delta = [a - b for a, b in zip(after["token_logprobs"], before["token_logprobs"])]
-    st.plotly_chart(token_bars(sample.answer_tokens, delta, title="Change in log-probability of each reference token",
-                               ylabel="log p after − log p before", colorbar="Δ log p"), key="delta_bars")
-    st.dataframe(pd.DataFrame({"token": sample.answer_tokens, "log p before": before["token_logprobs"],
-                               "log p after": after["token_logprobs"], "change": delta}), hide_index=True)
-    st.caption(f"Reference answer probability (per-token geometric mean): before {before['prob']:.3f}, after {after['prob']:.3f}.")
+    st.plotly_chart(
+        token_bars(
+            sample.answer_tokens,
+            delta,
+            title="Change in log-probability of each reference token",
+            ylabel="log p after − log p before",
+            colorbar="Δ log p",
+        ),
+        key="delta_bars",
+    )
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "token": sample.answer_tokens,
+                "log p before": before["token_logprobs"],
+                "log p after": after["token_logprobs"],
+                "change": delta,
+            }
+        ),
+        hide_index=True,
+    )
+    st.caption(
+        "Reference answer probability (per-token geometric mean): "
+        f"before {before['prob']:.3f}, after {after['prob']:.3f}."
+    )
 
 
 def answer(run_dir: str, prompt: str, reference: str, max_new: int) -> None:
@@ -47,8 +67,11 @@ def answer(run_dir: str, prompt: str, reference: str, max_new: int) -> None:
     try:
         with st.spinner(f"Loading {config['model']} …"):
             loaded = state.models().get(config["model"])
-        sample = encode_record(Record(id="query", question=prompt, answer=reference), loaded.tokenizer) \
-            if reference.strip() else None
+        sample = (
+            encode_record(Record(id="query", question=prompt, answer=reference), loaded.tokenizer)
+            if reference.strip()
+            else None
+        )
         with loaded.lock:
             before = ask(loaded.model, loaded.tokenizer, prompt, sample, max_new)
             with adapter_enabled(loaded, run_dir) as model:
@@ -70,13 +93,16 @@ finished = [r for r in list_runs() if r["state"] in ("completed", "cancelled")]
 if not finished:
     st.info("No finished run yet: run one on the Run page first.")
     st.stop()
-run_dir = st.selectbox("Run", [r["run_dir"] for r in finished], key="query_run",
-                       format_func=lambda d: run_label(d, RunReader(d).config))
+run_dir = st.selectbox(
+    "Run", [r["run_dir"] for r in finished], key="query_run", format_func=lambda d: run_label(d, RunReader(d).config)
+)
 reader = RunReader(run_dir)
 kind = st.radio("Prompt", ["Type a prompt", "Forget question", "Retain question"], horizontal=True, key="query_kind")
 if kind == "Type a prompt":
     prompt = st.text_input("Prompt", key="query_prompt")
-    reference = st.text_input("Reference answer (optional: shows per-token log-probability changes)", key="query_reference")
+    reference = st.text_input(
+        "Reference answer (optional: shows per-token log-probability changes)", key="query_reference"
+    )
 else:
     pairs = questions(reader)[kind]
     if not pairs:

@@ -41,19 +41,31 @@ def settings() -> dict:
     c1, c2 = st.columns([2, 1])
     method = c1.selectbox("Method", list(METHODS), key="method", help="The unlearning method.")
     c1.caption(METHODS[method])
-    preset = c2.selectbox("Preset", PRESETS, key="preset", help="demo: fast settings for the demo; paper: the published ones.")
+    preset = c2.selectbox(
+        "Preset", PRESETS, key="preset", help="demo: fast settings for the demo; paper: the published ones."
+    )
     base = make_config(method, preset)
     c1, c2, c3 = st.columns(3)
     steps = int(c1.number_input("Steps", 1, 10_000, base.steps, key=f"steps_{preset}", help="Optimiser steps."))
-    lr = float(c2.number_input("Learning rate", 1e-7, 1.0, base.lr, format="%g", key=f"lr_{preset}",
-                               help="LoRA learning rate (linear warm-up, then decay)."))
+    lr = float(
+        c2.number_input(
+            "Learning rate",
+            1e-7,
+            1.0,
+            base.lr,
+            format="%g",
+            key=f"lr_{preset}",
+            help="LoRA learning rate (linear warm-up, then decay).",
+        )
+    )
     seed = int(c3.number_input("Seed", 0, 2**31 - 1, base.seed, key="seed", help="Seeds batching and initialisation."))
     with st.expander("Job settings"):
         cols = st.columns(3)
         job = {}
         for k, (name, text) in enumerate(JOB_SETTINGS.items()):
-            value = cols[k % 3].number_input(name.replace("_", " "), 1, 100_000, getattr(base, name), step=1,
-                                             help=text, key=f"job_{name}")
+            value = cols[k % 3].number_input(
+                name.replace("_", " "), 1, 100_000, getattr(base, name), step=1, help=text, key=f"job_{name}"
+            )
             job[name] = None if value is None else int(value)
     defaults = resolve_params(method, preset)
     with st.expander(f"{method} hyperparameters ({len(defaults)})"):
@@ -67,15 +79,11 @@ def settings() -> dict:
 
 def start(arguments: dict) -> None:
     """Start a job on the session's model and data; refusals and bad input become messages."""
-    registry = state.jobs()
-    if registry.running():
-        st.error("A job is already running; wait for it to finish or cancel it first.")
-        return
     try:
         config = make_config(**arguments, model=state.model_spec(), data=state.data_label())
         with st.spinner(f"Loading {state.model_spec()} …"):
             loaded = state.current_model()
-        job = registry.start(config, loaded, state.current_data())
+        job = state.jobs().start(config, loaded, state.current_data())
     except JobBusyError as err:
         st.error(str(err))
         return
@@ -104,7 +112,9 @@ def live_view(run_dir: str) -> None:
         if not steps:
             st.info("Waiting for the first step …")
         else:
-            sample = pick_sample(reader.samples, key=f"run_sample_{reader.dir.name}", recorded=list(steps[-1]["weights"]))
+            sample = pick_sample(
+                reader.samples, key=f"run_sample_{reader.dir.name}", recorded=list(steps[-1]["weights"])
+            )
             sample_view(reader, sample, key="run_view")
         if live and state.jobs().running() is None:
             st.rerun(scope="app")  # the job ended: one full rerun stops the polling

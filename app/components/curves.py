@@ -21,7 +21,9 @@ def line_figure(
     for name, (xs, ys) in series.items():
         fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines", name=name))
     if diagonal:
-        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dot", "color": "grey"}))
+        fig.add_trace(
+            go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dot", "color": "grey"})
+        )
     fig.update_layout(
         title={"text": title},
         xaxis={"title": {"text": xlabel}},
@@ -38,8 +40,12 @@ def line_figure(
 
 def loss_figure(steps: list[int], losses: dict[str, list[float]]) -> go.Figure:
     """Every logged loss against the training step."""
-    return line_figure({name: (steps, values) for name, values in losses.items()},
-                       title="Losses", xlabel="training step", ylabel="loss")
+    return line_figure(
+        {name: (steps, values) for name, values in losses.items()},
+        title="Losses",
+        xlabel="training step",
+        ylabel="loss",
+    )
 
 
 def token_bars(tokens: list[str], values: list[float], *, title: str, ylabel: str, colorbar: str) -> go.Figure:
@@ -50,16 +56,25 @@ def token_bars(tokens: list[str], values: list[float], *, title: str, ylabel: st
         go.Bar(
             x=xs,
             y=values,
-            marker={"color": values, "colorscale": "RdBu", "cmin": -bound, "cmax": bound,
-                    "colorbar": {"title": {"text": colorbar}}},
+            marker={
+                "color": values,
+                "colorscale": "RdBu",
+                "cmin": -bound,
+                "cmax": bound,
+                "colorbar": {"title": {"text": colorbar}},
+            },
             customdata=[token_label(t) for t in tokens],
             hovertemplate="token: %{customdata}<br>%{y:.3f}<extra></extra>",
         )
     )
     fig.update_layout(
         title={"text": title},
-        xaxis={"title": {"text": "answer token"}, "tickvals": xs, "ticktext": [token_label(t) for t in tokens],
-               "tickangle": -60 if len(xs) > 12 else 0},
+        xaxis={
+            "title": {"text": "answer token"},
+            "tickvals": xs,
+            "ticktext": [token_label(t) for t in tokens],
+            "tickangle": -60 if len(xs) > 12 else 0,
+        },
         yaxis={"title": {"text": ylabel}},
         margin={"l": 60, "r": 20, "t": 60, "b": 90},
         height=340,

@@ -66,7 +66,9 @@ def weight_heatmap(
     ticktext = [f"<b>{lab}</b>" if span_mask and span_mask[k] else lab for k, lab in enumerate(labels)]
     xs = list(range(len(tokens)))
     flat = [v for row in matrix for v in row if v is not None]
-    zmin, zmax = (0.0, 1.0) if fixed_scale or not flat else (min(flat), max(flat) if max(flat) > min(flat) else min(flat) + 1e-6)
+    zmin, zmax = (
+        (0.0, 1.0) if fixed_scale or not flat else (min(flat), max(flat) if max(flat) > min(flat) else min(flat) + 1e-6)
+    )
     fig = go.Figure(
         go.Heatmap(
             z=matrix,
@@ -94,8 +96,12 @@ def weight_heatmap(
         )
     fig.update_layout(
         title={"text": title},
-        xaxis={"title": {"text": "answer token (bold, red mark = ground-truth span)"}, "tickvals": xs,
-               "ticktext": ticktext, "tickangle": -60 if len(xs) > 12 else 0},
+        xaxis={
+            "title": {"text": "answer token (bold, red mark = ground-truth span)"},
+            "tickvals": xs,
+            "ticktext": ticktext,
+            "tickangle": -60 if len(xs) > 12 else 0,
+        },
         yaxis={"title": {"text": row_title}, "type": "category", "autorange": "reversed", "domain": [0, 0.93]},
         yaxis2={"domain": [0.95, 1.0], "visible": False, "range": [-1, 1]},
         showlegend=False,

@@ -32,7 +32,8 @@ def colour_bar_html(vmin: float = 0.0, vmax: float = 1.0, label: str = "forget w
         f"<span>{label}</span><span>{vmin:.2f}</span>"
         f'<div style="width:220px;height:12px;border-radius:3px;background:linear-gradient(to right, {stops})"></div>'
         f"<span>{vmax:.2f}</span>"
-        '<span style="margin-left:12px;border-bottom:3px solid #d62728">underlined</span><span>= ground-truth span</span>'
+        '<span style="margin-left:12px;border-bottom:3px solid #d62728">underlined</span>'
+        "<span>= ground-truth span</span>"
         "</div>"
     )
 
@@ -64,11 +65,11 @@ def token_chips_html(
 
 def span_chips_html(tokens: list[str], span_mask: list[bool], token_ids: list[int] | None = None) -> str:
     """Tokens as chips with the ground-truth span tokens highlighted (no weights yet)."""
-    chips = [
-        _chip(token, f"token {token!r} | id {_fmt(token_ids, k, 'd')} | ground truth: {'forget' if _in_span(span_mask, k) else 'keep'}",
-              "rgb(253, 231, 37)" if _in_span(span_mask, k) else "rgb(232, 235, 240)", _in_span(span_mask, k))
-        for k, token in enumerate(tokens)
-    ]
+    chips = []
+    for k, token in enumerate(tokens):
+        inside = _in_span(span_mask, k)
+        title = f"token {token!r} | id {_fmt(token_ids, k, 'd')} | ground truth: {'forget' if inside else 'keep'}"
+        chips.append(_chip(token, title, "rgb(253, 231, 37)" if inside else "rgb(232, 235, 240)", inside))
     return f'<div style="word-wrap:break-word">{"".join(chips)}</div>'
 
 
