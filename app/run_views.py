@@ -103,7 +103,7 @@ def sample_view(reader: RunReader, sample: dict, *, key: str, upto_step: int | N
         title=f"Forget weight per {'word' if words else 'token'} and step: {sample['id']}",
     )
     st.plotly_chart(fig, key=f"{key}_heatmap")
-    flat = [v for row in matrix for v in row]
+    flat = [v for row in matrix for v in row if v is not None] or [0.0]
     vmin, vmax = (0.0, 1.0) if fixed else (min(flat), max(flat))
     st.markdown(f"**{'Final pass' if steps[-1] == 'final' else f'Step {steps[-1]}'}** — Q: {sample['question']}")
     st.html(

@@ -128,7 +128,9 @@ def test_compare_shows_alignment(completed_run: str) -> None:
     table = at.dataframe[0].value
     assert 0.0 <= table["AUROC"].iloc[0] <= 1.0 and 0.0 <= table["precision@k"].iloc[0] <= 1.0
     assert len(at.get("plotly_chart")) == 3  # ROC, PR, the side-by-side heatmap
-    assert not at.error
+    at.segmented_control(key="per_sample_number").set_value("precision_at_k").run()
+    assert at.dataframe[1].value.index.name == "sample (precision@k)"
+    assert not at.error and not at.exception
 
 
 def test_query_before_after(completed_run: str) -> None:

@@ -80,8 +80,11 @@ c2.plotly_chart(
 )
 
 st.subheader("Per sample")
-per_sample = pd.DataFrame({names[d]: {sid: v["auroc"] for sid, v in results[d]["per_sample"].items()} for d in chosen})
-st.dataframe(per_sample.rename_axis("sample (AUROC)"), key="per_sample_table")
+number = st.segmented_control(
+    "Per-sample number", list(NUMBERS), default="auroc", format_func=NUMBERS.get, key="per_sample_number"
+) or "auroc"
+per_sample = pd.DataFrame({names[d]: {sid: v[number] for sid, v in results[d]["per_sample"].items()} for d in chosen})
+st.dataframe(per_sample.rename_axis(f"sample ({NUMBERS[number]})"), key="per_sample_table")
 
 common = [sid for sid in samples[chosen[0]] if all(sid in samples[d] for d in chosen)]
 if not common:
