@@ -30,6 +30,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 HEATMAP = ".js-plotly-plot .heatmaplayer"
+COMPARED = ("wga", "tokenunlearn")
 
 
 def free_port() -> int:
@@ -101,16 +102,51 @@ def settle(page, timeout: float = 60_000) -> None:
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
 
 
-def press_run(page, url: str, steps: int | None = None) -> None:
-    """Open the Run page, optionally set the number of steps, and press Run."""
+def press_run(page, url: str, steps: int | None = None, method: str = "atwu") -> None:
+    """Open the Run page, pick the method, optionally set the number of steps, press Run and wait
+    until the page follows the new run (its folder name ends with the method)."""
     page.goto(url)  # the Run page is the default page, at the root
     settle(page)
+    if method != "atwu":
+        page.get_by_test_id("stSelectbox").filter(has_text="Method").click()
+        page.get_by_role("option", name=method, exact=True).click()
+        settle(page)
     if steps is not None:
         box = page.get_by_label("Steps", exact=True)
         box.fill(str(steps))
         box.press("Enter")
         settle(page)
+    old = page.get_by_text(re.compile(r"^Run \d{8}-")).all_inner_texts()
     page.get_by_role("button", name=re.compile(r"Run$")).click()
+    page.wait_for_function(
+        "([old, method]) => [...document.querySelectorAll('h3')].some(h => h.innerText.startsWith('Run ')"
+        " && h.innerText.includes('-' + method) && !old.includes(h.innerText))",
+        arg=[old, method],
+        timeout=60_000,
+    )
+
+
+def charts_drawn(page, timeout: float = 30_000) -> None:
+    """Wait until every Plotly chart on the page has drawn its SVG."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')]"
+        ".every(c => c.querySelector('.main-svg'))",
+        timeout=timeout,
+    )
+
+
+def full_page_screenshot(page, path: Path) -> None:
+    """The whole page: Streamlit scrolls inside its main section, so grow the viewport until it fits."""
+    script = "() => (document.querySelector('[data-testid=\"stMain\"]') || document.scrollingElement).scrollHeight"
+    for _ in range(3):  # charts drawn at the new size can change the height again
+        height = min(max(page.evaluate(script), 1000), 6000)
+        page.set_viewport_size({"width": 1400, "height": height})
+        page.wait_for_timeout(1000)
+        charts_drawn(page)
+        if page.evaluate(script) <= height:
+            break
+    page.screenshot(path=str(path))
+    page.set_viewport_size({"width": 1400, "height": 1000})
 
 
 def wait_finished(page, timeout: float) -> None:
@@ -118,20 +154,13 @@ def wait_finished(page, timeout: float) -> None:
 
 
 def take_screenshots(out_dir: Path, steps: int = 40) -> list[Path]:
-    """Every page with a demo run in progress and finished; returns the PNG paths."""
+    """Every page, with an ATWU demo run in progress and finished (and baselines to compare); returns the PNGs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     shots: list[Path] = []
 
     def shot(page, name: str) -> None:
-        """The whole page: Streamlit scrolls inside its main section, so grow the viewport to fit it."""
-        height = page.evaluate(
-            "() => (document.querySelector('[data-testid=\"stMain\"]') || document.scrollingElement).scrollHeight"
-        )
-        page.set_viewport_size({"width": 1400, "height": min(max(height, 1000), 5000)})
-        page.wait_for_timeout(800)
         path = out_dir / f"{name}.png"
-        page.screenshot(path=str(path))
-        page.set_viewport_size({"width": 1400, "height": 1000})
+        full_page_screenshot(page, path)
         shots.append(path)
 
     with tempfile.TemporaryDirectory() as runs, streamlit_server(Path(runs)) as url, launch_browser() as page:
@@ -142,6 +171,9 @@ def take_screenshots(out_dir: Path, steps: int = 40) -> list[Path]:
         wait_finished(page, timeout=300_000)
         page.wait_for_timeout(1500)
         shot(page, "run-finished")
+        for method in COMPARED:  # baselines for the side-by-side view on Compare
+            press_run(page, url, steps, method)
+            wait_finished(page, timeout=300_000)
         for name in ("model", "data", "compare", "runs"):
             page.goto(f"{url}/{name}")
             settle(page)
