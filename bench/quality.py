@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -35,7 +36,7 @@ from atwu_core.config import METHODS, make_config
 from atwu_core.data import Dataset, load_data, load_dataset_dir, load_tofu_json, save_dataset_dir
 from atwu_core.demo_world import generate_world
 from atwu_core.finetune import finetune_dataset_dir
-from atwu_core.job import run_job
+from atwu_core.job import JobError, run_job
 from atwu_core.models import LoadedModel, load_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,10 +110,12 @@ class World:
 def _teach(data_dir: Path, model_dir: Path, steps: int) -> str:
     """Teach a fresh tiny model the dataset once (cached in `model_dir`); returns what it reached."""
     report_path = model_dir / "training_report.json"
-    if not report_path.is_file():
-        print(f"teaching a tiny model {data_dir.name} (at most {steps} steps) into {model_dir} ...", file=sys.stderr, flush=True)
-        finetune_dataset_dir(data_dir, model_dir, tiny=True, steps=steps, seed=0,
+    if not report_path.is_file():  # taught into a private folder, then renamed: an interrupted run leaves no half model
+        print(f"teaching a tiny model {model_dir.parent.name} (at most {steps} steps) into {model_dir} ...", file=sys.stderr, flush=True)
+        staging = model_dir.with_name(f"{model_dir.name}.tmp-{os.getpid()}")
+        finetune_dataset_dir(data_dir, staging, tiny=True, steps=steps, seed=0,
                              log=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+        staging.replace(model_dir)
     r = json.loads(report_path.read_text(encoding="utf-8"))
     return (f"a fresh tiny model taught with `finetune_dataset_dir(tiny=True)` for {r['steps']} steps "
             f"({r['seconds']:.0f} s): forget exact {r['forget_exact']:.2f}, retain exact {r['retain_exact']:.2f} (teacher-forced)")
@@ -168,22 +171,65 @@ def load_world(name: str, args: argparse.Namespace) -> World | None:
 
 
 @dataclass(frozen=True)
+class Task:
+    world: str
+    method: str
+    seed: int
+    steps: int
+
+
+@dataclass(frozen=True)
 class JobResult:
     world: str
     method: str
     seed: int
     steps: int
-    metrics: dict
+    metrics: dict  # the job's metrics.json plus bench.wall_seconds (and bench.error when the job failed)
 
 
-def run_one(world: World, method: str, seed: int, steps: int, eval_cap: int, root: Path) -> JobResult:
-    """One full job through the engine (training, final pass, before/after evaluation), timed end to end."""
-    config = make_config(method, "demo", steps=steps, seed=seed, eval_max_samples=eval_cap)
+def run_one(world: World, task: Task, eval_cap: int) -> JobResult:
+    """One full job through the engine (training, final pass, before/after evaluation), timed end to end.
+    A failed job (e.g. a diverging loss) is a result too: its cells read n/a and the report lists it."""
+    config = make_config(task.method, "demo", steps=task.steps, seed=task.seed, eval_max_samples=eval_cap)
     start = time.perf_counter()
-    job = run_job(config, loaded=world.loaded, dataset=world.dataset, run_dir=root / f"{world.name}-{method}-{seed}-{steps}")
+    with tempfile.TemporaryDirectory(prefix="atwu-quality-") as tmp:
+        try:
+            metrics = run_job(config, loaded=world.loaded, dataset=world.dataset, run_dir=Path(tmp) / "run").metrics
+        except JobError as err:
+            metrics = {"bench": {"error": str(err)}}
     wall = time.perf_counter() - start
-    print(f"  {world.name:6s} {method:12s} seed {seed} steps {steps:3d}: {wall:5.1f} s", file=sys.stderr, flush=True)
-    return JobResult(world.name, method, seed, steps, {**job.metrics, "bench": {"wall_seconds": wall}})
+    metrics.setdefault("bench", {})["wall_seconds"] = wall
+    status = f"FAILED: {metrics['bench']['error']}" if "error" in metrics["bench"] else ""
+    print(f"  {task.world:6s} {task.method:12s} seed {task.seed} steps {task.steps:3d}: {wall:5.1f} s {status}",
+          file=sys.stderr, flush=True)
+    return JobResult(task.world, task.method, task.seed, task.steps, metrics)
+
+
+_WORKER: dict = {}  # in a worker process: the command line and the worlds loaded so far
+
+
+def _worker_init(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    quiet()
+    _WORKER["args"] = args
+
+
+def _worker_run(task: Task, eval_cap: int) -> JobResult:
+    worlds = _WORKER.setdefault("worlds", {})
+    if task.world not in worlds:
+        worlds[task.world] = load_world(task.world, _WORKER["args"])
+    return run_one(worlds[task.world], task, eval_cap)
+
+
+def run_tasks(tasks: list[Task], worlds: dict[str, World], args: argparse.Namespace, eval_cap: int) -> dict[Task, JobResult]:
+    """Run every task, in `args.workers` processes (one torch thread each: small models scale better over
+    processes than over threads); the longest tasks start first."""
+    order = sorted(tasks, key=lambda t: (t.world != "tofu", -t.steps))
+    if args.workers <= 1:
+        return {t: run_one(worlds[t.world], t, eval_cap) for t in order}
+    with multiprocessing.get_context("spawn").Pool(args.workers, _worker_init, (args,)) as pool:
+        pending = {t: pool.apply_async(_worker_run, (t, eval_cap)) for t in order}
+        return {t: result.get() for t, result in pending.items()}
 
 
 def lookup(metrics: dict, path: str) -> float | None:
@@ -219,7 +265,7 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> str:
 
 def quality_table(results: list[JobResult], methods: list[str]) -> str:
     """One row per method, mean ± std over seeds; the first row is the model before unlearning."""
-    before = results[0].metrics
+    before = next((r.metrics for r in results if "forget" in r.metrics), {})
     before_row = ["(before)"] + [mean_std([lookup(before, path.replace(".after.", ".before."))]) if ".after." in path else "–"
                                  for _, path, _ in COLUMNS]
     rows = [[m] + [mean_std(lookup(r.metrics, path) for r in results if r.method == m) for _, path, _ in COLUMNS]
@@ -246,7 +292,7 @@ def atwu_standing(results: list[JobResult], methods: list[str]) -> str:
 
 def tradeoff_table(sweep: dict[str, list[JobResult]], steps: list[int]) -> str:
     head = ["method"] + [f"{s} steps: forget / retain ROUGE-L" for s in steps]
-    rows = [[m] + [f"{lookup(r.metrics, TRADEOFF_X):.3f} / {lookup(r.metrics, TRADEOFF_Y):.3f}" for r in runs]
+    rows = [[m] + [f"{mean_std([lookup(r.metrics, TRADEOFF_X)])} / {mean_std([lookup(r.metrics, TRADEOFF_Y)])}" for r in runs]
             for m, runs in sweep.items()]
     return markdown_table(head, rows)
 
@@ -308,7 +354,8 @@ def plot_alignment(by_world: dict[str, list[JobResult]], methods: list[str], pat
 
 @dataclass(frozen=True)
 class Mode:
-    seeds: int
+    seeds: int  # on the first world
+    other_seeds: int  # on the other worlds
     steps: int | None  # None: the demo preset's
     sweep: tuple[int, ...]
     eval_cap: int
@@ -317,8 +364,8 @@ class Mode:
 
 
 MODES = {
-    "full": Mode(seeds=3, steps=None, sweep=(10, 20, 40, 80), eval_cap=64, worlds="demo,seed7,tofu", methods=tuple(METHODS)),
-    "quick": Mode(seeds=1, steps=10, sweep=(5, 10), eval_cap=8, worlds="demo", methods=QUICK_METHODS),
+    "full": Mode(seeds=3, other_seeds=1, steps=None, sweep=(10, 20, 40, 80), eval_cap=64, worlds="demo,seed7,tofu", methods=tuple(METHODS)),
+    "quick": Mode(seeds=1, other_seeds=1, steps=10, sweep=(5, 10), eval_cap=8, worlds="demo", methods=QUICK_METHODS),
 }
 
 
@@ -327,7 +374,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="CI smoke: demo world, 3 methods, 1 seed, few steps; writes nothing unless --out")
     ap.add_argument("--worlds", help="comma-separated: demo, seedN, tofu (default demo,seed7,tofu)")
     ap.add_argument("--methods", help="comma-separated methods (default: every method in METHODS)")
-    ap.add_argument("--seeds", type=int, help="job seeds per method and world (default 3)")
+    ap.add_argument("--seeds", type=int, help="job seeds per method on the first world (default 3)")
+    ap.add_argument("--other-seeds", type=int, help="job seeds per method on the other worlds (default 1)")
     ap.add_argument("--steps", type=int, help="unlearning steps of the main table (default: the demo preset's)")
     ap.add_argument("--sweep", help="comma-separated step counts for the trade-off curves on the first world ('' to skip)")
     ap.add_argument("--eval-max-samples", type=int, help="samples per split in the before/after evaluation (default 64)")
@@ -337,6 +385,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--teach-steps", type=int, default=600, help="at most this many steps teaching a new world's tiny model")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: on a shared CPU more threads than free cores slows torch down badly)")
+    ap.add_argument("--workers", type=int, default=2, help="jobs run in this many processes at once (default 2)")
     ap.add_argument("--out", help="folder for results.md and figures/ (default: docs, or nothing with --quick)")
     return ap.parse_args(argv)
 
@@ -345,7 +394,7 @@ def resolve(args: argparse.Namespace) -> tuple[Mode, list[str], list[str], list[
     """The run's mode with the command line's overrides: (mode, worlds, methods, sweep steps, output folder)."""
     base = MODES["quick" if args.quick else "full"]
     mode = Mode(
-        seeds=args.seeds or base.seeds,
+        seeds=args.seeds or base.seeds, other_seeds=args.other_seeds or base.other_seeds,
         steps=args.steps or base.steps or make_config("atwu", "demo").steps,
         sweep=base.sweep, eval_cap=args.eval_max_samples or base.eval_cap, worlds=base.worlds, methods=base.methods,
     )
@@ -359,53 +408,58 @@ def resolve(args: argparse.Namespace) -> tuple[Mode, list[str], list[str], list[
     return mode, worlds, methods, sweep, out
 
 
+def plan(world_names: list[str], methods: list[str], mode: Mode, sweep_steps: list[int]) -> list[Task]:
+    """The main tables' jobs on every world, plus the sweep's (seed 0, first world) that the tables do not hold."""
+    tasks = [Task(w, m, seed, mode.steps) for k, w in enumerate(world_names) for m in methods
+             for seed in range(mode.seeds if k == 0 else mode.other_seeds)]
+    sweep = [Task(world_names[0], m, 0, st) for m in methods for st in sweep_steps]
+    return list(dict.fromkeys(tasks + sweep))
+
+
+def seeds_of(mode: Mode, world_names: list[str], name: str) -> int:
+    return mode.seeds if name == world_names[0] else mode.other_seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     quiet()
     mode, world_names, methods, sweep_steps, out = resolve(args)
     env, t_start = environment_line(args.threads), time.perf_counter()
-    by_world: dict[str, list[JobResult]] = {}
-    notes: dict[str, str] = {}
-    sweep: dict[str, list[JobResult]] = {}
-    with tempfile.TemporaryDirectory(prefix="atwu-quality-") as tmp:
-        for k, name in enumerate(world_names):
-            world = load_world(name, args)
-            if world is None:
-                notes[name] = "skipped: data not found"
-                continue
-            notes[name] = world.note
-            by_world[name] = [run_one(world, m, s, mode.steps, mode.eval_cap, Path(tmp)) for m in methods for s in range(mode.seeds)]
-            if k == 0 and sweep_steps:
-                done = {(r.method, r.steps): r for r in by_world[name] if r.seed == 0}
-                sweep = {m: [done.get((m, st)) or run_one(world, m, 0, st, mode.eval_cap, Path(tmp)) for st in sweep_steps]
-                         for m in methods}
-            print(f"\n## {name}\n\n{quality_table(by_world[name], methods)}\n", flush=True)
-    elapsed = time.perf_counter() - t_start
-    section = report(by_world, notes, sweep, sweep_steps, world_names, methods, mode, env, elapsed, out)
-    if not by_world:
+    worlds = {name: w for name in world_names if (w := load_world(name, args)) is not None}  # teaches new worlds once, here
+    notes = {name: worlds[name].note if name in worlds else "skipped: data not found" for name in world_names}
+    if not worlds:
         print("no world could be run.", file=sys.stderr)
         return 1
+    first = next(iter(worlds))
+    results = run_tasks(plan(list(worlds), methods, mode, sweep_steps), worlds, args, mode.eval_cap)
+    by_world = {name: [results[Task(name, m, s, mode.steps)] for m in methods for s in range(seeds_of(mode, list(worlds), name))]
+                for name in worlds}
+    sweep = {m: [results[Task(first, m, 0, st)] for st in sweep_steps] for m in methods} if sweep_steps else {}
+    elapsed = time.perf_counter() - t_start
+    for name, res in by_world.items():
+        print(f"\n## {name}\n\n{quality_table(res, methods)}", flush=True)
     if sweep:
-        print(f"\n## trade-off ({world_names[0]})\n\n{tradeoff_table(sweep, sweep_steps)}")
+        print(f"\n## trade-off ({first})\n\n{tradeoff_table(sweep, sweep_steps)}")
     print(f"\nquality benchmark: {elapsed:.0f} s")
     if out is not None:
+        section = report(by_world, notes, sweep, sweep_steps, world_names, methods, mode, env, elapsed, out)
         print(f"wrote the quality section of {write_results_section(out, 'quality', section)}")
     return 0
 
 
 def report(by_world: dict[str, list[JobResult]], notes: dict[str, str], sweep: dict[str, list[JobResult]], sweep_steps: list[int],
-           world_names: list[str], methods: list[str], mode: Mode, env: str, elapsed: float, out: Path | None) -> str:
-    """The quality section of results.md (and its figures, when there is an output folder)."""
-    seed_list = ", ".join(map(str, range(mode.seeds)))
+           world_names: list[str], methods: list[str], mode: Mode, env: str, elapsed: float, out: Path) -> str:
+    """The quality section of results.md; draws its figures into `out/figures`."""
+    first = next(iter(by_world))
     parts = [
         "## Quality (`python bench/quality.py`)",
         f"{env} Whole benchmark: {elapsed / 60:.1f} min.",
-        f"Every method with the `demo` preset's settings ({mode.steps} steps unless swept), LoRA, job seeds {seed_list} "
-        f"(the job seed: LoRA init and batch order); mean ± std over seeds. Quality is evaluated on up to {mode.eval_cap} "
-        "records per split: `exact` = greedy answer equals the answer, `ROUGE-L` = recall of the greedy answer, "
-        "`prob` = exp(-mean answer-token NLL). Alignment = the final token weights against the ground-truth span tokens. "
-        "`wall s` = the whole job, evaluation included.",
+        f"Every method with the `demo` preset's settings ({mode.steps} steps unless swept), LoRA; job seeds 0–{mode.seeds - 1} "
+        f"on `{first}` and 0–{mode.other_seeds - 1} on the other worlds (the job seed sets LoRA's init and the batch order); "
+        f"mean ± std over seeds. Quality is evaluated on up to {mode.eval_cap} records per split: `exact` = the greedy answer "
+        "equals the answer, `ROUGE-L` = recall of the greedy answer, `prob` = exp(-mean answer-token NLL). Alignment = the "
+        "final token weights against the ground-truth span tokens. `wall s` = the whole job, evaluation included.",
     ]
     for name in world_names:
         parts.append(f"### World `{name}`\n\n{notes.get(name, '')}")
@@ -413,18 +467,20 @@ def report(by_world: dict[str, list[JobResult]], notes: dict[str, str], sweep: d
             parts.append(quality_table(by_world[name], methods))
             standing = atwu_standing(by_world[name], methods)
             if standing:
-                parts.append(f"ATWU against the other methods on `{name}` (means over seeds):\n\n{standing}")
-    figures = out / "figures" if out is not None else None
-    if figures is not None:
-        figures.mkdir(parents=True, exist_ok=True)
+                parts.append(f"ATWU against the other methods on `{name}` (means over seeds; rank 1 = best):\n\n{standing}")
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
     if sweep:
-        parts.append(f"### Forget–retain trade-off (`{world_names[0]}` world, seed 0, steps {', '.join(map(str, sweep_steps))})\n\n"
+        parts.append(f"### Forget–retain trade-off (`{first}` world, seed 0, steps {', '.join(map(str, sweep_steps))})\n\n"
                      f"{tradeoff_table(sweep, sweep_steps)}")
-        if figures is not None:
-            plot_tradeoff(sweep, world_names[0], figures / "tradeoff.png")
-            parts.append("![forget-retain trade-off](figures/tradeoff.png)")
-    if figures is not None and plot_alignment(by_world, methods, figures / "alignment_auroc.png"):
+        plot_tradeoff(sweep, first, figures / "tradeoff.png")
+        parts.append("![forget-retain trade-off](figures/tradeoff.png)")
+    if plot_alignment(by_world, methods, figures / "alignment_auroc.png"):
         parts.append("### Alignment AUROC per method\n\n![alignment AUROC](figures/alignment_auroc.png)")
+    failed = [r for res in [*by_world.values(), *sweep.values()] for r in res if "error" in r.metrics["bench"]]
+    if failed:
+        parts.append("### Failed jobs\n\n" + "\n".join(f"- {r.world} {r.method} seed {r.seed} steps {r.steps}: "
+                                                        f"{r.metrics['bench']['error']}" for r in dict.fromkeys(failed)))
     return "\n\n".join(parts)
 
 
