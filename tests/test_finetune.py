@@ -6,18 +6,37 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from atwu_core.data import Dataset, Record, Span, encode_record, encode_records, format_prompt, load_dataset_dir
+from atwu_core.data import (
+    Dataset,
+    Record,
+    Span,
+    encode_record,
+    encode_records,
+    format_prompt,
+    load_dataset_dir,
+    save_dataset_dir,
+)
 from atwu_core.finetune import (
     ASSETS_DIR,
     FinetuneReport,
     dataset_texts,
     finetune,
+    finetune_dataset_dir,
     score_samples,
     tiny_model,
     train_tokenizer,
 )
 
 DEMO_MODEL = ASSETS_DIR / "demo_model"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """On a busy shared CPU one thread is many times faster than two; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -75,26 +94,38 @@ def _toy_dataset() -> Dataset:
 
 
 def test_finetune_from_scratch_reduces_the_loss():
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     data = _toy_dataset()
     tokenizer = train_tokenizer(dataset_texts(data), vocab_size=300)
     model = tiny_model(tokenizer, seed=0)
     samples = encode_records(data.forget + data.retain, tokenizer)
     _, before = score_samples(model, samples, tokenizer.pad_token_id)
-    report = finetune(model, tokenizer, data, steps=40, lr=3e-3, batch_size=4, eval_every=20, seed=0)
+    report = finetune(model, tokenizer, data, steps=15, lr=1e-2, batch_size=4, eval_every=15, seed=0)
     _, after = score_samples(model, samples, tokenizer.pad_token_id)
-    assert isinstance(report, FinetuneReport) and report.steps <= 40
+    assert isinstance(report, FinetuneReport) and report.steps <= 15
     assert after < 0.5 * before
     assert report.loss == pytest.approx(after, rel=1e-4)
 
 
 def test_lora_finetune_is_merged_into_the_model():
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     data = _toy_dataset()
     tokenizer = train_tokenizer(dataset_texts(data), vocab_size=300)
     model = tiny_model(tokenizer, seed=0)
     before = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
-    finetune(model, tokenizer, data, steps=5, lr=1e-2, batch_size=4, seed=0, lora=True)
+    finetune(model, tokenizer, data, steps=3, lr=1e-2, batch_size=4, seed=0, lora=True)
     q_proj = model.model.layers[0].self_attn.q_proj
     assert type(q_proj) is torch.nn.Linear  # adapter merged and removed
     assert not torch.equal(q_proj.weight, before)
+
+
+def test_finetune_dataset_dir_saves_a_loadable_model(tmp_path):
+    save_dataset_dir(_toy_dataset(), tmp_path / "data")
+    with pytest.raises(ValueError, match="exactly one"):
+        finetune_dataset_dir(tmp_path / "data", tmp_path / "model")
+    report = finetune_dataset_dir(tmp_path / "data", tmp_path / "model", tiny=True, steps=2, vocab_size=300, meta={"note": "x"})
+    saved = json.loads((tmp_path / "model" / "training_report.json").read_text())
+    assert saved["steps"] == report.steps == 2 and saved["note"] == "x" and saved["data"] == "data"
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    toy = _toy_dataset()
+    samples = encode_records(toy.forget + toy.retain, tokenizer)
+    assert score_samples(model, samples, tokenizer.pad_token_id)[1] == pytest.approx(report.loss, rel=1e-4)  # the trained weights
