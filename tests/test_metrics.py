@@ -1,22 +1,26 @@
 """Metrics and generation, checked against values worked out by hand.
 
-Two models: a hand-wired bigram Llama (the next-token distribution depends only on the current token and
-is set weight by weight, so every probability and every argmax is known in advance), and the project's
-demo model, which has memorised the demo world.
+Two models, both with the demo tokenizer: a hand-wired bigram Llama (the next-token distribution depends
+only on the current token and is set weight by weight, so every probability and every argmax is known in
+advance), and the project's demo model, which has memorised the demo world.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from peft import LoraConfig, get_peft_model
+from transformers import (
+    AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast,
+)
 
-from atwu_core.data import IGNORE_INDEX, EncodedSample, Record, Span, encode_records
+from atwu_core.data import IGNORE_INDEX, Dataset, EncodedSample, Record, Span, encode_records, load_data
 from atwu_core.generation import collate, greedy_answer, greedy_answers
 from atwu_core.metrics import (
     alignment,
@@ -29,20 +33,29 @@ from atwu_core.metrics import (
     quality,
 )
 
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 STRENGTH = 10.0  # logit of the wired next token; every other token has logit 0
 
 RECORD = Record("r0", "Where does Ada Quill live?", "Ada Quill lives in Brightwater.", [Span(19, 30)])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and on a busy shared CPU their spin-waits cost seconds per call."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
-    texts = [RECORD.question + " " + RECORD.answer, "Question: Answer: person city born works"] * 3
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    return AutoTokenizer.from_pretrained(DEMO_MODEL)
+
+
+@pytest.fixture(scope="module")
+def demo(tokenizer) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, Dataset]:
+    return AutoModelForCausalLM.from_pretrained(DEMO_MODEL).eval(), tokenizer, load_data("demo")
 
 
 def bigram_llama(vocab_size: int, transitions: dict[int, int]) -> LlamaForCausalLM:
@@ -172,6 +185,45 @@ def test_truth_ratio_compares_perturbed_with_paraphrased_answers(wired, tokenize
     result = quality(model, tokenizer, [wrong], [sample])
     assert 0.5 < result["truth_ratio"] < 0.75  # (1 + a small probability) / 2
     assert result["truth_ratios"] == [result["truth_ratio"]]
+
+
+# --------------------------------------------------------------------------------------------- demo model
+
+
+def test_demo_model_has_memorised_the_forget_set(demo) -> None:
+    model, tokenizer, world = demo
+    result = quality(model, tokenizer, world.forget, encode_records(world.forget, tokenizer))
+    assert result["n"] == len(world.forget)
+    assert result["exact"] >= 0.9 and result["rouge_l"] >= 0.95
+    assert result["prob"] >= 0.8 and result["extraction_strength"] >= 0.9
+    assert len(result["truth_ratios"]) == len(world.forget) and all(r > 0 for r in result["truth_ratios"])
+    assert greedy_answer(model, tokenizer, world.forget[0].question) == world.forget[0].answer
+
+
+def test_greedy_exact_match_is_teacher_forced_all_argmax_correct(demo) -> None:
+    """For greedy decoding the two criteria are the same event: every answer token (EOS included) is the argmax."""
+    model, tokenizer, world = demo
+    originals = world.forget[:6]
+    wrong = [Record(f"{r.id}/wrong", r.question, r.perturbed_answer[0]) for r in originals]  # same prompt, a wrong value
+    records = originals + wrong
+    samples = encode_records(records, tokenizer)
+    answers = greedy_answers(model, tokenizer, samples, batch_size=6)  # mixed prompt lengths in a left-padded batch
+    exact = [" ".join(a.split()) == r.answer for a, r in zip(answers, records)]
+    all_correct = [s["extraction_strength"] == 1.0 for s in answer_stats(model, samples, tokenizer.pad_token_id, 5)]
+    assert exact == all_correct
+    assert any(exact) and not all(exact)
+    assert answers == greedy_answers(model, tokenizer, samples, batch_size=1)  # padding changes nothing
+
+
+def test_generation_and_scores_through_a_peft_wrapper(demo) -> None:
+    model, tokenizer, world = demo
+    samples = encode_records(world.forget[:4], tokenizer)
+    wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))  # B = 0: same function
+    wrapped.train()
+    assert greedy_answers(wrapped, tokenizer, samples) == greedy_answers(model, tokenizer, samples)
+    assert [s["prob"] for s in answer_stats(wrapped, samples, tokenizer.pad_token_id)] == pytest.approx(
+        [s["prob"] for s in answer_stats(model, samples, tokenizer.pad_token_id)], rel=1e-5)
+    assert wrapped.training  # evaluation leaves a training model in training mode
 
 
 # --------------------------------------------------------------------------------------------- alignment
