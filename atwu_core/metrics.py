@@ -66,7 +66,7 @@ def answer_stats(model: torch.nn.Module, samples: Sequence[EncodedSample], pad_i
             logits = _logits(model, batch)
             nll = token_nll(logits, batch["labels"]).cpu()
             labels = batch["labels"][:, 1:]
-            correct = (logits[:, :-1].argmax(-1).cpu() == labels)
+            correct = logits[:, :-1].argmax(-1).cpu() == labels
             for row, sample in enumerate(chunk):
                 answer = labels[row] != IGNORE_INDEX
                 row_nll = nll[row][answer]
