@@ -168,12 +168,12 @@ def take_screenshots(out_dir: Path, steps: int = 40) -> list[Path]:
         page.wait_for_selector(HEATMAP, timeout=60_000)
         page.wait_for_timeout(4000)
         shot(page, "run-in-progress")
-        wait_finished(page, timeout=300_000)
+        wait_finished(page, timeout=900_000)
         page.wait_for_timeout(1500)
         shot(page, "run-finished")
         for method in COMPARED:  # baselines for the side-by-side view on Compare
             press_run(page, url, steps, method)
-            wait_finished(page, timeout=300_000)
+            wait_finished(page, timeout=900_000)
         for name in ("model", "data", "compare", "runs"):
             page.goto(f"{url}/{name}")
             settle(page)
