@@ -15,6 +15,7 @@ steps on the first world gives each method's forget–retain trade-off curve. Wr
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import os
@@ -26,18 +27,19 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+import atwu_core
 from atwu_core.config import METHODS, make_config
-from atwu_core.data import Dataset, load_data, load_dataset_dir, load_tofu_json, save_dataset_dir
+from atwu_core.data import Dataset, demo_data_dir, load_data, load_dataset_dir, load_tofu_json, save_dataset_dir
 from atwu_core.demo_world import generate_world
 from atwu_core.finetune import finetune_dataset_dir
 from atwu_core.job import JobError, run_job
-from atwu_core.models import LoadedModel, load_model
+from atwu_core.models import DEMO_MODEL, LoadedModel, load_model
 
 REPO = Path(__file__).resolve().parent.parent
 TOFU_DIR = REPO.parent / "shared" / "data" / "tofu"
@@ -105,6 +107,10 @@ class World:
     loaded: LoadedModel
     dataset: Dataset
     note: str  # what the world is and how its model learnt it
+    files: tuple[Path, ...]  # model and data folders: what a cached result depends on besides the engine
+
+    def fingerprint(self) -> str:
+        return _digest(f for folder in self.files for f in sorted(folder.rglob("*")) if f.is_file())
 
 
 def _teach(data_dir: Path, model_dir: Path, steps: int) -> str:
@@ -124,7 +130,7 @@ def _teach(data_dir: Path, model_dir: Path, steps: int) -> str:
 def demo_world() -> World:
     loaded = load_model("demo")
     return World("demo", loaded, load_data("demo"), f"the embedded demo model ({loaded.info.n_params / 1e6:.1f} M parameters) "
-                 "and its world (assets/demo_world)")
+                 "and its world (assets/demo_world)", (DEMO_MODEL, demo_data_dir()))
 
 
 def generated_world(seed: int, n_people: int, n_forget: int, teach_steps: int) -> World:
@@ -136,7 +142,7 @@ def generated_world(seed: int, n_people: int, n_forget: int, teach_steps: int) -
     dataset = load_dataset_dir(folder / "data")
     return World(f"seed{seed}", load_model(str(folder / "model")), dataset,
                  f"`generate_world(seed={seed}, n_people={n_people}, n_forget={n_forget})`: {len(dataset.forget)} forget / "
-                 f"{len(dataset.retain)} retain records; {note}")
+                 f"{len(dataset.retain)} retain records; {note}", (folder / "model", folder / "data"))
 
 
 def tofu_world(n_retain: int, teach_steps: int) -> World | None:
@@ -153,7 +159,7 @@ def tofu_world(n_retain: int, teach_steps: int) -> World | None:
     dataset = load_dataset_dir(folder / "data")
     return World("tofu", load_model(str(folder / "model")), dataset,
                  f"TOFU `forget01.json` ({len(dataset.forget)} records) + the first {len(dataset.retain)} of `retain99.json` "
-                 f"(no spans: alignment n/a); {note}")
+                 f"(no spans: alignment n/a); {note}", (folder / "model", folder / "data"))
 
 
 def load_world(name: str, args: argparse.Namespace) -> World | None:
@@ -214,22 +220,67 @@ def _worker_init(args: argparse.Namespace) -> None:
     _WORKER["args"] = args
 
 
-def _worker_run(task: Task, eval_cap: int) -> JobResult:
+def _worker_run(job: tuple[Task, int]) -> tuple[Task, JobResult]:
+    task, eval_cap = job
     worlds = _WORKER.setdefault("worlds", {})
     if task.world not in worlds:
         worlds[task.world] = load_world(task.world, _WORKER["args"])
-    return run_one(worlds[task.world], task, eval_cap)
+    return task, run_one(worlds[task.world], task, eval_cap)
 
 
-def run_tasks(tasks: list[Task], worlds: dict[str, World], args: argparse.Namespace, eval_cap: int) -> dict[Task, JobResult]:
-    """Run every task, in `args.workers` processes (one torch thread each: small models scale better over
-    processes than over threads); the longest tasks start first."""
-    order = sorted(tasks, key=lambda t: (t.world != "tofu", -t.steps))
+def _digest(files: Iterable[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+class ResultCache:
+    """Finished jobs on disk, keyed by everything that decides them: the job's config, the world's model and
+    data files, and the engine's source. A re-run after a preset or engine change recomputes; an interrupted
+    run resumes; `--fresh` ignores the cache."""
+
+    def __init__(self, folder: Path, worlds: dict[str, World], eval_cap: int, fresh: bool):
+        self.folder, self.eval_cap, self.fresh = folder, eval_cap, fresh
+        self.engine = _digest(sorted(Path(atwu_core.__file__).parent.rglob("*.py")))
+        self.worlds = {name: w.fingerprint() for name, w in worlds.items()}
+        self.hits = 0
+
+    def _path(self, task: Task) -> Path:
+        config = make_config(task.method, "demo", steps=task.steps, seed=task.seed, eval_max_samples=self.eval_cap).to_dict()
+        key = json.dumps({"config": config, "world": self.worlds[task.world], "engine": self.engine}, sort_keys=True)
+        return self.folder / f"{task.world}-{task.method}-s{task.seed}-n{task.steps}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+    def get(self, task: Task) -> JobResult | None:
+        path = self._path(task)
+        if self.fresh or not path.is_file():
+            return None
+        self.hits += 1
+        return JobResult(**json.loads(path.read_text(encoding="utf-8")))
+
+    def put(self, task: Task, result: JobResult) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._path(task).write_text(json.dumps(asdict(result)), encoding="utf-8")
+
+
+def run_tasks(tasks: list[Task], worlds: dict[str, World], args: argparse.Namespace, cache: ResultCache) -> dict[Task, JobResult]:
+    """Every task's result: from the cache, or run in `args.workers` processes (one torch thread each: small
+    models scale better over processes than over threads), longest first, each saved as soon as it ends."""
+    results = {t: r for t in tasks if (r := cache.get(t)) is not None}
+    todo = sorted((t for t in tasks if t not in results), key=lambda t: (t.world != "tofu", -t.steps))
+    print(f"{len(results)} of {len(tasks)} jobs cached, {len(todo)} to run", file=sys.stderr, flush=True)
     if args.workers <= 1:
-        return {t: run_one(worlds[t.world], t, eval_cap) for t in order}
+        done = (run_one(worlds[t.world], t, cache.eval_cap) for t in todo)
+        for task, result in zip(todo, done):
+            cache.put(task, result)
+            results[task] = result
+        return results
     with multiprocessing.get_context("spawn").Pool(args.workers, _worker_init, (args,)) as pool:
-        pending = {t: pool.apply_async(_worker_run, (t, eval_cap)) for t in order}
-        return {t: result.get() for t, result in pending.items()}
+        for task, result in pool.imap_unordered(_worker_run, [(t, cache.eval_cap) for t in todo]):
+            cache.put(task, result)
+            results[task] = result
+    return results
 
 
 def lookup(metrics: dict, path: str) -> float | None:
@@ -385,6 +436,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--teach-steps", type=int, default=600, help="at most this many steps teaching a new world's tiny model")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: on a shared CPU more threads than free cores slows torch down badly)")
+    ap.add_argument("--fresh", action="store_true", help="rerun every job, ignoring results cached by earlier runs")
     ap.add_argument("--workers", type=int, default=2, help="jobs run in this many processes at once (default 2)")
     ap.add_argument("--out", help="folder for results.md and figures/ (default: docs, or nothing with --quick)")
     return ap.parse_args(argv)
@@ -432,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no world could be run.", file=sys.stderr)
         return 1
     first = next(iter(worlds))
-    results = run_tasks(plan(list(worlds), methods, mode, sweep_steps), worlds, args, mode.eval_cap)
+    cache = ResultCache(CACHE / "results", worlds, mode.eval_cap, args.fresh)
+    results = run_tasks(plan(list(worlds), methods, mode, sweep_steps), worlds, args, cache)
     by_world = {name: [results[Task(name, m, s, mode.steps)] for m in methods for s in range(seeds_of(mode, list(worlds), name))]
                 for name in worlds}
     sweep = {m: [results[Task(first, m, 0, st)] for st in sweep_steps] for m in methods} if sweep_steps else {}
@@ -443,18 +496,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## trade-off ({first})\n\n{tradeoff_table(sweep, sweep_steps)}")
     print(f"\nquality benchmark: {elapsed:.0f} s")
     if out is not None:
-        section = report(by_world, notes, sweep, sweep_steps, world_names, methods, mode, env, elapsed, out)
+        env += f" This run: {elapsed / 60:.1f} min, {len(results) - cache.hits} jobs run, {cache.hits} reused from the result cache."
+        section = report(by_world, notes, sweep, sweep_steps, world_names, methods, mode, env, out)
         print(f"wrote the quality section of {write_results_section(out, 'quality', section)}")
     return 0
 
 
 def report(by_world: dict[str, list[JobResult]], notes: dict[str, str], sweep: dict[str, list[JobResult]], sweep_steps: list[int],
-           world_names: list[str], methods: list[str], mode: Mode, env: str, elapsed: float, out: Path) -> str:
+           world_names: list[str], methods: list[str], mode: Mode, env: str, out: Path) -> str:
     """The quality section of results.md; draws its figures into `out/figures`."""
     first = next(iter(by_world))
     parts = [
         "## Quality (`python bench/quality.py`)",
-        f"{env} Whole benchmark: {elapsed / 60:.1f} min.",
+        env,
         f"Every method with the `demo` preset's settings ({mode.steps} steps unless swept), LoRA; job seeds 0–{mode.seeds - 1} "
         f"on `{first}` and 0–{mode.other_seeds - 1} on the other worlds (the job seed sets LoRA's init and the batch order); "
         f"mean ± std over seeds. Quality is evaluated on up to {mode.eval_cap} records per split: `exact` = the greedy answer "
