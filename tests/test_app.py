@@ -14,6 +14,9 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from app.components.curves import line_figure, token_bars
+from app.components.heatmap import aggregate_words, weight_heatmap
+from app.components.token_chips import token_chips_html
 from app.state import jobs
 from atwu_core.config import METHODS
 from atwu_core.models import DEMO_MODEL
@@ -22,9 +25,6 @@ from atwu_core.runs import RunReader, list_runs, wait_for_state
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 FAST = {"job_forget_batch_size": 8, "job_retain_batch_size": 8, "job_eval_max_samples": 4}
 DONE = ("completed", "failed", "cancelled")
-
-pytestmark = pytest.mark.skipif(not (DEMO_MODEL / "config.json").is_file(), reason=f"no demo model at {DEMO_MODEL}")
-
 
 @pytest.fixture(scope="module")
 def module_runs(tmp_path_factory: pytest.TempPathFactory):
@@ -46,6 +46,8 @@ def _runs_root(module_runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def app() -> AppTest:
+    if not (DEMO_MODEL / "config.json").is_file():
+        pytest.skip(f"no demo model at {DEMO_MODEL}")
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     assert not at.exception, at.exception
@@ -217,3 +219,27 @@ def test_upload_valid_jsonl(tmp_path: Path) -> None:
     at.button(key="use_upload").click().run()
     assert not at.error, errors(at)
     assert at.session_state["data_label"] == "upload:mine.jsonl"
+
+
+# ------------------------------------------------------------------------------------------ components
+
+
+def test_components_label_every_chart() -> None:
+    tokens, offsets = [" Ada", " Va", "sk", ".", "</s>"], [[0, 3], [4, 6], [6, 8], [8, 9], [9, 9]]
+    matrix = [[0.1, 0.9, 0.8, 0.2, 0.0], [0.2, 1.0, 0.7, 0.1, 0.0]]
+    labels, merged, mask = aggregate_words(tokens, matrix, [False, True, True, False, False], offsets)
+    assert labels == [" Ada", " Vask.", "</s>"] and mask == [False, True, False]
+    assert merged[0][1] == pytest.approx((0.9 + 0.8 + 0.2) / 3)
+    figures = [
+        weight_heatmap([1, 2], matrix, tokens, title="t", span_mask=[False, True, True, False, False]),
+        token_bars(tokens, [0.1, -0.2, 0.3, 0.0, 0.0], title="t", ylabel="y", colorbar="c"),
+    ]
+    for fig in figures:
+        assert fig.layout.title.text and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
+        trace = fig.data[0]
+        assert (trace.colorbar.title.text if hasattr(trace, "zmin") else trace.marker.colorbar.title.text)
+    assert figures[0].layout.xaxis.ticktext[1] == "<b>Va</b>"
+    curve = line_figure({"run": ([0, 1], [0, 1])}, title="ROC", xlabel="fpr", ylabel="tpr", unit_square=True)
+    assert curve.layout.xaxis.title.text == "fpr" and curve.layout.yaxis.title.text == "tpr"
+    html = token_chips_html(tokens, matrix[1], span_mask=[False, True, True, False, False], previous=matrix[0])
+    assert html.count("atwu-chip") == 5 and "change +0.100" in html and "forget weight" in html

@@ -143,6 +143,8 @@ def preview(dataset: Dataset) -> None:
     cols[0].metric("Forget samples", len(dataset.forget))
     cols[1].metric("Retain samples", len(dataset.retain))
     cols[2].metric("With ground truth", sum(bool(r.forget_spans) for r in dataset.forget))
+    if not dataset.retain:
+        st.warning("No retain set: on the Run page set alpha = 0 or retain_loss = none, or the job will fail.")
     st.dataframe(
         pd.DataFrame(
             [
