@@ -266,10 +266,13 @@ class ResultCache:
 
 def run_tasks(tasks: list[Task], worlds: dict[str, World], args: argparse.Namespace, cache: ResultCache) -> dict[Task, JobResult]:
     """Every task's result: from the cache, or run in `args.workers` processes (one torch thread each: small
-    models scale better over processes than over threads), longest first, each saved as soon as it ends."""
+    models scale better over processes than over threads) in the tasks' order, each saved as soon as it ends.
+    With --report-only, only the cached ones."""
     results = {t: r for t in tasks if (r := cache.get(t)) is not None}
-    todo = sorted((t for t in tasks if t not in results), key=lambda t: (t.world != "tofu", -t.steps))
+    todo = [] if args.report_only else [t for t in tasks if t not in results]
     print(f"{len(results)} of {len(tasks)} jobs cached, {len(todo)} to run", file=sys.stderr, flush=True)
+    if not todo:
+        return results
     if args.workers <= 1:
         done = (run_one(worlds[t.world], t, cache.eval_cap) for t in todo)
         for task, result in zip(todo, done):
@@ -319,9 +322,10 @@ def quality_table(results: list[JobResult], methods: list[str]) -> str:
     before = next((r.metrics for r in results if "forget" in r.metrics), {})
     before_row = ["(before)"] + [mean_std([lookup(before, path.replace(".after.", ".before."))]) if ".after." in path else "–"
                                  for _, path, _ in COLUMNS]
-    rows = [[m] + [mean_std(lookup(r.metrics, path) for r in results if r.method == m) for _, path, _ in COLUMNS]
-            for m in methods]
-    return markdown_table(["method"] + [c for c, _, _ in COLUMNS], [before_row] + rows)
+    before_row.append("")
+    rows = [[m] + [mean_std(lookup(r.metrics, path) for r in results if r.method == m) for _, path, _ in COLUMNS] +
+            [str(sum(r.method == m and "error" not in r.metrics["bench"] for r in results))] for m in methods]
+    return markdown_table(["method"] + [c for c, _, _ in COLUMNS] + ["n"], [before_row] + rows)
 
 
 def atwu_standing(results: list[JobResult], methods: list[str]) -> str:
@@ -341,22 +345,23 @@ def atwu_standing(results: list[JobResult], methods: list[str]) -> str:
     return markdown_table(["metric", "atwu", "atwu's rank", "best other method"], rows)
 
 
-def tradeoff_table(sweep: dict[str, list[JobResult]], steps: list[int]) -> str:
+def tradeoff_table(sweep: dict[str, dict[int, JobResult]], steps: list[int]) -> str:
     head = ["method"] + [f"{s} steps: forget / retain ROUGE-L" for s in steps]
-    rows = [[m] + [f"{mean_std([lookup(r.metrics, TRADEOFF_X)])} / {mean_std([lookup(r.metrics, TRADEOFF_Y)])}" for r in runs]
-            for m, runs in sweep.items()]
+    rows = [[m] + [f"{mean_std([lookup(points[s].metrics, TRADEOFF_X)])} / {mean_std([lookup(points[s].metrics, TRADEOFF_Y)])}"
+                   if s in points else "not run" for s in steps] for m, points in sweep.items()]
     return markdown_table(head, rows)
 
 
 # --------------------------------------------------------------------------------------------- figures
 
 
-def plot_tradeoff(sweep: dict[str, list[JobResult]], world: str, path: Path) -> None:
+def plot_tradeoff(sweep: dict[str, dict[int, JobResult]], world: str, path: Path) -> None:
     """Retain ROUGE-L against forget ROUGE-L, one curve per method through its step counts; top left is best."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    for method, runs in sweep.items():
+    for method, points in sweep.items():
+        runs = [points[s] for s in sorted(points) if lookup(points[s].metrics, TRADEOFF_X) is not None]
         xs = [lookup(r.metrics, TRADEOFF_X) for r in runs]
         ys = [lookup(r.metrics, TRADEOFF_Y) for r in runs]
         (line,) = ax.plot(xs, ys, marker="o", linewidth=2.5 if method.startswith("atwu") else 1.2, label=method)
@@ -437,6 +442,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: on a shared CPU more threads than free cores slows torch down badly)")
     ap.add_argument("--fresh", action="store_true", help="rerun every job, ignoring results cached by earlier runs")
+    ap.add_argument("--report-only", action="store_true", help="run nothing: tables and figures from the cached jobs only")
     ap.add_argument("--workers", type=int, default=2, help="jobs run in this many processes at once (default 2)")
     ap.add_argument("--out", help="folder for results.md and figures/ (default: docs, or nothing with --quick)")
     return ap.parse_args(argv)
@@ -461,10 +467,11 @@ def resolve(args: argparse.Namespace) -> tuple[Mode, list[str], list[str], list[
 
 
 def plan(world_names: list[str], methods: list[str], mode: Mode, sweep_steps: list[int]) -> list[Task]:
-    """The main tables' jobs on every world, plus the sweep's (seed 0, first world) that the tables do not hold."""
-    tasks = [Task(w, m, seed, mode.steps) for k, w in enumerate(world_names) for m in methods
-             for seed in range(mode.seeds if k == 0 else mode.other_seeds)]
-    sweep = [Task(world_names[0], m, 0, st) for m in methods for st in sweep_steps]
+    """The main tables' jobs, seed by seed over every world (so a cut-short run still fills every table), then
+    the sweep's (seed 0, first world) that the tables do not hold."""
+    tasks = [Task(w, m, seed, mode.steps) for seed in range(max(mode.seeds, mode.other_seeds))
+             for k, w in enumerate(world_names) if seed < (mode.seeds if k == 0 else mode.other_seeds) for m in methods]
+    sweep = [Task(world_names[0], m, 0, st) for st in sweep_steps for m in methods]
     return list(dict.fromkeys(tasks + sweep))
 
 
@@ -486,9 +493,10 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(worlds))
     cache = ResultCache(CACHE / "results", worlds, mode.eval_cap, args.fresh)
     results = run_tasks(plan(list(worlds), methods, mode, sweep_steps), worlds, args, cache)
-    by_world = {name: [results[Task(name, m, s, mode.steps)] for m in methods for s in range(seeds_of(mode, list(worlds), name))]
-                for name in worlds}
-    sweep = {m: [results[Task(first, m, 0, st)] for st in sweep_steps] for m in methods} if sweep_steps else {}
+    by_world = {name: [r for m in methods for s in range(seeds_of(mode, list(worlds), name))
+                       if (r := results.get(Task(name, m, s, mode.steps))) is not None] for name in worlds}
+    sweep = {m: {st: r for st in sweep_steps if (r := results.get(Task(first, m, 0, st))) is not None} for m in methods}
+    sweep = {m: points for m, points in sweep.items() if points}
     elapsed = time.perf_counter() - t_start
     for name, res in by_world.items():
         print(f"\n## {name}\n\n{quality_table(res, methods)}", flush=True)
@@ -502,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(by_world: dict[str, list[JobResult]], notes: dict[str, str], sweep: dict[str, list[JobResult]], sweep_steps: list[int],
+def report(by_world: dict[str, list[JobResult]], notes: dict[str, str], sweep: dict[str, dict[int, JobResult]], sweep_steps: list[int],
            world_names: list[str], methods: list[str], mode: Mode, env: str, out: Path) -> str:
     """The quality section of results.md; draws its figures into `out/figures`."""
     first = next(iter(by_world))
@@ -513,7 +521,8 @@ def report(by_world: dict[str, list[JobResult]], notes: dict[str, str], sweep: d
         f"on `{first}` and 0–{mode.other_seeds - 1} on the other worlds (the job seed sets LoRA's init and the batch order); "
         f"mean ± std over seeds. Quality is evaluated on up to {mode.eval_cap} records per split: `exact` = the greedy answer "
         "equals the answer, `ROUGE-L` = recall of the greedy answer, `prob` = exp(-mean answer-token NLL). Alignment = the "
-        "final token weights against the ground-truth span tokens. `wall s` = the whole job, evaluation included.",
+        "final token weights against the ground-truth span tokens. `wall s` = the whole job, evaluation included; "
+        "`n` = seeds that finished.",
     ]
     for name in world_names:
         parts.append(f"### World `{name}`\n\n{notes.get(name, '')}")
@@ -531,7 +540,7 @@ def report(by_world: dict[str, list[JobResult]], notes: dict[str, str], sweep: d
         parts.append("![forget-retain trade-off](figures/tradeoff.png)")
     if plot_alignment(by_world, methods, figures / "alignment_auroc.png"):
         parts.append("### Alignment AUROC per method\n\n![alignment AUROC](figures/alignment_auroc.png)")
-    failed = [r for res in [*by_world.values(), *sweep.values()] for r in res if "error" in r.metrics["bench"]]
+    failed = [r for res in [*by_world.values(), *(p.values() for p in sweep.values())] for r in res if "error" in r.metrics["bench"]]
     if failed:
         parts.append("### Failed jobs\n\n" + "\n".join(f"- {r.world} {r.method} seed {r.seed} steps {r.steps}: "
                                                         f"{r.metrics['bench']['error']}" for r in dict.fromkeys(failed)))
