@@ -336,13 +336,13 @@ def atwu_standing(results: list[JobResult], methods: list[str]) -> str:
     for header, path, lower in COLUMNS:
         means = {m: mean_or_none(lookup(r.metrics, path) for r in results if r.method == m) for m in methods}
         means = {m: v for m, v in means.items() if v is not None}
-        if "atwu" not in means:
+        if "atwu" not in means or len(means) < 2:
             continue
         sign = 1 if lower else -1
         best = min((m for m in means if m != "atwu"), key=lambda m: sign * means[m])
         rank = 1 + sum(sign * v < sign * means["atwu"] for v in means.values())  # ties share a rank
         rows.append([header, f"{means['atwu']:.3f}", f"{rank}/{len(means)}", f"{best} {means[best]:.3f}"])
-    return markdown_table(["metric", "atwu", "atwu's rank", "best other method"], rows)
+    return markdown_table(["metric", "atwu", "atwu's rank", "best other method"], rows) if rows else ""
 
 
 def tradeoff_table(sweep: dict[str, dict[int, JobResult]], steps: list[int]) -> str:
