@@ -19,8 +19,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast, get_cosine_schedule_with_warmup
 
-from atwu_core.data import IGNORE_INDEX, Dataset, EncodedSample, encode_records, format_prompt, load_dataset_dir, save_dataset_dir
+from atwu_core.data import Dataset, EncodedSample, encode_records, format_prompt, load_dataset_dir, save_dataset_dir
 from atwu_core.demo_world import generate_world
+from atwu_core.generation import collate, evaluating, model_device, pad_token_id
+from atwu_core.losses import token_nll
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
@@ -99,43 +101,19 @@ def tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCau
 # --------------------------------------------------------------------------------------------- batches and scoring
 
 
-def _collate(samples: list[EncodedSample], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-padded batch; padding is masked out of attention and labels."""
-    width = max(len(s.input_ids) for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
-    for row, s in enumerate(samples):
-        n = len(s.input_ids)
-        ids[row, :n] = torch.tensor(s.input_ids)
-        labels[row, :n] = torch.tensor(s.labels)
-        mask[row, :n] = 1
-    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
 def score_samples(model: PreTrainedModel, samples: list[EncodedSample], pad_id: int, batch_size: int = 64) -> tuple[list[bool], float]:
     """Per-sample exact match (teacher-forced argmax equals every answer token) and the mean answer-token loss."""
-    was_training = model.training
-    model.eval()
     exact, loss_sum, n_tokens = [], 0.0, 0
-    for k in range(0, len(samples), batch_size):
-        batch = _collate(samples[k : k + batch_size], pad_id, _device(model))
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-        targets = batch["labels"][:, 1:]
-        scored = targets != IGNORE_INDEX
-        exact += ((logits.argmax(-1) == targets) | ~scored).all(dim=1).tolist()
-        loss_sum += torch.nn.functional.cross_entropy(logits[scored], targets[scored], reduction="sum").item()
-        n_tokens += int(scored.sum())
-    model.train(was_training)
+    device = model_device(model)
+    with evaluating(model):
+        for k in range(0, len(samples), batch_size):
+            batch = {key: v.to(device) for key, v in collate(samples[k : k + batch_size], pad_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            nll, scored = token_nll(logits, batch["labels"])
+            targets = batch["labels"][:, 1:]
+            exact += ((logits[:, :-1].argmax(-1) == targets) | ~scored).all(dim=1).tolist()
+            loss_sum += nll.sum().item()
+            n_tokens += int(scored.sum())
     return exact, loss_sum / max(n_tokens, 1)
 
 
@@ -169,7 +147,7 @@ def finetune(
     torch.manual_seed(seed)
     forget = encode_records(dataset.forget, tokenizer, max_length)
     retain = encode_records(dataset.retain, tokenizer, max_length)
-    samples, pad_id = forget + retain, _pad_id(tokenizer)
+    samples, pad_id = forget + retain, pad_token_id(tokenizer)
     trained = _with_lora(model, lora_rank) if lora else model
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -183,7 +161,7 @@ def finetune(
             rng.shuffle(epoch)
             order += epoch
         batch_idx, order = order[:batch_size], order[batch_size:]
-        loss = trained(**_collate([samples[i] for i in batch_idx], pad_id, _device(trained))).loss
+        loss = trained(**{k: v.to(model_device(trained)) for k, v in collate([samples[i] for i in batch_idx], pad_id).items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -266,7 +244,7 @@ def finetune_dataset_dir(
 def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, out_dir: str | Path, report: dict) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.generation_config.pad_token_id = _pad_id(tokenizer)
+    model.generation_config.pad_token_id = pad_token_id(tokenizer)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
