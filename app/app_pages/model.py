@@ -18,12 +18,12 @@ SOURCES = {
 
 def show_info(loaded: LoadedModel) -> None:
     info = loaded.info
-    cols = st.columns(5)
+    cols = st.columns(4)
     cols[0].metric("Parameters", f"{info.n_params / 1e6:.1f} M")
-    cols[1].metric("Architecture", info.architecture)
-    cols[2].metric("Device", info.device)
-    cols[3].metric("Dtype", info.dtype)
-    cols[4].metric("Vocabulary", f"{info.vocab_size:,}")
+    cols[1].metric("Device", info.device)
+    cols[2].metric("Dtype", info.dtype)
+    cols[3].metric("Vocabulary", f"{info.vocab_size:,}")
+    st.markdown(f"**Architecture** `{info.architecture}` · **Source** `{info.name}`")
 
 
 def load(spec: str) -> None:

@@ -28,9 +28,9 @@ def line_figure(
         title={"text": title},
         xaxis={"title": {"text": xlabel}},
         yaxis={"title": {"text": ylabel}},
-        legend={"orientation": "h", "y": -0.25},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.3},
         margin={"l": 60, "r": 20, "t": 60, "b": 60},
-        height=340,
+        height=380,
     )
     if unit_square:
         fig.update_xaxes(range=[0, 1])
@@ -40,12 +40,13 @@ def line_figure(
 
 def loss_figure(steps: list[int], losses: dict[str, list[float]]) -> go.Figure:
     """Every logged loss against the training step."""
-    return line_figure(
+    fig = line_figure(
         {name: (steps, values) for name, values in losses.items()},
         title="Losses",
         xlabel="training step",
         ylabel="loss",
     )
+    return fig.update_xaxes(tick0=0, dtick=max(1, round(len(steps) / 10)))
 
 
 def token_bars(tokens: list[str], values: list[float], *, title: str, ylabel: str, colorbar: str) -> go.Figure:
