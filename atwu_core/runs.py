@@ -184,10 +184,13 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
 def wait_for_state(run_dir: str | Path, states: tuple[str, ...], timeout: float) -> dict:
     """Poll a run's status until it reaches one of `states` (for tests and scripts)."""
     deadline = time.monotonic() + timeout
-    reader = RunReader(run_dir)
+    status_file = Path(run_dir) / "status.json"
+    state = "not started"
     while time.monotonic() < deadline:
-        status = reader.status
-        if status["state"] in states:
-            return status
+        if status_file.is_file():
+            status = json.loads(status_file.read_text(encoding="utf-8"))
+            state = status["state"]
+            if state in states:
+                return status
         time.sleep(0.05)
-    raise TimeoutError(f"{run_dir} did not reach {states} within {timeout} s (now {reader.status['state']}).")
+    raise TimeoutError(f"{run_dir} did not reach {states} within {timeout} s (now {state}).")
