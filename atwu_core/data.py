@@ -230,18 +230,12 @@ def load_data(spec: str, retain_spec: str | None = None) -> Dataset:
     path = Path(spec)
     if path.is_dir():
         return load_dataset_dir(path)
-    if path.suffix == ".json":
-        forget = load_tofu_json(path)
+    loader = {".json": load_tofu_json, ".jsonl": load_jsonl}.get(path.suffix)
+    if loader is not None:
+        forget = loader(path)
         if not forget:
             raise DataError(f"{path}: the forget set is empty; add at least one record.")
-        retain = load_tofu_json(retain_spec) if retain_spec else []
-        return Dataset(name=path.stem, forget=forget, retain=retain)
-    if path.suffix == ".jsonl":
-        forget = load_jsonl(path)
-        if not forget:
-            raise DataError(f"{path}: the forget set is empty; add at least one record.")
-        retain = load_jsonl(retain_spec) if retain_spec else []
-        return Dataset(name=path.stem, forget=forget, retain=retain)
+        return Dataset(name=path.stem, forget=forget, retain=loader(retain_spec) if retain_spec else [])
     raise DataError(
         f"{spec!r}: not 'demo', a dataset folder (forget.jsonl + retain.jsonl), a TOFU .json file or a .jsonl file."
     )
