@@ -24,7 +24,7 @@ runs = [r for r in list_runs() if r["state"] in ("completed", "cancelled", "runn
 if not runs:
     st.info("No runs yet: start one on the Run page.")
     st.stop()
-labels = {r["run_dir"]: f"{run_label(r['run_dir'])} · {r['method']} · {r['state']}" for r in runs}
+labels = {r["run_dir"]: f"{run_label(r['run_dir'])} · {r['state']}" for r in runs}
 chosen = st.multiselect(
     "Runs to compare", list(labels), default=list(labels)[:3], format_func=labels.get, key="compare_runs"
 )
