@@ -9,7 +9,6 @@ import streamlit as st
 from app.components.curves import loss_figure
 from app.components.heatmap import aggregate_words, weight_heatmap
 from app.components.token_chips import token_chips_html
-from atwu_core.data import EncodedSample
 from atwu_core.runs import RunReader
 
 
@@ -17,21 +16,6 @@ def run_label(run_dir: str | Path, config: dict | None = None) -> str:
     """Short readable name of a run: its folder name, plus method and model when known."""
     name = Path(run_dir).name
     return f"{name} ({config.get('method')}, {config.get('model')})" if config else name
-
-
-def encoded_sample(sample: dict) -> EncodedSample:
-    """A samples.json entry as the answer-only EncodedSample the alignment metrics take."""
-    ids = list(sample["token_ids"])
-    return EncodedSample(
-        record_id=sample["id"],
-        input_ids=ids,
-        labels=ids,
-        prompt_length=0,
-        answer_tokens=list(sample["tokens"]),
-        answer_offsets=[tuple(o) for o in sample["offsets"]],
-        span_mask=[bool(m) for m in sample["span_mask"]],
-        has_ground_truth=bool(sample["has_ground_truth"]),
-    )
 
 
 def progress_panel(reader: RunReader, steps: list[dict]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import string
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from atwu_core.data import Dataset, Record, Span

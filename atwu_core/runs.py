@@ -14,6 +14,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from atwu_core.data import EncodedSample
+
 
 def runs_root() -> Path:
     """Where new runs go by default: $ATWU_RUNS or ./runs."""
@@ -108,6 +110,15 @@ class RunReader:
     @property
     def samples(self) -> list[dict]:
         return self._json("samples.json") or []
+
+    def encoded_samples(self) -> list[EncodedSample]:
+        """The forget samples as answer-only EncodedSamples: what the alignment metrics take."""
+        return [
+            EncodedSample(record_id=s["id"], input_ids=list(s["token_ids"]), labels=list(s["token_ids"]), prompt_length=0,
+                          answer_tokens=list(s["tokens"]), answer_offsets=[tuple(o) for o in s["offsets"]],
+                          span_mask=[bool(m) for m in s["span_mask"]], has_ground_truth=bool(s["has_ground_truth"]))
+            for s in self.samples
+        ]
 
     @property
     def metrics(self) -> dict | None:

@@ -7,7 +7,7 @@ import streamlit as st
 
 from app.components.curves import line_figure
 from app.components.heatmap import weight_heatmap
-from app.run_views import encoded_sample, run_label
+from app.run_views import run_label
 from atwu_core.metrics import alignment, alignment_curves, disagreements
 from atwu_core.runs import RunReader, list_runs
 
@@ -33,7 +33,7 @@ if not chosen:
     st.stop()
 
 weights = {d: RunReader(d).final_weights() for d in chosen}
-samples = {d: {s["id"]: encoded_sample(s) for s in RunReader(d).samples} for d in chosen}
+samples = {d: {s.record_id: s for s in RunReader(d).encoded_samples()} for d in chosen}
 names = {d: run_label(d) for d in chosen}
 results = {d: alignment(weights[d], list(samples[d].values())) for d in chosen}
 

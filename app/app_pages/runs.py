@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from app.components.heatmap import weight_heatmap
-from app.run_views import encoded_sample, pick_sample, progress_panel, run_label, sample_view
+from app.run_views import pick_sample, progress_panel, run_label, sample_view
 from atwu_core.metrics import alignment
 from atwu_core.runs import RunReader, list_runs, runs_root
 
@@ -36,7 +36,7 @@ def weights_csv(reader: RunReader) -> str:
 def metrics_json(reader: RunReader) -> str:
     """metrics.json, or for an unfinished run the alignment of its latest weights."""
     metrics = reader.metrics or {
-        "alignment": alignment(reader.final_weights(), [encoded_sample(s) for s in reader.samples]),
+        "alignment": alignment(reader.final_weights(), reader.encoded_samples()),
         "note": "run not finished: alignment of the latest recorded weights",
     }
     return json.dumps(metrics, indent=1)
