@@ -15,6 +15,7 @@ precomputation before step 1 (TokenUnlearn's importance, NPO's reference NLL) is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import statistics
 import sys
@@ -147,20 +148,39 @@ def step_cpu(job: TimedJob, warmup: int) -> float:
 # --------------------------------------------------------------------------------------------- memory, in a child
 
 
+def _reset_peak(device: torch.device) -> None:
+    """Start a new peak after loading: CUDA's allocator statistics, or Linux's resident high-water mark (VmHWM),
+    which the import of torch and transformers would otherwise set once and for all."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_mb(device: torch.device) -> float:
+    status = Path("/proc/self/status")
+    if device.type != "cuda" and status.is_file():
+        hwm = next((line for line in status.read_text().splitlines() if line.startswith("VmHWM:")), None)
+        if hwm:
+            return int(hwm.split()[1]) / 1024
+    return metrics.peak_memory_mb(device)
+
+
 def _peak_memory_child(method: str, model_spec: str, data_spec: str, steps: int, threads: int, run_dir: str) -> tuple[float, float]:
     """(peak MiB, increase over the loaded model's baseline MiB) of a few steps of one method, alone in a process."""
     torch.set_num_threads(threads)
+    quiet()
     loaded = load_model(model_spec)
     job = UnlearningJob(make_config(method, "demo", steps=steps), loaded=loaded, dataset=load_data(data_spec), run_dir=run_dir)
     device = next(loaded.model.parameters()).device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    baseline = metrics.peak_memory_mb(device)
+    _reset_peak(device)
+    baseline = _peak_mb(device)
     gen = job.steps()
     for _ in range(steps):
         next(gen)
     gen.close()
-    peak = metrics.peak_memory_mb(device)
+    peak = _peak_mb(device)
     return peak, peak - baseline
 
 
@@ -357,7 +377,8 @@ def _report_tail(args: argparse.Namespace, cfg: Settings, jobs: list[TimedJob], 
         "`record` = turning weights and probabilities into per-sample lists; `write` = `StepRecord.to_json`, "
         "`RunWriter.append` and the atomic `status.json` (with fsync) of each step.",
         verdict(jobs, cfg.warmup),
-        "Peak memory: " + ("each method alone in a fresh process, 3 steps; increase = over the loaded model (CPU: peak RSS)."
+        "Peak memory: " + ("each method alone in a fresh process, 3 steps; increase = over the loaded model "
+                           "(CPU: resident high-water mark, reset after loading; CUDA: max allocated)."
                            if memory else "not measured (--quick)."),
         f"### Job throughput (ATWU, demo preset, {tp['steps_total']} steps, model `{args.model}`)\n\n"
         f"{tp['tokens_per_second']:.0f} forget+retain tokens/s over the training steps; {tp['mean_step_seconds']:.3f} s/step; "
