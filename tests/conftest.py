@@ -9,9 +9,13 @@ from atwu_core.data import load_data
 from atwu_core.models import load_model
 
 
+# The tests' models are small: one intra-op thread is as fast on an idle machine and many times faster on a
+# busy one (two threads fighting other processes for two cores stall each other).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def demo_loaded():
-    torch.set_num_threads(1)  # tiny models: one thread is as fast, and far faster on a busy machine
     return load_model("demo")
 
 
