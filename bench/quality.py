@@ -526,7 +526,9 @@ def report(by_world: dict[str, list[JobResult]], notes: dict[str, str], sweep: d
     ]
     for name in world_names:
         parts.append(f"### World `{name}`\n\n{notes.get(name, '')}")
-        if name in by_world:
+        if name in by_world and not by_world[name]:
+            parts.append("No job on this world has finished yet; `python bench/quality.py` runs (or resumes) them.")
+        elif name in by_world:
             parts.append(quality_table(by_world[name], methods))
             standing = atwu_standing(by_world[name], methods)
             if standing:
