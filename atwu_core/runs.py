@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -77,7 +78,8 @@ class RunWriter:
 
     def status(self, state: str, steps_done: int, steps_total: int, error: str | None = None) -> None:
         self.write_json("status.json", {"state": state, "error": error, "steps_done": steps_done,
-                                        "steps_total": steps_total, "updated": _now()})
+                                        "steps_total": steps_total, "updated": _now(),
+                                        "pid": os.getpid(), "host": socket.gethostname()})
 
     def append(self, record: dict) -> None:
         self._records.write(json.dumps(_finite(record), separators=(",", ":")) + "\n")
@@ -105,7 +107,12 @@ class RunReader:
 
     @property
     def status(self) -> dict:
-        return self._json("status.json") or {"state": "unknown", "error": None, "steps_done": 0, "steps_total": 0}
+        """The job's status; a "running" job whose process is gone on this host reads as "interrupted"."""
+        status = self._json("status.json") or {"state": "unknown", "error": None, "steps_done": 0, "steps_total": 0}
+        if status["state"] == "running" and status.get("host") == socket.gethostname() and not _alive(status.get("pid")):
+            status = {**status, "state": "interrupted",
+                      "error": "the process running this job ended before it finished; the records so far are kept."}
+        return status
 
     @property
     def samples(self) -> list[dict]:
@@ -162,6 +169,18 @@ class RunReader:
         for rec in self.steps():
             latest.update(rec["weights"])
         return latest
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True  # written by an older version: cannot tell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def list_runs(root: str | Path | None = None) -> list[dict]:

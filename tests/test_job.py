@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from peft import PeftModel
 
 from atwu_core.config import METHODS, make_config
 from atwu_core.job import BackgroundJob, JobBusyError, JobError, UnlearningJob, run_job
-from atwu_core.runs import RunReader, list_runs, wait_for_state, write_json_atomic
+from atwu_core.runs import RunReader, RunWriter, list_runs, wait_for_state, write_json_atomic
 
 
 def _fingerprint(model: torch.nn.Module) -> str:
@@ -164,3 +166,16 @@ def test_default_atwu_job_forgets_keeps_and_aligns(demo_loaded, demo_world, tmp_
     assert m["alignment"]["auroc"] >= 0.80
     wga = run_job(make_config("wga", eval_max_samples=4), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "wga")
     assert m["alignment"]["auroc"] > wga.metrics["alignment"]["auroc"] + 0.1
+
+
+def test_a_run_whose_process_died_reads_as_interrupted(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    writer = RunWriter(tmp_path / "r")
+    writer.write_json("config.json", {"method": "ga"})
+    writer.status("running", 3, 10)
+    assert RunReader(tmp_path / "r").status["state"] == "running"  # this process is alive
+    status = json.loads((tmp_path / "r" / "status.json").read_text())
+    write_json_atomic(tmp_path / "r" / "status.json", {**status, "pid": int(dead.stdout)})
+    assert RunReader(tmp_path / "r").status["state"] == "interrupted"
+    assert list_runs(tmp_path)[0]["state"] == "interrupted"
+    writer.close()
