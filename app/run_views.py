@@ -33,6 +33,8 @@ def progress_panel(reader: RunReader, steps: list[dict]) -> None:
         st.error(f"The job failed: {status.get('error')}")
     elif status.get("state") == "cancelled":
         st.warning(f"Cancelled after {done} steps.")
+    elif status.get("state") == "interrupted":
+        st.warning(f"Interrupted after {done} steps: {status.get('error')}")
     if steps:
         losses = sorted({k for rec in steps for k in rec.get("losses", {})})
         fig = loss_figure(

@@ -20,7 +20,7 @@ def scaled(row: list[float]) -> list[float]:
 
 
 st.title("Compare")
-runs = [r for r in list_runs() if r["state"] in ("completed", "cancelled", "running")]
+runs = [r for r in list_runs() if r["state"] in ("completed", "cancelled", "interrupted", "running")]
 if not runs:
     st.info("No runs yet: start one on the Run page.")
     st.stop()
