@@ -18,7 +18,7 @@ def _fmt(value) -> str:
 def _unlearn(args: argparse.Namespace) -> int:
     from atwu_core.job import UnlearningJob
 
-    job_overrides, params = split_overrides(args.set or [], args.method)
+    job_overrides, params = split_overrides(args.set or [])
     preset = args.preset or "demo"
     config = make_config(
         args.method, preset, params,

@@ -198,7 +198,7 @@ def make_config(method: str = "atwu", preset: str = "demo", params: dict | None 
     return JobConfig(method=method, preset=preset, params=resolve_params(method, preset, params), **job)
 
 
-def split_overrides(pairs: list[str], method: str) -> tuple[dict, dict]:
+def split_overrides(pairs: list[str]) -> tuple[dict, dict]:
     """Split CLI `key=value` pairs into job settings and method params."""
     job_fields = {f.name: f for f in fields(JobConfig)}
     job, params = {}, {}
