@@ -89,12 +89,12 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
-def environment_line(threads: int) -> str:
+def environment_line(threads: int, what: str = "Measured") -> str:
     """Where and when the numbers were measured: they mean little without the machine's load."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"Measured {when} on {platform.machine()} {device}, {os.cpu_count()} cores (1-min load average {load:.1f} "
+    return (f"{what} {when} on {platform.machine()} {device}, {os.cpu_count()} cores (1-min load average {load:.1f} "
             f"at start), {threads} torch thread(s), torch {torch.__version__}.")
 
 
@@ -236,14 +236,25 @@ def _digest(files: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
+# engine files that cannot change a finished job's numbers: the CLI, GGUF conversion, run-folder I/O, teaching and
+# world generation (a world's files are fingerprinted instead), and config.py (the resolved config is in the key)
+NOT_IN_RESULTS = {"__init__.py", "cli.py", "gguf.py", "runs.py", "finetune.py", "demo_world.py", "config.py"}
+
+
+def engine_digest() -> str:
+    """The source a job's numbers depend on; a commit that only touches the app-facing parts keeps the cache."""
+    root = Path(atwu_core.__file__).parent
+    return _digest(f for f in sorted(root.rglob("*.py")) if str(f.relative_to(root)) not in NOT_IN_RESULTS)
+
+
 class ResultCache:
-    """Finished jobs on disk, keyed by everything that decides them: the job's config, the world's model and
-    data files, and the engine's source. A re-run after a preset or engine change recomputes; an interrupted
+    """Finished jobs on disk, keyed by everything that decides them: the job's resolved config, the world's model
+    and data files, and the engine source that computes results. A re-run after a preset or engine change recomputes; an interrupted
     run resumes; `--fresh` ignores the cache."""
 
     def __init__(self, folder: Path, worlds: dict[str, World], eval_cap: int, fresh: bool):
         self.folder, self.eval_cap, self.fresh = folder, eval_cap, fresh
-        self.engine = _digest(sorted(Path(atwu_core.__file__).parent.rglob("*.py")))
+        self.engine = engine_digest()
         self.worlds = {name: w.fingerprint() for name, w in worlds.items()}
         self.hits = 0
 
@@ -334,6 +345,8 @@ def atwu_standing(results: list[JobResult], methods: list[str]) -> str:
         return ""
     rows = []
     for header, path, lower in COLUMNS:
+        if path.startswith("bench."):  # jobs share the machine with each other and with others: no fair ranking by time
+            continue
         means = {m: mean_or_none(lookup(r.metrics, path) for r in results if r.method == m) for m in methods}
         means = {m: v for m, v in means.items() if v is not None}
         if "atwu" not in means or len(means) < 2:
@@ -385,7 +398,7 @@ def plot_alignment(by_world: dict[str, list[JobResult]], methods: list[str], pat
     worlds = [w for w, res in by_world.items() if any(lookup(r.metrics, "alignment.auroc") is not None for r in res)]
     if not worlds:
         return False
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(methods) * len(worlds)), 4.5))
+    fig, ax = plt.subplots(figsize=(min(11.0, max(6.0, 0.5 * len(methods) * len(worlds))), 4.5))
     width = 0.8 / len(worlds)
     for k, world in enumerate(worlds):
         vals = [[v for r in by_world[world] if r.method == m and (v := lookup(r.metrics, "alignment.auroc")) is not None]
@@ -484,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     quiet()
     mode, world_names, methods, sweep_steps, out = resolve(args)
-    env, t_start = environment_line(args.threads), time.perf_counter()
+    env, t_start = environment_line(args.threads, "Written"), time.perf_counter()
     worlds = {name: w for name in world_names if (w := load_world(name, args)) is not None}  # teaches new worlds once, here
     notes = {name: worlds[name].note if name in worlds else "skipped: data not found" for name in world_names}
     if not worlds:
@@ -504,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## trade-off ({first})\n\n{tradeoff_table(sweep, sweep_steps)}")
     print(f"\nquality benchmark: {elapsed:.0f} s")
     if out is not None:
-        env += f" This run: {elapsed / 60:.1f} min, {len(results) - cache.hits} jobs run, {cache.hits} reused from the result cache."
+        env += (f" This run: {elapsed / 60:.1f} min, {len(results) - cache.hits} jobs run, {cache.hits} reused from the result "
+                "cache (run earlier on this machine; `wall s` shows how loaded it was then).")
         section = report(by_world, notes, sweep, sweep_steps, world_names, methods, mode, env, out)
         print(f"wrote the quality section of {write_results_section(out, 'quality', section)}")
     return 0
