@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from atwu_core.config import METHODS, PRESETS, make_config, method_params, split_overrides
+from atwu_core.config import METHODS, PRESETS, default_preset, make_config, method_params, split_overrides
 
 
 def _fmt(value) -> str:
@@ -19,7 +19,7 @@ def _unlearn(args: argparse.Namespace) -> int:
     from atwu_core.job import UnlearningJob
 
     job_overrides, params = split_overrides(args.set or [])
-    preset = args.preset or "demo"
+    preset = args.preset or default_preset(args.model)
     config = make_config(
         args.method, preset, params,
         model=args.model, data=args.data, retain_data=args.retain_data, steps=args.steps, seed=args.seed,
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--lora-rank", type=int, help="LoRA rank (default 8)")
     group.add_argument("--full", action="store_true", help="fine-tune the full model instead of a LoRA adapter")
-    p.add_argument("--preset", choices=PRESETS, help="hyperparameter preset (default: demo)")
+    p.add_argument("--preset", choices=PRESETS, help="hyperparameter preset (default: smollm2 for the SmolLM2 models, else demo)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job setting or method parameter")
     p.add_argument("--reference", help="a retain-only model, for forget quality (KS test on truth ratios)")
     p.add_argument("--quiet", action="store_true", help="print only the final metrics")

@@ -18,12 +18,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import PreTrainedModel
 
 from atwu_core.data import demo_data_dir, load_dataset_dir
 from atwu_core.finetune import FinetuneReport, finetune
-from atwu_core.models import DEMO_SMOLLM2_ADAPTER, load_model
+from atwu_core.models import DEMO_SMOLLM2_ADAPTER, attach_lora, load_model
 
 BASE_MODEL = "smollm2"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -31,16 +31,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def knowledge_lora(model: PreTrainedModel, rank: int, top_layers: int) -> PeftModel:
     """Wrap `model` in a LoRA adapter on every linear layer of its top `top_layers` decoder blocks."""
-    n_layers = model.config.num_hidden_layers
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=2 * rank,
-        lora_dropout=0.0,
-        target_modules=LORA_TARGETS,
-        layers_to_transform=list(range(max(n_layers - top_layers, 0), n_layers)),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+    return attach_lora(model, rank, 2 * rank, LORA_TARGETS, top_layers)
 
 
 def build_demo_smollm2(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import math
 import random
 import threading
@@ -127,7 +128,7 @@ class UnlearningJob:
             for p in model.parameters():
                 p.requires_grad_(True)
             return model, self.loaded.model
-        return models.attach_lora(self.loaded.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets), None
+        return models.attach_lora(self.loaded.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_layers), None
 
     def _release(self, model: torch.nn.Module) -> None:
         if not self.config.full:
@@ -191,8 +192,9 @@ class UnlearningJob:
         with self.loaded.lock:
             torch.manual_seed(cfg.seed)
             rng = random.Random(cfg.seed)
-            model, reference = self._trainable()
+            model = None
             try:
+                model, reference = self._trainable()
                 device = next(model.parameters()).device
                 ref_seq_nll = self._sequence_nll(model) if method.needs_reference_nll else None
                 method.scheme.prepare(PrepareContext(model, self.loaded.tokenizer, self.forget, self.dataset.forget,
@@ -270,7 +272,8 @@ class UnlearningJob:
                     raise
                 raise JobError(message) from err
             finally:
-                self._release(model)
+                if model is not None:
+                    self._release(model)
                 writer.close()
 
     @staticmethod
@@ -311,15 +314,23 @@ class UnlearningJob:
                 continue
             judge = functools.partial(metrics.quality, tokenizer=tok, records=records, samples=samples, max_samples=cap,
                                       chat_template=self.config.chat_template)
-            if reference is not None:
-                before = judge(reference)
-            else:
-                with models.reference_model(model) as ref:
-                    before = judge(ref)
-            out[name] = {"before": before, "after": judge(model)}
+            out[name] = {"before": self._quality_before(judge, model, reference, records), "after": judge(model)}
         if self.config.reference and out["forget"]["after"].get("truth_ratios"):
             out["forget_quality"] = self._forget_quality(out["forget"]["after"]["truth_ratios"])
         return out
+
+    def _quality_before(self, judge: functools.partial, model, reference, records: list) -> dict:
+        """The loaded model's quality on `records`: the same for every job on this model and data, so computed once."""
+        cfg = self.config
+        records = [asdict(r) for r in records[: cfg.eval_max_samples]]
+        key = ("quality", json.dumps(records, sort_keys=True), cfg.max_length, cfg.chat_template)
+        if key not in self.loaded.memo:
+            if reference is not None:
+                self.loaded.memo[key] = judge(reference)
+            else:
+                with models.reference_model(model) as ref:
+                    self.loaded.memo[key] = judge(ref)
+        return copy.deepcopy(self.loaded.memo[key])
 
     def _forget_quality(self, truth_ratios: list[float]) -> float:
         """TOFU's forget quality: KS test of our truth ratios against a retain-only model's on the same forget set."""

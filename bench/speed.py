@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from atwu_core import metrics
-from atwu_core.config import make_config
+from atwu_core.config import default_preset, make_config
 from atwu_core.data import Dataset, load_data
 from atwu_core.job import BackgroundJob, StepRecord, UnlearningJob, run_job
 from atwu_core.models import LoadedModel, load_model
@@ -110,7 +110,7 @@ def instrument_writing() -> None:
 
 def timed_job(method: str, model_spec: str, dataset: Dataset, steps: int, seed: int, run_dir: Path) -> TimedJob:
     """A job on a fresh copy of the model (jobs wrap their model in LoRA, so interleaved jobs cannot share one)."""
-    config = make_config(method, "demo", steps=steps, seed=seed)
+    config = make_config(method, default_preset(model_spec), steps=steps, seed=seed)
     job = UnlearningJob(config, loaded=load_model(model_spec), dataset=dataset, run_dir=run_dir)
     timer = CallTimer()
     owners = {"job": job, "scheme": job.method.scheme}
@@ -172,7 +172,7 @@ def _peak_memory_child(method: str, model_spec: str, data_spec: str, steps: int,
     torch.set_num_threads(threads)
     quiet()
     loaded = load_model(model_spec)
-    job = UnlearningJob(make_config(method, "demo", steps=steps), loaded=loaded, dataset=load_data(data_spec), run_dir=run_dir)
+    job = UnlearningJob(make_config(method, default_preset(model_spec), steps=steps), loaded=loaded, dataset=load_data(data_spec), run_dir=run_dir)
     device = next(loaded.model.parameters()).device
     _reset_peak(device)
     baseline = _peak_mb(device)
@@ -199,19 +199,20 @@ def peak_memory(methods: list[str], model_spec: str, data_spec: str, threads: in
 # --------------------------------------------------------------------------------------------- job-level measures
 
 
-def throughput(loaded: LoadedModel, dataset: Dataset, steps: int | None, eval_cap: int, run_dir: Path) -> dict:
-    """A default demo ATWU job end to end: training tokens/s as the engine reports it, plus the wall time with evaluation."""
+def throughput(loaded: LoadedModel, preset: str, dataset: Dataset, steps: int | None, eval_cap: int | None, run_dir: Path) -> dict:
+    """A default ATWU job end to end: training tokens/s as the engine reports it, plus the wall time with evaluation."""
     start = time.perf_counter()
-    job = run_job(make_config("atwu", "demo", steps=steps, eval_max_samples=eval_cap), loaded=loaded, dataset=dataset, run_dir=run_dir)
-    return {**job.metrics["timing"], "wall_seconds": time.perf_counter() - start, "steps_total": job.config.steps}
+    job = run_job(make_config("atwu", preset, steps=steps, eval_max_samples=eval_cap), loaded=loaded, dataset=dataset, run_dir=run_dir)
+    return {**job.metrics["timing"], "wall_seconds": time.perf_counter() - start, "steps_total": job.config.steps,
+            "eval_max_samples": job.config.eval_max_samples}
 
 
-def first_step_latency(method: str, loaded: LoadedModel, dataset: Dataset, run_dir: Path) -> tuple[float, float]:
+def first_step_latency(method: str, loaded: LoadedModel, preset: str, dataset: Dataset, run_dir: Path) -> tuple[float, float]:
     """(seconds inside `BackgroundJob.start`, seconds from calling it to the first step line in records.jsonl):
     what the app's Run page waits before its first live update."""
     records = run_dir / "records.jsonl"
     start = time.perf_counter()
-    bg = BackgroundJob.start(make_config(method, "demo"), loaded, dataset, run_dir)
+    bg = BackgroundJob.start(make_config(method, preset), loaded, dataset, run_dir)
     started = time.perf_counter() - start
     while bg.is_alive() and not (records.is_file() and records.read_text(encoding="utf-8").count("\n") >= 1):
         time.sleep(0.005)
@@ -309,7 +310,7 @@ class Settings:
     warmup: int
     measured: int
     throughput_steps: int | None  # None: the demo preset's
-    eval_cap: int
+    eval_cap: int | None  # None: the preset's
     append_repeats: int
     memory: bool  # peak memory needs a process per method
     all_latencies: bool  # time-to-first-step for every method, or ATWU's only
@@ -318,7 +319,7 @@ class Settings:
 def settings(quick: bool) -> Settings:
     if quick:
         return Settings(warmup=1, measured=3, throughput_steps=3, eval_cap=4, append_repeats=50, memory=False, all_latencies=False)
-    return Settings(warmup=2, measured=20, throughput_steps=None, eval_cap=64, append_repeats=500, memory=True, all_latencies=True)
+    return Settings(warmup=2, measured=20, throughput_steps=None, eval_cap=None, append_repeats=500, memory=True, all_latencies=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -367,9 +368,10 @@ def _report_tail(args: argparse.Namespace, cfg: Settings, jobs: list[TimedJob], 
     """Everything after the headline lines, as markdown: breakdown, verdict, memory, throughput, responsiveness, writing cost."""
     memory = peak_memory([j.method for j in jobs], args.model, args.data, args.threads, root) if cfg.memory else {}
     loaded = load_model(args.model)
-    tp = throughput(loaded, dataset, cfg.throughput_steps, cfg.eval_cap, root / "throughput")
+    preset = default_preset(args.model)
+    tp = throughput(loaded, preset, dataset, cfg.throughput_steps, cfg.eval_cap, root / "throughput")
     ref = next((j for j in jobs if j.method == "atwu"), jobs[0])
-    latency = {j.method: first_step_latency(j.method, loaded, dataset, root / f"latency-{j.method}")
+    latency = {j.method: first_step_latency(j.method, loaded, preset, dataset, root / f"latency-{j.method}")
                for j in (jobs if cfg.all_latencies else [ref])}
     cost = append_cost(ref.last, root, cfg.append_repeats)
     sections = [
@@ -380,9 +382,9 @@ def _report_tail(args: argparse.Namespace, cfg: Settings, jobs: list[TimedJob], 
         "Peak memory: " + ("each method alone in a fresh process, 3 steps; increase = over the loaded model "
                            "(CPU: resident high-water mark, reset after loading; CUDA: max allocated)."
                            if memory else "not measured (--quick)."),
-        f"### Job throughput (ATWU, demo preset, {tp['steps_total']} steps, model `{args.model}`)\n\n"
+        f"### Job throughput (ATWU, {preset} preset, {tp['steps_total']} steps, model `{args.model}`)\n\n"
         f"{tp['tokens_per_second']:.0f} forget+retain tokens/s over the training steps; {tp['mean_step_seconds']:.3f} s/step; "
-        f"training {tp['total_seconds']:.1f} s, whole job with evaluation (up to {cfg.eval_cap} samples per split) {tp['wall_seconds']:.1f} s.",
+        f"training {tp['total_seconds']:.1f} s, whole job with evaluation (up to {tp['eval_max_samples']} samples per split) {tp['wall_seconds']:.1f} s.",
         "### App responsiveness (`BackgroundJob.start` to the first step line in records.jsonl)\n\n" + markdown_table(
             ["method", "start() returns s", "first step recorded s"],
             [[m, f"{s:.2f}", f"{f:.2f}"] for m, (s, f) in latency.items()]),

@@ -23,7 +23,7 @@ from atwu_core.models import DEMO_MODEL
 from atwu_core.runs import RunReader, list_runs, wait_for_state
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
-FAST = {"job_forget_batch_size": 8, "job_retain_batch_size": 8, "job_eval_max_samples": 4}
+FAST = {"job_forget_batch_size_demo": 8, "job_retain_batch_size_demo": 8, "job_eval_max_samples_demo": 4}  # keys per preset
 DONE = ("completed", "failed", "cancelled")
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def _fingerprint(model: torch.nn.Module) -> str:
 
 
 def _short(method: str, **kw):
-    return make_config(method, steps=kw.pop("steps", 3), eval_max_samples=4, **kw)
+    return make_config(method, steps=kw.pop("steps", 3), eval_max_samples=kw.pop("eval_max_samples", 4), **kw)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -179,3 +179,57 @@ def test_a_run_whose_process_died_reads_as_interrupted(tmp_path):
     assert RunReader(tmp_path / "r").status["state"] == "interrupted"
     assert list_runs(tmp_path)[0]["state"] == "interrupted"
     writer.close()
+
+
+def test_lora_on_the_top_layers_only_trains_those_layers(demo_loaded, demo_world, tmp_path):
+    n_layers = demo_loaded.model.config.num_hidden_layers
+    job = run_job(_short("graddiff", steps=2, lora_layers=1), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    from safetensors.torch import load_file
+
+    names = load_file(str(job.run_dir / "adapter" / "adapter_model.safetensors")).keys()
+    layers = {int(n.split(".layers.")[1].split(".")[0]) for n in names}
+    assert layers == {n_layers - 1}
+    assert {n.split(".")[-3] for n in names} >= {"q_proj", "down_proj"}  # every linear kind, as all-linear means
+    with pytest.raises(JobError, match="lora_layers must be between 1 and"):
+        run_job(_short("graddiff", steps=1, lora_layers=n_layers + 1), loaded=demo_loaded, dataset=demo_world,
+                run_dir=tmp_path / "bad")
+    assert not isinstance(demo_loaded.model, PeftModel)
+
+
+def test_the_before_evaluation_is_computed_once_per_model_and_data(demo_loaded, demo_world, tmp_path):
+    first = run_job(_short("ga", steps=1), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "a")
+    entries = len(demo_loaded.memo)
+    second = run_job(_short("graddiff", steps=2), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "b")
+    assert len(demo_loaded.memo) == entries  # reused, not recomputed
+    for split in ("forget", "retain"):
+        assert second.metrics[split]["before"] == first.metrics[split]["before"]
+    from atwu_core import metrics
+
+    fresh = metrics.quality(demo_loaded.model, demo_loaded.tokenizer, demo_world.forget[:4], first.forget[:4])
+    assert fresh == first.metrics["forget"]["before"]
+    other = run_job(_short("ga", steps=1, eval_max_samples=3), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "c")
+    assert other.metrics["forget"]["before"]["n"] == 3  # another cap is another entry
+
+
+def test_presets_follow_the_model():
+    from atwu_core.config import default_preset
+
+    assert default_preset("demo") == "demo" and default_preset("some/hub-model") == "demo"
+    smol = make_config("atwu", default_preset("demo-smollm2"))
+    assert smol.preset == "smollm2" and smol.lora_layers and smol.forget_batch_size < make_config("atwu").forget_batch_size
+    assert make_config("atwu", "smollm2", forget_batch_size=4).forget_batch_size == 4  # a user's setting wins
+
+
+def test_centred_scorer_input_ignores_a_shift_shared_by_every_token():
+    from atwu_core.config import resolve_params
+    from atwu_core.weighting.atwu import ATWUScorer
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(4, 1)
+    h, mask = torch.randn(2, 5, 4), torch.ones(2, 5)
+    mask[1, 3:] = 0
+    shifted = h + torch.randn(4)
+    centred, plain = ATWUScorer(resolve_params("atwu", overrides={"hidden_centre": True})), ATWUScorer(resolve_params("atwu"))
+    centred.linear = plain.linear = linear
+    assert torch.allclose(centred.scores(h, mask), centred.scores(shifted, mask), atol=1e-6)
+    assert not torch.allclose(plain.scores(h, mask), plain.scores(shifted, mask), atol=1e-3)

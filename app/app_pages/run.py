@@ -8,7 +8,7 @@ import streamlit as st
 
 from app import state
 from app.run_views import pick_sample, progress_panel, sample_view
-from atwu_core.config import METHODS, PRESETS, ParamSpec, make_config, method_params, resolve_params
+from atwu_core.config import METHODS, PRESETS, ParamSpec, default_preset, make_config, method_params, resolve_params
 from atwu_core.job import JobBusyError
 from atwu_core.runs import RunReader
 
@@ -18,6 +18,7 @@ JOB_SETTINGS = {  # integer JobConfig fields worth changing from the app
     "retain_batch_size": "Retain samples per step.",
     "lora_rank": "LoRA rank.",
     "lora_alpha": "LoRA alpha (scale = alpha / rank).",
+    "lora_layers": "LoRA on the top N decoder blocks only (empty: all); backpropagation stops below them.",
     "max_length": "Longest prompt + answer in tokens; longer samples are truncated.",
     "eval_max_samples": "Forget and retain samples scored before/after at the end (fewer = faster finish).",
 }
@@ -41,8 +42,10 @@ def settings() -> dict:
     c1, c2 = st.columns([2, 1])
     method = c1.selectbox("Method", list(METHODS), key="method", help="The unlearning method.")
     c1.caption(METHODS[method])
+    model = state.model_spec()
     preset = c2.selectbox(
-        "Preset", PRESETS, key="preset", help="demo: fast settings for the demo; paper: the published ones."
+        "Preset", PRESETS, index=PRESETS.index(default_preset(model)), key=f"preset_{model}",
+        help="demo: fast settings for the tiny demo model; smollm2: for SmolLM2 on a CPU; paper: the published ones.",
     )
     base = make_config(method, preset)
     c1, c2, c3 = st.columns(3)
@@ -64,7 +67,7 @@ def settings() -> dict:
         job = {}
         for k, (name, text) in enumerate(JOB_SETTINGS.items()):
             value = cols[k % 3].number_input(
-                name.replace("_", " "), 1, 100_000, getattr(base, name), step=1, help=text, key=f"job_{name}"
+                name.replace("_", " "), 1, 100_000, getattr(base, name), step=1, help=text, key=f"job_{name}_{preset}"
             )
             job[name] = None if value is None else int(value)
     defaults = resolve_params(method, preset)

@@ -40,15 +40,20 @@ class ATWUScorer(WeightingScheme):
         updates = max(1, ctx.steps // self.p["scorer_every"])
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: max(0.0, 1.0 - k / updates))
 
-    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
+    def scores(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = hidden.float()
         if self.p["hidden_norm"]:
             h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        if self.p["hidden_centre"]:
+            # without this, the budget term's push on every token moves w along the mean hidden state, which
+            # ranks tokens by an arbitrary direction; centred, that push can only move the bias
+            m = mask.unsqueeze(-1).float()
+            h = h - (h * m).sum((0, 1)) / m.sum().clamp_min(1)
         return torch.sigmoid(self.linear(h).squeeze(-1))
 
     def weigh(self, fw: ForgetForward) -> TokenWeights:
         with torch.no_grad():
-            g = self.scores(fw.hidden) * fw.mask
+            g = self.scores(fw.hidden, fw.mask) * fw.mask
         return TokenWeights(loss=self._loss_weights(g, fw.nll.detach(), fw.mask), scores=g)
 
     def _loss_weights(self, g: torch.Tensor, nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -63,7 +68,7 @@ class ATWUScorer(WeightingScheme):
         if step % self.p["scorer_every"] != 0:
             return {}
         nll, mask = fw.nll.detach(), fw.mask
-        g = self.scores(fw.hidden) * mask
+        g = self.scores(fw.hidden, mask) * mask
         if self.objective == "npo":
             objective = losses.npo(nll, mask, self._loss_weights(g, nll, mask), fw.ref_seq_nll, self.p["npo_beta"])
         else:
