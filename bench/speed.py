@@ -360,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     if out is not None:
         title = f"## Speed (`python bench/speed.py{' --model ' + args.model if args.model != 'demo' else ''}`)"
         section = "\n\n".join([title, env, "```\n" + "\n".join(headline) + "\n```", report])
-        print(f"wrote the speed section of {write_results_section(out, 'speed', section)}")
+        name = "speed" if args.model == "demo" else f"speed {args.model}"  # one section per model
+        print(f"wrote the {name} section of {write_results_section(out, name, section)}")
     return 0
 
 
