@@ -141,11 +141,12 @@ def truth_ratios(
     paraphrased = [Record(r.id, r.question, r.paraphrased_answer) for r in usable]
     perturbed = [Record(f"{r.id}/perturbed{j}", r.question, p) for r in usable for j, p in enumerate(r.perturbed_answer)]
     encoded = encode_records(paraphrased + perturbed, tokenizer, chat_template=chat_template)
-    probs = [s["prob"] for s in answer_stats(model, encoded, pad_token_id(tokenizer), batch_size)]
-    para_probs, pert_probs = probs[: len(usable)], iter(probs[len(usable) :])
+    # in log space: on a collapsed model the probabilities underflow to 0 and their ratio would be 0/0
+    logps = [float(np.mean(s["token_logprobs"])) for s in answer_stats(model, encoded, pad_token_id(tokenizer), batch_size)]
+    para_logps, pert_logps = logps[: len(usable)], iter(logps[len(usable) :])
     return [
-        float(np.mean([next(pert_probs) for _ in r.perturbed_answer]) / para)
-        for r, para in zip(usable, para_probs)
+        float(np.mean([np.exp(next(pert_logps) - para) for _ in r.perturbed_answer]))
+        for r, para in zip(usable, para_logps)
     ]
 
 

@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import platform
 import re
+import shlex
 import statistics
 import sys
 import tempfile
@@ -78,6 +79,18 @@ def write_results_section(out_dir: Path, name: str, markdown: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that wrote a results section, minus where it was written (`--out`)."""
+    args, shown = list(sys.argv[1:] if argv is None else argv), []
+    while args:
+        arg = args.pop(0)
+        if arg == "--out":
+            args = args[1:]
+        elif not arg.startswith("--out="):
+            shown.append(shlex.quote(arg))
+    return " ".join([f"python bench/{script}", *shown])
 
 
 def quiet() -> None:
@@ -538,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         env += (f" This run: {elapsed / 60:.1f} min, {len(results) - cache.hits} jobs run, {cache.hits} reused from the result "
                 "cache (run earlier on this machine; `wall s` shows how loaded it was then).")
         section = report(by_world, notes, sweep, sweep_steps, world_names, methods, mode, env, out,
-                         {name: w.preset for name, w in worlds.items()})
+                         {name: w.preset for name, w in worlds.items()}, command_line("quality.py", argv))
         print(f"wrote the quality section of {write_results_section(out, 'quality', section)}")
     return 0
 
@@ -554,11 +567,12 @@ def eval_cap_text(mode: Mode, presets: dict[str, str]) -> str:
 
 
 def report(by_world: dict[str, list[JobResult]], notes: dict[str, str], sweep: dict[str, dict[int, JobResult]], sweep_steps: list[int],
-           world_names: list[str], methods: list[str], mode: Mode, env: str, out: Path, presets: dict[str, str]) -> str:
+           world_names: list[str], methods: list[str], mode: Mode, env: str, out: Path, presets: dict[str, str],
+           command: str) -> str:
     """The quality section of results.md; draws its figures into `out/figures`."""
     first = next(iter(by_world))
     parts = [
-        "## Quality (`python bench/quality.py`)",
+        f"## Quality (`{command}`)",
         env,
         f"Every method with its world's preset ({presets_text(presets)}; {mode.steps} steps unless swept), LoRA; job seeds 0–{mode.seeds - 1} "
         f"on `{first}` and 0–{mode.other_seeds - 1} on the other worlds (the job seed sets LoRA's init and the batch order); "

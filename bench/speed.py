@@ -36,7 +36,7 @@ from atwu_core.models import LoadedModel, load_model
 from atwu_core.runs import RunWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import environment_line, markdown_table, quiet, write_results_section  # noqa: E402  (bench/ is a folder of scripts)
+from quality import command_line, environment_line, markdown_table, quiet, write_results_section  # noqa: E402  (bench/ is a folder of scripts)
 
 SPEED_METHODS = ("graddiff", "atwu", "npo", "wga", "tokenunlearn")
 BASELINE = "graddiff"
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     report = f"{report}\n\nBenchmark wall time: {time.perf_counter() - t_start:.0f} s."
     print(report)
     if out is not None:
-        title = f"## Speed (`python bench/speed.py{' --model ' + args.model if args.model != 'demo' else ''}`)"
+        title = f"## Speed (`{command_line('speed.py', argv)}`)"
         section = "\n\n".join([title, env, "```\n" + "\n".join(headline) + "\n```", report])
         name = "speed" if args.model == "demo" else f"speed {args.model}"  # one section per model
         print(f"wrote the {name} section of {write_results_section(out, name, section)}")

@@ -290,3 +290,14 @@ def test_forget_quality_is_the_ks_p_value() -> None:
 
 def test_peak_memory_is_this_process_rss() -> None:
     assert 10 < peak_memory_mb("cpu") < 64_000
+
+
+def test_truth_ratio_survives_probabilities_that_underflow(wired, tokenizer) -> None:
+    model, sample = wired
+    sharp = copy.deepcopy(model)
+    with torch.no_grad():
+        sharp.lm_head.weight.mul_(100)  # tokens off the wiring now get log p ≈ -1000: p underflows to 0
+    record = replace(RECORD, paraphrased_answer="Ada Quill lives nowhere.",
+                     perturbed_answer=["Ada Quill lives nowhere.", RECORD.answer])
+    (ratio,) = quality(sharp, tokenizer, [record], [sample])["truth_ratios"]
+    assert math.isfinite(ratio) and ratio > 1  # (1 + e^(a large gap)) / 2, not 0/0
