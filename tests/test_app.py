@@ -168,6 +168,18 @@ def test_model_page(completed_run: str) -> None:
     assert at.session_state["model_spec"] == "demo"  # the previous model stays in use
 
 
+def test_run_page_offers_the_models_preset() -> None:
+    at = app()
+    assert at.selectbox(key="preset_demo").value == "demo"
+    assert at.number_input(key="job_lora_layers_demo").value is None  # demo: LoRA on every block
+    at.session_state["model_spec"] = "demo-smollm2"  # chosen, not loaded: the Run page must not load it to draw
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="preset_demo-smollm2").value == "smollm2"
+    assert at.number_input(key="job_forget_batch_size_smollm2").value == 8
+    assert at.number_input(key="job_lora_layers_smollm2").value == 12
+
+
 def test_data_page_bad_inputs() -> None:
     at = on_page(app(), "data")
     assert any("atwu-chip" in h.proto.body for h in at.get("html"))  # the tokenised preview
