@@ -1,0 +1,70 @@
+"""Held-out check of the `smollm2` preset: a world it was not tuned on, taught to SmolLM2 the way
+`demo-smollm2` was (a LoRA on the top 12 blocks, merged), then unlearned with the preset.
+
+The preset's lr was chosen on `demo-smollm2` itself; this asks whether its alignment carries over to another
+world. Teaching takes ~10 min on 2 CPU cores (cached in $ATWU_BENCH_CACHE), each job ~4 min.
+
+    python bench/smollm2_heldout.py                      # generate_world(11), 20 people, 4 forget; atwu and wga
+    python bench/smollm2_heldout.py --seed 13 --methods atwu,simnpo
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from peft import PeftModel
+
+from atwu_core.config import make_config
+from atwu_core.data import load_dataset_dir, save_dataset_dir
+from atwu_core.demo_smollm2 import build_demo_smollm2
+from atwu_core.demo_world import generate_world
+from atwu_core.job import run_job
+from atwu_core.models import LoadedModel, load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import CACHE, quiet  # noqa: E402  (bench/ is a folder of scripts)
+
+
+def taught_world(seed: int, n_people: int, n_forget: int) -> tuple[LoadedModel, Path]:
+    """SmolLM2 with a new world merged in (taught once, cached), and the world's data folder."""
+    folder = CACHE / f"smollm2-world-seed{seed}-p{n_people}-f{n_forget}"
+    data, adapter = folder / "data", folder / "adapter"
+    if not (data / "forget.jsonl").is_file():
+        save_dataset_dir(generate_world(seed, n_people=n_people, n_forget=n_forget), data)
+    if not (adapter / "adapter_config.json").is_file():  # build_demo_smollm2 swaps the folder in atomically
+        build_demo_smollm2(adapter, data_dir=data, steps=200)
+    loaded = load_model("smollm2")
+    loaded.model = PeftModel.from_pretrained(loaded.model, str(adapter)).merge_and_unload().eval()
+    for p in loaded.model.parameters():
+        p.requires_grad_(False)
+    return loaded, data
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=11, help="generate_world seed (the demo world is seed 0)")
+    ap.add_argument("--people", type=int, default=20)
+    ap.add_argument("--forget-people", type=int, default=4)
+    ap.add_argument("--methods", default="atwu,wga")
+    args = ap.parse_args(argv)
+    quiet()
+    loaded, data = taught_world(args.seed, args.people, args.forget_people)
+    dataset = load_dataset_dir(data)
+    for method in args.methods.split(","):
+        start = time.perf_counter()
+        run_dir = data.parent / f"run-{method}-{int(time.time())}"
+        m = run_job(make_config(method, "smollm2", model=f"smollm2+seed{args.seed}"), loaded=loaded, dataset=dataset,
+                    run_dir=run_dir).metrics
+        f, r = m["forget"], m["retain"]
+        print(f"{method}: AUROC {m['alignment']['auroc']:.3f} AUPRC {m['alignment']['auprc']:.3f} | forget exact "
+              f"{f['before']['exact']:.2f} -> {f['after']['exact']:.3f}, ROUGE-L {f['after']['rouge_l']:.3f} | retain exact "
+              f"{r['before']['exact']:.2f} -> {r['after']['exact']:.3f}, ROUGE-L {r['after']['rouge_l']:.3f} | "
+              f"{time.perf_counter() - start:.0f} s ({run_dir})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
