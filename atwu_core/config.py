@@ -104,7 +104,8 @@ _PRESET_PARAMS["smollm2"] = _PRESET_PARAMS["demo"]
 _PRESET_JOB: dict[str, dict] = {
     "demo": {"steps": 40, "lr": 1e-3},
     # a 135M model on a laptop CPU: small batches and LoRA on the top blocks (where demo-smollm2's knowledge sits);
-    # lr 3e-3 chosen on demo-smollm2 itself (no held-out SmolLM2 world yet): see docs/results.md
+    # lr 3e-3 chosen on demo-smollm2 itself; on a held-out world its ATWU scores came out anti-aligned
+    # (bench/smollm2_heldout.py, README "Results")
     "smollm2": {"steps": 40, "lr": 3e-3, "forget_batch_size": 8, "retain_batch_size": 8, "lora_layers": 12,
                 "eval_max_samples": 32},
     "paper": {"steps": 100, "lr": 1e-3},

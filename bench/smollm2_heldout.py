@@ -5,7 +5,7 @@ The preset's lr was chosen on `demo-smollm2` itself; this asks whether its align
 world. Teaching takes ~10 min on 2 CPU cores (cached in $ATWU_BENCH_CACHE), each job ~4 min.
 
     python bench/smollm2_heldout.py                      # generate_world(11), 20 people, 4 forget; atwu and wga
-    python bench/smollm2_heldout.py --seed 13 --methods atwu,simnpo
+    python bench/smollm2_heldout.py --seed 13 --methods atwu,atwu-npo --set hidden_centre=true
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from peft import PeftModel
 
-from atwu_core.config import make_config
+from atwu_core.config import make_config, split_overrides
 from atwu_core.data import load_dataset_dir, save_dataset_dir
 from atwu_core.demo_smollm2 import build_demo_smollm2
 from atwu_core.demo_world import generate_world
@@ -49,15 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--people", type=int, default=20)
     ap.add_argument("--forget-people", type=int, default=4)
     ap.add_argument("--methods", default="atwu,wga")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a job setting or method parameter")
     args = ap.parse_args(argv)
     quiet()
+    job_overrides, params = split_overrides(args.set)
     loaded, data = taught_world(args.seed, args.people, args.forget_people)
     dataset = load_dataset_dir(data)
     for method in args.methods.split(","):
         start = time.perf_counter()
         run_dir = data.parent / f"run-{method}-{int(time.time())}"
-        m = run_job(make_config(method, "smollm2", model=f"smollm2+seed{args.seed}"), loaded=loaded, dataset=dataset,
-                    run_dir=run_dir).metrics
+        config = make_config(method, "smollm2", params, model=f"smollm2+seed{args.seed}", **job_overrides)
+        m = run_job(config, loaded=loaded, dataset=dataset, run_dir=run_dir).metrics
         f, r = m["forget"], m["retain"]
         print(f"{method}: AUROC {m['alignment']['auroc']:.3f} AUPRC {m['alignment']['auprc']:.3f} | forget exact "
               f"{f['before']['exact']:.2f} -> {f['after']['exact']:.3f}, ROUGE-L {f['after']['rouge_l']:.3f} | retain exact "
