@@ -103,10 +103,15 @@ def load_model(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     progress: Callable[[str], None] | None = None,
+    adapter: str | Path | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its (fast) tokenizer from 'demo', 'demo-smollm2', 'smollm2', a folder, a GGUF file or a hub id."""
+    """Load a causal LM and its (fast) tokenizer from 'demo', 'demo-smollm2', 'smollm2', a folder, a GGUF file or a hub id.
+
+    `adapter`: a LoRA adapter folder merged into the weights, as 'demo-smollm2' merges its shipped one.
+    """
     say = progress or (lambda _msg: None)
     source, knowledge_adapter = _resolve_source(spec, say)
+    knowledge_adapter = adapter or knowledge_adapter
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
     say(f"loading {spec} ({torch_dtype}, {torch_device})")
@@ -130,7 +135,7 @@ def load_model(
     if knowledge_adapter is not None:
         from peft import PeftModel
 
-        say("merging the demo-world knowledge adapter")
+        say(f"merging the knowledge adapter {knowledge_adapter}")
         model = PeftModel.from_pretrained(model, str(knowledge_adapter)).merge_and_unload()
     model.to(torch_device)
     model.eval()

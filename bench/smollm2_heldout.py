@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-from peft import PeftModel
-
 from atwu_core.config import make_config, split_overrides
 from atwu_core.data import load_dataset_dir, save_dataset_dir
 from atwu_core.demo_smollm2 import build_demo_smollm2
@@ -36,11 +34,7 @@ def taught_world(seed: int, n_people: int, n_forget: int) -> tuple[LoadedModel, 
         save_dataset_dir(generate_world(seed, n_people=n_people, n_forget=n_forget), data)
     if not (adapter / "adapter_config.json").is_file():  # build_demo_smollm2 swaps the folder in atomically
         build_demo_smollm2(adapter, data_dir=data, steps=200)
-    loaded = load_model("smollm2")
-    loaded.model = PeftModel.from_pretrained(loaded.model, str(adapter)).merge_and_unload().eval()
-    for p in loaded.model.parameters():
-        p.requires_grad_(False)
-    return loaded, data
+    return load_model("smollm2", adapter=adapter), data
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -233,3 +233,16 @@ def test_centred_scorer_input_ignores_a_shift_shared_by_every_token():
     centred.linear = plain.linear = linear
     assert torch.allclose(centred.scores(h, mask), centred.scores(shifted, mask), atol=1e-6)
     assert not torch.allclose(plain.scores(h, mask), plain.scores(shifted, mask), atol=1e-3)
+
+
+def test_an_adapter_can_be_merged_in_at_load_time(demo_loaded, demo_world, tmp_path):
+    from atwu_core.models import adapter_enabled, load_model
+
+    job = run_job(_short("ga", steps=5), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    ids = torch.tensor([job.forget[0].input_ids])
+    with torch.no_grad(), adapter_enabled(demo_loaded, job.run_dir) as unlearned:
+        expected = unlearned(ids).logits
+    merged = load_model("demo", adapter=job.run_dir / "adapter")
+    with torch.no_grad():
+        assert torch.allclose(merged.model(ids).logits, expected, atol=1e-4)
+    assert not any(p.requires_grad for p in merged.model.parameters())
