@@ -1,0 +1,166 @@
+"""atwu_core.explore: the explorer's derived tables, on a hand-made run whose numbers are known."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shlex
+from pathlib import Path
+
+import pytest
+
+from atwu_core import explore
+from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord
+from atwu_core.runs import RunSnapshot, list_runs
+
+
+def sample(sid: str, mask: list[bool], labels: list[str | None]) -> SampleRecord:
+    tokens = [f" t{k}" for k in range(len(mask))]
+    return SampleRecord(
+        sid,
+        f"Q {sid}?",
+        "".join(tokens),
+        tokens,
+        list(range(len(mask))),
+        [(3 * k, 3 * k + 3) for k in range(len(mask))],
+        mask,
+        labels,
+        any(mask),
+    )
+
+
+A = sample("a", [True, True, False, False], ["name", "name", None, None])
+B = sample("b", [False, True, False, True], [None, "city", None, "city"])
+
+
+def step(k: int, scores: dict, probs: dict) -> StepRecord:
+    return StepRecord(k, float(k), {"forget": -k}, {"model": 1e-3}, 8, scores, scores, probs)
+
+
+@pytest.fixture
+def snap(tmp_path: Path) -> RunSnapshot:
+    before = {"a": [0.9, 0.9, 0.9, 0.9], "b": [0.8, 0.8, 0.8, 0.8]}
+    steps = [
+        step(1, {"a": [0.5, 0.5, 0.5, 0.5]}, {"a": [0.9, 0.9, 0.9, 0.9]}),
+        step(2, {"b": [0.1, 0.9, 0.2, 0.8]}, {"b": [0.8, 0.4, 0.8, 0.4]}),
+    ]
+    final = FinalRecord(
+        2,
+        {"a": [0.9, 0.8, 0.1, 0.2], "b": [0.1, 0.9, 0.2, 0.8]},
+        {"a": [0.9, 0.8, 0.1, 0.2], "b": [0.1, 0.9, 0.2, 0.8]},
+        {"a": [0.09, 0.9, 0.9, 0.9], "b": [0.8, 0.08, 0.8, 0.8]},
+    )
+    config = {"method": "atwu", "preset": "demo", "model": "demo", "data": "demo", "steps": 2, "seed": 0}
+    return RunSnapshot(
+        tmp_path, config, Status("completed", 2, 2, "done"), [A, B], BeforeRecord(before), steps, final, None
+    )
+
+
+def test_rows_and_logprob_change(snap: RunSnapshot) -> None:
+    steps, matrix = explore.rows(snap, "a")
+    assert steps == [1, "final"] and matrix[-1] == [0.9, 0.8, 0.1, 0.2]
+    steps, change = explore.logprob_change(snap, "a")
+    assert steps == [1, "final"] and change[0] == pytest.approx([0, 0, 0, 0])
+    assert change[1][0] == pytest.approx(math.log(0.1)) and change[1][1] == pytest.approx(0.0)
+    snap.before = None
+    assert explore.logprob_change(snap, "a") is None
+
+
+def test_corpus_and_span_labels(snap: RunSnapshot) -> None:
+    table = {row["sample"]: row for row in explore.corpus_table(snap)}
+    assert table["a"]["score AUROC"] == 1.0 and table["b"]["score AUROC"] == 1.0
+    assert table["a"]["span labels"] == "name" and table["b"]["span tokens"] == 2
+    assert table["a"]["mean Δ log p in spans"] == pytest.approx(math.log(0.1) / 2)
+    assert table["a"]["forgetting AUROC"] == pytest.approx(0.75)  # one of the two span tokens was forgotten
+    labels = {row["span label"]: row for row in explore.span_label_table(snap)}
+    assert set(labels) == {"name", "city", "outside"}
+    assert labels["name"]["mean score"] == pytest.approx(0.85) and labels["outside"]["tokens"] == 4
+    assert labels["city"]["mean Δ log p"] == pytest.approx(math.log(0.1) / 2)
+
+
+def test_colour_ranges() -> None:
+    values = [0.3] * 50 + [0.7] * 50 + [1e6]
+    lo, hi = explore.percentile_range(values)
+    assert lo == pytest.approx(0.3) and hi == pytest.approx(0.7)  # the outlier saturates
+    assert explore.percentile_range([0.5, 0.5])[1] > 0.5 and explore.percentile_range([]) == (0.0, 1.0)
+    assert explore.symmetric_range([-2.0, 1.0, None]) == pytest.approx((-1.98, 1.98))
+
+
+def test_disagreement_tables_match_their_headings() -> None:
+    high_out, low_in = explore.disagreement_tables([0.99, 0.98, 0.97, 0.2], A, k=2)
+    assert [r["index"] for r in high_out] == [2, 3] and high_out[0]["score"] >= high_out[1]["score"]
+    assert [r["index"] for r in low_in] == [1, 0] and low_in[0]["score"] <= low_in[1]["score"]
+
+
+def test_tokens_csv_has_before_every_step_and_final(snap: RunSnapshot) -> None:
+    rows = list(csv.DictReader(io.StringIO(explore.tokens_csv(snap))))
+    assert {r["step"] for r in rows} == {"before", "1", "2", "final"}
+    final_a = [r for r in rows if r["step"] == "final" and r["sample_id"] == "a"]
+    assert len(final_a) == 4 and final_a[0]["span_label"] == "name" and float(final_a[0]["logprob_change"]) < -2
+    assert len([r for r in rows if r["step"] == "final"]) == 8  # every sample in the final pass
+
+
+def test_default_selection_and_config_diff() -> None:
+    runs = [
+        {"run_dir": "r4", "method": "wga", "state": "running"},
+        {"run_dir": "r3", "method": "wga", "state": "completed"},
+        {"run_dir": "r2", "method": "wga", "state": "completed"},
+        {"run_dir": "r1", "method": "atwu", "state": "completed"},
+    ]
+    assert explore.default_selection(runs) == ["r3", "r1"]
+    diff = explore.config_diff(
+        {"x": {"lr": 1e-3, "params": {"beta": 5}, "created": "t1"}, "y": {"lr": 1e-3, "params": {"beta": 2}}}
+    )
+    assert diff == {"params.beta": {"x": 5, "y": 2}}
+
+
+def test_cli_command_reruns_the_config() -> None:
+    from atwu_core.config import make_config
+
+    config = {**make_config("wga", "demo", {"wga_beta": 2.0}, steps=7, seed=3).to_dict(), "created": "now"}
+    args = shlex.split(explore.cli_command(config))
+    assert args[:2] == ["atwu", "unlearn"] and args[args.index("--steps") + 1] == "7"
+    assert args[args.index("--method") + 1] == "wga" and "wga_beta=2.0" in args
+    assert "alpha=1.0" not in args  # only what differs from the preset is set
+
+
+def test_progress_is_phase_aware() -> None:
+    clock = explore.PhaseClock()
+    for done, stamp in ((1, "2025-01-01T00:00:00+00:00"), (3, "2025-01-01T00:00:04+00:00")):
+        status = Status("running", 0, 10, "before", done, 4, updated=stamp)
+        clock.observe(status)
+    assert clock.seconds_per_sample() == pytest.approx(2.0)
+    shown = explore.progress(status, None, clock)
+    assert "evaluating before unlearning 3/4" in shown.text and 0.05 < shown.fraction < 0.2
+    training = explore.progress(Status("running", 4, 10, "training", 4, 10), 0.5, clock)
+    assert training.eta_s == pytest.approx(6 * 0.5 + 4 * 2.0) and "step 4/10" in training.text
+    unseen = explore.progress(Status("running", 4, 10, "training", 4, 10), 0.5)
+    assert "+ evaluation" in unseen.text
+    loading = explore.progress(Status("running"), None)
+    assert "loading" in loading.text and "unknown" not in loading.text and loading.eta_s is None
+    over = explore.progress(Status("cancelled", 4, 10, "done"), 0.5, clock)
+    assert over.eta_s is None and "ETA" not in over.text and over.text.startswith("cancelled · step 4/10")
+
+
+def test_rename_tag_delete(tmp_path: Path) -> None:
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"method": "atwu", "model": "demo"}))
+    (run / "status.json").write_text(json.dumps({"state": "completed"}))
+    explore.rename_run(run, "  my run ")
+    explore.tag_run(run, ["a", " b", "", "a"])
+    [row] = list_runs(tmp_path)
+    assert row["name"] == "my run" and row["tags"] == ["a", "b"]
+    with pytest.raises(ValueError, match="empty"):
+        explore.rename_run(run, " ")
+    (run / "status.json").write_text(json.dumps({"state": "running", "pid": None, "host": None}))
+    with pytest.raises(ValueError, match="still running"):
+        explore.delete_run(run)
+    (run / "status.json").write_text(json.dumps({"state": "completed"}))
+    explore.delete_run(run)
+    assert not run.exists()
+    (tmp_path / "other").mkdir()
+    with pytest.raises(FileNotFoundError):
+        explore.delete_run(tmp_path / "other")  # never deletes a folder that is not a run
