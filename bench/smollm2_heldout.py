@@ -13,28 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
+
+from common import quiet, smollm2_taught
 
 from atwu_core.config import make_config, split_overrides
-from atwu_core.data import load_dataset_dir, save_dataset_dir
-from atwu_core.demo_smollm2 import build_demo_smollm2
-from atwu_core.demo_world import generate_world
+from atwu_core.data import load_dataset_dir
 from atwu_core.job import run_job
-from atwu_core.models import LoadedModel, load_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import CACHE, quiet  # noqa: E402  (bench/ is a folder of scripts)
-
-
-def taught_world(seed: int, n_people: int, n_forget: int) -> tuple[LoadedModel, Path]:
-    """SmolLM2 with a new world merged in (taught once, cached), and the world's data folder."""
-    folder = CACHE / f"smollm2-world-seed{seed}-p{n_people}-f{n_forget}"
-    data, adapter = folder / "data", folder / "adapter"
-    if not (data / "forget.jsonl").is_file():
-        save_dataset_dir(generate_world(seed, n_people=n_people, n_forget=n_forget), data)
-    if not (adapter / "adapter_config.json").is_file():  # build_demo_smollm2 swaps the folder in atomically
-        build_demo_smollm2(adapter, data_dir=data, steps=200)
-    return load_model("smollm2", adapter=adapter), data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,11 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--people", type=int, default=20)
     ap.add_argument("--forget-people", type=int, default=4)
     ap.add_argument("--methods", default="atwu,wga")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a job setting or method parameter")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a job setting or method parameter"
+    )
     args = ap.parse_args(argv)
     quiet()
     job_overrides, params = split_overrides(args.set)
-    loaded, data = taught_world(args.seed, args.people, args.forget_people)
+    loaded, data, _adapter = smollm2_taught(args.seed, args.people, args.forget_people)
     dataset = load_dataset_dir(data)
     for method in args.methods.split(","):
         start = time.perf_counter()
@@ -55,10 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         config = make_config(method, "smollm2", params, model=f"smollm2+seed{args.seed}", **job_overrides)
         m = run_job(config, loaded=loaded, dataset=dataset, run_dir=run_dir).metrics
         f, r = m["forget"], m["retain"]
-        print(f"{method}: AUROC {m['alignment']['auroc']:.3f} AUPRC {m['alignment']['auprc']:.3f} | forget exact "
-              f"{f['before']['exact']:.2f} -> {f['after']['exact']:.3f}, ROUGE-L {f['after']['rouge_l']:.3f} | retain exact "
-              f"{r['before']['exact']:.2f} -> {r['after']['exact']:.3f}, ROUGE-L {r['after']['rouge_l']:.3f} | "
-              f"{time.perf_counter() - start:.0f} s ({run_dir})", flush=True)
+        print(
+            f"{method}: AUROC {m['alignment']['auroc']:.3f} AUPRC {m['alignment']['auprc']:.3f} | forget exact "
+            f"{f['before']['exact']:.2f} -> {f['after']['exact']:.3f}, ROUGE-L {f['after']['rouge_l']:.3f} | "
+            f"retain exact {r['before']['exact']:.2f} -> {r['after']['exact']:.3f}, "
+            f"ROUGE-L {r['after']['rouge_l']:.3f} | {time.perf_counter() - start:.0f} s ({run_dir})",
+            flush=True,
+        )
     return 0
 
 
