@@ -7,6 +7,7 @@ into `Record`s and fails with a `DataError` that names the file, the line and wh
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -14,6 +15,10 @@ from pathlib import Path
 
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 IGNORE_INDEX = -100
+# Input limits, checked before anything is tokenised: tokenising with offsets costs memory and time in proportion
+# to the text (a 50 MB answer took 19 GB and 6 minutes), and no question or answer worth unlearning is this long.
+MAX_TEXT_CHARS = 20_000  # per text field (question, answer, paraphrase, each perturbed answer, id)
+MAX_LINE_BYTES = 4 * 2**20  # per JSONL line, checked before json.loads
 
 
 class DataError(ValueError):
@@ -54,13 +59,37 @@ class Dataset:
 # --------------------------------------------------------------------------------------------- parsing
 
 
-def _where(source: str, line: int | None) -> str:
-    return f"{source}, line {line}" if line is not None else source
+def _where(source: str, line: int | None, row: int | None = None) -> str:
+    """Where a record is: a JSONL line, or a 1-based row of a JSON list."""
+    if line is not None:
+        return f"{source}, line {line}"
+    return f"{source}, row {row}" if row is not None else source
 
 
-def record_from_dict(obj: object, source: str, line: int | None = None, index: int = 0) -> Record:
-    """Validate one JSON object and turn it into a Record (spans checked against the answer)."""
-    where = _where(source, line)
+def _check_text(text: str, name: str, where: str) -> None:
+    """Refuse text that would make tokenising unbounded, or that no tokenizer or UTF-8 file can hold."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise DataError(
+            f"{where}: field '{name}' is {len(text)} characters, over the limit of {MAX_TEXT_CHARS}; "
+            "shorten it or split the record."
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(
+            f"{where}: field '{name}' has an invalid character at position {err.start} "
+            f"({text[err.start]!r}, a lone surrogate escape); replace it with the character it stands for."
+        ) from None
+
+
+def record_from_dict(
+    obj: object, source: str, line: int | None = None, index: int = 0, row: int | None = None
+) -> Record:
+    """Validate one JSON object and turn it into a Record (spans checked against the answer).
+
+    `line` (JSONL) or `row` (1-based, a JSON list) says where the record is in `source`, for error messages.
+    """
+    where = _where(source, line, row)
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object with 'question' and 'answer', got {type(obj).__name__}.")
     for key in ("question", "answer"):
@@ -68,11 +97,15 @@ def record_from_dict(obj: object, source: str, line: int | None = None, index: i
             raise DataError(f"{where}: missing field '{key}'. Every record needs 'question' and 'answer' strings.")
         if not isinstance(obj[key], str) or not obj[key].strip():
             raise DataError(f"{where}: field '{key}' must be a non-empty string.")
+        _check_text(obj[key], key, where)
     answer = obj["answer"]
     if "forget_spans" in obj and "forget_strings" in obj:
         raise DataError(f"{where}: give either 'forget_spans' or 'forget_strings', not both.")
-    spans = _spans_from_strings(obj["forget_strings"], answer, where) if "forget_strings" in obj else \
-        _spans_from_dicts(obj.get("forget_spans", []), answer, where)
+    spans = (
+        _spans_from_strings(obj["forget_strings"], answer, where)
+        if "forget_strings" in obj
+        else _spans_from_dicts(obj.get("forget_spans", []), answer, where)
+    )
     perturbed = obj.get("perturbed_answer")
     if isinstance(perturbed, str):
         perturbed = [perturbed]
@@ -81,8 +114,14 @@ def record_from_dict(obj: object, source: str, line: int | None = None, index: i
     paraphrased = obj.get("paraphrased_answer")
     if paraphrased is not None and not isinstance(paraphrased, str):
         raise DataError(f"{where}: 'paraphrased_answer' must be a string.")
+    record_id = str(obj.get("id", f"{Path(source).stem}-{index}"))
+    for name, text in [("paraphrased_answer", paraphrased), ("id", record_id)] + [
+        (f"perturbed_answer[{k}]", p) for k, p in enumerate(perturbed or [])
+    ]:
+        if text is not None:
+            _check_text(text, name, where)
     return Record(
-        id=str(obj.get("id", f"{Path(source).stem}-{index}")),
+        id=record_id,
         question=obj["question"],
         answer=answer,
         forget_spans=spans,
@@ -96,8 +135,10 @@ def _spans_from_dicts(raw: object, answer: str, where: str) -> list[Span]:
         raise DataError(f"{where}: 'forget_spans' must be a list of {{'start', 'end', 'label'}} objects.")
     spans = []
     for k, item in enumerate(raw):
-        if not isinstance(item, dict) or not isinstance(item.get("start"), int) or not isinstance(item.get("end"), int):
-            raise DataError(f"{where}: forget_spans[{k}] needs integer 'start' and 'end' (character offsets into the answer).")
+        if not isinstance(item, dict) or not all(_is_int(item.get(key)) for key in ("start", "end")):
+            raise DataError(
+                f"{where}: forget_spans[{k}] needs integer 'start' and 'end' (character offsets into the answer)."
+            )
         start, end = item["start"], item["end"]
         if not 0 <= start < end <= len(answer):
             raise DataError(
@@ -106,10 +147,15 @@ def _spans_from_dicts(raw: object, answer: str, where: str) -> list[Span]:
             )
         spans.append(Span(start, end, str(item.get("label", "forget"))))
     spans.sort(key=lambda s: s.start)
-    for a, b in zip(spans, spans[1:]):
+    for a, b in itertools.pairwise(spans):
         if b.start < a.end:
             raise DataError(f"{where}: forget_spans [{a.start}, {a.end}) and [{b.start}, {b.end}) overlap; merge them.")
     return spans
+
+
+def _is_int(value: object) -> bool:
+    """An integer that is not a bool (JSON true/false would otherwise pass as offsets 1/0)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _spans_from_strings(raw: object, answer: str, where: str) -> list[Span]:
@@ -139,62 +185,120 @@ def _spans_from_strings(raw: object, answer: str, where: str) -> list[Span]:
 # --------------------------------------------------------------------------------------------- loaders
 
 
+def _not_utf8(where: str, raw: bytes, err: UnicodeDecodeError, line_start: int = 0) -> DataError:
+    """The error for undecodable bytes: the place, the offending byte and its position in its line."""
+    bad = raw[err.start : err.start + 1]
+    return DataError(
+        f"{where}: not UTF-8 text (byte {err.start - line_start + 1} of the line is {bad!r}); save it as UTF-8."
+    )
+
+
+def _decode_file(path: Path) -> str:
+    """A whole file as text (a UTF-8 BOM allowed); a decoding error names the line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line_no = raw.count(b"\n", 0, err.start) + 1
+        raise _not_utf8(f"{path}, line {line_no}", raw, err, raw.rfind(b"\n", 0, err.start) + 1) from None
+
+
+def _parse_json(text: str, source: str, line: int | None = None) -> object:
+    """json.loads with its failures (syntax, absurd nesting) as DataErrors naming the file and line.
+
+    `line`: the line of `source` that `text` is (JSONL); None when `text` is the whole file.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        where = f"{source}, line {(line or 1) + err.lineno - 1}"
+        raise DataError(f"{where}, column {err.colno}: malformed JSON ({err.msg}).") from None
+    except RecursionError:
+        raise DataError(f"{_where(source, line)}: JSON nested too deeply; a record is one flat object.") from None
+
+
+def _jsonl_lines(path: Path):
+    """(line number, text) of a JSONL file. Read as bytes: only a newline ends a line (a stray carriage return
+    inside a record stays in it, so error columns are right), a leading UTF-8 BOM is dropped, and no line is
+    read past MAX_LINE_BYTES."""
+    with path.open("rb") as fh:
+        line_no = 0
+        while raw := fh.readline(MAX_LINE_BYTES + 1):
+            line_no += 1
+            where = f"{path}, line {line_no}"
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(
+                    f"{where}: longer than {MAX_LINE_BYTES} bytes; a record's texts are limited to "
+                    f"{MAX_TEXT_CHARS} characters each."
+                )
+            try:
+                yield line_no, raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_utf8(where, raw, err) from None
+
+
 def load_jsonl(path: str | Path) -> list[Record]:
     """Load a JSONL file of records; errors name the file and the line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file.")
-    records = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}, line {line_no}: malformed JSON ({err.msg} at column {err.colno}).") from None
-            records.append(record_from_dict(obj, str(path), line_no, len(records)))
-    _check_unique_ids(records, str(path))
+    records, lines = [], []
+    for line_no, line in _jsonl_lines(path):
+        if not line.strip():
+            continue
+        obj = _parse_json(line.rstrip("\r\n"), str(path), line_no)
+        records.append(record_from_dict(obj, str(path), line_no, len(records)))
+        lines.append(f"line {line_no}")
+    _check_unique_ids(records, str(path), lines)
     return records
 
 
 def load_tofu_json(path: str | Path) -> list[Record]:
     """Load a TOFU-format JSON list of {question, answer, ...}. TOFU has no span annotations."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file.") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: malformed JSON ({err.msg} at line {err.lineno}, column {err.colno}).") from None
+    if not path.is_file():
+        raise DataError(f"{path}: no such file.")
+    data = _parse_json(_decode_file(path), str(path))
     if isinstance(data, dict):  # some exports wrap the rows
         data = data.get("data", data.get("rows"))
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of {{'question', 'answer'}} objects.")
-    records = [record_from_dict(obj, str(path), None, k) for k, obj in enumerate(data)]
-    _check_unique_ids(records, str(path))
+    records = [record_from_dict(obj, str(path), index=k, row=k + 1) for k, obj in enumerate(data)]
+    _check_unique_ids(records, str(path), [f"row {k + 1}" for k in range(len(records))])
     return records
 
 
 def load_hub_tofu(name: str) -> list[Record]:
-    """`datasets.load_dataset("locuslab/TOFU", name)`: needs a reachable hub."""
+    """`datasets.load_dataset("locuslab/TOFU", name)`: needs a reachable hub, or HF_HUB_OFFLINE=1 and a cached copy."""
     import datasets
+    from huggingface_hub import constants
 
+    from atwu_core.hub import hub_reachable
+
+    if not constants.HF_HUB_OFFLINE and not hub_reachable():
+        raise DataError(
+            f"could not load TOFU split '{name}': the hub ({constants.ENDPOINT}) cannot be reached. Offline, point "
+            "--data at a TOFU JSON file, or set HF_HUB_OFFLINE=1 to use a cached download."
+        )
     try:
         rows = datasets.load_dataset("locuslab/TOFU", name, split="train")
-    except Exception as err:  # network, unknown split name, ...
+    except Exception as err:  # network, unknown split name, ...: all become one DataError
         raise DataError(
-            f"could not load TOFU split '{name}' from the hub ({err}). Offline, point --data at a TOFU JSON file instead."
+            f"could not load TOFU split '{name}' from the hub ({err}). "
+            "Offline, point --data at a TOFU JSON file instead."
         ) from None
-    return [record_from_dict(dict(row), f"locuslab/TOFU:{name}", None, k) for k, row in enumerate(rows)]
+    return [record_from_dict(dict(row), f"locuslab/TOFU:{name}", index=k, row=k + 1) for k, row in enumerate(rows)]
 
 
-def _check_unique_ids(records: list[Record], source: str) -> None:
-    seen: set[str] = set()
-    for rec in records:
+def _check_unique_ids(records: list[Record], source: str, places: list[str]) -> None:
+    """Ids key weights and metrics; `places[k]` says where record k is ("line 3", "row 3")."""
+    seen: dict[str, str] = {}
+    for rec, place in zip(records, places, strict=True):
         if rec.id in seen:
-            raise DataError(f"{source}: record id {rec.id!r} appears twice; ids must be unique.")
-        seen.add(rec.id)
+            raise DataError(
+                f"{source}: record id {rec.id!r} appears twice ({seen[rec.id]} and {place}); ids must be unique."
+            )
+        seen[rec.id] = place
 
 
 def load_dataset_dir(path: str | Path) -> Dataset:
@@ -223,9 +327,13 @@ def load_data(spec: str, retain_spec: str | None = None) -> Dataset:
     if spec == "demo":
         return load_dataset_dir(demo_data_dir())
     if spec.startswith("tofu:"):
-        names = spec[len("tofu:"):].split(",")
+        names = spec[len("tofu:") :].split(",")
         forget_name = names[0]
-        retain_name = names[1] if len(names) > 1 else "retain" + str(100 - int("".join(c for c in forget_name if c.isdigit()) or 10))
+        retain_name = (
+            names[1]
+            if len(names) > 1
+            else "retain" + str(100 - int("".join(c for c in forget_name if c.isdigit()) or 10))
+        )
         return Dataset(name=spec, forget=load_hub_tofu(forget_name), retain=load_hub_tofu(retain_name))
     path = Path(spec)
     if path.is_dir():
@@ -280,15 +388,21 @@ class EncodedSample:
 def format_prompt(question: str, tokenizer=None, chat_template: bool = False) -> str:
     if chat_template:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise DataError("chat_template=True but the tokenizer has no chat template; use the plain Question/Answer format.")
-        return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+            raise DataError(
+                "chat_template=True but the tokenizer has no chat template; use the plain Question/Answer format."
+            )
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
     return PROMPT_TEMPLATE.format(question=question)
 
 
 def encode_record(record: Record, tokenizer, max_length: int = 256, chat_template: bool = False) -> EncodedSample:
     """Tokenise prompt + answer (+ EOS) and label each answer token by character overlap with the spans."""
     if not getattr(tokenizer, "is_fast", False):
-        raise DataError("span labelling needs a fast tokenizer (offset mappings); load the model's tokenizer with use_fast=True.")
+        raise DataError(
+            "span labelling needs a fast tokenizer (offset mappings); load the model's tokenizer with use_fast=True."
+        )
     prompt = format_prompt(record.question, tokenizer, chat_template)
     sep = "" if chat_template else " "
     answer_start = len(prompt) + len(sep)
@@ -309,7 +423,9 @@ def encode_record(record: Record, tokenizer, max_length: int = 256, chat_templat
         ids, offsets = ids[:max_length], offsets[:max_length]
     answer_offsets = [(max(s - answer_start, 0), max(e - answer_start, 0)) for s, e in offsets[first:]]
     span_mask = [any(s < sp.end and e > sp.start for sp in record.forget_spans) for s, e in answer_offsets]
-    answer_tokens = [_readable(tokenizer, tid, record.answer, off) for tid, off in zip(ids[first:], answer_offsets)]
+    answer_tokens = [
+        _readable(tokenizer, tid, record.answer, off) for tid, off in zip(ids[first:], answer_offsets, strict=True)
+    ]
     return EncodedSample(
         record_id=record.id,
         input_ids=ids,
@@ -330,6 +446,7 @@ def _readable(tokenizer, token_id: int, answer: str, offset: tuple[int, int]) ->
     return tokenizer.convert_ids_to_tokens(token_id)
 
 
-def encode_records(records: list[Record], tokenizer, max_length: int = 256, chat_template: bool = False) -> list[EncodedSample]:
+def encode_records(
+    records: list[Record], tokenizer, max_length: int = 256, chat_template: bool = False
+) -> list[EncodedSample]:
     return [encode_record(r, tokenizer, max_length, chat_template) for r in records]
-
