@@ -1,107 +1,259 @@
-"""Streamlit views of one run folder, shared by the Run (live) and Runs (replay) pages."""
+"""Streamlit views of one run folder, shared by the Run (live) and Runs (replay) pages: progress, losses,
+one sample's score and forgetting heatmaps, alignment over training, and the whole forget set."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
-from app.components.curves import loss_figure
-from app.components.heatmap import aggregate_words, weight_heatmap
+from app import state
+from app.components.curves import alignment_figure, loss_figure
+from app.components.heatmap import (
+    CHANGE_COLORSCALE,
+    MODEBAR,
+    Panel,
+    aggregate_words,
+    ragged_heatmap,
+    token_heatmaps,
+)
 from app.components.token_chips import token_chips_html
-from atwu_core.runs import RunReader
+from atwu_core import explore
+from atwu_core.metrics import trajectory
+from atwu_core.records import SampleRecord
+from atwu_core.runs import RunSnapshot
+
+CHANGE = "log-probability change since before training: log p − log p_before"
+QUANTITIES = {"score": "scores", "loss weight": "loss_weights"}
+# What `scores` and `loss_weights` are for each method: the names on screen say exactly what is drawn.
+FORMULAS = {
+    "atwu": ("ATWU's scorer output g = σ(w·h + c)", "g · p^β"),
+    "atwu-npo": ("ATWU's scorer output g = σ(w·h + c)", "g · T / Σg"),
+    "wga": ("p^β", "p^β"),
+    "satimp": ("p^β1 · (1 − p)^β2", "p^β1 · (1 − p)^β2"),
+    "tokenunlearn": ("importance φ", "selected / softmax weight"),
+}
+SCALES = ("per run (2nd–98th percentile)", "per sample", "fixed [0, 1]")
 
 
 def run_label(run_dir: str | Path, config: dict | None = None) -> str:
-    """Short readable name of a run: its folder name, plus method and model when known."""
-    name = Path(run_dir).name
-    return f"{name} ({config.get('method')}, {config.get('model')})" if config else name
+    """Readable name of a run: its given name (or folder name), plus method and model when known."""
+    config = config or {}
+    name = config.get("name") or Path(run_dir).name
+    return f"{name} ({config.get('method')}, {config.get('model')})" if config.get("method") else name
 
 
-def progress_panel(reader: RunReader, steps: list[dict]) -> None:
-    """Progress bar with steps/s and ETA, the state, and the loss curves."""
-    status = reader.status
-    done, total = status.get("steps_done") or 0, status.get("steps_total") or 0
-    elapsed = steps[-1]["elapsed"] if steps else 0.0
-    rate = len(steps) / elapsed if elapsed > 0 else 0.0
-    eta = f"{(total - done) / rate:.0f} s" if rate > 0 and total > done else "–"
-    st.progress(
-        min(done / total, 1.0) if total else 0.0,
-        text=f"{status['state']} · step {done}/{total} · {rate:.2f} steps/s · ETA {eta}",
-    )
-    if status.get("state") == "failed":
-        st.error(f"The job failed: {status.get('error')}")
-    elif status.get("state") == "cancelled":
-        st.warning(f"Cancelled after {done} steps.")
-    elif status.get("state") == "interrupted":
-        st.warning(f"Interrupted after {done} steps: {status.get('error')}")
-    if steps:
-        losses = sorted({k for rec in steps for k in rec.get("losses", {})})
+def quantity_name(config: dict, key: str) -> str:
+    """The exact name of a per-token quantity for this run's method."""
+    score, weight = FORMULAS.get(config.get("method"), ("uniform: 1", "uniform: 1"))
+    return f"score: {score}" if key == "scores" else f"loss weight: {weight}"
+
+
+def mean_step_seconds(snap: RunSnapshot) -> float | None:
+    """Seconds per step from the step records' elapsed times (the first step includes warm-up)."""
+    steps = snap.steps
+    if len(steps) >= 2:
+        return (steps[-1].elapsed - steps[0].elapsed) / (steps[-1].step - steps[0].step)
+    return steps[0].elapsed / max(steps[0].step, 1) if steps else None
+
+
+def progress_panel(snap: RunSnapshot) -> None:
+    """Phase-aware progress (loading, evaluating, step k/N, final pass, evaluating after) with an ETA that
+    includes evaluation while the job runs, then the state's message and the loss curves."""
+    clock = state.phase_clock(str(snap.dir))
+    clock.observe(snap.status)
+    shown = explore.progress(snap.status, mean_step_seconds(snap), clock)
+    st.progress(shown.fraction, text=shown.text)
+    status = snap.status
+    if status.state == "failed":
+        st.error(f"The job failed: {status.error}")
+    elif status.state == "cancelled":
+        st.warning(f"Cancelled after {status.steps_done} steps.")
+    elif status.state == "interrupted":
+        st.warning(f"Interrupted after {status.steps_done} steps: {status.error}")
+    if snap.skipped_lines:
+        st.warning(f"{snap.skipped_lines} unreadable line(s) in records.jsonl were skipped.")
+    if snap.steps:
+        names = sorted({k for rec in snap.steps for k in rec.losses})
         fig = loss_figure(
-            [rec["step"] for rec in steps], {k: [rec.get("losses", {}).get(k) for rec in steps] for k in losses}
+            [rec.step for rec in snap.steps], {k: [rec.losses.get(k) for rec in snap.steps] for k in names}
         )
-        st.plotly_chart(fig, key=f"losses_{reader.dir.name}")
+        st.plotly_chart(fig, key=f"losses_{snap.dir.name}", config=MODEBAR)
 
 
-def pick_sample(samples: list[dict], key: str, recorded: list[str] = ()) -> dict | None:
+def pick_sample(samples: list[SampleRecord], key: str, recorded: list[str] = ()) -> SampleRecord | None:
     """Sample picker (samples with ground truth first), starting on the first sample in `recorded`."""
     if not samples:
         return None
-    ordered = sorted(samples, key=lambda s: not s["has_ground_truth"])
-    by_id = {s["id"]: s for s in ordered}
+    ordered = sorted(samples, key=lambda s: not s.has_ground_truth)
+    by_id = {s.record_id: s for s in ordered}
     ids = list(by_id)
     start = next((ids.index(i) for i in ids if i in recorded), 0)
-    sid = st.selectbox("Sample", ids, index=start, key=key, format_func=lambda i: f"{i}: {by_id[i]['question'][:70]}")
+    sid = st.selectbox("Sample", ids, index=start, key=key, format_func=lambda i: f"{i}: {by_id[i].question[:70]}")
     return by_id[sid]
 
 
-def sample_view(reader: RunReader, sample: dict, *, key: str, upto_step: int | None = None) -> None:
-    """Steps × tokens heatmap and the token chips at the last shown step, for one forget sample."""
-    steps, matrix = reader.weight_matrix(sample["id"])
-    _, probs = reader.weight_matrix(sample["id"], key="probs")
-    final = reader.final if upto_step is None else None
-    if final is not None and sample["id"] in final["weights"]:
-        steps, matrix, probs = (
-            steps + ["final"],
-            matrix + [final["weights"][sample["id"]]],
-            probs + [final["probs"][sample["id"]]],
+def _cut(steps: list, matrix: list, upto: int | None) -> tuple[list, list]:
+    if upto is None:
+        return steps, matrix
+    keep = [k for k, s in enumerate(steps) if s != explore.FINAL and s <= upto]
+    return [steps[k] for k in keep], [matrix[k] for k in keep]
+
+
+def _zrange(scale: str, snap: RunSnapshot, key: str, matrix: list[list[float | None]]) -> tuple[float, float]:
+    if scale == SCALES[2]:
+        return 0.0, 1.0
+    values = explore.run_values(snap, key) if scale == SCALES[0] else [v for row in matrix for v in row]
+    return explore.percentile_range(values, *((2.0, 98.0) if scale == SCALES[0] else (0.0, 100.0)))
+
+
+def sample_figure(
+    snap: RunSnapshot, sample: SampleRecord, key: str, scale: str, *, words: bool = False, upto: int | None = None
+):
+    """The steps × tokens figure of one sample: `key`'s values above the log-probability change since before
+    training, on one token axis; returns (figure, rows, values, probs, colour range), or None if nothing recorded."""
+    steps, values = _cut(*explore.rows(snap, sample.record_id, key), upto)
+    _, probs = _cut(*explore.rows(snap, sample.record_id, "probs"), upto)
+    if not values:
+        return None
+    zrange = _zrange(scale, snap, key, values)
+    panels = [Panel(quantity_name(snap.config, key), values, zrange)]
+    change = explore.logprob_change(snap, sample.record_id)
+    if change is not None:
+        changes = _cut(*change, upto)[1]
+        panels.append(
+            Panel(CHANGE, changes, explore.symmetric_range(v for row in changes for v in row), CHANGE_COLORSCALE)
         )
-    if upto_step is not None:
-        keep = sum(s <= upto_step for s in steps)
-        steps, matrix, probs = steps[:keep], matrix[:keep], probs[:keep]
-    if not matrix:
-        st.info("No weights recorded for this sample yet (it enters a batch soon).")
-        return
-    c1, c2 = st.columns(2)
-    words = c1.toggle("Aggregate tokens to words", key=f"{key}_words")
-    fixed = (
-        c2.radio("Colour scale", ["fixed [0, 1]", "per sample"], key=f"{key}_scale", horizontal=True) == "fixed [0, 1]"
-    )
-    tokens, mask, shown = sample["tokens"], sample["span_mask"], matrix
+    tokens, mask, hover_probs = sample.tokens, sample.span_mask, probs
     if words:
-        tokens, shown, mask = aggregate_words(tokens, matrix, mask, sample["offsets"])
-    fig = weight_heatmap(
+        merged = [aggregate_words(sample.tokens, p.matrix, sample.span_mask, sample.offsets) for p in panels]
+        tokens, mask = merged[0][0], merged[0][2]
+        panels = [Panel(p.name, m[1], p.zrange, p.colorscale) for p, m in zip(panels, merged, strict=False)]
+        hover_probs = None  # a word has no single token probability
+    before = snap.before.probs.get(sample.record_id) if snap.before is not None and not words else None
+    fig = token_heatmaps(
         steps,
-        shown,
         tokens,
+        panels,
         span_mask=mask,
-        fixed_scale=fixed,
-        title=f"Forget weight per {'word' if words else 'token'} and step: {sample['id']}",
+        probs=hover_probs,
+        probs_before=before,
+        title=f"{sample.record_id}: what was scored (top) and what was forgotten (bottom), "
+        f"per {'word' if words else 'token'}",
     )
-    st.plotly_chart(fig, key=f"{key}_heatmap")
-    flat = [v for row in matrix for v in row if v is not None] or [0.0]
-    vmin, vmax = (0.0, 1.0) if fixed else (min(flat), max(flat))
-    st.markdown(f"**{'Final pass' if steps[-1] == 'final' else f'Step {steps[-1]}'}** — Q: {sample['question']}")
+    return fig, steps, values, probs, zrange
+
+
+def sample_view(snap: RunSnapshot, sample: SampleRecord | None, *, key: str, upto_step: int | None = None) -> None:
+    """One forget sample: the heatmap of its score (or loss weight) beside the heatmap of its log-probability
+    change, then its tokens as chips at the last row shown, coloured on the heatmap's range."""
+    if sample is None:
+        return
+    c1, c2, c3 = st.columns([1.2, 1, 1.6])
+    quantity = c1.radio(
+        "Draw",
+        list(QUANTITIES),
+        horizontal=True,
+        key=f"{key}_quantity",
+        help="score: the method's per-token forget score; loss weight: the weight the forget loss actually used.",
+    )
+    words = c2.toggle("Aggregate tokens to words", key=f"{key}_words")
+    scale = c3.radio("Colour range", SCALES, horizontal=True, key=f"{key}_scale")
+    drawn = sample_figure(snap, sample, QUANTITIES[quantity], scale, words=words, upto=upto_step)
+    if drawn is None:
+        st.info(f"No {quantity} recorded for this sample yet (it enters a batch soon).")
+        return
+    fig, steps, values, probs, (vmin, vmax) = drawn
+    st.plotly_chart(fig, key=f"{key}_heatmap", config=MODEBAR)
+    where = "Final pass" if steps[-1] == explore.FINAL else f"Step {steps[-1]}"
+    st.markdown(f"**{where}** — Q: {sample.question}")
     st.html(
         token_chips_html(
-            sample["tokens"],
-            matrix[-1],
-            span_mask=sample["span_mask"],
-            token_ids=sample["token_ids"],
-            previous=matrix[-2] if len(matrix) > 1 else None,
-            probs_before=probs[0] if probs else None,
+            sample.tokens,
+            values[-1],
+            span_mask=sample.span_mask,
+            token_ids=sample.token_ids,
+            previous=values[-2] if len(values) > 1 else None,
+            probs_before=snap.before.probs.get(sample.record_id) if snap.before is not None else None,
             probs_now=probs[-1] if probs else None,
             vmin=vmin,
-            vmax=vmax if vmax > vmin else vmin + 1e-6,
+            vmax=vmax,
+            label=quantity,
         )
     )
+
+
+def trajectories(snap: RunSnapshot) -> dict[str, list]:
+    """Alignment against step for one run (scores and realised forgetting vs the spans)."""
+    return trajectory(snap.steps, snap.before.probs if snap.before is not None else None, snap.samples)
+
+
+def alignment_view(snap: RunSnapshot, *, key: str) -> None:
+    """AUROC of the scores and of the forgetting so far against step, and the mean score in vs out of spans."""
+    t = trajectories(snap)
+    if not t["step"]:
+        st.info("No step with ground-truth samples recorded yet.")
+        return
+    st.plotly_chart(alignment_figure({run_label(snap.dir, snap.config): t}), key=f"{key}_alignment", config=MODEBAR)
+    st.caption(
+        "Each point uses the samples in that step's batch: score AUROC judges the scores recorded at that step, "
+        "forgetting AUROC the log-probability drop since before training."
+    )
+
+
+CORPUS_VALUES = {"score": "scores", "loss weight": "loss_weights", "log-probability change": "change"}
+SORTS = ("score AUROC", "forgetting AUROC", "mean score in spans", "mean Δ log p in spans", "sample")
+
+
+def corpus_view(snap: RunSnapshot, *, key: str) -> None:
+    """Every forget sample at once: its latest values as one heatmap row, a table sortable by per-sample AUROC
+    or forgetting, and the mean score and forgetting per span label."""
+    table = explore.corpus_table(snap)
+    if not table:
+        st.info("No sample has recorded scores yet.")
+        return
+    c1, c2 = st.columns(2)
+    shown = c1.radio("Values", list(CORPUS_VALUES), horizontal=True, key=f"{key}_corpus_values")
+    order = c2.selectbox("Sort samples by", SORTS, key=f"{key}_corpus_sort")
+    frame = pd.DataFrame(table).sort_values(order, ascending=order == "sample", na_position="last")
+    ids = list(frame["sample"])
+    which = CORPUS_VALUES[shown]
+    latest = explore.latest_logprob_change(snap) if which == "change" else snap.latest(which)
+    index = snap.sample_index
+    values = [latest.get(sid, []) for sid in ids]
+    flat = [v for row in values for v in row]
+    if which == "change":
+        name, zrange, scale = CHANGE, explore.symmetric_range(flat), CHANGE_COLORSCALE
+    else:
+        name, zrange, scale = quantity_name(snap.config, which), explore.percentile_range(flat), "Viridis"
+    st.plotly_chart(
+        ragged_heatmap(
+            ids,
+            values,
+            [index[s].tokens for s in ids],
+            [index[s].span_mask for s in ids],
+            name=name,
+            zrange=zrange,
+            colorscale=scale,
+            title=f"Every forget sample, {'final pass' if snap.final else 'latest step'}: {name}",
+        ),
+        key=f"{key}_corpus_heatmap",
+        config=MODEBAR,
+    )
+    st.dataframe(frame, hide_index=True, key=f"{key}_corpus_table")
+    st.markdown("**Per span label** (the spans' `label`; *outside* = tokens in no span)")
+    st.dataframe(pd.DataFrame(explore.span_label_table(snap)), hide_index=True, key=f"{key}_span_labels")
+
+
+def run_tabs(snap: RunSnapshot, *, key: str, upto_step: int | None = None) -> None:
+    """One sample's heatmaps, alignment over training, and the whole forget set, as tabs."""
+    one, over_time, corpus = st.tabs(["One sample", "Alignment over training", "Whole forget set"])
+    with one:
+        recorded = list(snap.steps[-1].scores) if snap.steps else []
+        sample = pick_sample(snap.samples, key=f"{key}_sample_{snap.dir.name}", recorded=recorded)
+        sample_view(snap, sample, key=key, upto_step=upto_step)
+    with over_time:
+        alignment_view(snap, key=key)
+    with corpus:
+        corpus_view(snap, key=key)

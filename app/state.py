@@ -11,9 +11,10 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from atwu_core.background import BackgroundJob, JobBusyError
 from atwu_core.config import JobConfig
 from atwu_core.data import Dataset, load_data
-from atwu_core.job import BackgroundJob, JobBusyError
+from atwu_core.explore import PhaseClock
 from atwu_core.models import LoadedModel, load_model
 
 DEFAULT_MODEL = "demo"
@@ -82,6 +83,17 @@ def models() -> ModelRegistry:
 @st.cache_resource(show_spinner=False)
 def jobs() -> JobRegistry:
     return JobRegistry()
+
+
+@st.cache_resource(show_spinner=False)
+def _phase_clocks() -> dict[str, PhaseClock]:
+    return {}
+
+
+def phase_clock(run_dir: str) -> PhaseClock:
+    """The evaluation-speed clock of a run, shared by every session that watches it (so any viewer's ETA
+    includes the evaluation the job did before training)."""
+    return _phase_clocks().setdefault(run_dir, PhaseClock())
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from atwu_core.config import METADATA_KEYS, make_config
 from atwu_core.metrics import alignment, by_span_label, forgetting, nll_increase
 from atwu_core.records import SampleRecord, Status
 from atwu_core.runs import RunReader, RunSnapshot, write_json_atomic
 
 FINAL = "final"
 KEYS = ("scores", "loss_weights", "probs")
-_META = ("versions", "created", "name", "tags", "model_info")  # config.json entries that are not settings
 
 
 # ------------------------------------------------------------------------------------------ per sample
@@ -234,7 +234,7 @@ def default_selection(runs: Sequence[dict]) -> list[str]:
 
 def flat_settings(config: dict) -> dict[str, object]:
     """A config.json as flat settings (`params.beta`, …), without what does not decide the job."""
-    out = {k: v for k, v in config.items() if k not in (*_META, "params")}
+    out = {k: v for k, v in config.items() if k not in (*METADATA_KEYS, "params")}
     out.update({f"params.{k}": v for k, v in (config.get("params") or {}).items()})
     return out
 
@@ -265,8 +265,6 @@ _FLAGS = {
 def cli_command(config: dict) -> str:
     """The `atwu unlearn` command that reruns a run: its flags, then `--set` for every setting that differs from
     what its method and preset give (so the command stays short and exact)."""
-    from atwu_core.config import make_config  # the defaults a CLI job starts from
-
     base = make_config(config.get("method", "atwu"), config.get("preset", "demo")).to_dict()
     parts = ["atwu", "unlearn"]
     for key, flag in _FLAGS.items():

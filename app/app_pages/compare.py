@@ -1,15 +1,18 @@
-"""Compare page: how well each run's token weights match the ground-truth spans, side by side."""
+"""Compare page: several runs side by side: alignment and forgetting numbers, their settings' differences,
+alignment over training, ROC/PR, per-sample numbers, one sample's scores, and where scores and spans disagree."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from app.components.curves import line_figure
-from app.components.heatmap import weight_heatmap
-from app.run_views import run_label
-from atwu_core.metrics import alignment, alignment_curves, disagreements
-from atwu_core.runs import RunReader, list_runs
+from app.components.curves import alignment_figure, line_figure
+from app.components.heatmap import MODEBAR, weight_heatmap
+from app.components.results import METRIC_HELP
+from app.run_views import run_label, trajectories
+from atwu_core import explore
+from atwu_core.metrics import alignment, alignment_curves, forgetting
+from atwu_core.runs import RunReader, RunSnapshot, list_runs
 
 NUMBERS = {"auroc": "AUROC", "auprc": "AUPRC", "precision_at_k": "precision@k"}
 
@@ -19,54 +22,105 @@ def scaled(row: list[float]) -> list[float]:
     return [(v - lo) / (hi - lo) if hi > lo else 0.0 for v in row]
 
 
+def summary(snap: RunSnapshot) -> dict:
+    """A run's headline numbers: from metrics.json once finished, else recomputed from its latest records."""
+    metrics = snap.metrics or {}
+    align = metrics.get("alignment") or alignment(snap.latest("scores"), snap.samples)
+    forgot = metrics.get("forgetting") or (
+        forgetting(snap.before.probs, snap.latest("probs"), snap.samples) if snap.before else {}
+    )
+    after = lambda split: ((metrics.get(split) or {}).get("after") or {}).get("exact")  # noqa: E731
+    return {
+        "score AUROC": align.get("auroc"),
+        "score AUPRC": align.get("auprc"),
+        "score P@k": align.get("precision_at_k"),
+        "forgetting AUROC": forgot.get("auroc"),
+        "span share": forgot.get("span_share"),
+        "forget exact after": after("forget"),
+        "retain exact after": after("retain"),
+    }
+
+
 st.title("Compare")
 runs = [r for r in list_runs() if r["state"] in ("completed", "cancelled", "interrupted", "running")]
 if not runs:
     st.info("No runs yet: start one on the Run page.")
     st.stop()
-labels = {r["run_dir"]: f"{run_label(r['run_dir'])} · {r['state']}" for r in runs}
+labels = {
+    r["run_dir"]: f"{run_label(r['run_dir'], r)} · {'RUNNING (provisional)' if r['state'] == 'running' else r['state']}"
+    for r in runs
+}
+default = explore.default_selection(runs)
+focus = st.session_state.get("focus_run")
+if focus in labels and focus not in default:
+    default.insert(0, focus)
 chosen = st.multiselect(
-    "Runs to compare", list(labels), default=list(labels)[:3], format_func=labels.get, key="compare_runs"
+    "Runs to compare",
+    list(labels),
+    default=default or list(labels)[:1],
+    format_func=labels.get,
+    key="compare_runs",
+    help="Starts on the latest completed run of each method.",
 )
 if not chosen:
     st.info("Pick at least one run.")
     st.stop()
 
-weights = {d: RunReader(d).final_weights() for d in chosen}
-samples = {d: {s.record_id: s for s in RunReader(d).encoded_samples()} for d in chosen}
-names = {d: run_label(d) for d in chosen}
-results = {d: alignment(weights[d], list(samples[d].values())) for d in chosen}
+snaps = {d: RunReader(d).snapshot() for d in chosen}
+names = {d: run_label(d, snaps[d].config) for d in chosen}
+running = [names[d] for d in chosen if not snaps[d].status.finished]
+if running:
+    st.warning(
+        f"Still running: {', '.join(running)}. Their numbers are provisional (latest recorded scores, no evaluation)."
+    )
 
-st.subheader("Alignment with the ground truth (pooled over all answer tokens)")
+st.subheader("Alignment and forgetting")
+table = pd.DataFrame([{"run": names[d], "state": snaps[d].status.state, **summary(snaps[d])} for d in chosen])
 st.dataframe(
-    pd.DataFrame(
-        [
-            {
-                "run": names[d],
-                **{v: results[d][k] for k, v in NUMBERS.items()},
-                "tokens": results[d]["n_tokens"],
-                "span tokens": results[d]["n_positive"],
-            }
-            for d in chosen
-        ]
-    ),
+    table,
     hide_index=True,
+    key="compare_table",
+    column_config={
+        col: st.column_config.NumberColumn(
+            col, help=METRIC_HELP[col.split(" ")[1] if "exact" in col else col], format="%.3f"
+        )
+        for col in table.columns
+        if col not in ("run", "state")
+    },
 )
+if len(chosen) > 1:
+    diff = explore.config_diff({names[d]: snaps[d].config for d in chosen})
+    st.markdown("**Settings that differ**")
+    if diff:
+        st.dataframe(pd.DataFrame(diff).T.astype(str).rename_axis("setting"), key="compare_config_diff")
+    else:
+        st.caption("The selected runs have the same settings.")
+
+st.subheader("Alignment over training")
+paths = {names[d]: trajectories(snaps[d]) for d in chosen}
+paths = {n: t for n, t in paths.items() if t["step"]}
+if paths:
+    st.plotly_chart(alignment_figure(paths), key="compare_alignment", config=MODEBAR)
+else:
+    st.info("No recorded step with ground-truth samples.")
+
+scores = {d: snaps[d].latest("scores") for d in chosen}
+results = {d: alignment(scores[d], snaps[d].samples) for d in chosen}
 if not any(results[d]["n_positive"] for d in chosen):
     st.warning("These runs' samples have no ground-truth spans, so alignment cannot be scored.")
-
-curves = {d: alignment_curves(weights[d], list(samples[d].values())) for d in chosen}
+curves = {d: alignment_curves(scores[d], snaps[d].samples) for d in chosen}
 c1, c2 = st.columns(2)
 c1.plotly_chart(
     line_figure(
         {names[d]: (curves[d]["fpr"], curves[d]["tpr"]) for d in chosen if curves[d]["fpr"]},
-        title="ROC: weights as span-token detectors",
+        title="ROC: final scores as span-token detectors",
         xlabel="false positive rate",
         ylabel="true positive rate",
         unit_square=True,
         diagonal=True,
     ),
     key="roc",
+    config=MODEBAR,
 )
 c2.plotly_chart(
     line_figure(
@@ -77,45 +131,55 @@ c2.plotly_chart(
         unit_square=True,
     ),
     key="pr",
+    config=MODEBAR,
 )
 
 st.subheader("Per sample")
-number = st.segmented_control(
-    "Per-sample number", list(NUMBERS), default="auroc", format_func=NUMBERS.get, key="per_sample_number"
-) or "auroc"
+number = (
+    st.segmented_control(
+        "Per-sample number", list(NUMBERS), default="auroc", format_func=NUMBERS.get, key="per_sample_number"
+    )
+    or "auroc"
+)
 per_sample = pd.DataFrame({names[d]: {sid: v[number] for sid, v in results[d]["per_sample"].items()} for d in chosen})
-st.dataframe(per_sample.rename_axis(f"sample ({NUMBERS[number]})"), key="per_sample_table")
+st.dataframe(per_sample.rename_axis(f"sample ({NUMBERS[number]} of the final scores)"), key="per_sample_table")
 
-common = [sid for sid in samples[chosen[0]] if all(sid in samples[d] for d in chosen)]
+index = {d: snaps[d].sample_index for d in chosen}
+common = [sid for sid in index[chosen[0]] if all(sid in index[d] for d in chosen)]
 if not common:
     st.info("The chosen runs share no sample.")
     st.stop()
 sid = st.selectbox("Sample", common, key="compare_sample")
-first = samples[chosen[0]][sid]
-same = [d for d in chosen if samples[d][sid].answer_tokens == first.answer_tokens and sid in weights[d]]
+first = index[chosen[0]][sid]
+same = [d for d in chosen if index[d][sid].tokens == first.tokens and sid in scores[d]]
 if len(same) < len(chosen):
     st.warning(
         "Runs with a different tokenisation of this sample (another model) are left out of the side-by-side view."
     )
 normalise = st.toggle(
-    "Scale each run's weights to [0, 1]",
+    "Scale each run's scores to [0, 1]",
     key="compare_scale",
-    help="Methods weight on different scales; min-max scaling compares the rankings.",
+    help="Methods score on different scales; min-max scaling compares the rankings.",
 )
-rows = [[float(m) for m in first.span_mask]] + [scaled(weights[d][sid]) if normalise else weights[d][sid] for d in same]
+rows = [[float(m) for m in first.span_mask]] + [scaled(scores[d][sid]) if normalise else scores[d][sid] for d in same]
 st.plotly_chart(
     weight_heatmap(
         ["ground truth"] + [names[d] for d in same],
         rows,
-        first.answer_tokens,
+        first.tokens,
         span_mask=first.span_mask,
         row_title="run",
-        title=f"Learned weights beside the ground truth: {sid}",
+        title=f"Final scores beside the ground truth: {sid}",
     ),
     key="compare_heatmap",
+    config=MODEBAR,
 )
-st.markdown("**Largest disagreements** (high weight outside the spans, or low weight inside)")
-cols = st.columns(len(same) or 1)
-for col, d in zip(cols, same):
-    col.caption(names[d])
-    col.dataframe(pd.DataFrame(disagreements(weights[d][sid], samples[d][sid])), hide_index=True, key=f"dis_{d}")
+st.markdown("**Where scores and spans disagree** (rank percentile: 1 = the sample's highest score)")
+for d in same:
+    high_out, low_in = explore.disagreement_tables(scores[d][sid], index[d][sid])
+    st.caption(names[d])
+    c1, c2 = st.columns(2)
+    c1.markdown("Highest scores **outside** the spans")
+    c1.dataframe(pd.DataFrame(high_out), hide_index=True, key=f"dis_out_{d}")
+    c2.markdown("Lowest scores **inside** the spans")
+    c2.dataframe(pd.DataFrame(low_in), hide_index=True, key=f"dis_in_{d}")

@@ -12,7 +12,7 @@ import streamlit as st
 
 from app import state
 from app.components.token_chips import span_chips_html
-from atwu_core.data import Dataset, DataError, Record, encode_record, load_jsonl, record_from_dict
+from atwu_core.data import DataError, Dataset, Record, encode_record, load_jsonl, record_from_dict
 
 TRAILING_PUNCTUATION = ".,;:!?\"')"
 

@@ -27,15 +27,21 @@ def show_info(loaded: LoadedModel) -> None:
 
 
 def load(spec: str) -> None:
-    """Load `spec` with a live progress log; on failure keep the previous model and show why."""
+    """Load `spec` with a live progress log; on failure keep the previous model and show the reason and its fix
+    (the loader's message names both) in plain view, below the collapsed log."""
     with st.status(f"Loading {spec} …", expanded=True) as box:
         try:
             loaded = state.models().get(spec, progress=box.write)
         except Exception as err:  # noqa: BLE001 - any failure is shown; the app stays usable
-            box.update(label=f"Could not load {spec}", state="error")
-            st.error(f"Could not load model {spec!r}: {err}")
-            return
-        box.update(label=f"Loaded {spec}", state="complete", expanded=False)
+            box.update(label=f"Could not load {spec} (log)", state="error", expanded=False)
+            failure = err
+        else:
+            failure = None
+            box.update(label=f"Loaded {spec}", state="complete", expanded=False)
+    if failure is not None:
+        st.error(f"Could not load model {spec!r}: {failure}", icon=":material/error:")
+        st.caption(f"The model in use stays {state.model_spec()}.")
+        return
     st.session_state["model_spec"] = spec
     show_info(loaded)
 

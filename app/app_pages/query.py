@@ -1,4 +1,5 @@
-"""Query page: the model before and after a run, on a typed prompt or a forget/retain question."""
+"""Query page: the model before and after a run, on a typed prompt or a forget/retain question; and a run's
+saved ATWU scorer applied to any text, through the model before or after unlearning."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ import streamlit as st
 
 from app import state
 from app.components.curves import token_bars
+from app.components.token_chips import token_chips_html
 from app.run_views import run_label
 from atwu_core.data import EncodedSample, Record, encode_record
 from atwu_core.generation import greedy_answer, pad_token_id
 from atwu_core.metrics import answer_stats
 from atwu_core.models import adapter_enabled
 from atwu_core.runs import RunReader, list_runs
+from atwu_core.weighting.atwu import apply_scorer, load_scorer, scorer_snapshots
 
 
 def questions(reader: RunReader) -> dict[str, list[tuple[str, str]]]:
     """(question, reference answer) pairs: the run's forget samples, and the session data's retain set."""
-    forget = [(s["question"], s["answer"]) for s in reader.samples]
+    forget = [(s.question, s.answer) for s in reader.samples]
     retain = [(r.question, r.answer) for r in state.current_data().retain[:200]]
     return {"Forget question": forget, "Retain question": retain}
 
@@ -30,7 +33,7 @@ def ask(model, tokenizer, prompt: str, sample: EncodedSample | None, max_new: in
 
 def show_logprobs(sample: EncodedSample, before: dict, after: dict) -> None:
     """Per-token log-probability of the reference answer before and after unlearning."""
-    delta = [a - b for a, b in zip(after["token_logprobs"], before["token_logprobs"])]
+    delta = [a - b for a, b in zip(after["token_logprobs"], before["token_logprobs"], strict=False)]
     st.plotly_chart(
         token_bars(
             sample.answer_tokens,
@@ -88,13 +91,87 @@ def answer(run_dir: str, prompt: str, reference: str, max_new: int) -> None:
         show_logprobs(sample, before[1], after[1])
 
 
+def scorer_scores(run_dir: str, snapshot: str, question: str, text: str, through: str) -> tuple[EncodedSample, list]:
+    """The run's saved scorer's g for every token of `text` (as the answer to `question`): one forward."""
+    config = RunReader(run_dir).config
+    loaded = state.models().get(config["model"])
+    sample = encode_record(
+        Record(id="any-text", question=question, answer=text),
+        loaded.tokenizer,
+        chat_template=bool(config.get("chat_template")),
+    )
+    scorer, inp = load_scorer(run_dir, snapshot)
+    with loaded.lock:
+        if through == THROUGH[0]:
+            return sample, apply_scorer(scorer, inp, loaded.model, [sample], pad_token_id(loaded.tokenizer))[0]
+        with adapter_enabled(loaded, run_dir) as model:
+            return sample, apply_scorer(scorer, inp, model, [sample], pad_token_id(loaded.tokenizer))[0]
+
+
+THROUGH = ("model before unlearning", "model after unlearning (the run's adapter)")
+
+
+def scorer_view(run_dir: str) -> None:
+    """Type any text, or pick a retain or held-out sample, and see the run's learned scorer on it."""
+    st.subheader("The scorer on any text")
+    st.caption(
+        "ATWU learns a direction in the model's hidden states that marks forget-specific tokens. Apply it where it "
+        "was not trained: a retain answer, a held-out one, or anything you type (one forward pass)."
+    )
+    snapshots = scorer_snapshots(run_dir)
+    if not snapshots:
+        st.info("This run saved no scorer (only ATWU runs do).")
+        return
+    c1, c2 = st.columns(2)
+    snapshot = c1.selectbox("Scorer", snapshots[::-1], key="scorer_snapshot", help="`scorer` = the final one.")
+    through = c2.radio("Hidden states from", THROUGH, key="scorer_through")
+    data = state.current_data()
+    sources = {"Type a text": [], "Retain sample": data.retain[:200], "Held-out sample": data.holdout[:200]}
+    source = st.radio("Text", list(sources), horizontal=True, key="scorer_source")
+    if source == "Type a text":
+        question = st.text_input("Question (context, optional)", key="scorer_question")
+        text = st.text_area("Text to score", key="scorer_text", placeholder="Ada Vask was born in Tessaly.")
+    elif not sources[source]:
+        st.info(f"The session's data has no {source.lower()}s.")
+        return
+    else:
+        records = sources[source]
+        pick = st.selectbox(
+            "Sample", range(len(records)), format_func=lambda k: records[k].question, key=f"scorer_pick_{source}"
+        )
+        question, text = records[pick].question, records[pick].answer
+        st.caption(f"Text: {text}")
+    if not st.button("Score", key="scorer_go", type="primary"):
+        return
+    if not text.strip():
+        st.error("Type a text to score first.")
+        return
+    if state.jobs().busy_with(RunReader(run_dir).config["model"]):
+        st.error("A job is training this model right now; score when the job has finished.")
+        return
+    try:
+        with st.spinner("Scoring …"):
+            sample, g = scorer_scores(run_dir, snapshot, question, text, through)
+    except Exception as err:  # noqa: BLE001 - missing scorer, model or bad text: shown, the app stays usable
+        st.error(f"Could not score: {err}")
+        return
+    st.html(token_chips_html(sample.answer_tokens, g, token_ids=sample.answer_token_ids, label="scorer output g"))
+    st.caption("Colours on the fixed range [0, 1]: g > 0.5 = the scorer would single the token out for forgetting.")
+
+
 st.title("Query")
 finished = [r for r in list_runs() if r["state"] in ("completed", "cancelled")]
 if not finished:
     st.info("No finished run yet: run one on the Run page first.")
     st.stop()
+by_dir = {r["run_dir"]: r for r in finished}
+focus = st.session_state.get("focus_run")
 run_dir = st.selectbox(
-    "Run", [r["run_dir"] for r in finished], key="query_run", format_func=lambda d: run_label(d, RunReader(d).config)
+    "Run",
+    list(by_dir),
+    index=list(by_dir).index(focus) if focus in by_dir else 0,
+    key="query_run",
+    format_func=lambda d: run_label(d, by_dir[d]),
 )
 reader = RunReader(run_dir)
 kind = st.radio("Prompt", ["Type a prompt", "Forget question", "Retain question"], horizontal=True, key="query_kind")
@@ -117,3 +194,5 @@ if st.button("Answer", type="primary", key="query_go"):
         st.error("Type a prompt first.")
     else:
         answer(run_dir, prompt, reference, max_new)
+st.divider()
+scorer_view(run_dir)

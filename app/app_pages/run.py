@@ -1,4 +1,4 @@
-"""Run page: configure a job, start or cancel it, and watch its token weights live."""
+"""Run page: configure a job, start or cancel it, watch its token scores and forgetting live, see its results."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 import streamlit as st
 
 from app import state
-from app.run_views import pick_sample, progress_panel, sample_view
+from app.components.results import results_card
+from app.run_views import progress_panel, run_tabs
+from atwu_core.background import JobBusyError
 from atwu_core.config import METHODS, PRESETS, ParamSpec, default_preset, make_config, method_params, resolve_params
-from atwu_core.job import JobBusyError
 from atwu_core.runs import RunReader
 
 REFRESH_S = 1.0
@@ -44,7 +45,10 @@ def settings() -> dict:
     c1.caption(METHODS[method])
     model = state.model_spec()
     preset = c2.selectbox(
-        "Preset", PRESETS, index=PRESETS.index(default_preset(model)), key=f"preset_{model}",
+        "Preset",
+        list(PRESETS),
+        index=list(PRESETS).index(default_preset(model)),
+        key=f"preset_{model}",
         help="demo: fast settings for the tiny demo model; smollm2: for SmolLM2 on a CPU; paper: the published ones.",
     )
     base = make_config(method, preset)
@@ -105,20 +109,21 @@ def live_view(run_dir: str) -> None:
     @st.fragment(run_every=REFRESH_S if live else None)
     def view() -> None:
         try:
-            reader = RunReader(run_dir)
+            snap = RunReader(run_dir).snapshot()
         except FileNotFoundError:
-            st.info("Starting …")
+            st.progress(0.0, text="running · starting the job")
             return
-        steps = reader.steps()
+        except ValueError as err:
+            st.error(f"Cannot read the run folder: {err}")
+            return
         st.subheader(f"Run {Path(run_dir).name}")
-        progress_panel(reader, steps)
-        if not steps:
-            st.info("Waiting for the first step …")
+        progress_panel(snap)
+        if snap.status.finished:
+            results_card(snap.metrics, run_dir, key="run")
+        if not snap.steps:
+            st.info("The first step comes once the model is loaded and evaluated before unlearning (see above).")
         else:
-            sample = pick_sample(
-                reader.samples, key=f"run_sample_{reader.dir.name}", recorded=list(steps[-1]["weights"])
-            )
-            sample_view(reader, sample, key="run_view")
+            run_tabs(snap, key="run_view")
         if live and state.jobs().running() is None:
             st.rerun(scope="app")  # the job ended: one full rerun stops the polling
 
@@ -138,4 +143,7 @@ current = st.session_state.get("run_dir") or (str(registry_job.run_dir) if regis
 if current:
     live_view(current)
 else:
-    st.info("Press **Run** to unlearn the demo world's forget people and watch the per-token forget weights live.")
+    st.info(
+        "Press **Run** to unlearn the demo world's forget people and watch, token by token, what is scored "
+        "and what is forgotten."
+    )

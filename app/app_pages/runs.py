@@ -1,88 +1,74 @@
-"""Runs page: every run folder, reopened with a step slider, and exports (CSV, HTML, JSON)."""
+"""Runs page: every run folder (CLI-made ones too); name, tag or delete one; reopen it with its results, a
+replay slider over its steps, and its exports."""
 
 from __future__ import annotations
-
-import csv
-import importlib.util
-import io
-import json
 
 import pandas as pd
 import streamlit as st
 
-from app.components.heatmap import weight_heatmap
-from app.run_views import pick_sample, progress_panel, run_label, sample_view
-from atwu_core.metrics import alignment
+from app.components.results import METRIC_HELP, results_card
+from app.exports import export_panel
+from app.run_views import progress_panel, run_label, run_tabs
+from atwu_core.explore import delete_run, rename_run, tag_run
 from atwu_core.runs import RunReader, list_runs, runs_root
 
-
-def weights_csv(reader: RunReader) -> str:
-    """Every recorded weight: one row per (step, sample, token), carried-forward rows left out."""
-    samples = {s["id"]: s for s in reader.samples}
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["step", "sample_id", "token_index", "token", "token_id", "in_span", "weight", "prob"])
-    records = reader.steps() + ([{**reader.final, "step": "final"}] if reader.final else [])
-    for rec in records:
-        for sid, weights in rec["weights"].items():
-            sample, probs = samples[sid], rec.get("probs", {}).get(sid) or [None] * len(weights)
-            for k, (w, p) in enumerate(zip(weights, probs)):
-                writer.writerow(
-                    [rec["step"], sid, k, sample["tokens"][k], sample["token_ids"][k], sample["span_mask"][k], w, p]
-                )
-    return out.getvalue()
+COLUMNS = {  # list_runs key -> column shown
+    "name": "run",
+    "tags": "tags",
+    "method": "method",
+    "model": "model",
+    "state": "state",
+    "steps": "steps",
+    "auroc": "score AUROC",
+    "forgetting_auroc": "forgetting AUROC",
+    "forget_exact": "forget exact",
+    "retain_exact": "retain exact",
+    "created": "created",
+    "error": "error",
+}
 
 
-def metrics_json(reader: RunReader) -> str:
-    """metrics.json, or for an unfinished run the alignment of its latest weights."""
-    metrics = reader.metrics or {
-        "alignment": alignment(reader.final_weights(), reader.encoded_samples()),
-        "note": "run not finished: alignment of the latest recorded weights",
-    }
-    return json.dumps(metrics, indent=1)
-
-
-def exports(reader: RunReader, sample: dict) -> None:
-    name = reader.dir.name
-    steps, matrix = reader.weight_matrix(sample["id"])
-    fig = weight_heatmap(
-        steps,
-        matrix,
-        sample["tokens"],
-        span_mask=sample["span_mask"],
-        title=f"Forget weight per token and step: {sample['id']} ({name})",
+def runs_table(runs: list[dict]) -> None:
+    """One row per run; empty cells read "–" (a cancelled run has no metrics), unreadable folders say why."""
+    frame = pd.DataFrame(runs).reindex(columns=list(COLUMNS)).rename(columns=COLUMNS)
+    frame["tags"] = frame["tags"].map(lambda t: ", ".join(t) if isinstance(t, list) else "")
+    st.dataframe(
+        frame.astype(object).where(frame.notna(), "–"),
+        hide_index=True,
+        key="runs_table",
+        column_config={
+            name: st.column_config.Column(help=METRIC_HELP[help_key])
+            for name, help_key in (("score AUROC", "score AUROC"), ("forgetting AUROC", "forgetting AUROC"))
+        },
     )
-    c1, c2, c3, c4 = st.columns(4)
-    c1.download_button(
-        "Token weights (CSV)",
-        lambda: weights_csv(reader),
-        f"{name}-weights.csv",
-        "text/csv",
-        key="dl_csv",
-        disabled=not steps,
-    )
-    c2.download_button(
-        "Heatmap (HTML)",
-        lambda: fig.to_html(include_plotlyjs=True),
-        f"{name}-{sample['id']}.html",
-        "text/html",
-        key="dl_html",
-        disabled=not steps,
-    )
-    c3.download_button(
-        "Metrics (JSON)", lambda: metrics_json(reader), f"{name}-metrics.json", "application/json", key="dl_json"
-    )
-    if importlib.util.find_spec("kaleido") is not None:
-        c4.download_button(
-            "Heatmap (PNG)",
-            lambda: fig.to_image(format="png"),
-            f"{name}-{sample['id']}.png",
-            "image/png",
-            key="dl_png",
-            disabled=not steps,
+
+
+def manage(run: dict) -> None:
+    """Rename, tag or delete the chosen run (name and tags are kept in its config.json)."""
+    with st.expander("Name, tags, delete"):
+        c1, c2 = st.columns(2)
+        name = c1.text_input("Name", value=run.get("name") or "", key=f"name_{run['run_dir']}")
+        tags = c2.text_input(
+            "Tags (comma-separated)", value=", ".join(run.get("tags") or []), key=f"tags_{run['run_dir']}"
         )
-    else:
-        c4.caption("PNG export needs `pip install kaleido`.")
+        c1, c2, c3 = st.columns([1, 1, 2])
+        if c1.button("Save name and tags", key="runs_save"):
+            try:
+                rename_run(run["run_dir"], name)
+                tag_run(run["run_dir"], tags.split(","))
+            except (OSError, ValueError) as err:
+                st.error(f"Could not save: {err}")
+            else:
+                st.rerun()
+        sure = c3.checkbox("Yes, delete this run folder", key="runs_delete_sure")
+        if c2.button("Delete run", key="runs_delete", disabled=not sure, type="secondary"):
+            try:
+                delete_run(run["run_dir"])
+            except (OSError, ValueError) as err:
+                st.error(f"Could not delete: {err}")
+            else:
+                st.session_state.pop("runs_pick", None)
+                st.rerun()
 
 
 st.title("Runs")
@@ -90,27 +76,44 @@ runs = list_runs()
 if not runs:
     st.info(f"No runs in {runs_root()} yet: start one on the Run page.")
     st.stop()
-table = pd.DataFrame(runs).rename(columns={"forget_exact": "forget exact", "retain_exact": "retain exact"})
-table.insert(0, "run", [run_label(r["run_dir"]) for r in runs])
-st.dataframe(table.drop(columns=["run_dir"]), hide_index=True, key="runs_table")
+runs_table(runs)
+readable = [r for r in runs if r["state"] != "unreadable"]
+if not readable:
+    st.stop()
+by_dir = {r["run_dir"]: r for r in readable}
+focus = st.session_state.get("focus_run")
 run_dir = st.selectbox(
     "Reopen",
-    [r["run_dir"] for r in runs],
+    list(by_dir),
+    index=list(by_dir).index(focus) if focus in by_dir else 0,
     key="runs_pick",
-    format_func=lambda d: run_label(d, next(r for r in runs if r["run_dir"] == d)),
+    format_func=lambda d: f"{run_label(d, by_dir[d])} · {by_dir[d]['state']}",
 )
-reader = RunReader(run_dir)
-steps = reader.steps()
-progress_panel(reader, steps)
-if not steps or not reader.samples:
-    st.info("This run recorded no steps.")
+manage(by_dir[run_dir])
+try:
+    snap = RunReader(run_dir).snapshot()
+except (FileNotFoundError, ValueError) as err:
+    st.error(f"Cannot read {run_dir}: {err}")
     st.stop()
-sample = pick_sample(reader.samples, key=f"runs_sample_{reader.dir.name}", recorded=list(steps[0]["weights"]))
-numbers = [rec["step"] for rec in steps]
-upto = (
-    st.slider("Replay up to step", numbers[0], numbers[-1], numbers[-1], key=f"runs_step_{run_dir}")
-    if len(numbers) > 1
-    else numbers[0]
-)
-sample_view(reader, sample, key="runs_view", upto_step=upto)
-exports(reader, sample)
+progress_panel(snap)
+if snap.status.finished:
+    results_card(snap.metrics, run_dir, key="runs")
+if snap.steps and snap.samples:
+    numbers = [rec.step for rec in snap.steps]
+    upto = (
+        st.slider(
+            "Replay up to step",
+            numbers[0],
+            numbers[-1],
+            numbers[-1],
+            key=f"runs_step_{run_dir}",
+            help="Draw the heatmaps and chips as they were at this step (the final pass shows at the last step).",
+        )
+        if len(numbers) > 1
+        else numbers[0]
+    )
+    run_tabs(snap, key="runs_view", upto_step=None if upto == numbers[-1] else upto)
+else:
+    st.info("This run recorded no steps.")
+st.subheader("Export")
+export_panel(run_dir, snap.config, key="runs")

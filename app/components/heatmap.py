@@ -1,16 +1,25 @@
-"""Token-weight heatmaps (rows × answer tokens) from plain lists."""
+"""Token heatmaps (rows × answer tokens) from plain lists: one or more stacked panels on a shared token axis."""
 
 from __future__ import annotations
 
-import plotly.graph_objects as go
+from dataclasses import dataclass
 
-COLORSCALE = "Viridis"  # perceptually uniform and colour-blind safe
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+COLORSCALE = "Viridis"  # perceptually uniform and colour-blind safe: scores and weights
+CHANGE_COLORSCALE = "RdBu"  # diverging, centred on zero: log-probability change (red = forgotten)
+INK = "#1f2430"  # dark text for axis labels
+SPAN_INK = "#a4161a"
+MODEBAR = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}  # PNG of any chart
 
 
 def token_label(token: str) -> str:
-    """A token as a readable axis label (whitespace made visible, never empty)."""
-    text = token.replace("\n", "⏎").strip()
-    return text or "␣"
+    """A token as a readable axis label: leading/trailing spaces drawn as ␣, newlines as ⏎, never empty."""
+    text = token.replace("\n", "⏎")
+    core = text.strip(" ")
+    lead, trail = len(text) - len(text.lstrip(" ")), len(text) - len(text.rstrip(" "))
+    return ("␣" * lead + core + "␣" * trail if core else "␣" * len(text)) or "∅"
 
 
 def word_groups(tokens: list[str], offsets: list[list[int]] | None = None) -> list[list[int]]:
@@ -36,76 +45,182 @@ def word_groups(tokens: list[str], offsets: list[list[int]] | None = None) -> li
     return groups
 
 
+def _mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None]
+    return sum(finite) / len(finite) if finite else None
+
+
 def aggregate_words(
     tokens: list[str],
-    matrix: list[list[float]],
+    matrix: list[list[float | None]],
     span_mask: list[bool] | None,
     offsets: list[list[int]] | None = None,
-) -> tuple[list[str], list[list[float]], list[bool] | None]:
-    """Merge token columns into word columns: label = joined text, value = mean weight, mask = any token in a span."""
+) -> tuple[list[str], list[list[float | None]], list[bool] | None]:
+    """Merge token columns into word columns: label = joined text, value = mean, mask = any token in a span."""
     groups = word_groups(tokens, offsets)
     labels = ["".join(tokens[k] for k in g) for g in groups]
-    merged = [[sum(row[k] for k in g) / len(g) for g in groups] for row in matrix]
+    merged = [[_mean([row[k] for k in g]) for g in groups] for row in matrix]
     mask = [any(span_mask[k] for k in g) for g in groups] if span_mask is not None else None
     return labels, merged, mask
 
 
+@dataclass
+class Panel:
+    """One heatmap panel: the exact name of the quantity drawn, its values and its colour range."""
+
+    name: str
+    matrix: list[list[float | None]]
+    zrange: tuple[float, float]
+    colorscale: str = COLORSCALE
+
+
+def token_heatmaps(
+    rows: list,
+    tokens: list[str],
+    panels: list[Panel],
+    *,
+    title: str,
+    span_mask: list[bool] | None = None,
+    probs: list[list[float | None]] | None = None,
+    probs_before: list[float | None] | None = None,
+    row_title: str = "training step",
+) -> go.Figure:
+    """Panels stacked on one token axis (labels horizontal and dark, above and below; span tokens bold red);
+    every hover names the row, the token, each panel's value and, when given, the token's probability."""
+    labels = [token_label(t) for t in tokens]
+    ticktext = [
+        f"<b><span style='color:{SPAN_INK}'>{lab}</span></b>" if span_mask and span_mask[k] else lab
+        for k, lab in enumerate(labels)
+    ]
+    xs = list(range(len(tokens)))
+    ys = [str(r) for r in rows]
+    per_panel = max(150, min(300, 60 + 9 * len(rows)))
+    fig = make_subplots(
+        rows=len(panels),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.1 if len(panels) > 1 else 0.0,
+        subplot_titles=[p.name for p in panels],
+    )
+    height = 130 + per_panel * len(panels)
+    for i, panel in enumerate(panels):
+        custom = [
+            [[labels[k], _p(probs, r, k), _p([probs_before] if probs_before else None, 0, k)] for k in xs]
+            for r in range(len(rows))
+        ]
+        top = 1 - i / len(panels)
+        fig.add_trace(
+            go.Heatmap(
+                z=panel.matrix,
+                x=xs,
+                y=ys,
+                zmin=panel.zrange[0],
+                zmax=panel.zrange[1],
+                colorscale=panel.colorscale,
+                colorbar={
+                    "title": {"text": panel.name.split(":")[0]},
+                    "len": 0.9 / len(panels),
+                    "y": top - 0.5 / len(panels),
+                    "yanchor": "middle",
+                },
+                customdata=custom,
+                hovertemplate=(
+                    f"{row_title}: %{{y}}<br>token: %{{customdata[0]}}<br>{panel.name}: %{{z:.3f}}"
+                    + ("<br>probability: %{customdata[1]} (before: %{customdata[2]})" if probs else "")
+                    + "<extra></extra>"
+                ),
+            ),
+            row=i + 1,
+            col=1,
+        )
+        fig.update_yaxes(
+            title={"text": row_title},
+            type="category",
+            autorange="reversed",
+            row=i + 1,
+            col=1,
+            tickfont={"color": INK},
+            dtick=1 if per_panel / max(len(rows), 1) >= 11 else None,
+        )
+    fig.update_annotations(yshift=26, selector={"text": panels[0].name})  # above the top panel's token labels
+    angle = 0 if len(xs) <= 40 else -90
+    fig.update_xaxes(
+        tickvals=xs, ticktext=ticktext, tickangle=angle, tickfont={"color": INK, "size": 13}, showticklabels=True
+    )
+    fig.update_xaxes(side="top", row=1, col=1)
+    fig.update_xaxes(title={"text": "answer token (bold red = ground-truth span)"}, row=len(panels), col=1)
+    fig.update_layout(
+        title={"text": title}, showlegend=False, height=height, margin={"l": 70, "r": 20, "t": 110, "b": 70}
+    )
+    return fig
+
+
+def _p(probs: list[list[float | None]] | None, r: int, k: int) -> str:
+    if probs is None or r >= len(probs) or probs[r] is None or k >= len(probs[r]) or probs[r][k] is None:
+        return "–"
+    return f"{probs[r][k]:.3g}"
+
+
 def weight_heatmap(
     rows: list,
-    matrix: list[list[float]],
+    matrix: list[list[float | None]],
     tokens: list[str],
     *,
     title: str,
     span_mask: list[bool] | None = None,
     row_title: str = "training step",
-    fixed_scale: bool = True,
-    colorbar_title: str = "forget weight",
+    zrange: tuple[float, float] = (0.0, 1.0),
+    colorbar_title: str = "score",
 ) -> go.Figure:
-    """Rows (steps, or runs) × tokens heatmap; ground-truth tokens are drawn bold and underlined by a bar."""
-    labels = [token_label(t) for t in tokens]
-    ticktext = [f"<b>{lab}</b>" if span_mask and span_mask[k] else lab for k, lab in enumerate(labels)]
-    xs = list(range(len(tokens)))
-    flat = [v for row in matrix for v in row if v is not None]
-    zmin, zmax = (
-        (0.0, 1.0) if fixed_scale or not flat else (min(flat), max(flat) if max(flat) > min(flat) else min(flat) + 1e-6)
+    """One rows (steps, or runs) × tokens panel."""
+    return token_heatmaps(
+        rows, tokens, [Panel(colorbar_title, matrix, zrange)], title=title, span_mask=span_mask, row_title=row_title
     )
+
+
+def ragged_heatmap(
+    rows: list[str],
+    values: list[list[float | None]],
+    tokens: list[list[str]],
+    spans: list[list[bool]],
+    *,
+    name: str,
+    zrange: tuple[float, float],
+    colorscale: str = COLORSCALE,
+    title: str,
+) -> go.Figure:
+    """One row per sample, answers of different lengths left-aligned by token position; the hover names the
+    sample, the token, whether it is in a span, and the value."""
+    width = max((len(v) for v in values), default=0)
+    z = [list(v) + [None] * (width - len(v)) for v in values]
+    custom = [
+        [[token_label(t[k]) if k < len(t) else "", "span" if k < len(s) and s[k] else "–"] for k in range(width)]
+        for t, s in zip(tokens, spans, strict=False)
+    ]
     fig = go.Figure(
         go.Heatmap(
-            z=matrix,
-            x=xs,
-            y=[str(r) for r in rows],
-            zmin=zmin,
-            zmax=zmax,
-            colorscale=COLORSCALE,
-            colorbar={"title": {"text": colorbar_title}},
-            customdata=[labels for _ in rows],
-            hovertemplate=f"{row_title}: %{{y}}<br>token: %{{customdata}}<br>weight: %{{z:.3f}}<extra></extra>",
+            z=z,
+            y=rows,
+            x=list(range(width)),
+            zmin=zrange[0],
+            zmax=zrange[1],
+            colorscale=colorscale,
+            customdata=custom,
+            colorbar={"title": {"text": name.split(":")[0]}},
+            hovertemplate=f"sample: %{{y}}<br>token: %{{customdata[0]}} (%{{customdata[1]}})<br>{name}: %{{z:.3f}}"
+            "<extra></extra>",
         )
     )
-    if span_mask and any(span_mask):
-        fig.add_trace(
-            go.Scatter(
-                x=[x for x in xs if span_mask[x]],
-                y=[0] * sum(bool(m) for m in span_mask),
-                yaxis="y2",
-                mode="markers",
-                marker={"symbol": "square", "size": 8, "color": "#d62728"},
-                name="ground-truth span",
-                hoverinfo="skip",
-            )
-        )
     fig.update_layout(
         title={"text": title},
-        xaxis={
-            "title": {"text": "answer token (bold, red mark = ground-truth span)"},
-            "tickvals": xs,
-            "ticktext": ticktext,
-            "tickangle": -60 if len(xs) > 12 else 0,
+        xaxis={"title": {"text": "answer token position"}, "tickfont": {"color": INK}},
+        yaxis={
+            "title": {"text": "forget sample"},
+            "type": "category",
+            "autorange": "reversed",
+            "tickfont": {"color": INK},
         },
-        yaxis={"title": {"text": row_title}, "type": "category", "autorange": "reversed", "domain": [0, 0.93]},
-        yaxis2={"domain": [0.95, 1.0], "visible": False, "range": [-1, 1]},
-        showlegend=False,
-        margin={"l": 60, "r": 20, "t": 60, "b": 90},
-        height=max(320, min(720, 160 + 22 * len(rows))),
+        height=max(300, min(900, 120 + 18 * len(rows))),
+        margin={"l": 200, "r": 20, "t": 60, "b": 60},
     )
     return fig

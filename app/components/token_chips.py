@@ -1,4 +1,4 @@
-"""The current step's weights drawn over the answer text as coloured token chips (HTML)."""
+"""The current step's scores drawn over the answer text as coloured token chips (HTML)."""
 
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ def _fmt(values: list[float] | None, k: int, spec: str = ".3f") -> str:
     return "–" if values is None or k >= len(values) or values[k] is None else format(values[k], spec)
 
 
-def colour_bar_html(vmin: float = 0.0, vmax: float = 1.0, label: str = "forget weight") -> str:
+def colour_bar_html(vmin: float = 0.0, vmax: float = 1.0, label: str = "score") -> str:
     """A horizontal colour bar matching the chips."""
     stops = ", ".join(f"{c} {p * 100:.0f}%" for p, c in get_colorscale(COLORSCALE))
     return (
         '<div style="display:flex;align-items:center;gap:8px;font-size:0.8rem;margin-top:6px">'
-        f"<span>{label}</span><span>{vmin:.2f}</span>"
+        f"<span>{label}</span><span>{vmin:.3g}</span>"
         f'<div style="width:220px;height:12px;border-radius:3px;background:linear-gradient(to right, {stops})"></div>'
-        f"<span>{vmax:.2f}</span>"
+        f"<span>{vmax:.3g}</span>"
         '<span style="margin-left:12px;border-bottom:3px solid #d62728">underlined</span>'
         "<span>= ground-truth span</span>"
         "</div>"
@@ -49,18 +49,20 @@ def token_chips_html(
     probs_now: list[float] | None = None,
     vmin: float = 0.0,
     vmax: float = 1.0,
+    label: str = "score",
 ) -> str:
-    """One chip per token, coloured by weight; the hover title shows token, id, weight, change, probabilities."""
+    """One chip per token, coloured by `label`'s value on the heatmap's own range; the hover title shows token,
+    id, value, change since the previous row, and the probability before training and now."""
     chips = []
     for k, token in enumerate(tokens):
         w = weights[k] if k < len(weights) and weights[k] is not None else 0.0
         change = "–" if previous is None or k >= len(previous) or previous[k] is None else f"{w - previous[k]:+.3f}"
         title = (
-            f"token {token!r} | id {_fmt(token_ids, k, 'd')} | weight {w:.3f} | change {change} | "
+            f"token {token!r} | id {_fmt(token_ids, k, 'd')} | {label} {w:.3f} | change {change} | "
             f"p before {_fmt(probs_before, k)} | p now {_fmt(probs_now, k)}"
         )
         chips.append(_chip(token, title, weight_colour(w, vmin, vmax), _in_span(span_mask, k)))
-    return f'<div style="word-wrap:break-word">{"".join(chips)}</div>{colour_bar_html(vmin, vmax)}'
+    return f'<div style="word-wrap:break-word">{"".join(chips)}</div>{colour_bar_html(vmin, vmax, label)}'
 
 
 def span_chips_html(tokens: list[str], span_mask: list[bool], token_ids: list[int] | None = None) -> str:

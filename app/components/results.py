@@ -1,0 +1,79 @@
+"""The results card of a finished run: what its scores and its forgetting achieved, each number with a help line."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+# Shown as help wherever these numbers appear (results card, Compare, Runs).
+METRIC_HELP = {
+    "score AUROC": "Chance that a random span token gets a higher final score than a random other token "
+    "(0.5 = chance, 1 = the score singles out exactly the spans).",
+    "score AUPRC": "Average precision of the final scores as detectors of span tokens (chance = share of span tokens).",
+    "score P@k": "Share of span tokens among the k highest-scored tokens, k = the number of span tokens.",
+    "forgetting AUROC": "The same AUROC for each token's realised forgetting, log p before − log p after: "
+    "did the probability drop land on the spans?",
+    "span share": "Share of the total probability drop (summed positive log-probability decrease) that fell on span "
+    "tokens.",
+    "exact": "Share of greedy answers equal to the reference answer (forget: lower = forgotten; retain: keep it high).",
+    "rouge_l": "ROUGE-L recall of the greedy answer against the reference answer.",
+    "prob": "Probability of the reference answer under teacher forcing (geometric mean per token).",
+    "truth_ratio": "TOFU truth ratio: P(perturbed) / P(paraphrased) answer; near 1 = the model no longer prefers "
+    "the true answer.",
+    "extraction_strength": "1 − (shortest prefix after which the model completes the answer itself) / length: "
+    "1 = fully extractable.",
+}
+QUALITY = ("exact", "rouge_l", "prob", "truth_ratio", "extraction_strength")
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
+
+
+def quality_rows(metrics: dict) -> list[dict]:
+    """Forget and retain before → after, one row per quality number."""
+    rows = []
+    for split in ("forget", "retain"):
+        block = metrics.get(split) or {}
+        before, after = block.get("before") or {}, block.get("after") or {}
+        for key in QUALITY:
+            if key in before or key in after:
+                rows.append({"set": split, "metric": key, "before": before.get(key), "after": after.get(key)})
+    return rows
+
+
+def results_card(metrics: dict | None, run_dir: str, *, key: str) -> None:
+    """Score alignment, realised forgetting and forget/retain quality before → after, with links to Compare and
+    Query for this run; says so when the run has no metrics (failed before the end, or still running)."""
+    with st.container(border=True, key=f"results_{key}"):
+        st.markdown("#### Results")
+        if not metrics:
+            st.info("No results: the run did not reach its evaluation.")
+            return
+        align, forgot = metrics.get("alignment") or {}, metrics.get("forgetting") or {}
+        cols = st.columns(5)
+        numbers = [
+            ("score AUROC", align.get("auroc")),
+            ("score AUPRC", align.get("auprc")),
+            ("score P@k", align.get("precision_at_k")),
+            ("forgetting AUROC", forgot.get("auroc")),
+            ("span share", forgot.get("span_share")),
+        ]
+        for col, (name, value) in zip(cols, numbers, strict=False):
+            col.metric(name, _fmt(value), help=METRIC_HELP[name])
+        rows = quality_rows(metrics)
+        if rows:
+            st.dataframe(
+                [{**r, "before": _fmt(r["before"]), "after": _fmt(r["after"])} for r in rows],
+                hide_index=True,
+                key=f"quality_{key}",
+                column_config={"metric": st.column_config.TextColumn("metric", help=_quality_help())},
+            )
+            st.caption(" · ".join(f"**{k}**: {METRIC_HELP[k]}" for k in QUALITY))
+        c1, c2, _ = st.columns([1, 1, 3])
+        c1.page_link("app_pages/compare.py", label="Compare this run", icon=":material/insights:")
+        c2.page_link("app_pages/query.py", label="Query this run", icon=":material/chat:")
+        st.session_state["focus_run"] = run_dir  # Compare and Query start on it
+
+
+def _quality_help() -> str:
+    return "; ".join(f"{k}: {METRIC_HELP[k]}" for k in QUALITY)
