@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_MODEL = ASSETS / "demo_model"
 DEMO_SMOLLM2_ADAPTER = ASSETS / "demo_smollm2_adapter"
+CAUSAL_TOLERANCE = 1e-2  # how much earlier predictions may move, relative to the changed one
 
 
 class ModelLoadError(RuntimeError):
@@ -71,12 +72,15 @@ def _resolve_source(spec: str, progress: Callable[[str], None] | None) -> tuple[
     """Map a model spec to a from_pretrained source and an optional knowledge adapter to merge."""
     if spec == "demo":
         if not (DEMO_MODEL / "config.json").is_file():
-            raise ModelLoadError(f"the embedded demo model is missing at {DEMO_MODEL}; rebuild it with `atwu build-demo`.")
+            raise ModelLoadError(
+                f"the embedded demo model is missing at {DEMO_MODEL}; rebuild it with `atwu build-demo`."
+            )
         return str(DEMO_MODEL), None
     if spec == "demo-smollm2":
         if not (DEMO_SMOLLM2_ADAPTER / "adapter_config.json").is_file():
             raise ModelLoadError(
-                f"the SmolLM2 demo adapter is missing at {DEMO_SMOLLM2_ADAPTER}; build it with `atwu build-demo --base smollm2`."
+                f"the SmolLM2 demo adapter is missing at {DEMO_SMOLLM2_ADAPTER}; "
+                "build it with `atwu build-demo --base smollm2`."
             )
         return _resolve_source("smollm2", progress)[0], DEMO_SMOLLM2_ADAPTER
     if spec == "smollm2" or spec.endswith(".gguf"):
@@ -105,9 +109,12 @@ def load_model(
     progress: Callable[[str], None] | None = None,
     adapter: str | Path | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its (fast) tokenizer from 'demo', 'demo-smollm2', 'smollm2', a folder, a GGUF file or a hub id.
+    """Load a causal LM and its (fast) tokenizer from 'demo', 'demo-smollm2', 'smollm2', a folder, a GGUF file
+    or a hub id.
 
     `adapter`: a LoRA adapter folder merged into the weights, as 'demo-smollm2' merges its shipped one.
+    Every failure (unreadable or corrupt files, a model that is not a causal LM, missing weights, an unreachable
+    hub) is one ModelLoadError naming the file or model and what to do.
     """
     say = progress or (lambda _msg: None)
     source, knowledge_adapter = _resolve_source(spec, say)
@@ -115,28 +122,18 @@ def load_model(
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
     say(f"loading {spec} ({torch_dtype}, {torch_device})")
-    try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"could not read the config of {spec!r}: {err}. Offline, use a local folder or 'demo'.") from None
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source, config=config, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-        )
-    except ValueError as err:
-        raise ModelLoadError(f"{spec!r} is not a causal language model ({config.model_type}): {err}") from None
-    except OSError as err:
-        raise ModelLoadError(f"could not load the weights of {spec!r} (safetensors only): {err}") from None
-    except torch.OutOfMemoryError:
-        raise ModelLoadError(f"out of memory loading {spec!r}; try dtype=bfloat16 or a smaller model.") from None
-    tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=trust_remote_code)
+    local = Path(source).exists()
+    opts = {"trust_remote_code": trust_remote_code, "local_files_only": not local and not _hub_reachable()}
+    with _quiet_transformers(progress_bars=not local):
+        config = _load_config(spec, source, opts)
+        model = _load_weights(spec, source, config, torch_dtype, opts)
+        tokenizer = _load_tokenizer(spec, source, opts)
+    _check_causal(model, spec)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if knowledge_adapter is not None:
-        from peft import PeftModel
-
         say(f"merging the knowledge adapter {knowledge_adapter}")
-        model = PeftModel.from_pretrained(model, str(knowledge_adapter)).merge_and_unload()
+        model = _merge_adapter(model, Path(knowledge_adapter))
     model.to(torch_device)
     model.eval()
     for p in model.parameters():
@@ -150,6 +147,123 @@ def load_model(
         vocab_size=int(config.vocab_size),
     )
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)
+
+
+def _hub_reachable() -> bool:
+    from atwu_core.hub import hub_reachable
+
+    return hub_reachable()
+
+
+@contextlib.contextmanager
+def _quiet_transformers(progress_bars: bool) -> Iterator[None]:
+    """transformers logs load reports and warnings over many stderr lines; every problem they describe becomes one
+    ModelLoadError here. Progress bars stay on only when a hub download may be slow."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    if not progress_bars:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _first_line(err: BaseException) -> str:
+    """transformers' messages can run to kilobytes (every supported config class); their first line says what."""
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _load_config(spec: str, source: str, opts: dict):
+    hint = "the hub cannot be reached: use a local folder or 'demo'" if opts["local_files_only"] else \
+        "give 'demo', a model folder, a .gguf file or a hub id"
+    try:
+        return AutoConfig.from_pretrained(source, **opts)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not read the config of {spec!r}: {_first_line(err)} ({hint}).") from None
+
+
+def _load_weights(spec: str, source: str, config, dtype: torch.dtype, opts: dict) -> PreTrainedModel:
+    """The causal-LM weights; refuses other model kinds, corrupt files and checkpoints that lack weights."""
+    from safetensors import SafetensorError
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    remote = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not remote:
+        raise ModelLoadError(f"{spec!r} is a {config.model_type!r} model, not a causal language model; "
+                             "give a decoder-only LM (Llama, GPT-2, SmolLM2, ...).")
+    try:
+        model, loading = AutoModelForCausalLM.from_pretrained(
+            source, config=config, dtype=dtype, use_safetensors=True, output_loading_info=True, **opts
+        )
+    except SafetensorError as err:
+        raise ModelLoadError(f"{_weights_file(source)}: corrupt or truncated safetensors file ({err}); "
+                             "download or build the model again.") from None
+    except (OSError, ValueError, RuntimeError) as err:
+        if isinstance(err, torch.OutOfMemoryError):
+            raise ModelLoadError(f"out of memory loading {spec!r}; try dtype=bfloat16 or a smaller model.") from None
+        raise ModelLoadError(f"could not load the weights of {spec!r} (safetensors only): {_first_line(err)}") from None
+    missing = loading.get("missing_keys") or []
+    if missing:
+        names = ", ".join(sorted(missing)[:3]) + (", ..." if len(missing) > 3 else "")
+        raise ModelLoadError(f"{_weights_file(source)}: the checkpoint lacks {len(missing)} weights of the "
+                             f"{type(model).__name__} ({names}); they would be random. Is it a causal LM checkpoint?")
+    return model
+
+
+def _weights_file(source: str) -> str:
+    """The file or folder to name in a weights error."""
+    files = sorted(Path(source).glob("*.safetensors"))
+    return str(files[0]) if len(files) == 1 else source
+
+
+def _load_tokenizer(spec: str, source: str, opts: dict):
+    try:
+        return AutoTokenizer.from_pretrained(source, use_fast=True, **opts)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{source}: no usable fast tokenizer for {spec!r} ({_first_line(err)}); the model folder "
+                             "needs tokenizer.json (copy it from the base model).") from None
+
+
+def _check_causal(model: PreTrainedModel, spec: str) -> None:
+    """Refuse a model whose predictions see later tokens: an encoder such as BERT loads with an LM head, runs and
+    "unlearns", but its per-token losses mean nothing. Two 4-token passes that differ in the last token decide it:
+    a causal LM's first three positions are unchanged (exactly, in practice), an encoder's move with the last one."""
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 5]]) % vocab
+    with torch.no_grad():
+        logits = model(input_ids=ids.to(model.device)).logits.float()
+    moved = (logits[0] - logits[1]).abs().amax(dim=-1)  # per position
+    if moved[:3].max() > CAUSAL_TOLERANCE * moved[3]:
+        raise ModelLoadError(f"{spec!r} ({type(model).__name__}) is not a causal language model: its predictions "
+                             "depend on later tokens (an encoder such as BERT). Give a decoder-only LM.")
+
+
+def _merge_adapter(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:
+    from peft import PeftModel
+    from safetensors import SafetensorError
+
+    try:
+        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        raise ModelLoadError(f"{adapter}: not a usable LoRA adapter for this model ({_first_line(err)}).") from None
+
+
+def _strip_lora_layers(model: torch.nn.Module) -> None:
+    """Put back the layers a failed `PeftModel.from_pretrained` wrapped: it injects LoRA layers into the (shared)
+    model before it reads the adapter's weights, and does not undo that when the read fails."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
 
 
 def attach_lora(model: PreTrainedModel, rank: int, alpha: int, targets: str | list[str],
@@ -207,6 +321,7 @@ def adapter_enabled(loaded: LoadedModel, run_dir: str | Path) -> Iterator[PreTra
     """The unlearned model of a run: the loaded model with that run's adapter, removed again on exit
     (or, for a --full run, its saved model)."""
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     adapter, full = Path(run_dir) / "adapter", Path(run_dir) / "model"
     if (full / "config.json").is_file():
@@ -215,7 +330,12 @@ def adapter_enabled(loaded: LoadedModel, run_dir: str | Path) -> Iterator[PreTra
     if not (adapter / "adapter_config.json").is_file():
         raise ModelLoadError(f"{run_dir}: no adapter or model saved in this run (it may have failed before saving).")
     with loaded.lock:
-        peft_model = PeftModel.from_pretrained(loaded.model, str(adapter))
+        try:
+            peft_model = PeftModel.from_pretrained(loaded.model, str(adapter))
+        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+            _strip_lora_layers(loaded.model)
+            raise ModelLoadError(f"{adapter}: not a usable LoRA adapter for {loaded.info.name!r} "
+                                 f"({_first_line(err)}).") from None
         peft_model.eval()
         try:
             yield peft_model
