@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +20,12 @@ def _fmt(value) -> str:
 def _unlearn(args: argparse.Namespace) -> int:
     from atwu_core.job import UnlearningJob
 
-    job_overrides, params = split_overrides(args.set or [])
-    preset = args.preset or default_preset(args.model)
-    config = make_config(
-        args.method, preset, params,
-        model=args.model, data=args.data, retain_data=args.retain_data, steps=args.steps, seed=args.seed,
-        lora_rank=args.lora_rank, full=args.full or None, reference=args.reference, **job_overrides,
-    )
+    job, params = split_overrides(args.set or [])
+    flags = {"model": args.model, "data": args.data, "retain_data": args.retain_data, "steps": args.steps,
+             "seed": args.seed, "lora_rank": args.lora_rank, "full": args.full or None, "reference": args.reference}
+    job.update({k: v for k, v in flags.items() if v is not None})  # one way to set a field: a flag wins over --set
+    preset = args.preset or default_preset(job.get("model", "demo"))
+    config = make_config(args.method, preset, params, **job)
     job = UnlearningJob(config, run_dir=args.out)
     print(f"run folder: {job.run_dir}", flush=True)
     for record in job.steps():
@@ -36,8 +37,10 @@ def _unlearn(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict) -> None:
-    a = metrics["alignment"]
+    a, f = metrics["alignment"], metrics.get("forgetting", {})
     print(f"alignment  auroc={_fmt(a['auroc'])}  auprc={_fmt(a['auprc'])}  precision@k={_fmt(a['precision_at_k'])}")
+    if f:
+        print(f"forgetting auroc={_fmt(f['auroc'])}  auprc={_fmt(f['auprc'])}  span_share={_fmt(f['span_share'])}")
     for split in ("forget", "retain"):
         if split in metrics:
             for when in ("before", "after"):
@@ -99,16 +102,46 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _methods(_args: argparse.Namespace) -> int:
-    for name, description in METHODS.items():
-        print(f"{name}: {description}")
-        for spec in method_params(name):
-            print(f"    {spec.name} = {spec.default!r}  {spec.help}")
+    for name, spec in METHODS.items():
+        print(f"{name}: {spec.description}")
+        for p in method_params(name):
+            presets = "".join(f"  [{pr.name}: {pr.params[name][p.name]!r}]" for pr in PRESETS.values()
+                              if p.name in pr.params.get(name, {}))
+            print(f"    {p.name} = {p.default!r}{presets}  {p.help}")
+    print("\npresets (job settings; method settings shown in [ ] above):")
+    for pr in PRESETS.values():
+        print(f"  {pr.name}: {pr.description}; tuned on {pr.tuned_on}; "
+              + ", ".join(f"{k}={v}" for k, v in pr.job.items()))
     return 0
 
 
-def _app(_args: argparse.Namespace) -> int:
+APP_ADDRESS, APP_PORT = "127.0.0.1", 8501
+APP_MAX_UPLOAD_MB = 20  # .streamlit/config.toml says the same, for `streamlit run` from the repository root
+
+
+def app_command(address: str = APP_ADDRESS, port: int = APP_PORT) -> list[str]:
+    """The Streamlit command line, with every safety setting as a flag: Streamlit reads .streamlit/config.toml only
+    from the current folder (and an installed package ships none), and otherwise serves on every interface."""
     main_py = Path(__file__).resolve().parent.parent / "app" / "main.py"
-    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(main_py)])
+    flags = {"server.address": address, "server.port": port, "server.headless": "true",
+             "server.maxUploadSize": APP_MAX_UPLOAD_MB, "server.fileWatcherType": "none",
+             "browser.gatherUsageStats": "false"}
+    return [sys.executable, "-m", "streamlit", "run", str(main_py)] + [
+        arg for key, value in flags.items() for arg in (f"--{key}", str(value))]
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return address == "localhost" or ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
+def _app(args: argparse.Namespace) -> int:
+    if not _is_loopback(args.address):
+        print(f"atwu: warning: serving on {args.address}:{args.port}; anyone who can reach it can load any file this "
+              "user can read as data or a model.", file=sys.stderr)
+    return subprocess.call(app_command(args.address, args.port))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,18 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("unlearn", help="run an unlearning job into a run folder")
-    p.add_argument("--model", default="demo", help="'demo', 'demo-smollm2', 'smollm2', a folder, a .gguf file or a hub id")
-    p.add_argument("--data", default="demo", help="'demo', a dataset folder, a TOFU .json file, or tofu:<split>")
+    p.add_argument("--model", help="'demo', 'demo-smollm2', 'smollm2', a folder, a .gguf file or a hub id")
+    p.add_argument("--data", help="'demo', a dataset folder, a TOFU .json file, or tofu:<split>")
     p.add_argument("--retain-data", help="retain set for a single-file --data (.json or .jsonl)")
     p.add_argument("--method", default="atwu", choices=list(METHODS))
     p.add_argument("--steps", type=int, help="model steps (default: the preset's)")
     p.add_argument("--out", help="run folder (default: runs/<time>-<method>)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="job seed (default 0)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--lora-rank", type=int, help="LoRA rank (default 8)")
     group.add_argument("--full", action="store_true", help="fine-tune the full model instead of a LoRA adapter")
     p.add_argument("--preset", choices=PRESETS, help="hyperparameter preset (default: smollm2 for the SmolLM2 models, else demo)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job setting or method parameter")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a job setting or method parameter (a flag above wins over --set)")
     p.add_argument("--reference", help="a retain-only model, for forget quality (KS test on truth ratios)")
     p.add_argument("--quiet", action="store_true", help="print only the final metrics")
     p.set_defaults(func=_unlearn)
@@ -156,25 +190,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list methods and their parameters")
     p.set_defaults(func=_methods)
 
-    p = sub.add_parser("app", help="start the Streamlit app")
+    p = sub.add_parser("app", help="start the Streamlit app (on 127.0.0.1 unless --address says otherwise)")
+    p.add_argument("--address", default=APP_ADDRESS, help="interface to serve on (default: this machine only)")
+    p.add_argument("--port", type=int, default=APP_PORT)
     p.set_defaults(func=_app)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _is_user_error(err: Exception) -> bool:
+    """Errors that mean bad input or a bad environment: one line for the user, no traceback. Imported only when
+    an error happens, so that `atwu methods` or `atwu app` do not load the job engine."""
     from atwu_core.data import DataError
     from atwu_core.job import JobError
     from atwu_core.models import ModelLoadError
 
+    return isinstance(err, (DataError, ModelLoadError, JobError, ValueError, FileNotFoundError, FileExistsError))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (DataError, ModelLoadError, JobError, ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"atwu: error: {err}", file=sys.stderr)
-        return 2
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that has gone (`atwu methods | head`) shows here, not at exit
+        return code
     except KeyboardInterrupt:
         print("atwu: interrupted; the run folder keeps what was recorded.", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the standard answer (Python's signal docs): send what is left to devnull so the exit flush stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as err:
+        if not _is_user_error(err):
+            raise
+        print(f"atwu: error: {str(err).strip().replace(chr(10), ' ')}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,47 +1,40 @@
 """The one unlearning loop every method runs, streaming a record per step to a run folder.
 
-    for each step: forward the forget batch (hidden states if the scheme reads them)
-                   weights = scheme.weigh(...)            # how hard each token is pushed
-                   L = gamma * forget_loss + alpha * retain_loss;  model update
-                   scheme.update(...)                      # ATWU's scorer step, on the same forward
-                   record(step, losses, weights, probs)    # appended to records.jsonl, yielded
+    before:  the loaded model's answer quality and per-token NLL (the reference every method reads)
+    step:    batch -> forward -> weigh (a learning scheme learns here) -> losses -> update -> record
+    after:   a final pass over every forget sample, the saved adapter, quality after, metrics.json
 
-The loaded model is shared with its owner (the app caches it): the job wraps it in LoRA (or trains a copy
-with --full) and always unwraps it again, so a failed or cancelled job leaves the model untouched.
+The loaded model is shared with its owner (the app caches it): `models.trainable` wraps it in LoRA (or trains a
+copy with --full) and always unwraps it again, so a failed or cancelled job leaves the model untouched.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
-import json
+import contextlib
 import math
 import random
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from atwu_core import losses, metrics, models
+from atwu_core import evaluation, losses, metrics, models
 from atwu_core.config import JobConfig
 from atwu_core.data import Dataset, encode_records, load_data
-from atwu_core.generation import collate, evaluating, pad_token_id
+from atwu_core.forward import Forward, ForwardNeeds, answer_nll, batches, forward, scatter_rows
+from atwu_core.generation import evaluating, pad_token_id
 from atwu_core.methods import Method, build_method
-from atwu_core.runs import RunWriter, new_run_dir
-from atwu_core.weighting import ForgetForward, PrepareContext
-from atwu_core.weighting.atwu import scorer_hidden
+from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord, TokenValues
+from atwu_core.runs import RunWriter, check_run_dir, new_run_dir, replace_dir
+from atwu_core.weighting import PrepareContext
 
 
 class JobError(RuntimeError):
     """The job stopped; the run folder's status says why and keeps the records written so far."""
-
-
-class JobBusyError(RuntimeError):
-    """Another job is already running in this process."""
 
 
 class CancelToken:
@@ -58,21 +51,6 @@ class CancelToken:
         return self._event.is_set()
 
 
-@dataclass
-class StepRecord:
-    step: int
-    elapsed: float
-    losses: dict[str, float]
-    lrs: dict[str, float]
-    tokens: int
-    weights: dict[str, list[float]] = field(repr=False)
-    probs: dict[str, list[float]] = field(repr=False)
-
-    def to_json(self) -> dict:
-        rounded = {k: {sid: [round(x, 5) for x in v] for sid, v in getattr(self, k).items()} for k in ("weights", "probs")}
-        return {"type": "step", **asdict(self), **rounded}
-
-
 def _versions() -> dict[str, str]:
     import peft
     import transformers
@@ -81,313 +59,268 @@ def _versions() -> dict[str, str]:
 
 
 class UnlearningJob:
-    """Set up a job (model, data, method, run folder); `steps()` runs it and yields a StepRecord per step."""
+    """Set up a job (settings checked, run folder claimed, data and model loaded); `steps()` runs it."""
 
     def __init__(self, config: JobConfig, *, loaded: models.LoadedModel | None = None, dataset: Dataset | None = None,
                  run_dir: str | Path | None = None):
+        config.validate()
         self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config.method)
+        check_run_dir(self.run_dir)
         self.method: Method = build_method(config.method, config.params)
         dataset = dataset or load_data(config.data, config.retain_data)
-        self.loaded = loaded or models.load_model(config.model, device=config.device, dtype=config.dtype)
         forget = dataset.forget
         if config.forget_ids is not None:
             wanted = set(config.forget_ids)
             forget = [r for r in forget if r.id in wanted]
             if not forget:
-                raise ValueError(f"none of forget_ids {sorted(wanted)[:5]} is in the forget set.")
+                raise ValueError(f"none of forget_ids {sorted(wanted)[:5]} is in the forget set "
+                                 f"(its ids look like {dataset.forget[0].id!r}).")
         if self.method.alpha > 0 and not dataset.retain:
             raise ValueError(f"{config.method} uses a retain loss but the data has no retain set; "
                              "give retain data or set retain_loss=none.")
         self.dataset = Dataset(dataset.name, forget, dataset.retain, dataset.holdout)
+        self.loaded = loaded or models.load_model(config.model, device=config.device, dtype=config.dtype)
         tok = self.loaded.tokenizer
         self.forget = encode_records(forget, tok, config.max_length, config.chat_template)
         self.retain = encode_records(dataset.retain, tok, config.max_length, config.chat_template)
         self.pad_id = pad_token_id(tok)
-        self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config.method)
+        self.steps_done = 0
+        self.records: list[StepRecord] = []
+        self.step_seconds: list[float] = []
+        self.ref_nll: list[torch.Tensor] = []  # per forget sample: answer-token NLL under the loaded model
+        self.before: BeforeRecord | None = None
         self.metrics: dict | None = None
         self.state = "created"
 
-    # ------------------------------------------------------------------------------------------ setup
+    # ------------------------------------------------------------------------------------------ the loop
+
+    def steps(self, cancel: CancelToken | None = None) -> Iterator[StepRecord]:
+        """Run the job; yields after every step. Honours `cancel` before each step."""
+        cfg, method, scheme = self.config, self.method, self.method.scheme
+        cancel = cancel or CancelToken()
+        writer = RunWriter(self.run_dir)
+        self.status = Status("running", 0, cfg.steps)
+        with contextlib.closing(writer), self._outcome(writer), self.loaded.lock:
+            self._write_header(writer)
+            before_quality = self._before(writer)
+            torch.manual_seed(cfg.seed)
+            rng = random.Random(cfg.seed)
+            with models.trainable(self.loaded, full=cfg.full, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                                  targets=cfg.lora_targets, top_layers=cfg.lora_layers) as trained:
+                model = trained.model
+                scheme.prepare(PrepareContext(model, self.loaded.tokenizer, self.forget, self.dataset.forget, cfg.steps,
+                                              cfg.max_length, cfg.chat_template, self.run_dir))
+                params = [p for p in model.parameters() if p.requires_grad]
+                optimizer, schedule = self._optimizer(params)
+                self._phase(writer, "training", 0, cfg.steps)
+                model.train()
+                t_start = time.perf_counter()
+                while self.steps_done < cfg.steps and not cancel.cancelled:
+                    t0, step = time.perf_counter(), self.steps_done + 1
+                    # forward the forget batch; the scheme weighs its tokens (and learns, if it does)
+                    fw = self._forward(model, self._batch(rng, len(self.forget), cfg.forget_batch_size))
+                    weights, logged = scheme.step(fw, step)
+                    # the method's loss: gamma * forget + alpha * retain
+                    forget_loss = method.forget_loss(fw, weights.loss)
+                    retain_loss, retain_tokens = self._retain_loss(trained, rng)
+                    loss = method.gamma * forget_loss + method.alpha * retain_loss
+                    losses_now = {"forget": forget_loss.item(), "retain": retain_loss.item(), "total": loss.item()}
+                    if not math.isfinite(losses_now["total"]):
+                        raise JobError(f"step {step}: the loss is {losses_now['total']} ({losses_now}); "
+                                       "lower the learning rate or gamma.")
+                    # the model's update
+                    with torch.profiler.record_function("atwu.update"):
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+                        if not torch.isfinite(grad_norm):
+                            raise JobError(f"step {step}: the gradient norm is {grad_norm.item()}; "
+                                           "lower the learning rate or gamma.")
+                        optimizer.step()
+                        schedule.step()
+                    # the record: losses, learning rates, this batch's scores, loss weights and probabilities
+                    self.steps_done = step
+                    lrs = {"model": schedule.get_last_lr()[0], **({"scorer": logged.pop("scorer_lr")}
+                                                                   if "scorer_lr" in logged else {})}
+                    record = StepRecord(step, time.perf_counter() - t_start, {**losses_now, **logged}, lrs,
+                                        fw.tokens + retain_tokens, *self._token_values(fw, weights.scores, weights.loss))
+                    self.step_seconds.append(time.perf_counter() - t0)
+                    self.records.append(record)
+                    writer.append(record)
+                    self._phase(writer, "training", step, cfg.steps)
+                    yield record
+                self.state = "cancelled" if cancel.cancelled else "completed"
+                train_seconds = time.perf_counter() - t_start
+                self._finish(writer, trained, before_quality, train_seconds)
+
+    def run(self, cancel: CancelToken | None = None) -> dict | None:
+        """Run to the end (no live consumer); returns the metrics (None if it stopped before them)."""
+        for _ in self.steps(cancel):
+            pass
+        return self.metrics
+
+    # ------------------------------------------------------------------------------------------ phases
+
+    def _before(self, writer: RunWriter) -> dict:
+        """Each forget token's NLL under the loaded model (the reference every method reads, and the baseline of
+        realised forgetting), and the loaded model's quality (memoised on it)."""
+        cfg = self.config
+        self._phase(writer, "before", 0, 1)
+        with torch.profiler.record_function("atwu.before"):
+            self.ref_nll = answer_nll(self.loaded.model, self.forget, self.pad_id, cfg.forget_batch_size)
+            self.before = BeforeRecord({s.record_id: torch.exp(-n).tolist() for s, n in zip(self.forget, self.ref_nll)})
+            writer.append(self.before)
+            return evaluation.quality(self.loaded.model, self.loaded, self._splits(), cfg,
+                                      lambda done, total: self._phase(writer, "before", done, total), memo_key="before")
+
+    def _finish(self, writer: RunWriter, trained: models.Trainable, before_quality: dict, train_seconds: float) -> None:
+        """Final pass, checks, saved adapter and scorer, quality after, metrics.json."""
+        cfg = self.config
+        self._phase(writer, "final", 0, len(self.forget))
+        final = self._final_pass(trained.model)
+        writer.append(final)
+        self._check_trained(trained.model, final)
+        self._save_model(trained.model)
+        self.method.scheme.finish()
+        after = None
+        if self.state == "completed":
+            after = evaluation.quality(trained.model, self.loaded, self._splits(), cfg,
+                                       lambda done, total: self._phase(writer, "after", done, total))
+        self.metrics = evaluation.judge(before_quality, after, self.before.probs, final.scores, final.probs, self.records,
+                                        self.forget)
+        if after and cfg.reference and after["forget"].get("truth_ratios"):
+            self.metrics["forget_quality"] = evaluation.forget_quality(cfg, after["forget"]["truth_ratios"],
+                                                                       self.dataset.forget)
+        seconds = self.step_seconds
+        self.metrics["timing"] = {
+            "total_seconds": round(train_seconds, 3),
+            "mean_step_seconds": round(sum(seconds) / max(1, len(seconds)), 5),
+            "tokens_per_second": round(sum(r.tokens for r in self.records) / max(1e-9, sum(seconds)), 1),
+            "peak_memory_mb": round(metrics.peak_memory_mb(next(trained.model.parameters()).device), 1),
+            "steps": self.steps_done,
+        }
+        writer.write_json("metrics.json", self.metrics)
+        self.status.state = self.state
+        self._phase(writer, "done", 0, 0)
+
+    @contextlib.contextmanager
+    def _outcome(self, writer: RunWriter) -> Iterator[None]:
+        """Whatever ends the job, status.json says how: cancelled (a stopped consumer or Ctrl-C) or failed."""
+        try:
+            yield
+        except (GeneratorExit, KeyboardInterrupt) as err:
+            why = "interrupted (Ctrl-C)" if isinstance(err, KeyboardInterrupt) else None
+            self._stop(writer, "cancelled", why)
+            raise
+        except BaseException as err:
+            message = str(err) if isinstance(err, JobError) else f"{type(err).__name__}: {err}"
+            self._stop(writer, "failed", message)
+            if isinstance(err, JobError):
+                raise
+            raise JobError(message) from err
+
+    def _stop(self, writer: RunWriter, state: str, error: str | None) -> None:
+        self.state = state
+        self.status.state, self.status.error, self.status.steps_done = state, error, self.steps_done
+        with contextlib.suppress(OSError):  # e.g. a full disk: the original error is what the caller must see
+            writer.status(self.status)
+
+    def _phase(self, writer: RunWriter, phase: str, done: int, total: int) -> None:
+        self.status.phase, self.status.phase_done, self.status.phase_total = phase, done, total
+        self.status.steps_done = self.steps_done
+        writer.status(self.status)
+
+    # ------------------------------------------------------------------------------------------ pieces
 
     def _write_header(self, writer: RunWriter) -> None:
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         writer.write_json("config.json", {**self.config.to_dict(), "versions": _versions(), "created": created,
                                           "model_info": asdict(self.loaded.info)})
-        writer.write_json("samples.json", [
-            {"id": s.record_id, "question": r.question, "answer": r.answer, "tokens": s.answer_tokens,
-             "token_ids": s.answer_token_ids, "offsets": s.answer_offsets, "span_mask": [int(m) for m in s.span_mask],
-             "has_ground_truth": s.has_ground_truth}
-            for s, r in zip(self.forget, self.dataset.forget)
-        ])
+        writer.write_json("samples.json", [SampleRecord.from_encoded(s, r).to_json()
+                                           for s, r in zip(self.forget, self.dataset.forget)])
 
-    def _trainable(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-        """(model to train, frozen reference for full fine-tuning or None with LoRA)."""
+    def _splits(self) -> list[evaluation.Split]:
+        cap = self.config.eval_max_samples
+        return [evaluation.Split(name, records, samples, cap) for name, records, samples in
+                (("forget", self.dataset.forget, self.forget), ("retain", self.dataset.retain, self.retain)) if samples]
+
+    def _optimizer(self, params: list[torch.nn.Parameter]) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        """AdamW with linear warm-up then linear decay to 0 over the job's steps."""
         cfg = self.config
-        if cfg.full:
-            model = copy.deepcopy(self.loaded.model)
-            for p in model.parameters():
-                p.requires_grad_(True)
-            return model, self.loaded.model
-        return models.attach_lora(self.loaded.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_layers), None
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup = max(1, int(cfg.warmup_ratio * cfg.steps))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: min((k + 1) / warmup, max(0.0, (cfg.steps - k) / max(1, cfg.steps - warmup))))
+        return optimizer, schedule
 
-    def _release(self, model: torch.nn.Module) -> None:
-        if not self.config.full:
-            self.loaded.model = models.detach_lora(model)
-
-    def _reference_logits(self, model, reference, batch: dict) -> torch.Tensor:
-        with torch.no_grad():
-            if reference is not None:
-                return reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            with models.reference_model(model) as ref:
-                return ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-
-    # ------------------------------------------------------------------------------------------ forward
-
-    def _forget_forward(self, model, index: list[int], ref_seq_nll: torch.Tensor | None) -> tuple[ForgetForward, int]:
-        device = next(model.parameters()).device
-        batch = {k: v.to(device) for k, v in collate([self.forget[i] for i in index], self.pad_id).items()}
-        scheme = self.method.scheme
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    output_hidden_states=scheme.needs_hidden)
-        nll, mask = losses.token_nll(out.logits, batch["labels"])
-        hidden = scorer_hidden(out.hidden_states[-1], scheme.hidden_position).detach() if scheme.needs_hidden else None
-        ref = ref_seq_nll[index].to(device) if ref_seq_nll is not None else None
-        fw = ForgetForward(nll=nll, mask=mask, hidden=hidden, sample_index=index, ref_seq_nll=ref)
-        return fw, int(batch["attention_mask"].sum())
-
-    def _sequence_nll(self, model) -> torch.Tensor:
-        """Summed answer NLL per forget sample under the model as it is now (the reference, before step 1)."""
-        out = []
-        with evaluating(model):
-            for start in range(0, len(self.forget), self.config.forget_batch_size):
-                fw, _ = self._forget_forward(model, list(range(start, min(start + self.config.forget_batch_size, len(self.forget)))), None)
-                out.append(fw.nll.sum(1).float().cpu())
-        return torch.cat(out)
-
-    def _final_pass(self, model, ref_seq_nll) -> tuple[dict, dict]:
-        weights, probs = {}, {}
-        with evaluating(model):
-            for start in range(0, len(self.forget), self.config.forget_batch_size):
-                index = list(range(start, min(start + self.config.forget_batch_size, len(self.forget))))
-                fw, _ = self._forget_forward(model, index, ref_seq_nll)
-                self._collect(fw, self.method.scheme.weigh(fw).scores, weights, probs)
-        return weights, probs
-
-    def _collect(self, fw: ForgetForward, scores: torch.Tensor, weights: dict, probs: dict) -> None:
-        ids = [self.forget[i].record_id for i in fw.sample_index]
-        weights.update(zip(ids, losses.per_sequence(scores, fw.mask)))
-        probs.update(zip(ids, losses.per_sequence(torch.exp(-fw.nll.detach()), fw.mask)))
-
-    # ------------------------------------------------------------------------------------------ loop
-
-    def steps(self, cancel: CancelToken | None = None) -> Iterator[StepRecord]:
-        """Run the job; yields after every step. Honours `cancel` before each step."""
-        cfg, method = self.config, self.method
-        cancel = cancel or CancelToken()
-        writer = RunWriter(self.run_dir)
-        self._write_header(writer)
-        writer.status("running", 0, cfg.steps)
-        self.state, step, t_start = "running", 0, time.perf_counter()
-        step_seconds, tokens_seen = [], 0
-        with self.loaded.lock:
-            torch.manual_seed(cfg.seed)
-            rng = random.Random(cfg.seed)
-            model = None
-            try:
-                model, reference = self._trainable()
-                device = next(model.parameters()).device
-                ref_seq_nll = self._sequence_nll(model) if method.needs_reference_nll else None
-                method.scheme.prepare(PrepareContext(model, self.loaded.tokenizer, self.forget, self.dataset.forget,
-                                                     cfg.steps, cfg.max_length, cfg.chat_template))
-                params = [p for p in model.parameters() if p.requires_grad]
-                optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-                warmup = max(1, int(cfg.warmup_ratio * cfg.steps))
-                schedule = torch.optim.lr_scheduler.LambdaLR(
-                    optimizer, lambda k: min((k + 1) / warmup, max(0.0, (cfg.steps - k) / max(1, cfg.steps - warmup))))
-                model.train()
-                for step in range(1, cfg.steps + 1):
-                    if cancel.cancelled:
-                        step -= 1
-                        self.state = "cancelled"
-                        break
-                    t0 = time.perf_counter()
-                    index = self._batch(rng, len(self.forget), cfg.forget_batch_size)
-                    fw, n_tokens = self._forget_forward(model, index, ref_seq_nll)
-                    weights = method.scheme.weigh(fw)
-                    forget_loss = method.forget_loss(fw, weights.loss)
-                    loss = method.gamma * forget_loss
-                    logged = {"forget": forget_loss.item()}
-                    if method.alpha > 0:
-                        retain_loss, n_retain = self._retain_loss(model, reference, rng, device)
-                        loss = loss + method.alpha * retain_loss
-                        logged["retain"] = retain_loss.item()
-                        n_tokens += n_retain
-                    logged["total"] = loss.item()
-                    if not math.isfinite(logged["total"]):
-                        raise JobError(f"step {step}: the loss is {logged['total']} (forget {logged['forget']}, "
-                                       f"retain {logged.get('retain')}); lower the learning rate or gamma.")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, 1.0)
-                    optimizer.step()
-                    schedule.step()
-                    scorer_logs = method.scheme.update(fw, step)
-                    lrs = {"model": schedule.get_last_lr()[0]}
-                    if "scorer_lr" in scorer_logs:
-                        lrs["scorer"] = scorer_logs.pop("scorer_lr")
-                    logged.update(scorer_logs)
-                    record_w, record_p = {}, {}
-                    self._collect(fw, weights.scores, record_w, record_p)
-                    step_seconds.append(time.perf_counter() - t0)
-                    tokens_seen += n_tokens
-                    record = StepRecord(step, time.perf_counter() - t_start, logged, lrs, n_tokens, record_w, record_p)
-                    writer.append(record.to_json())
-                    writer.status("running", step, cfg.steps)
-                    yield record
-                else:
-                    self.state = "completed"
-                train_seconds = time.perf_counter() - t_start
-                final_w, final_p = self._final_pass(model, ref_seq_nll)
-                writer.append({"type": "final", "step": step, "weights": final_w, "probs": final_p})
-                self._save_model(model)
-                self.metrics = self._evaluate(model, reference, final_w, cancelled=self.state == "cancelled")
-                self.metrics["timing"] = {
-                    "total_seconds": round(train_seconds, 3),
-                    "mean_step_seconds": round(sum(step_seconds) / max(1, len(step_seconds)), 5),
-                    "tokens_per_second": round(tokens_seen / max(1e-9, sum(step_seconds)), 1),
-                    "peak_memory_mb": round(metrics.peak_memory_mb(device), 1),
-                    "steps": len(step_seconds),
-                }
-                writer.write_json("metrics.json", self.metrics)
-                writer.status(self.state, step, cfg.steps)
-            except GeneratorExit:  # the consumer stopped iterating: same as a cancel, minus the final pass
-                self.state = "cancelled"
-                writer.status("cancelled", step, cfg.steps)
-                raise
-            except BaseException as err:
-                self.state = "failed"
-                message = str(err) if isinstance(err, JobError) else f"{type(err).__name__}: {err}"
-                writer.status("failed", step, cfg.steps, error=message)
-                if isinstance(err, (JobError, KeyboardInterrupt)):
-                    raise
-                raise JobError(message) from err
-            finally:
-                if model is not None:
-                    self._release(model)
-                writer.close()
+    def _forward(self, model: torch.nn.Module, index: list[int]) -> Forward:
+        """A forget batch's forward with what the scheme asked for, and the loaded model's NLL of the same tokens."""
+        with torch.profiler.record_function("atwu.forward"):
+            fw = forward(model, self.forget, index, self.pad_id, self.method.scheme.needs)
+        fw.ref_nll = scatter_rows(fw.mask, [self.ref_nll[i] for i in index])
+        return fw
 
     @staticmethod
     def _batch(rng: random.Random, n: int, size: int) -> list[int]:
         return list(range(n)) if n <= size else sorted(rng.sample(range(n), size))
 
-    def _retain_loss(self, model, reference, rng: random.Random, device) -> tuple[torch.Tensor, int]:
+    def _retain_loss(self, trained: models.Trainable, rng: random.Random) -> tuple[torch.Tensor, int]:
+        """The retain objective on a retain batch: NLL, or KL to the reference (`ref`), or nothing."""
+        device = next(trained.model.parameters()).device
+        if self.method.alpha == 0:
+            return torch.zeros((), device=device), 0
         index = self._batch(rng, len(self.retain), self.config.retain_batch_size)
-        batch = {k: v.to(device) for k, v in collate([self.retain[i] for i in index], self.pad_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        if self.method.retain_loss == "kl":
-            loss = losses.retain_kl(logits, self._reference_logits(model, reference, batch), batch["labels"])
-        else:
-            nll, mask = losses.token_nll(logits, batch["labels"])
-            loss = losses.masked_mean(nll, mask)
-        return loss, int(batch["attention_mask"].sum())
+        kl = self.method.retain_loss == "kl"
+        with torch.profiler.record_function("atwu.retain"):
+            fw = forward(trained.model, self.retain, index, self.pad_id, ForwardNeeds(logprobs=kl))
+            if not kl:
+                return losses.masked_mean(fw.nll, fw.mask), fw.tokens
+            with torch.no_grad(), trained.ref() as ref:
+                ref_fw = forward(ref, self.retain, index, self.pad_id, ForwardNeeds(logprobs=True))
+            return losses.retain_kl(fw.logprobs, ref_fw.logprobs, fw.mask), fw.tokens
 
-    def _save_model(self, model) -> None:
+    def _token_values(self, fw: Forward, scores: torch.Tensor,
+                      loss_weights: torch.Tensor) -> tuple[TokenValues, TokenValues, TokenValues]:
+        """(scores, loss weights, probabilities) per sample of the batch, answer tokens only."""
+        ids = [self.forget[i].record_id for i in fw.sample_index]
+        return tuple(dict(zip(ids, losses.per_sequence(t, fw.mask)))  # type: ignore[return-value]
+                     for t in (scores, loss_weights, torch.exp(-fw.nll.detach())))
+
+    def _final_pass(self, model: torch.nn.Module) -> FinalRecord:
+        final = FinalRecord(self.steps_done, {}, {}, {})
+        with evaluating(model):
+            for index in batches(len(self.forget), self.config.forget_batch_size):
+                fw = self._forward(model, index)
+                weights = self.method.scheme.weigh(fw)
+                for target, values in zip((final.scores, final.loss_weights, final.probs),
+                                          self._token_values(fw, weights.scores, weights.loss)):
+                    target.update(values)
+        return final
+
+    def _check_trained(self, model: torch.nn.Module, final: FinalRecord) -> None:
+        """Fail rather than report a destroyed model as a result: non-finite weights, or a model that gives
+        every token the same probability 1/V (what a blown-up update leaves)."""
+        if any(not torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
+            raise JobError("the trained weights are not finite (the last updates diverged); lower the learning rate.")
+        vocab = self.loaded.info.vocab_size
+        probs = [p for values in final.probs.values() for p in values]
+        if probs and all(0.5 / vocab < p < 2.0 / vocab for p in probs):
+            raise JobError(f"the model collapsed: every forget token has probability ~1/{vocab} after training "
+                           "(the updates diverged); lower the learning rate or gamma.")
+
+    def _save_model(self, model: torch.nn.Module) -> None:
+        """The adapter (peft format) or, with --full, the model and tokenizer; swapped into place whole."""
         target = self.run_dir / ("model" if self.config.full else "adapter")
         tmp = self.run_dir / f".{target.name}.tmp"
         model.save_pretrained(str(tmp), safe_serialization=True)
         if self.config.full:
             self.loaded.tokenizer.save_pretrained(str(tmp))
-        tmp.replace(target)
-
-    # ------------------------------------------------------------------------------------------ metrics
-
-    def _evaluate(self, model, reference, final_weights: dict, cancelled: bool) -> dict:
-        """Alignment always; forget/retain quality before and after unless the job was cancelled."""
-        out: dict = {"alignment": metrics.alignment(final_weights, self.forget)}
-        if cancelled:
-            return out
-        cap = self.config.eval_max_samples
-        tok = self.loaded.tokenizer
-        splits = {"forget": (self.dataset.forget, self.forget), "retain": (self.dataset.retain, self.retain)}
-        for name, (records, samples) in splits.items():
-            if not samples:
-                continue
-            judge = functools.partial(metrics.quality, tokenizer=tok, records=records, samples=samples, max_samples=cap,
-                                      chat_template=self.config.chat_template)
-            out[name] = {"before": self._quality_before(judge, model, reference, records), "after": judge(model)}
-        if self.config.reference and out["forget"]["after"].get("truth_ratios"):
-            out["forget_quality"] = self._forget_quality(out["forget"]["after"]["truth_ratios"])
-        return out
-
-    def _quality_before(self, judge: functools.partial, model, reference, records: list) -> dict:
-        """The loaded model's quality on `records`: the same for every job on this model and data, so computed once."""
-        cfg = self.config
-        records = [asdict(r) for r in records[: cfg.eval_max_samples]]
-        key = ("quality", json.dumps(records, sort_keys=True), cfg.max_length, cfg.chat_template)
-        if key not in self.loaded.memo:
-            if reference is not None:
-                self.loaded.memo[key] = judge(reference)
-            else:
-                with models.reference_model(model) as ref:
-                    self.loaded.memo[key] = judge(ref)
-        return copy.deepcopy(self.loaded.memo[key])
-
-    def _forget_quality(self, truth_ratios: list[float]) -> float:
-        """TOFU's forget quality: KS test of our truth ratios against a retain-only model's on the same forget set."""
-        reference = models.load_model(self.config.reference, device=self.config.device, dtype=self.config.dtype)
-        ratios = metrics.truth_ratios(reference.model, reference.tokenizer, self.dataset.forget[: self.config.eval_max_samples],
-                                      chat_template=self.config.chat_template)
-        return metrics.forget_quality(truth_ratios, ratios)
+        replace_dir(tmp, target)
 
 
 def run_job(config: JobConfig, **kwargs) -> UnlearningJob:
     """Run a job to completion (no live consumer) and return it, with `.metrics` and `.run_dir`."""
     job = UnlearningJob(config, **kwargs)
-    for _ in job.steps():
-        pass
+    job.run()
     return job
-
-
-class BackgroundJob:
-    """A job on a worker thread, for UIs: at most one per process, cancellable, never calls the UI."""
-
-    _active: "BackgroundJob | None" = None
-    _guard = threading.Lock()
-
-    def __init__(self, job: UnlearningJob):
-        self.job = job
-        self.run_dir = job.run_dir
-        self.error: str | None = None
-        self._cancel = CancelToken()
-        self._thread = threading.Thread(target=self._run, name=f"atwu-job-{job.run_dir.name}", daemon=True)
-
-    @classmethod
-    def start(cls, config: JobConfig, loaded: models.LoadedModel, dataset: Dataset | None = None,
-              run_dir: str | Path | None = None) -> "BackgroundJob":
-        with cls._guard:
-            if cls._active is not None and cls._active.is_alive():
-                raise JobBusyError(f"a job is already running ({cls._active.run_dir}); wait for it or cancel it first.")
-            bg = cls(UnlearningJob(config, loaded=loaded, dataset=dataset, run_dir=run_dir))
-            cls._active = bg
-            bg._thread.start()
-            return bg
-
-    @classmethod
-    def active(cls) -> "BackgroundJob | None":
-        return cls._active
-
-    def _run(self) -> None:
-        try:
-            for _ in self.job.steps(self._cancel):
-                pass
-        except Exception as err:  # recorded in status.json too; kept here for the UI
-            self.error = str(err)
-
-    def cancel(self) -> None:
-        self._cancel.cancel()
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)

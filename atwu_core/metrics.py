@@ -229,6 +229,68 @@ def alignment_curves(weights: Mapping[str, Sequence[float]], samples: Sequence[E
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "precision": precision.tolist(), "recall": recall.tolist()}
 
 
+def nll_increase(probs_before: Sequence[float], probs_after: Sequence[float]) -> np.ndarray:
+    """Per answer token, how much its NLL rose: log p_before - log p_after (the realised forgetting)."""
+    before = np.clip(np.asarray(probs_before, dtype=float), 1e-30, 1.0)
+    after = np.clip(np.asarray(probs_after, dtype=float), 1e-30, 1.0)
+    return np.log(before) - np.log(after)
+
+
+def forgetting(
+    probs_before: Mapping[str, Sequence[float]], probs_after: Mapping[str, Sequence[float]], samples: Sequence
+) -> dict:
+    """Which tokens the job actually forgot, judged against the spans: `auroc`/`auprc`/`precision_at_k` of each
+    token's NLL increase, and `span_share` = sum over span tokens of max(increase, 0) / the same over all tokens.
+    Defined for every method, including those whose scores are uniform."""
+    deltas = {sid: nll_increase(probs_before[sid], probs_after[sid]) for sid in probs_after if sid in probs_before}
+    scored = _scored(deltas, samples)
+    if not scored:
+        return {"auroc": None, "auprc": None, "precision_at_k": None, "span_share": None, "per_sample": {}}
+    delta = np.concatenate([d for _, d, _ in scored])
+    labels = np.concatenate([y for _, _, y in scored])
+    gain = np.maximum(delta, 0.0)
+    return {
+        **_separation(delta, labels),
+        "span_share": float(gain[labels].sum() / gain.sum()) if gain.sum() > 0 else None,
+        "mean_increase_span": float(delta[labels].mean()) if labels.any() else None,
+        "mean_increase_other": float(delta[~labels].mean()) if (~labels).any() else None,
+        "per_sample": {sid: {**_separation(d, y), "mean_increase": float(d.mean())} for sid, d, y in scored},
+    }
+
+
+def trajectory(steps: Sequence, probs_before: Mapping[str, Sequence[float]] | None, samples: Sequence) -> dict:
+    """Alignment against step: for each step record, over the samples in that step's batch, the AUROC of the
+    recorded scores and of the NLL increase so far, and the mean score inside and outside the spans."""
+    out: dict[str, list] = {k: [] for k in ("step", "score_auroc", "forgetting_auroc", "score_in_span", "score_out_span")}
+    for rec in steps:
+        scored = _scored(rec.scores, samples)
+        if not scored:
+            continue
+        scores = np.concatenate([s for _, s, _ in scored])
+        labels = np.concatenate([y for _, _, y in scored])
+        forgot = None
+        if probs_before is not None:
+            deltas = {sid: nll_increase(probs_before[sid], p) for sid, p in rec.probs.items() if sid in probs_before}
+            forgot = alignment(deltas, samples)["auroc"]
+        out["step"].append(rec.step)
+        out["score_auroc"].append(_separation(scores, labels)["auroc"])
+        out["forgetting_auroc"].append(forgot)
+        out["score_in_span"].append(float(scores[labels].mean()) if labels.any() else None)
+        out["score_out_span"].append(float(scores[~labels].mean()) if (~labels).any() else None)
+    return out
+
+
+def by_span_label(values: Mapping[str, Sequence[float]], samples: Sequence) -> dict[str, dict[str, float]]:
+    """Mean value and token count per span label (name, birthplace, ...; "outside" for non-span tokens)."""
+    pooled: dict[str, list[float]] = {}
+    for s in samples:
+        if s.record_id not in values:
+            continue
+        for label, v in zip(s.span_labels, values[s.record_id]):
+            pooled.setdefault(label or "outside", []).append(v)
+    return {label: {"mean": float(np.mean(v)), "tokens": len(v)} for label, v in sorted(pooled.items())}
+
+
 def disagreements(weights: Sequence[float], sample: EncodedSample, k: int = 5) -> list[dict]:
     """The k tokens of one sample (its weight list) where weights and ground truth disagree most: high weight
     outside the spans or low weight inside. `disagreement` is the weight's rank percentile (ties averaged) for

@@ -1,7 +1,8 @@
 """Run folders: one per job, everything needed to reopen it elsewhere (see docs/architecture.md).
 
-Whole files are written atomically (temp file + os.replace) so a reader never sees half a file; step records
-are appended one JSON line at a time and flushed, so a reader can follow a job while it runs.
+Whole files are written atomically (temp file + os.replace) so a reader never sees half a file; records are
+appended one JSON line at a time and flushed, so a reader can follow a job while it runs. The files' contents
+are the typed records of `atwu_core.records`; this module only moves them to and from disk.
 """
 
 from __future__ import annotations
@@ -9,13 +10,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from atwu_core.data import EncodedSample
+from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord, TokenValues, parse_line
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give: run folders are shared like any other output
 
 
 def runs_root() -> Path:
@@ -53,10 +60,37 @@ def write_json_atomic(path: Path, data: object) -> None:
             json.dump(_finite(data), fh, indent=1, ensure_ascii=False)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished folder into place, replacing an older one (a reader sees the old or the new, never half)."""
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.replace(old)
+    tmp.replace(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse a folder we must not write into, before any model is loaded: one that holds anything already
+    (a finished run, a model, ...) or one we cannot write to."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"{run_dir} is a file; give --out a new folder.")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        what = "a run" if (run_dir / "config.json").is_file() else "other files"
+        raise FileExistsError(f"{run_dir} already holds {what}; give --out a new or empty folder.")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test.")
+        probe.close()
+    except OSError as err:
+        raise OSError(f"cannot write the run folder {run_dir}: {err.strerror or err}; give --out a writable folder.") from None
 
 
 def _now() -> str:
@@ -64,111 +98,150 @@ def _now() -> str:
 
 
 class RunWriter:
-    """The job's side of a run folder."""
+    """The job's side of a run folder. Claims the folder by creating records.jsonl exclusively, so two jobs
+    given the same folder cannot both write into it."""
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
-        if (self.dir / "records.jsonl").exists():
-            raise FileExistsError(f"{self.dir} already holds a run; choose a new --out folder.")
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._records = (self.dir / "records.jsonl").open("a", encoding="utf-8")
+        try:
+            self._records = (self.dir / "records.jsonl").open("x", encoding="utf-8")
+        except FileExistsError:
+            raise FileExistsError(f"{self.dir} already holds a run; choose a new --out folder.") from None
+        os.chmod(self._records.name, FILE_MODE)
 
     def write_json(self, name: str, data: object) -> None:
         write_json_atomic(self.dir / name, data)
 
-    def status(self, state: str, steps_done: int, steps_total: int, error: str | None = None) -> None:
-        self.write_json("status.json", {"state": state, "error": error, "steps_done": steps_done,
-                                        "steps_total": steps_total, "updated": _now(),
-                                        "pid": os.getpid(), "host": socket.gethostname()})
+    def status(self, status: Status) -> None:
+        status.updated, status.pid, status.host = _now(), os.getpid(), socket.gethostname()
+        self.write_json("status.json", status.to_json())
 
-    def append(self, record: dict) -> None:
-        self._records.write(json.dumps(_finite(record), separators=(",", ":")) + "\n")
+    def append(self, record: BeforeRecord | StepRecord | FinalRecord) -> None:
+        self._records.write(json.dumps(_finite(record.to_json()), separators=(",", ":")) + "\n")
         self._records.flush()
 
     def close(self) -> None:
         self._records.close()
 
 
+@dataclass
+class RunSnapshot:
+    """Everything in a run folder, each file parsed once: what a view reads per refresh."""
+
+    dir: Path
+    config: dict
+    status: Status
+    samples: list[SampleRecord]
+    before: BeforeRecord | None
+    steps: list[StepRecord]
+    final: FinalRecord | None
+    metrics: dict | None
+    skipped_lines: int = 0
+    sample_index: dict[str, SampleRecord] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.sample_index = {s.record_id: s for s in self.samples}
+
+    def matrix(self, sample_id: str, key: str = "scores") -> tuple[list[int], list[list[float]]]:
+        """Steps x tokens of `key` (scores, loss_weights or probs) for one sample, over the steps whose batch held it."""
+        steps, rows = [], []
+        for rec in self.steps:
+            values = getattr(rec, key).get(sample_id)
+            if values is not None:
+                steps.append(rec.step)
+                rows.append(values)
+        return steps, rows
+
+    def latest(self, key: str = "scores") -> TokenValues:
+        """Each sample's latest values of `key`: the final pass if the job got there, else the last recorded ones."""
+        if self.final is not None:
+            return getattr(self.final, key)
+        out: TokenValues = {}
+        for rec in self.steps:
+            out.update(getattr(rec, key))
+        return out
+
+
 class RunReader:
-    """Reopen a run folder, finished or still running (re-reads the files on each access)."""
+    """Reopen a run folder, finished or still running. Each call re-reads the files; `snapshot()` reads them once."""
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
         if not (self.dir / "config.json").is_file():
             raise FileNotFoundError(f"{self.dir}: not a run folder (no config.json).")
 
-    def _json(self, name: str) -> dict | list | None:
+    def _json(self, name: str) -> object:
         path = self.dir / name
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not readable JSON ({err}).") from None
 
     @property
     def config(self) -> dict:
-        return self._json("config.json")
+        config = self._json("config.json")
+        if not isinstance(config, dict):
+            raise ValueError(f"{self.dir / 'config.json'}: not a JSON object.")
+        return config
 
     @property
-    def status(self) -> dict:
+    def status(self) -> Status:
         """The job's status; a "running" job whose process is gone on this host reads as "interrupted"."""
-        status = self._json("status.json") or {"state": "unknown", "error": None, "steps_done": 0, "steps_total": 0}
-        if status["state"] == "running" and status.get("host") == socket.gethostname() and not _alive(status.get("pid")):
-            status = {**status, "state": "interrupted",
-                      "error": "the process running this job ended before it finished; the records so far are kept."}
+        raw = self._json("status.json")
+        try:
+            status = Status.from_json(raw) if raw is not None else Status("unknown")
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{self.dir / 'status.json'}: {err}.") from None
+        if status.state == "running" and status.host == socket.gethostname() and not _alive(status.pid):
+            status.state = "interrupted"
+            status.error = "the process running this job ended before it finished; the records so far are kept."
         return status
 
     @property
-    def samples(self) -> list[dict]:
-        return self._json("samples.json") or []
-
-    def encoded_samples(self) -> list[EncodedSample]:
-        """The forget samples as answer-only EncodedSamples: what the alignment metrics take."""
-        return [
-            EncodedSample(record_id=s["id"], input_ids=list(s["token_ids"]), labels=list(s["token_ids"]), prompt_length=0,
-                          answer_tokens=list(s["tokens"]), answer_offsets=[tuple(o) for o in s["offsets"]],
-                          span_mask=[bool(m) for m in s["span_mask"]], has_ground_truth=bool(s["has_ground_truth"]))
-            for s in self.samples
-        ]
+    def samples(self) -> list[SampleRecord]:
+        return [SampleRecord.from_json(s) for s in self._json("samples.json") or []]
 
     @property
     def metrics(self) -> dict | None:
         return self._json("metrics.json")
 
-    def records(self) -> list[dict]:
-        """Every complete line of records.jsonl (a line still being written is skipped)."""
+    def records(self) -> tuple[list[BeforeRecord | StepRecord | FinalRecord], int]:
+        """Every complete line of records.jsonl and how many were unreadable. A trailing line without its
+        newline is still being written and is left for the next read; a bad line in the middle is skipped."""
         path = self.dir / "records.jsonl"
         if not path.is_file():
-            return []
-        out = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+            return [], 0
+        *lines, _partial = path.read_bytes().split(b"\n")
+        out, skipped = [], 0
+        for line in lines:
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-        return out
+                record = parse_line(json.loads(line.decode("utf-8")))
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                skipped += 1
+                continue
+            if record is not None:
+                out.append(record)
+        return out, skipped
 
-    def steps(self) -> list[dict]:
-        return [r for r in self.records() if r.get("type") == "step"]
+    def steps(self) -> list[StepRecord]:
+        return [r for r in self.records()[0] if isinstance(r, StepRecord)]
 
     @property
-    def final(self) -> dict | None:
-        return next((r for r in self.records() if r.get("type") == "final"), None)
+    def final(self) -> FinalRecord | None:
+        return next((r for r in self.records()[0] if isinstance(r, FinalRecord)), None)
 
-    def weight_matrix(self, sample_id: str, key: str = "weights") -> tuple[list[int], list[list[float]]]:
-        """Steps × tokens for one sample, carrying the last weights forward for steps where it was not in the batch."""
-        steps, rows, last = [], [], None
-        for rec in self.steps():
-            last = rec[key].get(sample_id, last)
-            if last is not None:
-                steps.append(rec["step"])
-                rows.append(last)
-        return steps, rows
-
-    def final_weights(self) -> dict[str, list[float]]:
-        """Each sample's final weights: the final pass if the job got there, else the last recorded ones."""
-        if self.final is not None:
-            return self.final["weights"]
-        latest: dict[str, list[float]] = {}
-        for rec in self.steps():
-            latest.update(rec["weights"])
-        return latest
+    def snapshot(self) -> RunSnapshot:
+        records, skipped = self.records()
+        return RunSnapshot(
+            dir=self.dir, config=self.config, status=self.status, samples=self.samples,
+            before=next((r for r in records if isinstance(r, BeforeRecord)), None),
+            steps=[r for r in records if isinstance(r, StepRecord)],
+            final=next((r for r in records if isinstance(r, FinalRecord)), None),
+            metrics=self.metrics, skipped_lines=skipped,
+        )
 
 
 def _alive(pid: int | None) -> bool:
@@ -183,44 +256,61 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
+def _summary(path: Path) -> dict:
+    run = RunReader(path)
+    config, status, metrics = run.config, run.status, run.metrics or {}
+    return {
+        "run_dir": str(path), "name": config.get("name") or path.name, "tags": config.get("tags", []),
+        "method": config.get("method"), "model": config.get("model"), "data": config.get("data"),
+        "created": config.get("created"), "state": status.state, "steps": status.steps_done,
+        "error": status.error,
+        "auroc": (metrics.get("alignment") or {}).get("auroc"),
+        "forgetting_auroc": (metrics.get("forgetting") or {}).get("auroc"),
+        "forget_exact": ((metrics.get("forget") or {}).get("after") or {}).get("exact"),
+        "retain_exact": ((metrics.get("retain") or {}).get("after") or {}).get("exact"),
+    }
+
+
 def list_runs(root: str | Path | None = None) -> list[dict]:
-    """Summaries of the run folders under `root`, newest first."""
+    """Summaries of the run folders under `root`, newest first. A folder that cannot be read is listed with
+    state "unreadable" and the reason, so one bad folder never hides the others."""
     root = Path(root) if root is not None else runs_root()
     if not root.is_dir():
         return []
-    out = []
-    for path in sorted(root.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+
+    def mtime(p: Path) -> float:
         try:
-            run = RunReader(path)
-            config = run.config
-        except (FileNotFoundError, json.JSONDecodeError, NotADirectoryError):
+            return p.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    out = []
+    for path in sorted(root.iterdir(), key=mtime, reverse=True):
+        if path.name.startswith("."):
             continue
-        metrics = run.metrics or {}
-        out.append({
-            "run_dir": str(path),
-            "method": config.get("method"),
-            "model": config.get("model"),
-            "data": config.get("data"),
-            "created": config.get("created"),
-            "state": run.status["state"],
-            "steps": run.status.get("steps_done"),
-            "auroc": (metrics.get("alignment") or {}).get("auroc"),
-            "forget_exact": ((metrics.get("forget") or {}).get("after") or {}).get("exact"),
-            "retain_exact": ((metrics.get("retain") or {}).get("after") or {}).get("exact"),
-        })
+        try:
+            out.append(_summary(path))
+        except FileNotFoundError as err:
+            if path.is_dir() and (path / "config.json").exists():  # deleted while we read it
+                out.append({"run_dir": str(path), "name": path.name, "state": "unreadable", "error": str(err)})
+        except (OSError, ValueError, TypeError, AttributeError) as err:
+            out.append({"run_dir": str(path), "name": path.name, "state": "unreadable", "error": str(err)})
     return out
 
 
-def wait_for_state(run_dir: str | Path, states: tuple[str, ...], timeout: float) -> dict:
+def wait_for_state(run_dir: str | Path, states: tuple[str, ...], timeout: float) -> Status:
     """Poll a run's status until it reaches one of `states` (for tests and scripts)."""
     deadline = time.monotonic() + timeout
-    status_file = Path(run_dir) / "status.json"
     state = "not started"
     while time.monotonic() < deadline:
-        if status_file.is_file():
-            status = json.loads(status_file.read_text(encoding="utf-8"))
-            state = status["state"]
-            if state in states:
-                return status
+        if (Path(run_dir) / "status.json").is_file():
+            try:
+                status = RunReader(run_dir).status
+            except (FileNotFoundError, ValueError):
+                status = None
+            if status is not None:
+                state = status.state
+                if state in states:
+                    return status
         time.sleep(0.05)
     raise TimeoutError(f"{run_dir} did not reach {states} within {timeout} s (now {state}).")

@@ -12,7 +12,9 @@ import torch
 from peft import PeftModel
 
 from atwu_core.config import METHODS, make_config
-from atwu_core.job import BackgroundJob, JobBusyError, JobError, UnlearningJob, run_job
+from atwu_core.background import BackgroundJob, JobBusyError
+from atwu_core.job import JobError, UnlearningJob, run_job
+from atwu_core.records import Status
 from atwu_core.runs import RunReader, RunWriter, list_runs, wait_for_state, write_json_atomic
 
 
@@ -33,23 +35,23 @@ def test_every_method_runs_and_records_every_token(method, demo_loaded, demo_wor
     before = _fingerprint(demo_loaded.model)
     job = run_job(_short(method), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "run")
     run = RunReader(job.run_dir)
-    samples = {s["id"]: s for s in run.samples}
+    samples = {s.record_id: s for s in run.samples}
     assert len(samples) == len(demo_world.forget)
     steps = run.steps()
-    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert [r.step for r in steps] == [1, 2, 3]
     for rec in steps:
-        assert set(rec["weights"]) == set(samples)  # the demo forget set fits one batch
-        for sid, w in rec["weights"].items():
-            assert len(w) == len(samples[sid]["tokens"]) == len(rec["probs"][sid])
-        assert all(torch.isfinite(torch.tensor(list(rec["losses"].values()))))
-    assert run.final is not None and set(run.final["weights"]) == set(samples)
+        assert set(rec.scores) == set(samples)  # the demo forget set fits one batch
+        for sid, w in rec.scores.items():
+            assert len(w) == len(samples[sid].tokens) == len(rec.probs[sid]) == len(rec.loss_weights[sid])
+        assert all(torch.isfinite(torch.tensor(list(rec.losses.values()))))
+    assert run.final is not None and set(run.final.scores) == set(samples)
     m = run.metrics
     assert 0.0 <= m["alignment"]["auroc"] <= 1.0
     for split in ("forget", "retain"):
         for when in ("before", "after"):
             assert set(m[split][when]) >= {"prob", "rouge_l", "exact", "extraction_strength"}
     assert m["timing"]["tokens_per_second"] > 0
-    assert run.status["state"] == "completed"
+    assert run.status.state == "completed"
     assert not isinstance(demo_loaded.model, PeftModel)
     assert _fingerprint(demo_loaded.model) == before, "the loaded model must never be modified"
 
@@ -62,9 +64,9 @@ def test_uniform_weights_give_chance_alignment(demo_loaded, demo_world, tmp_path
 def test_atwu_scores_start_at_one_half_and_move(demo_loaded, demo_world, tmp_path):
     job = UnlearningJob(_short("atwu", steps=4), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
     records = list(job.steps())
-    first = [w for ws in records[0].weights.values() for w in ws]
+    first = [w for ws in records[0].scores.values() for w in ws]
     assert first == pytest.approx([0.5] * len(first))
-    last = [w for ws in records[-1].weights.values() for w in ws]
+    last = [w for ws in records[-1].scores.values() for w in ws]
     assert max(abs(w - 0.5) for w in last) > 1e-3
     assert "scorer" in records[-1].losses
 
@@ -89,11 +91,11 @@ def test_full_finetuning_trains_a_copy(demo_loaded, demo_world, tmp_path):
 
 def test_reopen_run_and_list_it(demo_loaded, demo_world, tmp_path):
     job = run_job(_short("wga"), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "runs" / "a")
-    run = RunReader(job.run_dir)
-    sid = run.samples[0]["id"]
-    steps, matrix = run.weight_matrix(sid)
-    assert steps == [1, 2, 3] and len(matrix[0]) == len(run.samples[0]["tokens"])
-    assert run.final_weights()[sid] == run.final["weights"][sid]
+    run = RunReader(job.run_dir).snapshot()
+    sid = run.samples[0].record_id
+    steps, matrix = run.matrix(sid)
+    assert steps == [1, 2, 3] and len(matrix[0]) == len(run.samples[0].tokens)
+    assert run.latest()[sid] == run.final.scores[sid]
     config = json.loads((job.run_dir / "config.json").read_text())
     assert config["method"] == "wga" and config["seed"] == 0 and "versions" in config
     summary = list_runs(tmp_path / "runs")
@@ -111,21 +113,23 @@ def test_cancel_is_honoured_within_a_step_and_leaves_everything_usable(demo_load
     bg.cancel()
     bg.join(60)
     status = RunReader(bg.run_dir).status
-    assert status["state"] == "cancelled" and status["steps_done"] < 500
-    assert len(RunReader(bg.run_dir).steps()) == status["steps_done"]
+    assert status.state == "cancelled" and status.steps_done < 500
+    assert len(RunReader(bg.run_dir).steps()) == status.steps_done
     assert (bg.run_dir / "adapter" / "adapter_config.json").is_file()
     assert "auroc" in RunReader(bg.run_dir).metrics["alignment"]
     assert _fingerprint(demo_loaded.model) == before
     run_job(_short("ga", steps=1), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r3")  # still usable
 
 
-def test_non_finite_loss_fails_with_a_clear_error(demo_loaded, demo_world, tmp_path):
+def test_a_diverging_job_fails_with_a_clear_error(demo_loaded, demo_world, tmp_path):
     before = _fingerprint(demo_loaded.model)
-    config = _short("graddiff", params={"gamma": "nan"})
-    with pytest.raises(JobError, match="loss is nan"):
+    with pytest.raises(ValueError, match="gamma must be a finite number"):  # refused before anything loads
+        _short("graddiff", params={"gamma": "nan"})
+    config = _short("graddiff", steps=2, lr=1e6)
+    with pytest.raises(JobError, match="lower the learning rate"):
         run_job(config, loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
     status = RunReader(tmp_path / "r").status
-    assert status["state"] == "failed" and "lower the learning rate" in status["error"]
+    assert status.state == "failed" and "lower the learning rate" in status.error
     assert _fingerprint(demo_loaded.model) == before
 
 
@@ -172,11 +176,11 @@ def test_a_run_whose_process_died_reads_as_interrupted(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     writer = RunWriter(tmp_path / "r")
     writer.write_json("config.json", {"method": "ga"})
-    writer.status("running", 3, 10)
-    assert RunReader(tmp_path / "r").status["state"] == "running"  # this process is alive
+    writer.status(Status("running", 3, 10, phase="training"))
+    assert RunReader(tmp_path / "r").status.state == "running"  # this process is alive
     status = json.loads((tmp_path / "r" / "status.json").read_text())
     write_json_atomic(tmp_path / "r" / "status.json", {**status, "pid": int(dead.stdout)})
-    assert RunReader(tmp_path / "r").status["state"] == "interrupted"
+    assert RunReader(tmp_path / "r").status.state == "interrupted"
     assert list_runs(tmp_path)[0]["state"] == "interrupted"
     writer.close()
 
@@ -221,18 +225,20 @@ def test_presets_follow_the_model():
 
 
 def test_centred_scorer_input_ignores_a_shift_shared_by_every_token():
-    from atwu_core.config import resolve_params
-    from atwu_core.weighting.atwu import ATWUScorer
+    from atwu_core.weighting.atwu import ScorerInput
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(4, 1)
-    h, mask = torch.randn(2, 5, 4), torch.ones(2, 5)
-    mask[1, 3:] = 0
+    h, mask = torch.randn(2, 6, 4), torch.ones(2, 5, dtype=torch.bool)  # hidden at input positions, mask in target space
+    mask[1, 3:] = False
     shifted = h + torch.randn(4)
-    centred, plain = ATWUScorer(resolve_params("atwu", overrides={"hidden_centre": True})), ATWUScorer(resolve_params("atwu"))
-    centred.linear = plain.linear = linear
-    assert torch.allclose(centred.scores(h, mask), centred.scores(shifted, mask), atol=1e-6)
-    assert not torch.allclose(plain.scores(h, mask), plain.scores(shifted, mask), atol=1e-3)
+    centred, plain = ScorerInput(centre=True), ScorerInput()
+
+    def scores(inp, hidden):
+        return torch.sigmoid(linear(inp(hidden, mask)).squeeze(-1))[mask]
+
+    assert torch.allclose(scores(centred, h), scores(centred, shifted), atol=1e-6)
+    assert not torch.allclose(scores(plain, h), scores(plain, shifted), atol=1e-3)
 
 
 def test_an_adapter_can_be_merged_in_at_load_time(demo_loaded, demo_world, tmp_path):

@@ -1,101 +1,242 @@
-"""ATWU's scorer: a linear probe on the last hidden state that learns which tokens are forget-specific.
+"""ATWU's scorer: a probe on the model's hidden states that learns which tokens are forget-specific.
 
-g = sigmoid(w · sg(h) + c), zero-initialised (every token starts at 0.5), fp32. The scorer is trained on
-the model step's own forward pass (no extra forward) to put weight where the saturated forget reward
-p^beta * nll is large; it never sees retain data: tokens the retain objective needs stay at high p, where
-the reward is small, so they lose weight through the alternation alone.
+g = sigmoid(f(sg(h))), f linear (the paper) or a small MLP, last layer zero-initialised (every token starts at
+0.5), fp32. The scorer learns on the model step's own forward pass (no extra forward) and never sees retain
+data: the retain objective keeps the tokens retain needs at low loss, so the alternation alone moves weight off
+them. Two objective pairs from the authors' code (model forget term / scorer reward term):
+
+    headline  model: -mean[sg(g) sg(p^(beta g)) nll]   scorer: +mean[(1 - g) sg(nll)]      (scorer steps first)
+    matched   model: -mean[sg(g) sg(p^beta) nll]       scorer: -mean[g sg(p^beta nll)]     (optionally / its mean)
+
+plus, for both, lambda_E mean H(g) + lambda_P mean_i (s_i - b)^2 + lambda_2 ||theta||^2, s_i the straight-through
+fraction of sequence i's tokens with g > 0.5. Inside NPO (`atwu-npo`) the weights are g T_i / sum_t g.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
 import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from atwu_core import losses
-from atwu_core.weighting.base import ForgetForward, PrepareContext, TokenWeights, WeightingScheme
+from atwu_core.data import EncodedSample
+from atwu_core.forward import Forward, ForwardNeeds, batches, forward
+from atwu_core.generation import evaluating
+from atwu_core.weighting.base import PrepareContext, TokenWeights, WeightingScheme
+
+
+@dataclass(frozen=True)
+class ScorerInput:
+    """Which hidden state the scorer reads and how it is normalised; saved beside the weights."""
+
+    layer: int = -1  # index into hidden_states; -1 = last, after the final norm
+    position: str = "token"  # token: the position that has read the token; predicting: the one predicting it
+    norm: str = "none"  # none | rms | l2
+    centre: bool = False  # subtract the batch's mean answer-token state
+
+    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, L, d] hidden states at input positions -> [B, T, d] fp32 scorer input in target space."""
+        h = (hidden[:, 1:] if self.position == "token" else hidden[:, :-1]).float()
+        if self.norm == "rms":
+            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        elif self.norm == "l2":
+            h = F.normalize(h, dim=-1)
+        if self.centre:
+            # the budget term pushes every token alike; centred, that push moves only the bias, not w along the
+            # mean hidden state (an arbitrary direction for ranking tokens)
+            m = mask.unsqueeze(-1).float()
+            h = h - (h * m).sum((0, 1)) / m.sum().clamp_min(1)
+        return h
+
+
+class Scorer(torch.nn.Module):
+    """x [.., d] -> logit [..]: one linear layer (layers = 1) or an MLP with GELU between."""
+
+    def __init__(self, dim: int, layers: int = 1, width: int = 256):
+        super().__init__()
+        sizes = [dim] + [width] * (layers - 1) + [1]
+        mods: list[torch.nn.Module] = []
+        for k, (a, b) in enumerate(zip(sizes, sizes[1:])):
+            mods += [torch.nn.Linear(a, b)] + ([torch.nn.GELU()] if k < layers - 1 else [])
+        self.net = torch.nn.Sequential(*mods)
+        torch.nn.init.zeros_(self.net[-1].weight)
+        torch.nn.init.zeros_(self.net[-1].bias)
+        self.dim, self.layers, self.width = dim, layers, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------- the objective pairs
+
+
+def model_weights(pair: str, g: torch.Tensor, nll: torch.Tensor, mask: torch.Tensor, beta: float,
+                  saturation: str = "fixed") -> torch.Tensor:
+    """The forget loss's token weights (to be used detached): headline g p^(beta g); matched g p^beta, or
+    p^(beta g) with saturation=scaled."""
+    if pair == "headline":
+        return g * torch.exp(-beta * g * nll) * mask
+    if saturation == "scaled":
+        return torch.exp(-beta * g * nll) * mask
+    return g * torch.exp(-beta * nll) * mask
+
+
+def scorer_reward(pair: str, g: torch.Tensor, nll: torch.Tensor, mask: torch.Tensor, beta: float,
+                  reward_norm: bool = False) -> torch.Tensor:
+    """The scorer's reward term (minimised; `nll` detached): headline mean[(1 - g) nll]; matched
+    -mean[g p^beta nll], its reward divided by the batch mean with `reward_norm`."""
+    if pair == "headline":
+        return losses.masked_mean((1 - g) * nll, mask)
+    reward = torch.exp(-beta * nll) * nll
+    if reward_norm:
+        reward = reward / losses.masked_mean(reward, mask).clamp_min(1e-12)
+    return -losses.masked_mean(g * reward, mask)
+
+
+def npo_weights(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """ATWU inside NPO: weights g T_i / sum_t g, summing to each answer's length as NPO's summed NLL expects."""
+    return g * mask.sum(1, keepdim=True) / g.sum(1, keepdim=True).clamp_min(1e-8)
+
+
+def regularisers(g: torch.Tensor, mask: torch.Tensor, budget: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean binary entropy, budget penalty mean_i (s_i - b)^2, s_i per sequence), s_i straight-through."""
+    gc = g.clamp(1e-6, 1 - 1e-6)
+    entropy = losses.masked_mean(-(gc * gc.log() + (1 - gc) * (1 - gc).log()), mask)
+    hard = (g > 0.5).float()
+    selected = ((hard - g.detach() + g) * mask).sum(1) / mask.sum(1).clamp_min(1)
+    return entropy, (selected - budget).pow(2).mean(), selected
+
+
+# ----------------------------------------------------------------------------------- the scheme
 
 
 class ATWUScorer(WeightingScheme):
-    needs_hidden = True
+    """`params`: an ATWUParams or ATWUNPOParams (atwu_core.methods); `objective` "ga" or "npo"."""
 
-    def __init__(self, params: dict, objective: str = "ga"):
-        if objective not in ("ga", "npo"):
-            raise ValueError(f"ATWU's objective is ga or npo, not {objective!r}.")
+    def __init__(self, params, objective: str = "ga"):
         self.p = params
         self.objective = objective
-        self.linear: torch.nn.Linear | None = None
+        self.input = ScorerInput(params.hidden_layer, params.hidden_position, params.hidden_norm, params.hidden_centre)
+        self.needs = ForwardNeeds(hidden_layer=params.hidden_layer)
+        self.scorer: Scorer | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.schedule: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.out_dir: Path | None = None
 
     @property
-    def hidden_position(self) -> str:
-        return self.p["hidden_position"]
+    def pair(self) -> str:
+        return getattr(self.p, "pair", "matched") if self.objective == "ga" else "npo"
 
     def prepare(self, ctx: PrepareContext) -> None:
         dim = ctx.model.config.get_text_config().hidden_size
         device = next(ctx.model.parameters()).device
-        self.linear = torch.nn.Linear(dim, 1).to(device=device, dtype=torch.float32)
-        torch.nn.init.zeros_(self.linear.weight)
-        torch.nn.init.zeros_(self.linear.bias)
-        self.optimizer = torch.optim.SGD(self.linear.parameters(), lr=self.p["scorer_lr"], momentum=0.9, weight_decay=1e-4)
-        updates = max(1, ctx.steps // self.p["scorer_every"])
+        self.scorer = Scorer(dim, self.p.scorer_layers, self.p.scorer_width).to(device=device, dtype=torch.float32)
+        self.optimizer = torch.optim.SGD(self.scorer.parameters(), lr=self.p.scorer_lr, momentum=0.9, weight_decay=1e-4)
+        every = 1 if self.p.update == "joint" else self.p.scorer_every
+        updates = max(1, ctx.steps // every)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: max(0.0, 1.0 - k / updates))
+        self.out_dir = ctx.run_dir / "scorer" if ctx.run_dir is not None else None
 
-    def scores(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = hidden.float()
-        if self.p["hidden_norm"]:
-            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
-        if self.p["hidden_centre"]:
-            # without this, the budget term's push on every token moves w along the mean hidden state, which
-            # ranks tokens by an arbitrary direction; centred, that push can only move the bias
-            m = mask.unsqueeze(-1).float()
-            h = h - (h * m).sum((0, 1)) / m.sum().clamp_min(1)
-        return torch.sigmoid(self.linear(h).squeeze(-1))
+    def scores(self, fw: Forward) -> torch.Tensor:
+        """g [B, T], 0 off the answer; carries the scorer's graph."""
+        return torch.sigmoid(self.scorer(self.input(fw.hidden, fw.mask))) * fw.mask
 
-    def weigh(self, fw: ForgetForward) -> TokenWeights:
-        with torch.no_grad():
-            g = self.scores(fw.hidden, fw.mask) * fw.mask
-        return TokenWeights(loss=self._loss_weights(g, fw.nll.detach(), fw.mask), scores=g)
-
-    def _loss_weights(self, g: torch.Tensor, nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.objective == "npo":  # weights sum to the answer length, as NPO's summed NLL expects
-            return g * mask.sum(1, keepdim=True) / g.sum(1, keepdim=True).clamp_min(1e-8)
-        beta = self.p["beta"]
-        if self.p["saturation"] == "scaled":
-            return torch.exp(-beta * g * nll) * mask
-        return g * torch.exp(-beta * nll) * mask
-
-    def update(self, fw: ForgetForward, step: int) -> dict[str, float]:
-        if step % self.p["scorer_every"] != 0:
-            return {}
-        nll, mask = fw.nll.detach(), fw.mask
-        g = self.scores(fw.hidden, mask) * mask
+    def _weights(self, g: torch.Tensor, fw: Forward) -> torch.Tensor:
         if self.objective == "npo":
-            objective = losses.npo(nll, mask, self._loss_weights(g, nll, mask), fw.ref_seq_nll, self.p["npo_beta"])
+            return npo_weights(g, fw.mask)
+        return model_weights(self.pair, g, fw.nll.detach(), fw.mask, self.p.beta, self.p.saturation)
+
+    def weigh(self, fw: Forward) -> TokenWeights:
+        with torch.no_grad():
+            g = self.scores(fw)
+        return TokenWeights(loss=self._weights(g, fw), scores=g)
+
+    def step(self, fw: Forward, step: int) -> tuple[TokenWeights, dict[str, float]]:
+        due = self.p.update == "joint" or step % self.p.scorer_every == 0
+        if not due:
+            return self.weigh(fw), {}
+        if self.pair == "headline":  # the scorer steps first; the model's forget term uses the updated scorer
+            logs = self._learn(fw)
+            weights = self.weigh(fw)
         else:
-            reward = torch.exp(-self.p["beta"] * nll) * nll
-            if self.p["reward_norm"]:
-                reward = reward / losses.masked_mean(reward, mask).clamp_min(1e-12)
-            objective = -losses.masked_mean(g * reward, mask)
-        entropy = losses.masked_mean(binary_entropy(g), mask)
-        hard = (g > 0.5).float()
-        selected = ((hard - g.detach() + g) * mask).sum(1) / mask.sum(1).clamp_min(1)  # straight-through
-        budget = (selected - self.p["budget"]).pow(2).mean()
-        l2 = self.linear.weight.pow(2).sum() + self.linear.bias.pow(2).sum()
-        loss = objective + self.p["lambda_e"] * entropy + self.p["lambda_p"] * budget + self.p["lambda_2"] * l2
+            weights = self.weigh(fw)
+            logs = self._learn(fw)
+        if self.p.snapshot_every and step % self.p.snapshot_every == 0:
+            self.save(f"step-{step:06d}")
+        return weights, logs
+
+    def _learn(self, fw: Forward) -> dict[str, float]:
+        nll, mask = fw.nll.detach(), fw.mask
+        g = self.scores(fw)
+        if self.objective == "npo":  # the NPO expression with live weights, no saturation
+            reward = losses.npo(nll, mask, npo_weights(g, mask), fw.ref_nll.sum(1), self.p.npo_beta)
+        else:
+            reward = scorer_reward(self.pair, g, nll, mask, self.p.beta, self.p.reward_norm)
+        entropy, budget, selected = regularisers(g, mask, self.p.budget)
+        l2 = sum(w.pow(2).sum() for w in self.scorer.parameters())
+        loss = reward + self.p.lambda_e * entropy + self.p.lambda_p * budget + self.p.lambda_2 * l2
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.linear.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), 1.0)
         self.optimizer.step()
+        lr = self.schedule.get_last_lr()[0]
         self.schedule.step()
-        return {"scorer": loss.item(), "scorer_selected": selected.mean().item(), "scorer_lr": self.schedule.get_last_lr()[0]}
+        return {"scorer": loss.item(), "scorer_reward": reward.item(), "scorer_selected": selected.mean().item(),
+                "scorer_lr": lr}
+
+    def save(self, name: str = "scorer") -> None:
+        if self.out_dir is None:
+            return
+        save_scorer(self.scorer, self.input, self.out_dir, name)
+
+    def finish(self) -> None:
+        self.save()
 
 
-def scorer_hidden(hidden_states: torch.Tensor, position: str) -> torch.Tensor:
-    """Align the last hidden layer [B, L, d] with target space [B, L-1, d]."""
-    return hidden_states[:, 1:] if position == "token" else hidden_states[:, :-1]
+# ----------------------------------------------------------------------------------- saved scorers
 
 
-def binary_entropy(g: torch.Tensor) -> torch.Tensor:
-    gc = g.clamp(1e-6, 1 - 1e-6)
-    return -(gc * gc.log() + (1 - gc) * (1 - gc).log())
+def save_scorer(scorer: Scorer, inp: ScorerInput, folder: Path, name: str = "scorer") -> None:
+    """`<name>.safetensors` (weights) and `scorer.json` (shape and what hidden state it reads)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.safetensors.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in scorer.state_dict().items()}, str(tmp))
+    tmp.replace(folder / f"{name}.safetensors")
+    meta = {"dim": scorer.dim, "layers": scorer.layers, "width": scorer.width, "input": asdict(inp)}
+    (folder / "scorer.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
+
+def scorer_snapshots(run_dir: str | Path) -> list[str]:
+    """The names of a run's saved scorers: `step-000010`, ..., then `scorer` (the final one)."""
+    folder = Path(run_dir) / "scorer"
+    names = sorted(p.name.removesuffix(".safetensors") for p in folder.glob("step-*.safetensors"))
+    return names + (["scorer"] if (folder / "scorer.safetensors").is_file() else [])
+
+
+def load_scorer(run_dir: str | Path, name: str = "scorer") -> tuple[Scorer, ScorerInput]:
+    """A run's saved scorer (safetensors: no pickle), ready to apply with `apply_scorer`."""
+    folder = Path(run_dir) / "scorer"
+    if not (folder / "scorer.json").is_file() or not (folder / f"{name}.safetensors").is_file():
+        raise FileNotFoundError(f"{folder}: no saved scorer {name!r} (only ATWU runs save one; "
+                                f"saved: {', '.join(scorer_snapshots(run_dir)) or 'none'}).")
+    meta = json.loads((folder / "scorer.json").read_text(encoding="utf-8"))
+    scorer = Scorer(meta["dim"], meta["layers"], meta["width"])
+    scorer.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
+    return scorer.eval(), ScorerInput(**meta["input"])
+
+
+def apply_scorer(scorer: Scorer, inp: ScorerInput, model: torch.nn.Module, samples: list[EncodedSample], pad_id: int,
+                 batch_size: int = 16) -> list[list[float]]:
+    """The scorer's g for every answer token of `samples` under `model`: one forward per batch."""
+    scorer = scorer.to(next(model.parameters()).device)
+    out: list[list[float]] = []
+    with evaluating(model):
+        for index in batches(len(samples), batch_size):
+            fw = forward(model, samples, index, pad_id, ForwardNeeds(hidden_layer=inp.layer))
+            g = torch.sigmoid(scorer(inp(fw.hidden, fw.mask))) * fw.mask
+            out.extend(losses.per_sequence(g, fw.mask))
+    return out

@@ -2,27 +2,19 @@
 
 A scheme turns one forward pass over a forget batch into two [B, T] tensors: the weights the forget loss
 uses, and the per-token forget scores that are shown live and judged against the ground-truth spans
-(for ATWU the scorer's g; for WGA p^beta; for TokenUnlearn its importance).
+(for ATWU the scorer's g; for WGA p^beta; for TokenUnlearn its importance). It declares what it reads from
+the forward pass (`needs`); the job provides exactly that and never has to know which scheme runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from atwu_core.data import EncodedSample, Record
-
-
-@dataclass
-class ForgetForward:
-    """One forward pass over a forget batch, in target space (position k scores input token k+1)."""
-
-    nll: torch.Tensor  # [B, T], carries the model's graph during training
-    mask: torch.Tensor  # [B, T] answer tokens
-    hidden: torch.Tensor | None  # [B, T, d] detached scorer input, when the scheme asks for it
-    sample_index: list[int]  # rows -> indices into the forget samples
-    ref_seq_nll: torch.Tensor | None = None  # [B] the reference model's summed answer NLL (NPO family)
+from atwu_core.forward import Forward, ForwardNeeds
 
 
 @dataclass
@@ -42,20 +34,25 @@ class PrepareContext:
     steps: int
     max_length: int
     chat_template: bool
+    run_dir: Path | None = None  # where a scheme may save what it learned (ATWU's scorer)
 
 
 class WeightingScheme:
-    """Uniform weights; subclasses override `weigh`, and `prepare`/`update` when they learn or precompute."""
+    """Uniform weights. Subclasses override `weigh`; `prepare` to precompute, `step` to learn during the job,
+    `finish` to save what they learned."""
 
-    needs_hidden: bool = False
+    needs: ForwardNeeds = ForwardNeeds()
 
     def prepare(self, ctx: PrepareContext) -> None:
         """Precompute anything that depends on the original model (called once)."""
 
-    def weigh(self, fw: ForgetForward) -> TokenWeights:
+    def weigh(self, fw: Forward) -> TokenWeights:
         ones = fw.mask.float()
         return TokenWeights(loss=ones, scores=ones)
 
-    def update(self, fw: ForgetForward, step: int) -> dict[str, float]:
-        """Learn from this step's forward pass after the model's update; returns values to log."""
-        return {}
+    def step(self, fw: Forward, step: int) -> tuple[TokenWeights, dict[str, float]]:
+        """The weights for this training step, and values to log; a learning scheme also learns here."""
+        return self.weigh(fw), {}
+
+    def finish(self) -> None:
+        """Called once after the final pass of a job that got there."""

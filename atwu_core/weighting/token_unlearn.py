@@ -13,9 +13,10 @@ import warnings
 import torch
 
 from atwu_core.data import encode_record
-from atwu_core.generation import collate, evaluating, pad_token_id
-from atwu_core.losses import per_sequence, token_nll
-from atwu_core.weighting.base import ForgetForward, PrepareContext, TokenWeights, WeightingScheme
+from atwu_core.forward import Forward, ForwardNeeds, batches, forward, scatter_rows
+from atwu_core.generation import evaluating, pad_token_id
+from atwu_core.losses import per_sequence
+from atwu_core.weighting.base import PrepareContext, TokenWeights, WeightingScheme
 
 MASKED_QUESTION = "?"
 
@@ -28,21 +29,17 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
 def answer_logprobs_and_entropy(model, samples, pad_id: int, batch_size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per sample: log p of each answer token and the predictive entropy at that position."""
     out = []
-    device = next(model.parameters()).device
     with evaluating(model):
-        for start in range(0, len(samples), batch_size):
-            batch = collate(samples[start : start + batch_size], pad_id)
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-            nll, mask = token_nll(logits, batch["labels"].to(device))
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            entropy = -(logp.exp() * logp).sum(-1)
-            for lp, ent in zip(per_sequence(-nll, mask), per_sequence(entropy, mask)):
+        for index in batches(len(samples), batch_size):
+            fw = forward(model, samples, index, pad_id, ForwardNeeds(logprobs=True))
+            entropy = -(fw.logprobs.exp() * fw.logprobs).sum(-1)  # [B, T]
+            for lp, ent in zip(per_sequence(-fw.nll, fw.mask), per_sequence(entropy, fw.mask)):
                 out.append((torch.tensor(lp), torch.tensor(ent)))
     return out
 
 
 class TokenUnlearnImportance(WeightingScheme):
-    def __init__(self, params: dict):
+    def __init__(self, params):
         self.p = params
         self.importance: list[torch.Tensor] = []
 
@@ -59,26 +56,20 @@ class TokenUnlearnImportance(WeightingScheme):
         with_q = answer_logprobs_and_entropy(ctx.model, ctx.samples, pad)
         usable = [m for m in masked if m is not None]
         without_q = iter(answer_logprobs_and_entropy(ctx.model, usable, pad)) if usable else iter(())
-        a = self.p["tu_a"]
+        a = self.p.tu_a
         for (logp, entropy), m in zip(with_q, masked):
             delta = (logp - next(without_q)[0]).abs() if m is not None else torch.zeros_like(logp)
             self.importance.append(a * _minmax(delta) + (1 - a) * _minmax(entropy))
 
-    def _scatter(self, fw: ForgetForward, values: list[torch.Tensor]) -> torch.Tensor:
-        out = torch.zeros_like(fw.mask, dtype=torch.float32)
-        for row, v in enumerate(values):
-            out[row][fw.mask[row]] = v.to(out.device)
-        return out
-
-    def weigh(self, fw: ForgetForward) -> TokenWeights:
+    def weigh(self, fw: Forward) -> TokenWeights:
         phis = [self.importance[i] for i in fw.sample_index]
-        if self.p["tu_selection"] == "hard":
+        if self.p.tu_selection == "hard":
             weights = []
             for phi in phis:
-                k = max(1, round(self.p["tu_top_fraction"] * len(phi)))
+                k = max(1, round(self.p.tu_top_fraction * len(phi)))
                 w = torch.zeros_like(phi)
                 w[torch.topk(phi, k).indices] = 1.0
                 weights.append(w)
         else:
-            weights = [len(phi) * torch.softmax(phi / self.p["tu_temperature"], dim=0) for phi in phis]
-        return TokenWeights(loss=self._scatter(fw, weights), scores=self._scatter(fw, phis))
+            weights = [len(phi) * torch.softmax(phi / self.p.tu_temperature, dim=0) for phi in phis]
+        return TokenWeights(loss=scatter_rows(fw.mask, weights), scores=scatter_rows(fw.mask, phis))
