@@ -162,7 +162,8 @@ def sample_view(snap: RunSnapshot, sample: SampleRecord | None, *, key: str, upt
     scale = c3.radio("Colour range", SCALES, horizontal=True, key=f"{key}_scale")
     drawn = sample_figure(snap, sample, QUANTITIES[quantity], scale, words=words, upto=upto_step)
     if drawn is None:
-        st.info(f"No {quantity} recorded for this sample yet (it enters a batch soon).")
+        until = "yet" if upto_step is None else f"up to step {upto_step}"
+        st.info(f"No {quantity} recorded for this sample {until}: it was not in a training batch.")
         return
     fig, steps, values, probs, (vmin, vmax) = drawn
     st.plotly_chart(fig, key=f"{key}_heatmap", config=MODEBAR)
@@ -250,7 +251,7 @@ def run_tabs(snap: RunSnapshot, *, key: str, upto_step: int | None = None) -> No
     """One sample's heatmaps, alignment over training, and the whole forget set, as tabs."""
     one, over_time, corpus = st.tabs(["One sample", "Alignment over training", "Whole forget set"])
     with one:
-        recorded = list(snap.steps[-1].scores) if snap.steps else []
+        recorded = next((list(r.scores) for r in reversed(snap.steps) if upto_step is None or r.step <= upto_step), [])
         sample = pick_sample(snap.samples, key=f"{key}_sample_{snap.dir.name}", recorded=recorded)
         sample_view(snap, sample, key=key, upto_step=upto_step)
     with over_time:

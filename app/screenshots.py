@@ -31,6 +31,7 @@ CHROMIUM_ARGS = [
 ]
 HEATMAP = ".js-plotly-plot .heatmaplayer"
 COMPARED = ("wga", "tokenunlearn")
+SHOT_SETTINGS = {"eval max samples": 16}  # a shorter evaluation after each screenshot job
 
 
 def free_port() -> int:
@@ -102,9 +103,12 @@ def settle(page, timeout: float = 60_000) -> None:
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
 
 
-def press_run(page, url: str, steps: int | None = None, method: str = "atwu") -> None:
-    """Open the Run page, pick the method, optionally set the number of steps, press Run and wait
-    until the page follows the new run (its folder name ends with the method)."""
+def press_run(
+    page, url: str, steps: int | None = None, method: str = "atwu", settings: dict[str, int] | None = None
+) -> None:
+    """Open the Run page, pick the method, optionally set the number of steps and job settings (by their label
+    in the "Job settings" box), press Run and wait until the page follows the new run (its folder name ends
+    with the method)."""
     page.goto(url)  # the Run page is the default page, at the root
     settle(page)
     if method != "atwu":
@@ -116,6 +120,13 @@ def press_run(page, url: str, steps: int | None = None, method: str = "atwu") ->
         box.fill(str(steps))
         box.press("Enter")
         settle(page)
+    if settings:
+        page.get_by_text("Job settings", exact=True).click()
+        for label, value in settings.items():
+            field = page.get_by_label(label, exact=True)
+            field.fill(str(value))
+            field.press("Enter")
+            settle(page)
     old = page.get_by_text(re.compile(r"^Run \d{8}-")).all_inner_texts()
     page.get_by_role("button", name=re.compile(r"Run$")).click()
     page.wait_for_function(
@@ -154,7 +165,8 @@ def wait_finished(page, timeout: float) -> None:
 
 
 def take_screenshots(out_dir: Path, steps: int = 40) -> list[Path]:
-    """Every page, with an ATWU demo run in progress and finished (and baselines to compare); returns the PNGs."""
+    """Every page, with an ATWU demo run in progress and finished (its results, alignment over training and
+    whole forget set), baselines to compare, the query and the scorer on any text; returns the PNGs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     shots: list[Path] = []
 
@@ -164,15 +176,19 @@ def take_screenshots(out_dir: Path, steps: int = 40) -> list[Path]:
         shots.append(path)
 
     with tempfile.TemporaryDirectory() as runs, streamlit_server(Path(runs)) as url, launch_browser() as page:
-        press_run(page, url, steps)
-        page.wait_for_selector(HEATMAP, timeout=60_000)
+        press_run(page, url, steps, settings=SHOT_SETTINGS)
+        page.wait_for_selector(HEATMAP, timeout=120_000)
         page.wait_for_timeout(4000)
         shot(page, "run-in-progress")
         wait_finished(page, timeout=900_000)
         page.wait_for_timeout(1500)
         shot(page, "run-finished")
-        for method in COMPARED:  # baselines for the side-by-side view on Compare
-            press_run(page, url, steps, method)
+        for tab, name in (("Alignment over training", "run-alignment"), ("Whole forget set", "run-corpus")):
+            page.get_by_role("tab", name=tab).click()
+            page.wait_for_timeout(1500)
+            shot(page, name)
+        for method in COMPARED:  # baselines for Compare
+            press_run(page, url, steps, method, settings=SHOT_SETTINGS)
             wait_finished(page, timeout=900_000)
         for name in ("model", "data", "compare", "runs"):
             page.goto(f"{url}/{name}")
@@ -181,12 +197,20 @@ def take_screenshots(out_dir: Path, steps: int = 40) -> list[Path]:
             shot(page, name)
         page.goto(f"{url}/query")
         settle(page)
+        page.get_by_test_id("stSelectbox").filter(has_text="Run").first.click()
+        page.get_by_role("option", name=re.compile(r"\(atwu, ")).first.click()
+        settle(page)
         page.get_by_text("Forget question", exact=True).click()
         settle(page)
         page.get_by_role("button", name="Answer").click()
         page.wait_for_selector(".js-plotly-plot", timeout=60_000)
         page.wait_for_timeout(1500)
         shot(page, "query")
+        page.get_by_label("Text to score").fill("Lorin Vask was born in Tessaly and plays the cello.")
+        page.get_by_role("button", name="Score").click()
+        page.get_by_text("scorer output g").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1000)
+        shot(page, "scorer")
     return shots
 
 

@@ -6,25 +6,38 @@ bad-input path must show `st.error`, never an exception.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import shutil
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from plotly.offline import get_plotlyjs
 from streamlit.testing.v1 import AppTest
 
-from app.components.curves import line_figure, token_bars
+from app.components.curves import line_figure, loss_figure, token_bars
 from app.components.heatmap import aggregate_words, weight_heatmap
 from app.components.token_chips import token_chips_html
+from app.exports import build, fingerprint
+from app.run_views import CHANGE
 from app.state import jobs
 from atwu_core.config import METHODS
 from atwu_core.models import DEMO_MODEL
+from atwu_core.records import Status
 from atwu_core.runs import RunReader, list_runs, wait_for_state
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
-FAST = {"job_forget_batch_size_demo": 8, "job_retain_batch_size_demo": 8, "job_eval_max_samples_demo": 4}  # keys per preset
+FAST = {
+    "job_forget_batch_size_demo": 8,
+    "job_retain_batch_size_demo": 8,
+    "job_eval_max_samples_demo": 4,
+}  # keys per preset
 DONE = ("completed", "failed", "cancelled")
+
 
 @pytest.fixture(scope="module")
 def module_runs(tmp_path_factory: pytest.TempPathFactory):
@@ -74,7 +87,7 @@ def start_job(at: AppTest, steps: int) -> str:
     return at.session_state["run_dir"]
 
 
-def finish(at: AppTest, run_dir: str, timeout: float = 60) -> dict:
+def finish(at: AppTest, run_dir: str, timeout: float = 60) -> Status:
     """Wait for the job's terminal status and its thread, then rerun the page."""
     deadline = time.monotonic() + timeout
     while not (Path(run_dir) / "config.json").is_file() and time.monotonic() < deadline:
@@ -94,18 +107,132 @@ def completed_run(module_runs: Path) -> str:
     assert at.button(key="run").label == "Run"
     assert at.selectbox(key="method").options == list(METHODS)
     run_dir = start_job(at, steps=3)
-    assert finish(at, run_dir)["state"] == "completed"
-    assert len(at.get("plotly_chart")) >= 2  # losses and the steps x tokens heatmap
-    assert any("atwu-chip" in h.proto.body for h in at.get("html"))
-    assert "completed" in at.get("progress")[0].proto.text
+    assert finish(at, run_dir).state == "completed"
+    assert "completed · step 3/3" in at.get("progress")[0].proto.text
     return run_dir
 
 
+def chart(at: AppTest, title: str) -> dict:
+    """The plotly figure on the page whose title contains `title`."""
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    found = [f for f in specs if title in (f["layout"].get("title") or {}).get("text", "")]
+    assert found, [(f["layout"].get("title") or {}).get("text") for f in specs]
+    return found[0]
+
+
+def table(at: AppTest, column: str) -> pd.DataFrame:
+    """The dataframe on the page that has `column` (a column, or the index's name)."""
+    frames = [d.value for d in at.dataframe]
+    found = [f for f in frames if column in f.columns or f.index.name == column]
+    assert found, [list(f.columns) for f in frames]
+    return found[0]
+
+
+def run_page(run_dir: str) -> AppTest:
+    """The Run page reopened on a finished run (as after a refresh while it was the session's run)."""
+    if not (DEMO_MODEL / "config.json").is_file():
+        pytest.skip(f"no demo model at {DEMO_MODEL}")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["run_dir"] = run_dir
+    at.run()
+    assert not at.exception and not at.error, (at.exception, errors(at))
+    return at
+
+
+def copy_run(run_dir: str, name: str) -> str:
+    """A second finished run (a copy of the first) for the pages that list several."""
+    target = Path(run_dir).with_name(name)
+    if not target.exists():
+        shutil.copytree(run_dir, target)
+    return str(target)
+
+
 def test_run_completes_with_metrics(completed_run: str) -> None:
-    reader = RunReader(completed_run)
-    assert reader.metrics["alignment"]["n_tokens"] > 0
-    assert len(reader.steps()) == 3
-    assert reader.config["steps"] == 3 and reader.config["forget_batch_size"] == 8
+    snap = RunReader(completed_run).snapshot()
+    assert snap.metrics["alignment"]["n_tokens"] > 0 and snap.metrics["forgetting"]["auroc"] is not None
+    assert len(snap.steps) == 3 and snap.before is not None and snap.final is not None
+    assert snap.config["steps"] == 3 and snap.config["forget_batch_size"] == 8
+
+
+def test_results_card(completed_run: str) -> None:
+    at = run_page(completed_run)
+    metrics = {m.label: m for m in at.metric}
+    assert list(metrics) == ["score AUROC", "score AUPRC", "score P@k", "forgetting AUROC", "span share"]
+    expected = RunReader(completed_run).metrics
+    assert metrics["score AUROC"].value == f"{expected['alignment']['auroc']:.3f}"
+    assert metrics["forgetting AUROC"].value == f"{expected['forgetting']['auroc']:.3f}"
+    assert all(m.help for m in metrics.values())
+    quality = pd.DataFrame(at.dataframe[0].value)
+    assert set(quality["set"]) == {"forget", "retain"} and {"exact", "rouge_l", "prob"} <= set(quality["metric"])
+    links = [e.proto.page for e in at.get("page_link")]
+    assert any("compare" in p for p in links) and any("query" in p for p in links)
+    assert at.session_state["focus_run"] == completed_run
+
+
+def test_forgetting_heatmap_beside_scores(completed_run: str) -> None:
+    at = run_page(completed_run)
+    fig = chart(at, "what was scored (top) and what was forgotten (bottom)")
+    score, change = [t for t in fig["data"] if t["type"] == "heatmap"]
+    names = [a["text"] for a in fig["layout"]["annotations"]]
+    assert names == ["score: ATWU's scorer output g = σ(w·h + c)", CHANGE]
+    assert "probability:" in score["hovertemplate"] and "probability:" in change["hovertemplate"]
+    assert change["z"][-1] != change["z"][0]  # the model changed by the final pass
+    assert fig["layout"]["xaxis"]["side"] == "top" and fig["layout"]["xaxis"]["tickangle"] == 0
+    assert score["y"][-1] == "final" and len(score["z"]) == len(change["z"])
+    assert any(t.startswith("␣") for t in fig["layout"]["xaxis2"]["ticktext"])  # leading spaces visible
+    at.radio(key="run_view_quantity").set_value("loss weight").run()
+    weighted = chart(at, "what was scored (top)")
+    assert weighted["layout"]["annotations"][0]["text"] == "loss weight: g · p^β"
+    assert weighted["data"][0]["z"] != score["z"]
+    chips = " ".join(h.proto.body for h in at.get("html"))
+    assert "loss weight" in chips and "p before" in chips
+
+
+def test_alignment_over_time(completed_run: str) -> None:
+    at = run_page(completed_run)
+    fig = chart(at, "Alignment over training")
+    names = {t["name"].split(" · ")[0] for t in fig["data"]}
+    assert names == {"score AUROC", "forgetting AUROC", "score in spans", "score outside"}
+    steps = RunReader(completed_run).snapshot().metrics["trajectory"]["step"]
+    assert fig["data"][0]["x"] == steps
+    second = copy_run(completed_run, "second-copy")
+    compare = on_page(app(), "compare")
+    compare.multiselect(key="compare_runs").set_value([completed_run, second]).run()
+    assert not compare.exception and not compare.error, errors(compare)
+    several = chart(compare, "Alignment over training")
+    assert len({t["name"].split(" · ")[1] for t in several["data"]}) == 2  # one colour per run
+
+
+def test_corpus_view(completed_run: str) -> None:
+    at = run_page(completed_run)
+    samples = RunReader(completed_run).samples
+    frame = table(at, "forgetting AUROC")
+    assert len(frame) == len(samples)
+    at.selectbox(key="run_view_corpus_sort").set_value("forgetting AUROC").run()
+    frame = table(at, "forgetting AUROC")
+    ranked = frame["forgetting AUROC"].dropna().tolist()
+    assert ranked == sorted(ranked, reverse=True) and len(ranked) > 1
+    heat = chart(at, "Every forget sample")
+    assert heat["data"][0]["y"] == frame["sample"].tolist()  # the heatmap rows follow the sort
+    labels = table(at, "span label")
+    assert {"name", "birthplace", "outside"} <= set(labels["span label"])
+
+
+def test_scorer_on_any_text(completed_run: str) -> None:
+    at = on_page(app(), "query")
+    at.selectbox(key="query_run").set_value(completed_run).run()
+    at.button(key="scorer_go").click().run()
+    assert "Type a text" in errors(at)
+    at.text_area(key="scorer_text").set_value("Ada Vask was born in Tessaly.").run()
+    at.button(key="scorer_go").click().run()
+    assert not at.exception and not at.error, (at.exception, errors(at))
+    chips = [h.proto.body for h in at.get("html") if "scorer output g" in h.proto.body]
+    assert chips and chips[0].count("atwu-chip") >= 5
+    at.radio(key="scorer_source").set_value("Retain sample").run()
+    at.radio(key="scorer_through").set_value(at.radio(key="scorer_through").options[1]).run()
+    at.button(key="scorer_go").click().run()
+    assert not at.exception and not at.error, (at.exception, errors(at))
+    assert any("scorer output g" in h.proto.body for h in at.get("html"))
 
 
 def test_second_run_refused_and_cancel(completed_run: str) -> None:
@@ -115,24 +242,41 @@ def test_second_run_refused_and_cancel(completed_run: str) -> None:
     assert "already running" in errors(at)
     refreshed = app()  # a browser refresh: a new session finds the same job and cannot start another
     assert f"Run {Path(run_dir).name}" in [h.value for h in refreshed.subheader]
+    assert "unknown" not in refreshed.get("progress")[0].proto.text
     refreshed.button(key="run").click().run()
     assert "already running" in errors(refreshed)
     assert len([r for r in list_runs() if r["state"] == "running"]) == 1
     refreshed.button(key="cancel").click().run()
-    assert finish(at, run_dir)["state"] == "cancelled"
+    assert finish(at, run_dir).state == "cancelled"
     assert at.session_state["run_dir"] == run_dir
     assert "Cancelled after" in " ".join(w.value for w in at.warning)
+    assert "ETA" not in at.get("progress")[0].proto.text
 
 
 def test_compare_shows_alignment(completed_run: str) -> None:
     at = on_page(app(), "compare")
+    default = at.multiselect(key="compare_runs").value  # the latest completed run of each method, nothing else
+    states = {r["run_dir"]: (r["state"], r["method"]) for r in list_runs()}
+    assert default and all(states[d][0] == "completed" for d in default)
+    assert len({states[d][1] for d in default}) == len(default)
     at.multiselect(key="compare_runs").set_value([completed_run]).run()
-    table = at.dataframe[0].value
-    assert 0.0 <= table["AUROC"].iloc[0] <= 1.0 and 0.0 <= table["precision@k"].iloc[0] <= 1.0
-    assert len(at.get("plotly_chart")) == 3  # ROC, PR, the side-by-side heatmap
+    frame = table(at, "span share")
+    assert 0.0 <= frame["score AUROC"].iloc[0] <= 1.0 and 0.0 <= frame["forgetting AUROC"].iloc[0] <= 1.0
     at.segmented_control(key="per_sample_number").set_value("precision_at_k").run()
-    assert at.dataframe[1].value.index.name == "sample (precision@k)"
+    assert any(str(d.value.index.name).startswith("sample (precision@k") for d in at.dataframe)
+    high_out, low_in = [d.value["score"].tolist() for d in at.dataframe if "rank percentile" in d.value.columns]
+    assert high_out == sorted(high_out, reverse=True) and low_in == sorted(low_in)
     assert not at.error and not at.exception
+
+
+def test_compare_config_diff(completed_run: str) -> None:
+    other = copy_run(completed_run, "seed-copy")
+    config = json.loads((Path(other) / "config.json").read_text())
+    (Path(other) / "config.json").write_text(json.dumps({**config, "seed": 7}))
+    at = on_page(app(), "compare")
+    at.multiselect(key="compare_runs").set_value([completed_run, other]).run()
+    diff = table(at, "setting")
+    assert list(diff.index) == ["seed"] and "7" in diff.loc["seed"].tolist()
 
 
 def test_query_before_after(completed_run: str) -> None:
@@ -148,13 +292,51 @@ def test_query_before_after(completed_run: str) -> None:
     assert "Type a prompt" in errors(at)
 
 
-def test_runs_reopen_and_export(completed_run: str) -> None:
+def test_runs_rename_tag_delete(completed_run: str) -> None:
+    victim = copy_run(completed_run, "to-delete")
+    at = on_page(app(), "runs")
+    at.selectbox(key="runs_pick").set_value(victim).run()
+    at.text_input(key=f"name_{victim}").set_value("my baseline").run()
+    at.text_input(key=f"tags_{victim}").set_value("demo, keep").run()
+    at.button(key="runs_save").click().run()
+    assert not at.exception and not at.error, errors(at)
+    row = next(r for r in list_runs() if r["run_dir"] == victim)
+    assert row["name"] == "my baseline" and row["tags"] == ["demo", "keep"]
+    assert "my baseline" in table(at, "retain exact")["run"].tolist()
+    assert at.button(key="runs_delete").disabled  # not before the confirmation
+    at.checkbox(key="runs_delete_sure").check().run()
+    at.button(key="runs_delete").click().run()
+    assert not at.exception and not at.error, errors(at)
+    assert not Path(victim).exists() and Path(completed_run).is_dir()
+
+
+def test_runs_exports(completed_run: str) -> None:
     at = on_page(app(), "runs")
     at.selectbox(key="runs_pick").set_value(completed_run).run()
-    at.slider(key=f"runs_step_{completed_run}").set_value(1).run()
+    buttons = {b.label: b.proto for b in at.get("download_button")}
+    assert set(buttons) == {"Token values (CSV)", "Report (HTML)", "Metrics (JSON)"}
+    first = next(iter(RunReader(completed_run).snapshot().steps[0].scores))
+    at.selectbox(key=f"runs_view_sample_{Path(completed_run).name}").set_value(first).run()
+    at.slider(key=f"runs_step_{completed_run}").set_value(1).run()  # issue 12 item 19: a download after this failed
     assert not at.exception and not at.error
     assert "Step 1" in " ".join(m.value for m in at.markdown)
-    assert {b.label for b in at.get("download_button")} >= {"Token weights (CSV)", "Heatmap (HTML)", "Metrics (JSON)"}
+    after = {b.label: b.proto for b in at.get("download_button")}
+    for label, proto in after.items():
+        assert not proto.HasField("deferred_file_id") and proto.url  # built with the page, not on click
+        assert proto.url == buttons[label].url  # the same file survives the rerun
+    stamp = fingerprint(completed_run)
+    rows = list(csv.DictReader(io.StringIO(build(completed_run, "csv", stamp).decode())))
+    snap = RunReader(completed_run).snapshot()
+    assert {"before", "1", "2", "3", "final"} <= {r["step"] for r in rows}
+    assert {r["sample_id"] for r in rows if r["step"] == "final"} == {s.record_id for s in snap.samples}
+    report = build(completed_run, "html", stamp).decode()
+    assert all(s.record_id in report for s in snap.samples) and "score AUROC" in report
+    assert report.count(get_plotlyjs()) == 1  # plotly.js inlined once
+    outside = report.replace(get_plotlyjs(), "")
+    assert "src=" not in outside and "http" not in outside  # nothing fetched: opens offline
+    assert json.loads(build(completed_run, "json", stamp))["alignment"]["auroc"] is not None
+    command = " ".join(c.value for c in at.code)
+    assert command.startswith("atwu unlearn --model demo --data demo --method atwu") and "--steps 3" in command
 
 
 def test_model_page(completed_run: str) -> None:
@@ -165,6 +347,7 @@ def test_model_page(completed_run: str) -> None:
     at.text_input(key="model_path").set_value("/no/such/model").run()
     at.button(key="load_model").click().run()
     assert "no such file" in errors(at)
+    assert not [e for box in at.get("expandable") for e in box.error]  # the reason is inline, not in the log box
     assert at.session_state["model_spec"] == "demo"  # the previous model stays in use
 
 
@@ -194,7 +377,7 @@ def test_data_page_bad_inputs() -> None:
     )
     at.run()
     at.button(key="use_upload").click().run()
-    assert "bad.jsonl, line 2: malformed JSON" in errors(at)
+    assert "bad.jsonl, line 2" in errors(at) and "malformed JSON" in errors(at)
 
     at.radio(key="data_source").set_value("Type a sample").run()
     at.button(key="use_typed").click().run()
@@ -249,9 +432,15 @@ def test_components_label_every_chart() -> None:
     for fig in figures:
         assert fig.layout.title.text and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
         trace = fig.data[0]
-        assert (trace.colorbar.title.text if hasattr(trace, "zmin") else trace.marker.colorbar.title.text)
-    assert figures[0].layout.xaxis.ticktext[1] == "<b>Va</b>"
+        assert trace.colorbar.title.text if hasattr(trace, "zmin") else trace.marker.colorbar.title.text
+    assert figures[0].layout.xaxis.ticktext[0] == "␣Ada" and "<b>" in figures[0].layout.xaxis.ticktext[1]
+    assert "␣Va" in figures[0].layout.xaxis.ticktext[1]
     curve = line_figure({"run": ([0, 1], [0, 1])}, title="ROC", xlabel="fpr", ylabel="tpr", unit_square=True)
     assert curve.layout.xaxis.title.text == "fpr" and curve.layout.yaxis.title.text == "tpr"
     html = token_chips_html(tokens, matrix[1], span_mask=[False, True, True, False, False], previous=matrix[0])
-    assert html.count("atwu-chip") == 5 and "change +0.100" in html and "forget weight" in html
+    assert html.count("atwu-chip") == 5 and "change +0.100" in html and "score 1.000" in html
+    losses = loss_figure(
+        [1, 2, 3], {"forget": [1.0, 0.5, 0.2], "scorer": [None, 3.0, None], "scorer_selected": [None, 0.4, None]}
+    )
+    assert {t.name: t.yaxis for t in losses.data} == {"forget": "y", "scorer": "y2", "scorer_selected": "y3"}
+    assert next(t for t in losses.data if t.name == "scorer").mode == "lines+markers"  # sparse: markers

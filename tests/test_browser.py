@@ -1,5 +1,6 @@
-"""A real browser on a real server: `streamlit run app/main.py`, headless Debian Chromium via Playwright,
-press Run on the demo (default settings), wait for the live steps x tokens heatmap, then cancel."""
+"""A real browser on a real server: `streamlit run app/main.py`, headless Debian Chromium via Playwright.
+Press Run on the demo (3 steps, a small evaluation), watch the live heatmaps, wait for the end, and check that
+the results card and both heatmaps (score, log-probability change) are drawn."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.screenshots import CHROMIUM, HEATMAP, launch_browser, press_run, streamlit_server
+from app.screenshots import CHROMIUM, HEATMAP, charts_drawn, launch_browser, press_run, streamlit_server, wait_finished
 from atwu_core.models import DEMO_MODEL
 
 pytestmark = [
@@ -19,16 +20,23 @@ pytestmark = [
     ),
     pytest.mark.skipif(not (DEMO_MODEL / "config.json").is_file(), reason=f"no demo model at {DEMO_MODEL}"),
 ]
+QUICK = {"forget batch size": 8, "retain batch size": 8, "eval max samples": 4}
 
 
-def test_run_shows_live_heatmap(tmp_path: Path) -> None:
+def test_run_shows_results_and_both_heatmaps(tmp_path: Path) -> None:
     with streamlit_server(tmp_path / "runs") as url, launch_browser() as page:
-        press_run(page, url)
+        press_run(page, url, steps=3, settings=QUICK)
+        assert page.get_by_text(re.compile(r"^running · ")).count() == 1  # phase-aware, never "unknown"
         page.wait_for_selector(HEATMAP, timeout=180_000)
-        assert page.get_by_text("Forget weight per token and step").count() >= 1
+        wait_finished(page, timeout=300_000)
+        charts_drawn(page)
+        card = page.locator(".st-key-results_run")
+        assert card.get_by_text("score AUROC").count() == 1 and card.get_by_text("forgetting AUROC").count() == 1
+        assert card.get_by_text("Compare this run").count() == 1
+        figure = page.locator(".js-plotly-plot", has_text="what was scored (top)")
+        assert figure.locator(".heatmaplayer").count() == 2  # score and log-probability change
+        assert figure.get_by_text("log-probability change since before training", exact=False).count() >= 1
         assert page.locator(".atwu-chip").count() > 0
-        assert page.get_by_text(re.compile(r"^running · step")).count() == 1
-        page.screenshot(path=str(tmp_path / "live-heatmap.png"))
-        page.get_by_role("button", name=re.compile(r"Cancel$")).click()
-        page.get_by_text(re.compile(r"^cancelled · step")).wait_for(timeout=120_000)
-    assert (tmp_path / "live-heatmap.png").stat().st_size > 10_000
+        assert page.get_by_text(re.compile(r"ETA")).count() == 0  # none once finished
+        page.screenshot(path=str(tmp_path / "finished.png"), full_page=True)
+    assert (tmp_path / "finished.png").stat().st_size > 10_000

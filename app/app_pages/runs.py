@@ -28,12 +28,18 @@ COLUMNS = {  # list_runs key -> column shown
 }
 
 
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return "–" if value != value else f"{value:.3f}"
+    return "–" if value is None else str(value)
+
+
 def runs_table(runs: list[dict]) -> None:
     """One row per run; empty cells read "–" (a cancelled run has no metrics), unreadable folders say why."""
     frame = pd.DataFrame(runs).reindex(columns=list(COLUMNS)).rename(columns=COLUMNS)
     frame["tags"] = frame["tags"].map(lambda t: ", ".join(t) if isinstance(t, list) else "")
     st.dataframe(
-        frame.astype(object).where(frame.notna(), "–"),
+        frame.map(_cell),
         hide_index=True,
         key="runs_table",
         column_config={
