@@ -58,14 +58,15 @@ def _print_metrics(metrics: dict) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from atwu_core.runs import RunReader
 
-    run = RunReader(args.run_dir)
-    metrics = run.metrics
+    run = RunReader(args.run_dir)  # its errors name the unreadable file (status.json, config.json, ...)
+    metrics, status = run.metrics, run.status
     if metrics is None:
-        raise ValueError(f"{args.run_dir}: no metrics.json (state: {run.status['state']}, error: {run.status.get('error')}).")
+        raise ValueError(f"{args.run_dir}: no metrics.json (state: {status.state}, error: {status.error}).")
     if args.json:
         print(json.dumps(metrics, indent=1))
     else:
-        print(f"{run.config['method']} on {run.config['model']} / {run.config['data']}: {run.status['state']}")
+        config = run.config
+        print(f"{config.get('method')} on {config.get('model')} / {config.get('data')}: {status.state}")
         _print_metrics(metrics)
     return 0
 

