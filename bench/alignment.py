@@ -1,0 +1,480 @@
+"""Alignment study: do the token scores find the forget-specific (span) tokens, and does the forgetting land
+there? ATWU's objective pairs and presets beside the token-weighting baselines, uniform methods and the `gt-mask`
+oracle, on several worlds per model, job seeds 0..N-1 (mean ± std).
+
+Per job: score AUROC (the final token scores against the span tokens), forgetting AUROC and span share (each
+answer token's NLL increase, after vs before, against the spans), forget and retain exact-match, and the score
+AUROC at every recorded step (the trajectory figure). Every variant says which world its settings were tuned on;
+tuning worlds are marked and never count as held-out. Writes the alignment section of `<out>/results.md` and
+`<out>/figures/alignment_trajectory.png`; re-running regenerates them (finished jobs come from the cache).
+
+    python bench/alignment.py                       # tiny model: demo + two generated worlds, 3 seeds; writes docs/
+    python bench/alignment.py --quick               # CI smoke (< 3 min): demo world, 4 variants, 1 seed, writes nothing
+    python bench/alignment.py --models tiny,smollm2 # adds SmolLM2 (hours on a CPU: teaching and 4-min jobs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from common import (
+    CACHE,
+    REPO,
+    WORLD_NAMES,
+    JobResult,
+    ResultCache,
+    RunOptions,
+    Task,
+    World,
+    WorldOptions,
+    command_line,
+    environment_line,
+    load_world,
+    lookup,
+    markdown_table,
+    mean_or_none,
+    mean_std,
+    quiet,
+    run_tasks,
+    write_results_section,
+)
+
+from atwu_core.config import JobConfig, make_config
+
+# ----------------------------------------------------------------------------------------- variants and worlds
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A row of the study: a method with the method settings of a preset (None: the world's own preset), plus
+    explicit overrides. Job settings (steps, lr, batch sizes, LoRA) are always the world's preset's, so every row
+    gets the same budget."""
+
+    name: str
+    method: str
+    tuned_on: str  # where its method settings were chosen
+    params_from: str | None = None
+    params: tuple[tuple[str, object], ...] = ()
+
+    def config(self, world_preset: str, task: Task, eval_cap: int | None) -> JobConfig:
+        params = dict(make_config(self.method, self.params_from).params) if self.params_from else {}
+        params.update(self.params)
+        return make_config(
+            self.method, world_preset, params, steps=task.steps, seed=task.seed, eval_max_samples=eval_cap
+        )
+
+
+PAPER = "none: the paper's values"
+VARIANTS: tuple[Variant, ...] = (
+    Variant("atwu-paper", "atwu", PAPER, "paper"),
+    Variant("atwu-matched", "atwu", PAPER, "paper", (("pair", "matched"),)),
+    Variant("atwu-demo", "atwu", "`seed7` (the `demo` preset)", "demo"),
+    # ours: the headline pair at the demo preset's faster scorer schedule (n 2, b 0.4, γ 2), no reward normalising
+    Variant("atwu-headline-fast", "atwu", "none (n, b, γ from `demo`: `seed7`)", "demo",
+            (("pair", "headline"), ("reward_norm", False))),
+    Variant("gt-mask", "gt-mask", "oracle: the spans themselves"),
+    Variant("wga", "wga", "method defaults"),
+    Variant("satimp", "satimp", "method defaults"),
+    Variant("tokenunlearn", "tokenunlearn", "method defaults"),
+    Variant("graddiff", "graddiff", "method defaults"),
+    Variant("npo", "npo", "method defaults"),
+)  # fmt: skip
+BY_NAME = {v.name: v for v in VARIANTS}
+ATWU = tuple(v.name for v in VARIANTS if v.method == "atwu")
+TARGETED = ("atwu-paper", "atwu-demo")  # the paper's ATWU and the project's best preset (issue 10, item 6)
+HEURISTICS = ("wga", "satimp")  # the targets ask ATWU to rank spans above these
+
+MODEL_WORLDS = {  # default worlds per model; sizes differ from the demo world's 30 people / 5 forgotten
+    "tiny": ("demo", "seed11-p12-f3", "seed23-p32-f6"),
+    "smollm2": ("demo-smollm2", "smollm2-seed11", "smollm2-seed13-p12-f3"),
+}
+TUNING_WORLDS = {  # a world some preset was tuned on: reported, marked, never counted as held-out
+    "seed7": "the `demo` preset's method and job settings were tuned on it",
+    "demo-smollm2": "the `smollm2` preset's lr was tuned on it",
+}
+AUROC_TARGET = {"tiny": 0.90, "smollm2": 0.85}
+MIN_RUN_AUROC, MAX_FORGET_EXACT, MIN_RETAIN_KEPT = 0.75, 0.05, 0.95
+QUICK_VARIANTS = ("atwu-paper", "atwu-demo", "wga", "gt-mask")
+
+
+def model_of(world: str) -> str:
+    return "smollm2" if "smollm2" in world else "tiny"
+
+
+def held_out(world: str) -> bool:
+    return world not in TUNING_WORLDS
+
+
+# ----------------------------------------------------------------------------------------- per-job numbers
+
+
+def retain_kept(metrics: dict) -> float | None:
+    """Retain exact-match after as a fraction of before: the target is relative to what the model knew."""
+    after, before = lookup(metrics, "retain.after.exact"), lookup(metrics, "retain.before.exact")
+    return after / before if after is not None and before else None
+
+
+def metric(path: str) -> Callable[[dict], float | None]:
+    return lambda metrics: lookup(metrics, path)
+
+
+# (column header, per-job value)
+COLUMNS: tuple[tuple[str, Callable[[dict], float | None]], ...] = (
+    ("score AUROC ↑", metric("alignment.auroc")),
+    ("forgetting AUROC ↑", metric("forgetting.auroc")),
+    ("span share ↑", metric("forgetting.span_share")),
+    ("forget exact ↓", metric("forget.after.exact")),
+    ("retain exact ↑", metric("retain.after.exact")),
+    ("retain kept ↑", retain_kept),
+    ("wall s", metric("bench.wall_seconds")),
+)
+SCORE = COLUMNS[0][1]
+
+
+def values(results: list[JobResult], variant: str, get: Callable[[dict], float | None]) -> list[float]:
+    return [v for r in results if r.method == variant and (v := get(r.metrics)) is not None]
+
+
+def trajectory(results: list[JobResult], variant: str, key: str = "score_auroc") -> dict[int, float]:
+    """Mean over seeds of a per-step trajectory (`metrics.trajectory`), by step."""
+    by_step: dict[int, list[float]] = {}
+    for r in results:
+        traj = r.metrics.get("trajectory") or {}
+        if r.method == variant:
+            for step, value in zip(traj.get("step", []), traj.get(key, []), strict=True):
+                if value is not None:
+                    by_step.setdefault(step, []).append(value)
+    return {step: statistics.mean(vs) for step, vs in sorted(by_step.items())}
+
+
+# ----------------------------------------------------------------------------------------- tables
+
+
+def world_table(results: list[JobResult], variants: list[str]) -> str:
+    """One row per variant, mean ± std over seeds; the first row is the model before unlearning."""
+    before = next((r.metrics for r in results if "forget" in r.metrics), {})
+    before_row = (
+        ["(before)", ""] + ["–"] * 3 + [mean_std([lookup(before, f"{s}.before.exact")]) for s in ("forget", "retain")]
+    )
+    rows = [before_row + ["1.000", "", ""]]
+    for v in variants:
+        cells = [mean_std(values(results, v, get)) for _, get in COLUMNS]
+        finished = sum(r.method == v and "error" not in r.metrics["bench"] for r in results)
+        rows.append([v, BY_NAME[v].tuned_on, *cells, str(finished)])
+    return markdown_table(["variant", "tuned on", *[c for c, _ in COLUMNS], "n"], rows)
+
+
+def check(value: float | None, target: float, at_least: bool) -> str:
+    """`value ✓`, or `value ✗ (missed by d)`."""
+    if value is None:
+        return "n/a"
+    ok = value >= target if at_least else value <= target
+    return f"{value:.3f} ✓" if ok else f"{value:.3f} ✗ (by {abs(value - target):.3f})"
+
+
+def targets_table(by_world: dict[str, list[JobResult]], model: str, variants: list[str]) -> str:
+    """Issue 10's targets per ATWU variant, each at its worst held-out world of `model` (per-world means over
+    seeds; the margin over WGA and SatImp per world)."""
+    worlds = [w for w in by_world if model_of(w) == model and held_out(w) and by_world[w]]
+    if not worlds:
+        return ""
+
+    def worst(variant: str, get: Callable[[dict], float | None], lowest: bool) -> float | None:
+        means = [m for w in worlds if (m := mean_or_none(values(by_world[w], variant, get))) is not None]
+        return (min(means) if lowest else max(means)) if means else None
+
+    def margin(variant: str) -> float | None:
+        gaps = []
+        for w in worlds:
+            mine = mean_or_none(values(by_world[w], variant, SCORE))
+            others = [m for h in HEURISTICS if (m := mean_or_none(values(by_world[w], h, SCORE))) is not None]
+            if mine is not None and others:
+                gaps.append(mine - max(others))
+        return min(gaps) if gaps else None
+
+    rows = []
+    for v in [v for v in ATWU if v in variants]:
+        runs = [x for w in worlds for x in values(by_world[w], v, SCORE)]
+        rows.append([
+            f"**{v}**" if v in TARGETED else v,
+            check(worst(v, SCORE, True), AUROC_TARGET[model], True),
+            check(min(runs) if runs else None, MIN_RUN_AUROC, True),
+            check(margin(v), 0.0, True),
+            check(worst(v, metric("forget.after.exact"), False), MAX_FORGET_EXACT, False),
+            check(worst(v, retain_kept, True), MIN_RETAIN_KEPT, True),
+        ])  # fmt: skip
+    head = [
+        "variant",
+        f"score AUROC, worst world mean ≥ {AUROC_TARGET[model]}",
+        f"lowest single run ≥ {MIN_RUN_AUROC}",
+        "minus max(WGA, SatImp), worst world > 0",
+        f"forget exact, worst ≤ {MAX_FORGET_EXACT}",
+        f"retain kept, worst ≥ {MIN_RETAIN_KEPT}",
+    ]
+    return f"Held-out worlds: {', '.join(f'`{w}`' for w in worlds)}.\n\n" + markdown_table(head, rows)
+
+
+def trajectory_table(by_world: dict[str, list[JobResult]], variants: list[str]) -> str:
+    """Per world and token-scoring variant: where the score AUROC peaks and where it ends, and the realised
+    forgetting's AUROC at the end: the why behind a missed target (too slow, or decaying once tokens are forgotten)."""
+    rows = []
+    for world, results in by_world.items():
+        for v in variants:
+            traj = trajectory(results, v)
+            if not traj or all(abs(x - 0.5) < 1e-9 for x in traj.values()):  # uniform weights: 0.5 throughout
+                continue
+            peak = max(traj, key=traj.get)
+            steps = list(traj)
+            mid = steps[len(steps) // 2]
+            forgetting = trajectory(results, v, "forgetting_auroc")
+            rows.append([
+                world, v, f"{traj[steps[0]]:.3f}", f"{traj[mid]:.3f} (step {mid})", f"{traj[peak]:.3f} (step {peak})",
+                f"{traj[steps[-1]]:.3f}", f"{forgetting[max(forgetting)]:.3f}" if forgetting else "n/a",
+            ])  # fmt: skip
+    head = ["world", "variant", "first", "middle", "peak", "final", "forgetting AUROC, final step"]
+    return markdown_table(head, rows) if rows else ""
+
+
+def plot_trajectories(by_world: dict[str, list[JobResult]], variants: list[str], path: Path) -> bool:
+    """Score AUROC against step per variant (mean over seeds), one panel per world; False when no job recorded
+    a trajectory."""
+    import matplotlib.pyplot as plt
+
+    panels = {w: {v: t for v in variants if (t := trajectory(res, v))} for w, res in by_world.items()}
+    panels = {w: lines for w, lines in panels.items() if lines}
+    if not panels:
+        return False
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False, sharey=True)
+    for ax, (world, lines) in zip(axes.flat, panels.items(), strict=False):
+        for v, traj in lines.items():
+            ax.plot(list(traj), list(traj.values()), linewidth=2.2 if v.startswith("atwu") else 1.1, label=v)
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(world + ("" if held_out(world) else " (tuning world)"))
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("score AUROC (recorded scores vs spans)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Alignment over training: score AUROC per step, mean over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class Grid:
+    worlds: tuple[str, ...]
+    variants: tuple[str, ...]
+    seeds: int
+    steps: int | None  # None: each world's preset's
+    eval_cap: int | None  # None: each world's preset's
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI smoke: demo world, 4 variants, 1 seed, 10 steps; writes nothing unless --out",
+    )
+    ap.add_argument("--models", default="tiny", help="comma-separated: tiny, smollm2 (default tiny)")
+    ap.add_argument("--worlds", help=f"comma-separated, instead of the models' default worlds: {WORLD_NAMES}")
+    ap.add_argument("--variants", help=f"comma-separated (default all): {', '.join(BY_NAME)}")
+    ap.add_argument("--seeds", type=int, help="job seeds 0..N-1 per world and variant (default 3)")
+    ap.add_argument("--steps", type=int, help="unlearning steps (default: each world's preset's)")
+    ap.add_argument(
+        "--eval-max-samples", type=int, help="records per split in the before/after evaluation (default 32)"
+    )
+    ap.add_argument(
+        "--teach-steps", type=int, default=600, help="at most this many steps teaching a new world's tiny model"
+    )
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default 1)")
+    ap.add_argument("--workers", type=int, default=2, help="jobs run in this many processes at once (default 2)")
+    ap.add_argument("--fresh", action="store_true", help="rerun every job, ignoring results cached by earlier runs")
+    ap.add_argument("--report-only", action="store_true", help="run nothing: tables and figure from cached jobs only")
+    ap.add_argument("--out", help="folder for results.md and figures/ (default: docs, or nothing with --quick)")
+    return ap.parse_args(argv)  # fmt: skip
+
+
+def resolve(args: argparse.Namespace) -> tuple[Grid, Path | None]:
+    """The run's grid with the command line's overrides, and where it writes (None: nowhere)."""
+    if args.quick:
+        grid = Grid(("demo",), QUICK_VARIANTS, 1, 10, 8)
+    else:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = [m for m in models if m not in MODEL_WORLDS]
+        if unknown:
+            raise SystemExit(f"unknown models {unknown}; choose from {', '.join(MODEL_WORLDS)}.")
+        grid = Grid(tuple(w for m in models for w in MODEL_WORLDS[m]), tuple(BY_NAME), 3, None, 32)
+    worlds = tuple(w.strip() for w in args.worlds.split(",") if w.strip()) if args.worlds else grid.worlds
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else grid.variants
+    unknown = [v for v in variants if v not in BY_NAME]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(BY_NAME)}.")
+    grid = Grid(
+        worlds, variants, args.seeds or grid.seeds, args.steps or grid.steps, args.eval_max_samples or grid.eval_cap
+    )
+    out = Path(args.out) if args.out else (None if args.quick else REPO / "docs")
+    return grid, out
+
+
+def plan(grid: Grid, worlds: dict[str, World]) -> tuple[dict[Task, JobConfig], dict[str, str]]:
+    """Every job, seed by seed over worlds and variants (a cut-short run still fills every table), and the
+    variants the engine cannot build (a method or parameter it does not offer), with the reason."""
+    jobs: dict[Task, JobConfig] = {}
+    unavailable: dict[str, str] = {}
+    for seed in range(grid.seeds):
+        for name, world in worlds.items():
+            steps = grid.steps or make_config("graddiff", world.preset).steps
+            for v in grid.variants:
+                if v in unavailable:
+                    continue
+                task = Task(name, v, seed, steps)
+                try:
+                    jobs[task] = BY_NAME[v].config(world.preset, task, grid.eval_cap)
+                except ValueError as err:
+                    unavailable[v] = str(err)
+    return jobs, unavailable
+
+
+def variants_table(variants: list[str], presets: set[str]) -> str:
+    """What each variant runs: its pair and scorer settings as resolved by the engine, and where they were tuned."""
+    rows = []
+    for v in variants:
+        var = BY_NAME[v]
+        params = var.config(min(presets), Task("", v, 0, 1), None).params
+        keys = ("pair", "scorer_every", "budget", "gamma", "beta", "reward_norm")
+        shown = (
+            ", ".join(f"{k} {params[k]}" for k in keys if k in params) if var.method == "atwu" else "method defaults"
+        )
+        rows.append(
+            [v, f"`{var.method}`", f"`{var.params_from}` preset" if var.params_from else "–", shown, var.tuned_on]
+        )
+    return markdown_table(["variant", "method", "method settings from", "ATWU settings", "tuned on"], rows)
+
+
+def report(
+    by_world: dict[str, list[JobResult]],
+    notes: dict[str, str],
+    grid: Grid,
+    variants: list[str],
+    unavailable: dict[str, str],
+    presets: dict[str, str],
+    env: str,
+    command: str,
+    out: Path,
+) -> str:
+    """The alignment section of results.md; draws its figure into `out/figures`."""
+    jobs = [r for res in by_world.values() for r in res]
+    walls = [w for r in jobs if (w := lookup(r.metrics, "bench.wall_seconds")) is not None]
+    steps = sorted({r.steps for r in jobs})
+    parts = [
+        f"## Alignment (`{command}`)",
+        env,
+        (
+            f"Grid: worlds {', '.join(f'`{w}`' for w in grid.worlds)}; {len(variants)} variants; "
+            f"job seeds 0–{grid.seeds - 1}; "
+            f"{'/'.join(map(str, steps)) or '?'} LoRA steps with each world's preset's job settings "
+            f"({', '.join(f'`{p}` on `{w}`' for w, p in presets.items())}); before/after evaluation on up to "
+            f"{grid.eval_cap or 'the preset’s number of'} records per split. {len(jobs)} jobs, median job "
+            f"{statistics.median(walls) if walls else float('nan'):.0f} s (wall, evaluation included)."
+        ),
+        (
+            "Score AUROC = the final token scores against the span tokens (uniform-weight methods: 0.5 by "
+            "construction); forgetting AUROC = each answer token's NLL increase (after vs before) against the spans; "
+            "span share = the span tokens' share of the positive NLL increase; retain kept = retain exact after / "
+            "before. Mean ± std over seeds. A tuning world is marked and excluded from the targets."
+        ),
+        variants_table(variants, set(presets.values())),
+    ]
+    if unavailable:
+        parts.append(
+            "Not run (the engine does not offer them yet):\n\n"
+            + "\n".join(f"- `{v}`: {why}" for v, why in unavailable.items())
+        )
+    for model in MODEL_WORLDS:
+        worlds = [w for w in by_world if model_of(w) == model]
+        if not worlds:
+            continue
+        parts.append(f"### {'Tiny model' if model == 'tiny' else 'SmolLM2-135M'}")
+        for w in worlds:
+            mark = f" — tuning world ({TUNING_WORLDS[w]}), not held-out" if not held_out(w) else " — held-out"
+            table = world_table(by_world[w], variants) if by_world[w] else "No job on this world has finished yet."
+            parts.append(f"#### World `{w}`{mark}\n\n{notes[w]}\n\n{table}")
+        targets = targets_table(by_world, model, variants)
+        if targets:
+            parts.append(f"#### Targets on the {model} model (issue 10; bold: the targeted presets)\n\n{targets}")
+    traj = trajectory_table(by_world, variants)
+    if traj:
+        parts.append(f"### Score AUROC over training (mean over seeds)\n\n{traj}")
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    if plot_trajectories(by_world, variants, figures / "alignment_trajectory.png"):
+        parts.append("![score AUROC against step](figures/alignment_trajectory.png)")
+    failed = [r for r in jobs if "error" in r.metrics["bench"]]
+    if failed:
+        parts.append(
+            "### Failed jobs\n\n"
+            + "\n".join(f"- {r.world} {r.method} seed {r.seed}: {r.metrics['bench']['error']}" for r in failed)
+        )
+    return "\n\n".join(parts)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    quiet()
+    grid, out = resolve(args)
+    env, t_start = environment_line(args.threads, "Written"), time.perf_counter()
+    options = WorldOptions(teach_steps=args.teach_steps)
+    worlds = {name: w for name in grid.worlds if (w := load_world(name, options)) is not None}  # teaches once, here
+    if not worlds:
+        print("no world could be run.", file=sys.stderr)
+        return 1
+    jobs, unavailable = plan(grid, worlds)
+    for v, why in unavailable.items():
+        print(f"skipping {v}: {why}", file=sys.stderr)
+    variants = [v for v in grid.variants if v not in unavailable]
+    cache = ResultCache(CACHE / "results", worlds, args.fresh)
+    results = run_tasks(jobs, worlds, cache, RunOptions(args.workers, args.threads, args.report_only), options)
+    by_world = {name: [r for t, r in results.items() if t.world == name] for name in worlds}
+    elapsed = time.perf_counter() - t_start
+    for name, res in by_world.items():
+        print(f"\n## {name}{'' if held_out(name) else ' (tuning world)'}\n\n{world_table(res, variants)}", flush=True)
+    for model in MODEL_WORLDS:
+        if targets := targets_table(by_world, model, variants):
+            print(f"\n## targets, {model}\n\n{targets}")
+    print(f"\nalignment study: {elapsed:.0f} s")
+    if out is not None:
+        env += (
+            f" This run: {elapsed / 60:.1f} min, {len(results) - cache.hits} jobs run, {cache.hits} reused from the "
+            "result cache (run earlier on this machine; `wall s` shows how loaded it was then)."
+        )
+        notes = {name: w.note for name, w in worlds.items()}
+        presets = {name: w.preset for name, w in worlds.items()}
+        section = report(
+            by_world, notes, grid, variants, unavailable, presets, env, command_line("alignment.py", argv), out
+        )
+        print(f"wrote the alignment section of {write_results_section(out, 'alignment', section)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
