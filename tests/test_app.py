@@ -164,9 +164,13 @@ def test_results_card(completed_run: str) -> None:
     assert all(m.help for m in metrics.values())
     quality = pd.DataFrame(at.dataframe[0].value)
     assert set(quality["set"]) == {"forget", "retain"} and {"exact", "rouge_l", "prob"} <= set(quality["metric"])
-    links = [e.proto.page for e in at.get("page_link")]
-    assert any("compare" in p for p in links) and any("query" in p for p in links)
+    at.button(key="run_to_compare").click().run()
+    assert not at.exception and not at.error, (at.exception, errors(at))
     assert at.session_state["focus_run"] == completed_run
+    assert completed_run in at.multiselect(key="compare_runs").value
+    at = run_page(completed_run)
+    at.button(key="run_to_query").click().run()
+    assert at.selectbox(key="query_run").value == completed_run
 
 
 def test_forgetting_heatmap_beside_scores(completed_run: str) -> None:

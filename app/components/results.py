@@ -23,6 +23,7 @@ METRIC_HELP = {
     "1 = fully extractable.",
 }
 QUALITY = ("exact", "rouge_l", "prob", "truth_ratio", "extraction_strength")
+LINKS = (("Compare this run", "compare", ":material/insights:"), ("Query this run", "query", ":material/chat:"))
 
 
 def _fmt(value: object) -> str:
@@ -70,9 +71,10 @@ def results_card(metrics: dict | None, run_dir: str, *, key: str) -> None:
             )
             st.caption(" · ".join(f"**{k}**: {METRIC_HELP[k]}" for k in QUALITY))
         c1, c2, _ = st.columns([1, 1, 3])
-        c1.page_link("app_pages/compare.py", label="Compare this run", icon=":material/insights:")
-        c2.page_link("app_pages/query.py", label="Query this run", icon=":material/chat:")
-        st.session_state["focus_run"] = run_dir  # Compare and Query start on it
+        for col, (label, page, icon) in zip((c1, c2), LINKS, strict=False):
+            if col.button(label, key=f"{key}_to_{page}", icon=icon):
+                st.session_state["focus_run"] = run_dir  # the page starts on this run
+                st.switch_page(f"app_pages/{page}.py")
 
 
 def _quality_help() -> str:
