@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from atwu_core.config import METHODS, PRESETS, default_preset, make_config, method_params, split_overrides
+from atwu_core.files import ASSETS
 
 
 def _fmt(value) -> str:
@@ -79,7 +80,7 @@ def _build_demo(args: argparse.Namespace) -> int:
     else:
         from atwu_core.finetune import build_demo
 
-        report = build_demo(args.out or Path(__file__).resolve().parent.parent / "assets", seed=args.seed)
+        report = build_demo(args.out or ASSETS, seed=args.seed)
     print(report)
     return 0
 
@@ -210,6 +211,8 @@ def _is_user_error(err: Exception) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if int(os.environ.get("RANK", "0")) > 0:  # a data-parallel job's other processes: rank 0 prints
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     try:
         code = args.func(args)
         sys.stdout.flush()  # a reader that has gone (`atwu methods | head`) shows here, not at exit

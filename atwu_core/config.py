@@ -48,6 +48,7 @@ class JobConfig:
     chat_template: bool = False
     device: str = "auto"
     dtype: str = "auto"
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
     forget_ids: list[str] | None = None
     eval_max_samples: int | None = 64
     reference: str | None = None

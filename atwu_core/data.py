@@ -13,6 +13,8 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from atwu_core.files import ASSETS
+
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 IGNORE_INDEX = -100
 # Input limits, checked before anything is tokenised: tokenising with offsets costs memory and time in proportion
@@ -318,7 +320,7 @@ def load_dataset_dir(path: str | Path) -> Dataset:
 
 
 def demo_data_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "assets" / "demo_world"
+    return ASSETS / "demo_world"
 
 
 def load_data(spec: str, retain_spec: str | None = None) -> Dataset:

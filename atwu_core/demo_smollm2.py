@@ -9,7 +9,6 @@ enough to memorise a few hundred short answers.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -22,6 +21,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from atwu_core.data import demo_data_dir, load_dataset_dir
+from atwu_core.files import replace_dir
 from atwu_core.finetune import FinetuneReport, finetune
 from atwu_core.models import DEMO_SMOLLM2_ADAPTER, attach_lora, load_model
 
@@ -79,10 +79,6 @@ def save_adapter(model: PeftModel, out_dir: Path, report: dict) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "README.md").unlink(missing_ok=True)  # peft's generic model card
         (tmp / "training_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            stale = Path(tempfile.mkdtemp(prefix=f".stale-{out_dir.name}-", dir=out_dir.parent))
-            os.replace(out_dir, stale / "old")
-            shutil.rmtree(stale, ignore_errors=True)
-        os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -27,11 +27,11 @@ from transformers import (
 
 from atwu_core.data import Dataset, EncodedSample, encode_records, format_prompt, load_dataset_dir, save_dataset_dir
 from atwu_core.demo_world import generate_world
-from atwu_core.generation import collate, evaluating, model_device, pad_token_id
-from atwu_core.losses import token_nll
+from atwu_core.files import ASSETS
+from atwu_core.generation import collate, model_device, pad_token_id
+from atwu_core.metrics import answer_stats
 from atwu_core.models import attach_lora
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
 TINY_MAX_LENGTH = 512  # positions of the tiny model and its tokenizer's model_max_length
 
@@ -112,18 +112,9 @@ def score_samples(
     model: PreTrainedModel, samples: list[EncodedSample], pad_id: int, batch_size: int = 64
 ) -> tuple[list[bool], float]:
     """Per-sample exact match (teacher-forced argmax equals every answer token) and the mean answer-token loss."""
-    exact, loss_sum, n_tokens = [], 0.0, 0
-    device = model_device(model)
-    with evaluating(model):
-        for k in range(0, len(samples), batch_size):
-            batch = {key: v.to(device) for key, v in collate(samples[k : k + batch_size], pad_id).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            nll, scored = token_nll(logits, batch["labels"])
-            targets = batch["labels"][:, 1:]
-            exact += ((logits[:, :-1].argmax(-1) == targets) | ~scored).all(dim=1).tolist()
-            loss_sum += nll.sum().item()
-            n_tokens += int(scored.sum())
-    return exact, loss_sum / max(n_tokens, 1)
+    stats = answer_stats(model, samples, pad_id, batch_size)
+    nll = [-lp for s in stats for lp in s["token_logprobs"]]
+    return [s["extraction_strength"] == 1.0 for s in stats], sum(nll) / max(1, len(nll))
 
 
 # --------------------------------------------------------------------------------------------- the training loop
@@ -270,7 +261,7 @@ def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, out_dir: s
     (out_dir / "training_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
-def build_demo(out_dir: str | Path = ASSETS_DIR, seed: int = 0, world_seed: int = 0, **train_kwargs) -> FinetuneReport:
+def build_demo(out_dir: str | Path = ASSETS, seed: int = 0, world_seed: int = 0, **train_kwargs) -> FinetuneReport:
     """Generate the demo world into `out_dir/demo_world` and memorise it into a tiny model in `out_dir/demo_model`."""
     out_dir = Path(out_dir)
     world_dir, model_dir = out_dir / "demo_world", out_dir / "demo_model"

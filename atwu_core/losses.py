@@ -46,12 +46,10 @@ def simnpo(nll: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, beta: f
     return -(2.0 / beta) * F.logsigmoid(beta * scored - delta).mean()
 
 
-def retain_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """KL(reference || model) of the next-token distributions at answer positions."""
-    mask = labels[:, 1:] != IGNORE_INDEX
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    ref_logp = F.log_softmax(ref_logits[:, :-1].float(), dim=-1)
-    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+def retain_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(reference || model) of the next-token distributions at answer positions ([B, T, V] fp32 log-probabilities,
+    as `Forward.logprobs` holds them)."""
+    kl = (ref_logprobs.exp() * (ref_logprobs - logprobs)).sum(-1)  # [B, T]
     return masked_mean(kl, mask)
 
 

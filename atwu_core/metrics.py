@@ -29,23 +29,16 @@ from atwu_core.generation import collate, evaluating, greedy_answers, model_devi
 # --------------------------------------------------------------------------------------------- token scores
 
 
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood [B, L-1]: position t scores token t+1 from the logits at t; 0 off the answer.
-
-    The training loop's own computation (`losses.token_nll`, float32, keeps the graph), so what is
-    reported is exactly what is optimised.
-    """
-    return losses.token_nll(logits, labels.to(logits.device))[0]
-
-
 def _logits(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     device = model_device(model)
     return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
 
 
 def per_token_nll(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """`token_nll` of a `collate` batch under `model`; runs under the caller's grad mode."""
-    return token_nll(_logits(model, batch), batch["labels"])
+    """Per-token NLL [B, L-1] of a `collate` batch under `model` (the loop's own `losses.token_nll`, so what is
+    reported is exactly what is optimised); runs under the caller's grad mode."""
+    logits = _logits(model, batch)
+    return losses.token_nll(logits, batch["labels"].to(logits.device))[0]
 
 
 def extraction_strength(correct: Sequence[bool]) -> float:
@@ -66,7 +59,7 @@ def answer_stats(model: torch.nn.Module, samples: Sequence[EncodedSample], pad_i
             rows = order[start : start + batch_size]
             batch = collate([samples[k] for k in rows], pad_id)
             logits = _logits(model, batch)
-            nll = token_nll(logits, batch["labels"]).cpu()
+            nll = losses.token_nll(logits, batch["labels"].to(logits.device))[0].cpu()
             labels = batch["labels"][:, 1:]
             correct = logits[:, :-1].argmax(-1).cpu() == labels
             for row, k in enumerate(rows):

@@ -7,6 +7,7 @@ so the original weights are never modified and "before" is always the plain load
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Callable, Iterator
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from atwu_core.files import ASSETS
+
 DEMO_MODEL = ASSETS / "demo_model"
 DEMO_SMOLLM2_ADAPTER = ASSETS / "demo_smollm2_adapter"
 CAUSAL_TOLERANCE = 1e-2  # how much earlier predictions may move, relative to the changed one
@@ -341,3 +343,58 @@ def adapter_enabled(loaded: LoadedModel, run_dir: str | Path) -> Iterator[PreTra
             yield peft_model
         finally:
             loaded.model = detach_lora(peft_model)
+
+
+@dataclass
+class Trainable:
+    """The model a job trains, and the way back to the loaded model it started from (`ref`)."""
+
+    model: torch.nn.Module
+    loaded: LoadedModel
+    full: bool
+
+    @contextlib.contextmanager
+    def ref(self) -> Iterator[torch.nn.Module]:
+        """The loaded model as it was: the adapter disabled (no second copy), or the untouched original with --full."""
+        if self.full:
+            yield self.loaded.model
+        else:
+            with self.model.disable_adapter():
+                yield self.model
+
+
+@contextlib.contextmanager
+def trainable(loaded: LoadedModel, *, full: bool, rank: int, alpha: int, targets: str,
+              top_layers: int | None, gradient_checkpointing: bool = False) -> Iterator[Trainable]:
+    """Wrap the shared loaded model in a fresh LoRA adapter (or train a copy with `full`) and always give the
+    plain model back on exit, whatever happened: a failed or cancelled job leaves the loaded model as it was."""
+    if full:
+        model = copy.deepcopy(loaded.model)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        with _checkpointing(model, gradient_checkpointing):
+            yield Trainable(model, loaded, full=True)
+        return
+    model = attach_lora(loaded.model, rank, alpha, targets, top_layers)
+    try:
+        with _checkpointing(loaded.model, gradient_checkpointing):
+            yield Trainable(model, loaded, full=False)
+    finally:
+        loaded.model = detach_lora(model)
+
+
+@contextlib.contextmanager
+def _checkpointing(model: PreTrainedModel, on: bool) -> Iterator[None]:
+    """Gradient checkpointing while training (each block's activations recomputed in the backward pass: less
+    memory, about a third more compute), switched off again on exit. With frozen embeddings no block input requires
+    grad and the LoRA layers inside checkpointed blocks would get none: `enable_input_require_grads` fixes that."""
+    if not on:
+        yield
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    try:
+        yield
+    finally:
+        model.disable_input_require_grads()
+        model.gradient_checkpointing_disable()

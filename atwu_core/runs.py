@@ -8,9 +8,7 @@ are the typed records of `atwu_core.records`; this module only moves them to and
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
 import socket
 import tempfile
 import time
@@ -18,11 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from atwu_core.files import FILE_MODE, json_line, write_json_atomic
 from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord, TokenValues, parse_line
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK  # what open() would give: run folders are shared like any other output
 
 
 def runs_root() -> Path:
@@ -39,42 +34,6 @@ def new_run_dir(method: str, root: Path | None = None) -> Path:
         k += 1
         path = root / f"{stamp}-{method}-{k}"
     return path
-
-
-def _finite(obj):
-    """JSON has no NaN/inf: write them as null rather than producing a file other tools cannot parse."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_finite(data), fh, indent=1, ensure_ascii=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place, replacing an older one (a reader sees the old or the new, never half)."""
-    old = target.with_name(f".{target.name}.old")
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        target.replace(old)
-    tmp.replace(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -118,7 +77,7 @@ class RunWriter:
         self.write_json("status.json", status.to_json())
 
     def append(self, record: BeforeRecord | StepRecord | FinalRecord) -> None:
-        self._records.write(json.dumps(_finite(record.to_json()), separators=(",", ":")) + "\n")
+        self._records.write(json_line(record.to_json()))
         self._records.flush()
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from atwu_core.data import (
     save_dataset_dir,
 )
 from atwu_core.finetune import (
-    ASSETS_DIR,
+    ASSETS,
     FinetuneReport,
     dataset_texts,
     finetune,
@@ -27,7 +27,7 @@ from atwu_core.finetune import (
     train_tokenizer,
 )
 
-DEMO_MODEL = ASSETS_DIR / "demo_model"
+DEMO_MODEL = ASSETS / "demo_model"
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +43,7 @@ def _one_thread():
 def demo():
     tokenizer = AutoTokenizer.from_pretrained(DEMO_MODEL)
     model = AutoModelForCausalLM.from_pretrained(DEMO_MODEL)
-    return model, tokenizer, load_dataset_dir(ASSETS_DIR / "demo_world")
+    return model, tokenizer, load_dataset_dir(ASSETS / "demo_world")
 
 
 def test_demo_model_reproduces_the_world(demo):
@@ -65,7 +65,7 @@ def test_demo_model_greedy_generation_matches_teacher_forcing(demo):
 
 
 def test_demo_assets_are_small_and_reported():
-    size = sum(f.stat().st_size for f in ASSETS_DIR.rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
     assert size <= 20 * 2**20
     report = json.loads((DEMO_MODEL / "training_report.json").read_text())
     assert report["forget_exact"] >= 0.95 and report["retain_exact"] >= 0.95

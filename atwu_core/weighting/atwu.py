@@ -24,8 +24,9 @@ from safetensors.torch import load_file, save_file
 
 from atwu_core import losses
 from atwu_core.data import EncodedSample
+from atwu_core.files import write_json_atomic
 from atwu_core.forward import Forward, ForwardNeeds, batches, forward
-from atwu_core.generation import evaluating
+from atwu_core.generation import evaluating, model_device
 from atwu_core.weighting.base import PrepareContext, TokenWeights, WeightingScheme
 
 
@@ -133,8 +134,7 @@ class ATWUScorer(WeightingScheme):
 
     def prepare(self, ctx: PrepareContext) -> None:
         dim = ctx.model.config.get_text_config().hidden_size
-        device = next(ctx.model.parameters()).device
-        self.scorer = Scorer(dim, self.p.scorer_layers, self.p.scorer_width).to(device=device, dtype=torch.float32)
+        self.scorer = Scorer(dim, self.p.scorer_layers, self.p.scorer_width).to(model_device(ctx.model), torch.float32)
         self.optimizer = torch.optim.SGD(self.scorer.parameters(), lr=self.p.scorer_lr, momentum=0.9, weight_decay=1e-4)
         every = 1 if self.p.update == "joint" else self.p.scorer_every
         updates = max(1, ctx.steps // every)
@@ -207,7 +207,7 @@ def save_scorer(scorer: Scorer, inp: ScorerInput, folder: Path, name: str = "sco
     save_file({k: v.detach().cpu().contiguous() for k, v in scorer.state_dict().items()}, str(tmp))
     tmp.replace(folder / f"{name}.safetensors")
     meta = {"dim": scorer.dim, "layers": scorer.layers, "width": scorer.width, "input": asdict(inp)}
-    (folder / "scorer.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    write_json_atomic(folder / "scorer.json", meta)
 
 
 def scorer_snapshots(run_dir: str | Path) -> list[str]:
@@ -232,7 +232,7 @@ def load_scorer(run_dir: str | Path, name: str = "scorer") -> tuple[Scorer, Scor
 def apply_scorer(scorer: Scorer, inp: ScorerInput, model: torch.nn.Module, samples: list[EncodedSample], pad_id: int,
                  batch_size: int = 16) -> list[list[float]]:
     """The scorer's g for every answer token of `samples` under `model`: one forward per batch."""
-    scorer = scorer.to(next(model.parameters()).device)
+    scorer = scorer.to(model_device(model))
     out: list[list[float]] = []
     with evaluating(model):
         for index in batches(len(samples), batch_size):

@@ -1,0 +1,57 @@
+"""Writing files so that a reader (or a crash) never sees half of one: the one place for atomic writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() gives; mkstemp's 0600 would lock other users out of a shared folder
+ASSETS = Path(__file__).resolve().parent.parent / "assets"  # the embedded demo world, model and adapter
+
+
+def _finite(obj):
+    """JSON has no NaN/inf: write them as null rather than producing a file other tools cannot parse."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def json_line(data: object) -> str:
+    """One compact JSON line (NaN/inf as null), as records.jsonl holds them."""
+    return json.dumps(_finite(data), separators=(",", ":")) + "\n"
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write `data` as JSON to a temp file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(_finite(data), fh, indent=1, ensure_ascii=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Move a finished folder into place, replacing whatever is at `dest`: a reader sees the old or the new one,
+    never half of either. The old one is first moved aside into a fresh temp folder (safe if two processes race)."""
+    if dest.exists():
+        stale = Path(tempfile.mkdtemp(prefix=f".stale-{dest.name}-", dir=dest.parent))
+        os.replace(dest, stale / "old")
+        shutil.rmtree(stale, ignore_errors=True)
+    os.replace(tmp, dest)
