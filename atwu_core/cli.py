@@ -212,7 +212,7 @@ def _is_user_error(err: Exception) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if int(os.environ.get("RANK", "0")) > 0:  # a data-parallel job's other processes: rank 0 prints
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+        sys.stdout = open(os.devnull, "w")  # for the life of the process
     try:
         code = args.func(args)
         sys.stdout.flush()  # a reader that has gone (`atwu methods | head`) shows here, not at exit

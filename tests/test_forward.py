@@ -1,0 +1,90 @@
+"""The lean forward (LM head and cross-entropy at answer positions only) against the full-logits computation it
+replaced: same NLL, hidden states, log-probabilities and gradients, with LoRA and without, and the full path for a
+head that is not a plain projection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Gemma2Config, Gemma2ForCausalLM
+
+from atwu_core import losses, models
+from atwu_core.data import IGNORE_INDEX, EncodedSample, encode_records
+from atwu_core.forward import ForwardNeeds, forward, lean_head
+from atwu_core.generation import collate, pad_token_id
+
+TOL = {"rtol": 1e-4, "atol": 2e-5}  # fp32: the same matmuls in other shapes (measured max 7e-6)
+
+
+def _full(model, samples, index, pad_id):
+    """The reference: full [B, L, V] logits, then losses.token_nll (what the engine computed before)."""
+    batch = collate([samples[i] for i in index], pad_id)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    nll, mask = losses.token_nll(out.logits, batch["labels"])
+    return nll, mask, out.hidden_states[-1], torch.log_softmax(out.logits[:, :-1].float(), -1)
+
+
+@pytest.fixture(scope="module")
+def samples(demo_loaded, demo_world):
+    return encode_records(demo_world.forget[:6], demo_loaded.tokenizer, 256, False)
+
+
+def _compare(model, samples, pad_id):
+    index = list(range(len(samples)))
+    fw = forward(model, samples, index, pad_id, ForwardNeeds(hidden_layer=-1, logprobs=True))
+    nll, mask, hidden, logprobs = _full(model, samples, index, pad_id)
+    assert torch.equal(fw.mask, mask)
+    torch.testing.assert_close(fw.nll, nll, **TOL)
+    torch.testing.assert_close(fw.hidden, hidden.detach(), **TOL)
+    torch.testing.assert_close(fw.logprobs[mask], logprobs[mask], **TOL)
+    assert not fw.logprobs[~mask].any(), "log-probabilities are computed at answer positions only"
+    return fw, nll
+
+
+def test_lean_forward_equals_full_logits_on_the_plain_model(demo_loaded, samples):
+    assert lean_head(demo_loaded.model) is demo_loaded.model.get_output_embeddings()
+    with torch.no_grad():
+        _compare(demo_loaded.model, samples, pad_token_id(demo_loaded.tokenizer))
+
+
+def test_lean_forward_equals_full_logits_with_lora_values_and_gradients(demo_loaded, samples):
+    pad_id = pad_token_id(demo_loaded.tokenizer)
+    with models.trainable(demo_loaded, full=False, rank=4, alpha=8, targets="all-linear", top_layers=None) as trained:
+        model = trained.model
+        params = [p for p in model.parameters() if p.requires_grad]
+        torch.manual_seed(0)
+        for p in params:  # LoRA's B starts at 0; move it so the adapter changes the logits
+            p.data.add_(0.05 * torch.randn_like(p))
+        assert lean_head(model) is not None
+        fw, nll = _compare(model, samples, pad_id)
+        grads = []
+        for loss in (losses.masked_mean(fw.nll, fw.mask), losses.masked_mean(nll, fw.mask)):
+            grads.append(torch.autograd.grad(loss, params))
+        for lean, full in zip(*grads, strict=True):
+            torch.testing.assert_close(lean, full, rtol=1e-4, atol=1e-7)
+
+
+def test_a_head_with_a_soft_cap_takes_the_full_path():
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        final_logit_softcapping=0.5,
+    )
+    model = Gemma2ForCausalLM(config).eval()
+    assert lean_head(model) is None
+    ids = [[5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15]]
+    samples = [_sample(i) for i in ids]
+    with torch.no_grad():
+        _compare(model, samples, 0)
+
+
+def _sample(ids: list[int]) -> EncodedSample:
+    """Two prompt tokens, the rest answer."""
+    n = len(ids) - 2
+    return EncodedSample("x", ids, [IGNORE_INDEX] * 2 + ids[2:], 2, ["t"] * n, [(0, 1)] * n, [False] * n, False)
