@@ -42,7 +42,7 @@ def settings() -> dict:
     """The job settings widgets; returns make_config's arguments."""
     c1, c2 = st.columns([2, 1])
     method = c1.selectbox("Method", list(METHODS), key="method", help="The unlearning method.")
-    c1.caption(METHODS[method])
+    c1.caption(METHODS[method].description)
     model = state.model_spec()
     preset = c2.selectbox(
         "Preset",
