@@ -12,6 +12,7 @@ from pathlib import Path
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() gives; mkstemp's 0600 would lock other users out of a shared folder
+DIR_MODE = 0o777 & ~_UMASK  # what mkdir() gives; mkdtemp's 0700 likewise
 ASSETS = Path(__file__).resolve().parent.parent / "assets"  # the embedded demo world, model and adapter
 
 

@@ -36,20 +36,25 @@ def new_run_dir(method: str, root: Path | None = None) -> Path:
     return path
 
 
+class RunFolderError(ValueError):
+    """The run folder cannot be written; the message says which and what to do."""
+
+
 def check_run_dir(run_dir: Path) -> None:
     """Refuse a folder we must not write into, before any model is loaded: one that holds anything already
     (a finished run, a model, ...) or one we cannot write to."""
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"{run_dir} is a file; give --out a new folder.")
     if run_dir.is_dir() and any(run_dir.iterdir()):
-        what = "a run" if (run_dir / "config.json").is_file() else "other files"
+        what = "a run" if (run_dir / "records.jsonl").is_file() else "other files"
         raise FileExistsError(f"{run_dir} already holds {what}; give --out a new or empty folder.")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test.")
         probe.close()
     except OSError as err:
-        raise OSError(f"cannot write the run folder {run_dir}: {err.strerror or err}; give --out a writable folder.") from None
+        raise RunFolderError(f"cannot write the run folder {run_dir}: {err.strerror or err}; "
+                             "give --out a writable folder.") from None
 
 
 def _now() -> str:
@@ -66,7 +71,7 @@ class RunWriter:
         try:
             self._records = (self.dir / "records.jsonl").open("x", encoding="utf-8")
         except FileExistsError:
-            raise FileExistsError(f"{self.dir} already holds a run; choose a new --out folder.") from None
+            raise FileExistsError(f"{self.dir} already holds a run (another job claimed it); choose a new --out folder.") from None
         os.chmod(self._records.name, FILE_MODE)
 
     def write_json(self, name: str, data: object) -> None:
@@ -249,8 +254,11 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
             continue
         try:
             out.append(_summary(path))
-        except FileNotFoundError as err:
-            if path.is_dir() and (path / "config.json").exists():  # deleted while we read it
+        except FileNotFoundError as err:  # not a run folder, unless it is a dangling link or vanished mid-read
+            if path.is_symlink() and not path.exists():
+                out.append({"run_dir": str(path), "name": path.name, "state": "unreadable",
+                            "error": f"{path}: a link to {os.readlink(path)}, which does not exist."})
+            elif path.is_dir() and (path / "config.json").exists():
                 out.append({"run_dir": str(path), "name": path.name, "state": "unreadable", "error": str(err)})
         except (OSError, ValueError, TypeError, AttributeError) as err:
             out.append({"run_dir": str(path), "name": path.name, "state": "unreadable", "error": str(err)})
