@@ -23,7 +23,7 @@ def _unlearn(args: argparse.Namespace) -> int:
 
     job, params = split_overrides(args.set or [])
     flags = {"model": args.model, "data": args.data, "retain_data": args.retain_data, "steps": args.steps,
-             "seed": args.seed, "lora_rank": args.lora_rank, "full": args.full or None, "reference": args.reference}
+             "seed": args.seed, "lora_rank": args.lora_rank, "full": args.full or None, "retain_model": args.retain_model}
     job.update({k: v for k, v in flags.items() if v is not None})  # one way to set a field: a flag wins over --set
     preset = args.preset or default_preset(job.get("model", "demo"))
     config = make_config(args.method, preset, params, **job)
@@ -49,7 +49,7 @@ def _print_metrics(metrics: dict) -> None:
                 cols = "  ".join(f"{k}={_fmt(q[k])}" for k in ("exact", "rouge_l", "prob", "extraction_strength", "truth_ratio") if k in q)
                 print(f"{split:7s} {when:6s} {cols}")
     if "forget_quality" in metrics:
-        print(f"forget quality (KS p-value vs reference) = {metrics['forget_quality']:.3g}")
+        print(f"forget quality (KS p-value vs the retain model) = {metrics['forget_quality']:.3g}")
     if "timing" in metrics:
         t = metrics["timing"]
         print(f"timing  {t['total_seconds']:.1f}s total, {t['mean_step_seconds']:.3f}s/step, "
@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=PRESETS, help="hyperparameter preset (default: smollm2 for the SmolLM2 models, else demo)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a job setting or method parameter (a flag above wins over --set)")
-    p.add_argument("--reference", help="a retain-only model, for forget quality (KS test on truth ratios)")
+    p.add_argument("--retain-model", help="a model trained on the retain set only, for TOFU's forget quality "
+                   "(KS test on truth ratios)")
     p.add_argument("--quiet", action="store_true", help="print only the final metrics")
     p.set_defaults(func=_unlearn)
 

@@ -51,7 +51,7 @@ class JobConfig:
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
     forget_ids: list[str] | None = None
     eval_max_samples: int | None = 64
-    reference: str | None = None
+    retain_model: str | None = None  # a model trained on the retain set only: TOFU's forget quality compares to it
     params: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -60,6 +60,8 @@ class JobConfig:
     @classmethod
     def from_dict(cls, data: dict) -> JobConfig:
         known = {f.name for f in fields(cls)}
+        if "reference" in data:  # the field's name before `ref` came to mean the adapter-disabled model only
+            data = {**{k: v for k, v in data.items() if k != "reference"}, "retain_model": data["reference"]}
         unknown = set(data) - known - METADATA_KEYS
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(known)}")

@@ -59,7 +59,7 @@ def judge(before: dict[str, dict], after: dict[str, dict] | None, probs_before: 
 
 def forget_quality(config: JobConfig, truth_ratios: list[float], forget: list[Record]) -> float:
     """TOFU's forget quality: KS test of our truth ratios against a retain-only model's on the same forget set."""
-    retain_model = models.load_model(config.reference, device=config.device, dtype=config.dtype)
+    retain_model = models.load_model(config.retain_model, device=config.device, dtype=config.dtype)
     ratios = metrics.truth_ratios(retain_model.model, retain_model.tokenizer, forget[: config.eval_max_samples],
                                   chat_template=config.chat_template)
     return metrics.forget_quality(truth_ratios, ratios)

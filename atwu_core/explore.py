@@ -258,7 +258,7 @@ _FLAGS = {
     "steps": "--steps",
     "seed": "--seed",
     "retain_data": "--retain-data",
-    "reference": "--reference",
+    "retain_model": "--retain-model",
 }
 
 

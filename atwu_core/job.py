@@ -197,7 +197,7 @@ class UnlearningJob:
                                        lambda done, total: self._phase(writer, "after", done, total))
         self.metrics = evaluation.judge(before_quality, after, self.before.probs, final.scores, final.probs, self.records,
                                         self.forget)
-        if after and cfg.reference and after["forget"].get("truth_ratios"):
+        if after and cfg.retain_model and after["forget"].get("truth_ratios"):
             self.metrics["forget_quality"] = evaluation.forget_quality(cfg, after["forget"]["truth_ratios"],
                                                                        self.dataset.forget)
         seconds = self.step_seconds
