@@ -123,13 +123,19 @@ def sample_figure(
     if change is not None:
         changes = _cut(*change, upto)[1]
         panels.append(
-            Panel(CHANGE, changes, explore.symmetric_range(v for row in changes for v in row), CHANGE_COLORSCALE)
+            Panel(
+                CHANGE,
+                changes,
+                explore.symmetric_range(v for row in changes for v in row),
+                CHANGE_COLORSCALE,
+                "Δ log p",
+            )
         )
     tokens, mask, hover_probs = sample.tokens, sample.span_mask, probs
     if words:
         merged = [aggregate_words(sample.tokens, p.matrix, sample.span_mask, sample.offsets) for p in panels]
         tokens, mask = merged[0][0], merged[0][2]
-        panels = [Panel(p.name, m[1], p.zrange, p.colorscale) for p, m in zip(panels, merged, strict=False)]
+        panels = [Panel(p.name, m[1], p.zrange, p.colorscale, p.short) for p, m in zip(panels, merged, strict=False)]
         hover_probs = None  # a word has no single token probability
     before = snap.before.probs.get(sample.record_id) if snap.before is not None and not words else None
     fig = token_heatmaps(

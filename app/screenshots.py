@@ -164,7 +164,7 @@ def wait_finished(page, timeout: float) -> None:
     page.get_by_text(re.compile(r"^completed · step")).wait_for(timeout=timeout)
 
 
-def take_screenshots(out_dir: Path, steps: int = 40) -> list[Path]:
+def take_screenshots(out_dir: Path, steps: int = 20) -> list[Path]:
     """Every page, with an ATWU demo run in progress and finished (its results, alignment over training and
     whole forget set), baselines to compare, the query and the scorer on any text; returns the PNGs."""
     out_dir.mkdir(parents=True, exist_ok=True)

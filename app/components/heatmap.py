@@ -72,6 +72,7 @@ class Panel:
     matrix: list[list[float | None]]
     zrange: tuple[float, float]
     colorscale: str = COLORSCALE
+    short: str = ""  # the colour bar's title (default: the name up to its colon)
 
 
 def token_heatmaps(
@@ -118,7 +119,7 @@ def token_heatmaps(
                 zmax=panel.zrange[1],
                 colorscale=panel.colorscale,
                 colorbar={
-                    "title": {"text": panel.name.split(":")[0]},
+                    "title": {"text": panel.short or panel.name.split(":")[0]},
                     "len": 0.9 / len(panels),
                     "y": top - 0.5 / len(panels),
                     "yanchor": "middle",
