@@ -253,14 +253,18 @@ def corpus_view(snap: RunSnapshot, *, key: str) -> None:
     st.dataframe(pd.DataFrame(explore.span_label_table(snap)), hide_index=True, key=f"{key}_span_labels")
 
 
-def run_tabs(snap: RunSnapshot, *, key: str, upto_step: int | None = None) -> None:
-    """One sample's heatmaps, alignment over training, and the whole forget set, as tabs."""
-    one, over_time, corpus = st.tabs(["One sample", "Alignment over training", "Whole forget set"])
-    with one:
+VIEWS = ("One sample", "Alignment over training", "Whole forget set")
+
+
+def run_detail(snap: RunSnapshot, *, key: str, upto_step: int | None = None) -> None:
+    """One sample's heatmaps, alignment over training, or the whole forget set: only the chosen view is built
+    (a live page redraws it every second)."""
+    view = st.radio("View", VIEWS, horizontal=True, key=f"{key}_tab", label_visibility="collapsed")
+    if view == VIEWS[0]:
         recorded = next((list(r.scores) for r in reversed(snap.steps) if upto_step is None or r.step <= upto_step), [])
         sample = pick_sample(snap.samples, key=f"{key}_sample_{snap.dir.name}", recorded=recorded)
         sample_view(snap, sample, key=key, upto_step=upto_step)
-    with over_time:
+    elif view == VIEWS[1]:
         alignment_view(snap, key=key)
-    with corpus:
+    else:
         corpus_view(snap, key=key)

@@ -184,7 +184,8 @@ def take_screenshots(out_dir: Path, steps: int = 20) -> list[Path]:
         page.wait_for_timeout(1500)
         shot(page, "run-finished")
         for tab, name in (("Alignment over training", "run-alignment"), ("Whole forget set", "run-corpus")):
-            page.get_by_role("tab", name=tab).click()
+            page.get_by_test_id("stRadio").get_by_text(tab, exact=True).click()
+            settle(page)
             page.wait_for_timeout(1500)
             shot(page, name)
         for method in COMPARED:  # baselines for Compare

@@ -194,6 +194,7 @@ def test_forgetting_heatmap_beside_scores(completed_run: str) -> None:
 
 def test_alignment_over_time(completed_run: str) -> None:
     at = run_page(completed_run)
+    at.radio(key="run_view_tab").set_value("Alignment over training").run()
     fig = chart(at, "Alignment over training")
     names = {t["name"].split(" · ")[0] for t in fig["data"]}
     assert names == {"score AUROC", "forgetting AUROC", "score in spans", "score outside"}
@@ -209,6 +210,7 @@ def test_alignment_over_time(completed_run: str) -> None:
 
 def test_corpus_view(completed_run: str) -> None:
     at = run_page(completed_run)
+    at.radio(key="run_view_tab").set_value("Whole forget set").run()
     samples = RunReader(completed_run).samples
     frame = table(at, "forgetting AUROC")
     assert len(frame) == len(samples)

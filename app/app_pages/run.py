@@ -8,7 +8,7 @@ import streamlit as st
 
 from app import state
 from app.components.results import results_card
-from app.run_views import progress_panel, run_tabs
+from app.run_views import progress_panel, run_detail
 from atwu_core.background import JobBusyError
 from atwu_core.config import METHODS, PRESETS, ParamSpec, default_preset, make_config, method_params, resolve_params
 from atwu_core.runs import RunReader
@@ -123,7 +123,7 @@ def live_view(run_dir: str) -> None:
         if not snap.steps:
             st.info("The first step comes once the model is loaded and evaluated before unlearning (see above).")
         else:
-            run_tabs(snap, key="run_view")
+            run_detail(snap, key="run_view")
         if live and state.jobs().running() is None:
             st.rerun(scope="app")  # the job ended: one full rerun stops the polling
 

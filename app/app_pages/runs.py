@@ -8,7 +8,7 @@ import streamlit as st
 
 from app.components.results import METRIC_HELP, results_card
 from app.exports import export_panel
-from app.run_views import progress_panel, run_label, run_tabs
+from app.run_views import progress_panel, run_detail, run_label
 from atwu_core.explore import delete_run, rename_run, tag_run
 from atwu_core.runs import RunReader, list_runs, runs_root
 
@@ -118,7 +118,7 @@ if snap.steps and snap.samples:
         if len(numbers) > 1
         else numbers[0]
     )
-    run_tabs(snap, key="runs_view", upto_step=None if upto == numbers[-1] else upto)
+    run_detail(snap, key="runs_view", upto_step=None if upto == numbers[-1] else upto)
 else:
     st.info("This run recorded no steps.")
 st.subheader("Export")

@@ -141,7 +141,7 @@ def token_heatmaps(
             row=i + 1,
             col=1,
             tickfont={"color": INK},
-            dtick=1 if per_panel / max(len(rows), 1) >= 11 else None,
+            dtick=1 if per_panel / max(len(rows), 1) >= 16 else None,
         )
     fig.update_annotations(yshift=26, selector={"text": panels[0].name})  # above the top panel's token labels
     angle = 0 if len(xs) <= 40 else -90
