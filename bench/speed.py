@@ -1,27 +1,32 @@
-"""Speed benchmark: what ATWU's per-token weighting costs next to its baselines, and how responsive a job is.
+"""Speed benchmark: what ATWU's per-token weighting costs next to its baselines, on a CPU and on a GPU.
 
-Step time: every method runs as a real `UnlearningJob` on its own copy of the model, same seed, same
-config but the method, and the jobs advance round-robin one step at a time, so a busy shared CPU slows
-them all alike. A step's time is one `next()` on the job's generator: the step itself plus building and
-appending its record, exactly what a user waits for. The engine's own methods are wrapped with timers for a
-per-component breakdown (forward, retain loss, weighting, scorer update, record building), and the
-precomputation before step 1 (TokenUnlearn's importance, NPO's reference NLL) is reported on its own.
+CPU (default): every method runs as a real `UnlearningJob` on its own copy of the model, same seed, same config
+but the method; the jobs advance round-robin one step at a time (one `next()` on `job.steps()`: the step plus
+its record), so a busy shared CPU slows them all alike. A few more steps per method run under torch.profiler,
+whose ranges the loop emits ("atwu.forward", "atwu.retain", "atwu.update", "atwu.before") give the breakdown.
 
-    python bench/speed.py                 # full run on the demo model, writes the speed section of docs/results.md
-    python bench/speed.py --quick         # CI smoke (< 1 min), writes nothing unless --out is given
-    python bench/speed.py --model smollm2 --profile
+GPU (`--device cuda`): a random-weight Llama in bf16 (Llama-3.2-1B and Llama-3.1-8B shapes), LoRA r 16 on every
+linear layer, 8 forget + 8 retain samples of 256 tokens a step: ATWU, GradDiff and NPO through the engine, against
+a plain peft + transformers GradDiff loop (the reference), with tokens/s, model-FLOPs utilisation and peak memory.
+`--device cpu --gpu-config tiny` runs that code path on a tiny config in seconds (what the tests check).
+
+    python bench/speed.py                        # CPU, demo model: writes the speed section of docs/results.md
+    python bench/speed.py --quick                # CI smoke (about a minute), writes nothing unless --out is given
+    python bench/speed.py --model smollm2        # the real 135M model (its own section)
+    python bench/speed.py --device cuda          # GPU: 1b and 8b, writes the "speed gpu" section
+    python bench/speed.py --device cpu --gpu-config tiny --quick
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,51 +34,25 @@ from pathlib import Path
 import torch
 
 from atwu_core import metrics
+from atwu_core.background import BackgroundJob
 from atwu_core.config import default_preset, make_config
-from atwu_core.data import Dataset, load_data
-from atwu_core.job import BackgroundJob, StepRecord, UnlearningJob, run_job
-from atwu_core.models import LoadedModel, load_model
-from atwu_core.runs import RunWriter
+from atwu_core.data import Dataset, EncodedSample, load_data
+from atwu_core.generation import collate, pad_token_id
+from atwu_core.job import UnlearningJob, run_job
+from atwu_core.models import DEMO_MODEL, LoadedModel, ModelInfo, load_model
+from atwu_core.records import StepRecord
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import command_line, environment_line, markdown_table, quiet, write_results_section  # noqa: E402  (bench/ is a folder of scripts)
+from common import command_line, environment_line, markdown_table, quiet, write_results_section  # noqa: E402
 
 SPEED_METHODS = ("graddiff", "atwu", "npo", "wga", "tokenunlearn")
 BASELINE = "graddiff"
-TARGET_RATIO = 1.15
-# engine methods timed per call: (name in the report, owner, attribute)
-STEP_COMPONENTS = (
-    ("forward", "job", "_forget_forward"),
-    ("retain", "job", "_retain_loss"),
-    ("weigh", "scheme", "weigh"),
-    ("update", "scheme", "update"),
-    ("record", "job", "_collect"),
-)
-# created inside the job's loop, so timed on the class and charged to whichever job is stepping
-WRITE_COMPONENTS = ((StepRecord, "to_json"), (RunWriter, "append"), (RunWriter, "status"))
-PREP_COMPONENTS = (("prepare", "scheme", "prepare"), ("reference_nll", "job", "_sequence_nll"))
+TARGET_RATIO = 1.05
+RANGES = ("atwu.forward", "atwu.retain", "atwu.update")  # emitted by the job's loop (record_function)
+QUICK_METHODS = ("graddiff", "atwu")
 
 
-# --------------------------------------------------------------------------------------------- timing jobs
-
-
-class CallTimer:
-    """Sums the wall time of calls to wrapped instance methods, so the breakdown comes from the engine's own code."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
-
-    def wrap(self, owner: object, attr: str, name: str) -> None:
-        fn = getattr(owner, attr)
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.totals[name] += time.perf_counter() - start
-
-        setattr(owner, attr, timed)
+# --------------------------------------------------------------------------------------------- CPU: timing jobs
 
 
 @dataclass
@@ -82,179 +61,129 @@ class TimedJob:
 
     method: str
     job: UnlearningJob
-    timer: CallTimer
     steps: Iterator[StepRecord]
     step_seconds: list[float] = field(default_factory=list)
-    step_cpu: list[float] = field(default_factory=list)  # process CPU seconds: the work, whatever else runs on the machine
-    prep: dict[str, float] = field(default_factory=dict)
-    breakdown: dict[str, float] = field(default_factory=dict)
-    last: StepRecord | None = None
+    step_cpu: list[float] = field(default_factory=list)  # process CPU seconds: the work, whatever else runs
+    breakdown: dict[str, float] = field(default_factory=dict)  # range -> seconds per step (profiled steps)
+    before_seconds: float = 0.0  # the before pass (reference NLL, quality), once per job
+    measured: int = 0  # timed steps after the warm-up (the profiled ones follow)
 
-    def advance(self) -> None:
-        written = WRITE_TIMER.totals["write"]
+    def advance(self) -> float:
         start, cpu = time.perf_counter(), time.process_time()
-        self.last = next(self.steps)
+        next(self.steps)
+        _sync(self.job.loaded.model)
         self.step_seconds.append(time.perf_counter() - start)
         self.step_cpu.append(time.process_time() - cpu)
-        self.timer.totals["write"] += WRITE_TIMER.totals["write"] - written
+        return self.step_seconds[-1]
 
 
-WRITE_TIMER = CallTimer()
-
-
-def instrument_writing() -> None:
-    """Time record serialisation and run-folder writes (JSON line + atomic status.json with fsync) as "write"."""
-    for owner, attr in WRITE_COMPONENTS:
-        WRITE_TIMER.wrap(owner, attr, "write")
+def _sync(model: torch.nn.Module) -> None:
+    if next(model.parameters()).is_cuda:
+        torch.cuda.synchronize()
 
 
 def timed_job(method: str, model_spec: str, dataset: Dataset, steps: int, seed: int, run_dir: Path) -> TimedJob:
     """A job on a fresh copy of the model (jobs wrap their model in LoRA, so interleaved jobs cannot share one)."""
     config = make_config(method, default_preset(model_spec), steps=steps, seed=seed)
     job = UnlearningJob(config, loaded=load_model(model_spec), dataset=dataset, run_dir=run_dir)
-    timer = CallTimer()
-    owners = {"job": job, "scheme": job.method.scheme}
-    for name, owner, attr in STEP_COMPONENTS + PREP_COMPONENTS:
-        timer.wrap(owners[owner], attr, name)
-    return TimedJob(method, job, timer, job.steps())
+    return TimedJob(method, job, job.steps())
 
 
-def run_round_robin(jobs: list[TimedJob], warmup: int, measured: int) -> None:
-    """Advance every job one step per round, rotating the order; snapshot the timers after the warm-up."""
+def run_round_robin(jobs: list[TimedJob], warmup: int, measured: int, profiled: int) -> None:
+    """Advance every job one step per round, rotating the order; then profile a few steps of each."""
     for k in range(warmup + measured):
-        for job in jobs[k % len(jobs):] + jobs[: k % len(jobs)]:
+        for job in jobs[k % len(jobs) :] + jobs[: k % len(jobs)]:
             job.advance()
-            if k == warmup - 1:
-                job.prep = {name: job.timer.totals.get(name, 0.0) for name, _, _ in PREP_COMPONENTS}
-                job.breakdown = dict(job.timer.totals)
     for job in jobs:
-        job.breakdown = {name: (job.timer.totals[name] - job.breakdown.get(name, 0.0)) / measured for name in step_parts()}
+        job.measured = measured
+        job.before_seconds = job.step_seconds[0] - statistics.median(job.step_seconds[warmup:])
+        job.breakdown = profile_ranges(job, profiled)
         job.steps.close()  # a cancel without the final pass: the model copy is unwrapped again
 
 
-def step_parts() -> list[str]:
-    return [name for name, _, _ in STEP_COMPONENTS] + ["write"]
+def profile_ranges(job: TimedJob, steps: int) -> dict[str, float]:
+    """Seconds per step in each of the loop's ranges, and the whole step, over `steps` profiled steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        total = sum(job.advance() for _ in range(steps))
+    times = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key in RANGES}
+    return {"step": total / steps, **{r: times.get(r, 0.0) / steps for r in RANGES}}
 
 
 def step_time(job: TimedJob, warmup: int) -> float:
-    """Median step time after the warm-up: robust to the other users of a shared CPU."""
-    return statistics.median(job.step_seconds[warmup:])
+    """Median step time after the warm-up (and without the profiler): robust to other users of a shared CPU."""
+    return statistics.median(job.step_seconds[warmup : warmup + job.measured])
 
 
 def step_cpu(job: TimedJob, warmup: int) -> float:
-    return statistics.median(job.step_cpu[warmup:])
+    return statistics.median(job.step_cpu[warmup : warmup + job.measured])
 
 
-# --------------------------------------------------------------------------------------------- memory, in a child
+# --------------------------------------------------------------------------------------------- CPU: memory, in a child
 
 
-def _reset_peak(device: torch.device) -> None:
-    """Start a new peak after loading: CUDA's allocator statistics, or Linux's resident high-water mark (VmHWM),
-    which the import of torch and transformers would otherwise set once and for all."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def _peak_mb(device: torch.device) -> float:
-    status = Path("/proc/self/status")
-    if device.type != "cuda" and status.is_file():
-        hwm = next((line for line in status.read_text().splitlines() if line.startswith("VmHWM:")), None)
-        if hwm:
-            return int(hwm.split()[1]) / 1024
-    return metrics.peak_memory_mb(device)
-
-
-def _peak_memory_child(method: str, model_spec: str, data_spec: str, steps: int, threads: int, run_dir: str) -> tuple[float, float]:
-    """(peak MiB, increase over the loaded model's baseline MiB) of a few steps of one method, alone in a process."""
+def _peak_memory_child(method: str, model_spec: str, data_spec: str, steps: int, threads: int, run_dir: str) -> float:
+    """Peak resident MiB over a few steps of one method, alone in a process (a process's peak never goes down)."""
     torch.set_num_threads(threads)
     quiet()
     loaded = load_model(model_spec)
-    job = UnlearningJob(make_config(method, default_preset(model_spec), steps=steps), loaded=loaded, dataset=load_data(data_spec), run_dir=run_dir)
-    device = next(loaded.model.parameters()).device
-    _reset_peak(device)
-    baseline = _peak_mb(device)
-    gen = job.steps()
+    config = make_config(method, default_preset(model_spec), steps=steps)
+    gen = UnlearningJob(config, loaded=loaded, dataset=load_data(data_spec), run_dir=run_dir).steps()
     for _ in range(steps):
         next(gen)
     gen.close()
-    peak = _peak_mb(device)
-    return peak, peak - baseline
+    return metrics.peak_memory_mb(next(loaded.model.parameters()).device)
 
 
-def peak_memory(methods: list[str], model_spec: str, data_spec: str, threads: int, root: Path) -> dict[str, tuple[float, float]]:
-    """Peak memory per method, each in its own spawned process: a process's peak RSS never goes down, so one
-    process cannot tell methods apart on CPU."""
+def peak_memory(methods: list[str], model_spec: str, data_spec: str, threads: int, root: Path) -> dict[str, float]:
     ctx = multiprocessing.get_context("spawn")
-    out = {}
     with ctx.Pool(1, maxtasksperchild=1) as pool:
-        for method in methods:
-            args = (method, model_spec, data_spec, 3, threads, str(root / f"memory-{method}"))
-            out[method] = pool.apply(_peak_memory_child, args)
-    return out
+        return {
+            m: pool.apply(_peak_memory_child, (m, model_spec, data_spec, 3, threads, str(root / f"mem-{m}")))
+            for m in methods
+        }
 
 
-# --------------------------------------------------------------------------------------------- job-level measures
+# --------------------------------------------------------------------------------------------- CPU: job-level measures
 
 
-def throughput(loaded: LoadedModel, preset: str, dataset: Dataset, steps: int | None, eval_cap: int | None, run_dir: Path) -> dict:
+def throughput(
+    loaded: LoadedModel, preset: str, dataset: Dataset, steps: int | None, eval_cap: int | None, run_dir: Path
+) -> dict:
     """A default ATWU job end to end: training tokens/s as the engine reports it, plus the wall time with evaluation."""
     start = time.perf_counter()
-    job = run_job(make_config("atwu", preset, steps=steps, eval_max_samples=eval_cap), loaded=loaded, dataset=dataset, run_dir=run_dir)
-    return {**job.metrics["timing"], "wall_seconds": time.perf_counter() - start, "steps_total": job.config.steps,
-            "eval_max_samples": job.config.eval_max_samples}
+    job = run_job(
+        make_config("atwu", preset, steps=steps, eval_max_samples=eval_cap),
+        loaded=loaded,
+        dataset=dataset,
+        run_dir=run_dir,
+    )
+    return {
+        **job.metrics["timing"],
+        "wall_seconds": time.perf_counter() - start,
+        "steps_total": job.config.steps,
+        "eval_max_samples": job.config.eval_max_samples,
+    }
 
 
-def first_step_latency(method: str, loaded: LoadedModel, preset: str, dataset: Dataset, run_dir: Path) -> tuple[float, float]:
-    """(seconds inside `BackgroundJob.start`, seconds from calling it to the first step line in records.jsonl):
-    what the app's Run page waits before its first live update."""
+def first_step_latency(method: str, loaded: LoadedModel, preset: str, dataset: Dataset, run_dir: Path) -> float:
+    """Seconds from `BackgroundJob.start` to the first step line in records.jsonl: the app's first live update."""
     records = run_dir / "records.jsonl"
     start = time.perf_counter()
     bg = BackgroundJob.start(make_config(method, preset), loaded, dataset, run_dir)
-    started = time.perf_counter() - start
-    while bg.is_alive() and not (records.is_file() and records.read_text(encoding="utf-8").count("\n") >= 1):
+    while bg.is_alive() and not (records.is_file() and '"step"' in records.read_text(encoding="utf-8")):
         time.sleep(0.005)
     first = time.perf_counter() - start
     bg.cancel()
     bg.join()
     if bg.error:
         raise RuntimeError(f"{method}: the background job failed: {bg.error}")
-    return started, first
+    return first
 
 
-def append_cost(record: StepRecord, root: Path, repeats: int) -> dict[str, float]:
-    """Seconds per `StepRecord.to_json` and per `RunWriter.append` of a real record, and the line's size."""
-    start = time.perf_counter()
-    for _ in range(repeats):
-        line = record.to_json()
-    to_json = (time.perf_counter() - start) / repeats
-    writer = RunWriter(root / "append-cost")
-    start = time.perf_counter()
-    for _ in range(repeats):
-        writer.append(line)
-    append = (time.perf_counter() - start) / repeats
-    writer.close()
-    size = (root / "append-cost" / "records.jsonl").stat().st_size / repeats
-    return {"to_json": to_json, "append": append, "bytes": size}
-
-
-def profile_steps(method: str, model_spec: str, dataset: Dataset, steps: int, root: Path, top: int = 20) -> str:
-    """torch.profiler's op table (self CPU time) over a few steps of one method, after one warm-up step."""
-    from torch.profiler import ProfilerActivity, profile
-
-    job = timed_job(method, model_spec, dataset, steps + 1, 0, root / f"profile-{method}")
-    job.advance()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            job.advance()
-    job.steps.close()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
-
-
-# --------------------------------------------------------------------------------------------- report
+# --------------------------------------------------------------------------------------------- CPU: report
 
 
 def _ms(seconds: float) -> str:
@@ -264,42 +193,274 @@ def _ms(seconds: float) -> str:
 def speed_lines(jobs: list[TimedJob], warmup: int) -> list[str]:
     """The headline: `<method> <step seconds> <ratio>x`, ratio over GradDiff's step time."""
     base = next((step_time(j, warmup) for j in jobs if j.method == BASELINE), None)
-    return [f"{j.method} {step_time(j, warmup):.4f} {step_time(j, warmup) / base:.2f}x" if base else
-            f"{j.method} {step_time(j, warmup):.4f} n/a" for j in jobs]
+    return [
+        f"{j.method} {step_time(j, warmup):.4f} " + (f"{step_time(j, warmup) / base:.2f}x" if base else "n/a")
+        for j in jobs
+    ]
 
 
-def breakdown_table(jobs: list[TimedJob], warmup: int, memory: dict[str, tuple[float, float]]) -> str:
-    names = step_parts()
+def breakdown_table(jobs: list[TimedJob], warmup: int, memory: dict[str, float]) -> str:
     base = next((j for j in jobs if j.method == BASELINE), jobs[0])
-    head = ["method", "step ms (median)", "step ms (mean)", "step CPU ms (median)", f"CPU ratio over {base.method}"] + \
-        [f"{n} ms" for n in names] + \
-        ["rest ms (backward, optimiser)", "precompute s", "peak MiB", "peak increase MiB"]
+    head = [
+        "method",
+        "step ms (median)",
+        "step CPU ms",
+        f"CPU ratio over {base.method}",
+        "profiled step ms",
+        *[f"{r.removeprefix('atwu.')} ms" for r in RANGES],
+        "rest ms (weights, losses, record)",
+        "before pass s",
+        "peak MiB",
+    ]
     rows = []
     for j in jobs:
-        parts = [j.breakdown[n] for n in names]
-        mean = statistics.mean(j.step_seconds[warmup:])
-        mem = memory.get(j.method)
-        cpu_ratio = f"{step_cpu(j, warmup) / step_cpu(base, warmup):.2f}x"
-        rows.append([j.method, _ms(step_time(j, warmup)), _ms(mean), _ms(step_cpu(j, warmup)), cpu_ratio] + [_ms(p) for p in parts] +
-                    [_ms(mean - sum(parts)), f"{sum(j.prep.values()):.2f}",
-                     f"{mem[0]:.0f}" if mem else "n/a", f"{mem[1]:.0f}" if mem else "n/a"])
+        b = j.breakdown
+        rest = b["step"] - sum(b[r] for r in RANGES)
+        rows.append(
+            [
+                j.method,
+                _ms(step_time(j, warmup)),
+                _ms(step_cpu(j, warmup)),
+                f"{step_cpu(j, warmup) / step_cpu(base, warmup):.2f}x",
+                _ms(b["step"]),
+                *[_ms(b[r]) for r in RANGES],
+                _ms(rest),
+                f"{j.before_seconds:.2f}",
+                f"{memory[j.method]:.0f}" if j.method in memory else "n/a",
+            ]
+        )
     return markdown_table(head, rows)
 
 
 def verdict(jobs: list[TimedJob], warmup: int) -> str:
-    """Whether ATWU meets its overhead target, and where its extra time goes relative to GradDiff."""
     by = {j.method: j for j in jobs}
     if "atwu" not in by or BASELINE not in by:
         return "ATWU or GradDiff not measured: no verdict."
-    atwu, base = by["atwu"], by[BASELINE]
-    ratio = step_time(atwu, warmup) / step_time(base, warmup)
-    cpu_ratio = step_cpu(atwu, warmup) / step_cpu(base, warmup)
-    extra = {n: atwu.breakdown[n] - base.breakdown[n] for n in step_parts()}
-    extra["rest"] = step_time(atwu, warmup) - sum(atwu.breakdown.values()) - (step_time(base, warmup) - sum(base.breakdown.values()))
-    parts = ", ".join(f"{n} {1000 * v:+.1f} ms" for n, v in sorted(extra.items(), key=lambda kv: -abs(kv[1])))
+    ratio = step_time(by["atwu"], warmup) / step_time(by[BASELINE], warmup)
+    cpu_ratio = step_cpu(by["atwu"], warmup) / step_cpu(by[BASELINE], warmup)
     status = "meets" if ratio <= TARGET_RATIO else "MISSES"
-    return (f"ATWU / GradDiff = {ratio:.2f}x in wall time ({cpu_ratio:.2f}x in CPU time): {status} the <= {TARGET_RATIO:.2f}x "
-            f"target. ATWU minus GradDiff per step (wall): {parts}.")
+    return (
+        f"ATWU / GradDiff = {ratio:.2f}x in wall time ({cpu_ratio:.2f}x in CPU time): {status} the "
+        f"<= {TARGET_RATIO:.2f}x target."
+    )
+
+
+# --------------------------------------------------------------------------------------------- GPU: random Llamas
+
+GPU_CONFIGS = {  # LlamaConfig fields; 1b = Llama-3.2-1B's shape (untied head), 8b = Llama-3.1-8B's
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 1024,
+    },
+    "1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+    },
+    "8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+    },
+}
+GPU_METHODS = ("graddiff", "atwu", "npo")
+SEQ, BATCH = 256, 8  # forget and retain: 8 samples of 256 tokens each a step
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}  # dense, no sparsity
+
+
+def random_llama(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
+    """A random-weight Llama of a named shape, built on `device` in `dtype`, with the demo tokenizer (its ids are a
+    subset of every config's vocabulary)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**GPU_CONFIGS[name], max_position_embeddings=4 * SEQ, tie_word_embeddings=False)
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(config, dtype=dtype).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    info = ModelInfo(
+        f"random-{name}",
+        "LlamaForCausalLM",
+        sum(p.numel() for p in model.parameters()),
+        device,
+        str(dtype).removeprefix("torch."),
+        config.vocab_size,
+    )
+    return LoadedModel(model, AutoTokenizer.from_pretrained(DEMO_MODEL), info)
+
+
+def long_dataset(tokenizer) -> Dataset:
+    """The demo world with every answer extended by other answers until a sample fills SEQ tokens (truncated there),
+    so a step's batches are 8 x 256 tokens; the ground-truth spans stay on each answer's own text."""
+    world = load_data("demo")
+    filler = " ".join(r.answer for r in world.forget + world.retain)
+    while len(tokenizer(filler)["input_ids"]) < SEQ:
+        filler = f"{filler} {filler}"
+
+    def long(records):
+        return [dataclasses.replace(r, answer=f"{r.answer} {filler}") for r in records[:BATCH]]
+
+    return Dataset("demo-long", long(world.forget), long(world.retain), [])
+
+
+def gpu_job(method: str, loaded: LoadedModel, dataset: Dataset, steps: int, run_dir: Path, checkpointing: bool):
+    config = make_config(
+        method,
+        "demo",
+        steps=steps,
+        forget_batch_size=BATCH,
+        retain_batch_size=BATCH,
+        lora_rank=16,
+        lora_alpha=32,
+        lora_targets="all-linear",
+        max_length=SEQ,
+        eval_max_samples=1,
+        gradient_checkpointing=checkpointing,
+    )
+    with warnings.catch_warnings():  # "truncated to max_length": on purpose
+        warnings.simplefilter("ignore")
+        return UnlearningJob(config, loaded=loaded, dataset=dataset, run_dir=run_dir)
+
+
+def engine_steps(job: UnlearningJob, warmup: int, measured: int) -> tuple[float, int, float]:
+    """(median step seconds, tokens a step, peak MiB over the measured steps) of a job through its generator."""
+    timed = TimedJob(job.config.method, job, job.steps())
+    for _ in range(warmup):
+        timed.advance()
+    _reset_peak(job.loaded)
+    for _ in range(measured):
+        timed.advance()
+    timed.steps.close()
+    return statistics.median(timed.step_seconds[warmup:]), job.records[-1].tokens, _peak_mb(job.loaded)
+
+
+def plain_graddiff(
+    loaded: LoadedModel, forget: list[EncodedSample], retain: list[EncodedSample], warmup: int, measured: int
+) -> tuple[float, int, float]:
+    """The reference: GradDiff as a user would write it with peft and transformers (full logits, the model's own
+    loss), on the same samples and LoRA settings. (median step seconds, tokens a step, peak MiB)."""
+    from peft import LoraConfig, get_peft_model
+
+    device = next(loaded.model.parameters()).device
+    pad = pad_token_id(loaded.tokenizer)
+    f, r = ({k: v.to(device) for k, v in collate(s, pad).items()} for s in (forget, retain))
+    torch.manual_seed(0)
+    model = get_peft_model(
+        loaded.model,
+        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    model.train()
+    seconds = []
+    try:
+        for k in range(warmup + measured):
+            if k == warmup:
+                _reset_peak(loaded)
+            start = time.perf_counter()
+            loss = -model(**f).loss + model(**r).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            loss.item()
+            _sync(model)
+            seconds.append(time.perf_counter() - start)
+    finally:
+        loaded.model = model.unload().eval()
+    tokens = int(f["attention_mask"].sum() + r["attention_mask"].sum())
+    return statistics.median(seconds[warmup:]), tokens, _peak_mb(loaded)
+
+
+def _reset_peak(loaded: LoadedModel) -> None:
+    if next(loaded.model.parameters()).is_cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_mb(loaded: LoadedModel) -> float:
+    return metrics.peak_memory_mb(next(loaded.model.parameters()).device)
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
+
+
+def model_flops(loaded: LoadedModel, tokens: int) -> float:
+    """Model FLOPs of a training step (PaLM's convention: 6 N + 12 L T d per token, N the non-embedding parameters;
+    it counts the weight gradients a LoRA step skips, so a LoRA step's MFU reads lower than its hardware use)."""
+    c = loaded.model.config
+    n = loaded.info.n_params - loaded.model.get_input_embeddings().weight.numel()
+    return tokens * (6 * n + 12 * c.num_hidden_layers * SEQ * c.hidden_size)
+
+
+def peak_flops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((f for key, f in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def gpu_rows(name: str, device: str, warmup: int, measured: int, checkpointing: bool, root: Path) -> list[list[str]]:
+    """One table row per method and one for the plain reference loop, on a random model of shape `name`."""
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    loaded = random_llama(name, device, dtype)
+    dataset = long_dataset(loaded.tokenizer)
+    peak, rows, results = peak_flops(), [], {}
+    for method in GPU_METHODS:
+        job = gpu_job(method, loaded, dataset, warmup + measured, root / f"{name}-{method}", checkpointing)
+        results[method] = engine_steps(job, warmup, measured)
+    results["plain peft GradDiff"] = plain_graddiff(loaded, job.forget, job.retain, warmup, measured)
+    base = results[BASELINE][0]
+    for label, (seconds, tokens, mib) in results.items():
+        mfu = f"{100 * model_flops(loaded, tokens) / seconds / peak:.1f}%" if peak else "n/a"
+        rows.append(
+            [
+                name,
+                _count(loaded.info.n_params),
+                label,
+                f"{seconds:.3f}",
+                f"{seconds / base:.2f}x",
+                f"{tokens / seconds:,.0f}",
+                mfu,
+                f"{mib / 1024:.1f}",
+            ]
+        )
+    del loaded
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return rows
+
+
+def gpu_report(args: argparse.Namespace, cfg: Settings) -> str:
+    names = [args.gpu_config] if args.gpu_config else ["1b", "8b"]
+    with tempfile.TemporaryDirectory(prefix="atwu-speed-gpu-") as tmp:
+        rows = [
+            row
+            for name in names
+            for row in gpu_rows(
+                name, args.device, cfg.warmup, args.steps or cfg.gpu_measured, args.gradient_checkpointing, Path(tmp)
+            )
+        ]
+    table = markdown_table(
+        ["model", "params", "loop", "step s (median)", f"over {BASELINE}", "tokens/s", "MFU", "peak GiB"], rows
+    )
+    return (
+        f"{table}\n\nRandom-weight Llama, {'bf16' if args.device.startswith('cuda') else 'fp32'}, LoRA r 16 on "
+        f"every linear layer, forget + retain {BATCH} x {SEQ} tokens a step, gradient checkpointing "
+        f"{'on' if args.gradient_checkpointing else 'off'}; MFU = model FLOPs (6N + 12LTd a token) / step time / "
+        "the chip's dense bf16 peak. The plain loop computes full logits and the model's own loss."
+    )
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -309,31 +470,44 @@ def verdict(jobs: list[TimedJob], warmup: int) -> str:
 class Settings:
     warmup: int
     measured: int
-    throughput_steps: int | None  # None: the demo preset's
+    profiled: int
+    gpu_measured: int
+    throughput_steps: int | None  # None: the preset's
     eval_cap: int | None  # None: the preset's
-    append_repeats: int
-    memory: bool  # peak memory needs a process per method
-    all_latencies: bool  # time-to-first-step for every method, or ATWU's only
+    memory: bool  # CPU peak memory needs a process per method
 
 
 def settings(quick: bool) -> Settings:
     if quick:
-        return Settings(warmup=1, measured=3, throughput_steps=3, eval_cap=4, append_repeats=50, memory=False, all_latencies=False)
-    return Settings(warmup=2, measured=20, throughput_steps=None, eval_cap=None, append_repeats=500, memory=True, all_latencies=True)
+        return Settings(warmup=1, measured=3, profiled=1, gpu_measured=2, throughput_steps=3, eval_cap=4, memory=False)
+    return Settings(
+        warmup=2, measured=20, profiled=3, gpu_measured=10, throughput_steps=None, eval_cap=None, memory=True
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="CI smoke: few steps, no memory processes, writes nothing unless --out")
-    ap.add_argument("--model", default="demo", help="model spec for load_model (default: the embedded demo model)")
-    ap.add_argument("--data", default="demo", help="data spec for load_data (default: the demo world)")
-    ap.add_argument("--methods", default=",".join(SPEED_METHODS), help="comma-separated methods (graddiff is the ratio's base)")
-    ap.add_argument("--steps", type=int, help="measured steps per method, after the warm-up (default 20)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="few steps, no memory processes, writes nothing unless --out")
+    ap.add_argument("--model", default="demo", help="CPU section: model spec for load_model (default: demo)")
+    ap.add_argument("--data", default="demo", help="CPU section: data spec for load_data (default: the demo world)")
+    ap.add_argument(
+        "--methods",
+        help=f"CPU section: comma-separated methods (default {','.join(SPEED_METHODS)}; "
+        f"--quick: {','.join(QUICK_METHODS)})",
+    )
+    ap.add_argument("--steps", type=int, help="measured steps per method, after the warm-up")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: on a shared CPU more threads than free cores slows torch down badly)")
-    ap.add_argument("--profile", action="store_true", help="also print torch.profiler's op table for ATWU and GradDiff steps")
-    ap.add_argument("--out", help="folder whose results.md gets the speed section (default: docs, or nothing with --quick)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: best on a shared CPU)")
+    ap.add_argument("--device", default="cpu", help="cpu: the CPU section; cuda: the GPU section")
+    ap.add_argument(
+        "--gpu-config",
+        choices=sorted(GPU_CONFIGS),
+        help="GPU section: one shape (default: 1b and 8b); with --device cpu, runs the GPU section's code on the CPU",
+    )
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="GPU section: jobs with checkpointing")
+    ap.add_argument("--out", help="folder whose results.md gets the section (default: docs, nothing with --quick)")
     return ap.parse_args(argv)
 
 
@@ -341,62 +515,67 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     quiet()
-    instrument_writing()
     cfg = settings(args.quick)
-    measured = args.steps or cfg.measured
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    out = Path(args.out) if args.out else (None if args.quick else Path(__file__).resolve().parent.parent / "docs")
-    env, dataset, t_start = environment_line(args.threads), load_data(args.data), time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="atwu-speed-") as tmp:
-        root = Path(tmp)
-        jobs = [timed_job(m, args.model, dataset, cfg.warmup + measured, args.seed, root / m) for m in methods]
-        run_round_robin(jobs, cfg.warmup, measured)
-        headline = [f"# step seconds: median of {measured} steps after {cfg.warmup} warm-up, round-robin; ratio over {BASELINE}",
-                    *speed_lines(jobs, cfg.warmup)]
-        print("\n".join(headline), flush=True)
-        report = _report_tail(args, cfg, jobs, dataset, root)
+    gpu = args.device.startswith("cuda") or args.gpu_config is not None
+    default_out = None if args.quick or (gpu and args.gpu_config == "tiny") else Path(__file__).parent.parent / "docs"
+    out = Path(args.out) if args.out else default_out
+    env, t_start = environment_line(args.threads), time.perf_counter()
+    if gpu:
+        name, report = "speed gpu", gpu_report(args, cfg)
+    else:
+        name = "speed" if args.model == "demo" else f"speed {args.model}"  # one section per model
+        report = cpu_report(args, cfg)
     report = f"{report}\n\nBenchmark wall time: {time.perf_counter() - t_start:.0f} s."
     print(report)
     if out is not None:
-        title = f"## Speed (`{command_line('speed.py', argv)}`)"
-        section = "\n\n".join([title, env, "```\n" + "\n".join(headline) + "\n```", report])
-        name = "speed" if args.model == "demo" else f"speed {args.model}"  # one section per model
+        section = "\n\n".join([f"## Speed (`{command_line('speed.py', argv)}`)", env, report])
         print(f"wrote the {name} section of {write_results_section(out, name, section)}")
     return 0
 
 
-def _report_tail(args: argparse.Namespace, cfg: Settings, jobs: list[TimedJob], dataset: Dataset, root: Path) -> str:
-    """Everything after the headline lines, as markdown: breakdown, verdict, memory, throughput, responsiveness, writing cost."""
-    memory = peak_memory([j.method for j in jobs], args.model, args.data, args.threads, root) if cfg.memory else {}
-    loaded = load_model(args.model)
-    preset = default_preset(args.model)
-    tp = throughput(loaded, preset, dataset, cfg.throughput_steps, cfg.eval_cap, root / "throughput")
-    ref = next((j for j in jobs if j.method == "atwu"), jobs[0])
-    latency = {j.method: first_step_latency(j.method, loaded, preset, dataset, root / f"latency-{j.method}")
-               for j in (jobs if cfg.all_latencies else [ref])}
-    cost = append_cost(ref.last, root, cfg.append_repeats)
-    sections = [
-        "### Per-step breakdown (ms per step; precompute = before step 1, once per job)\n\n" + breakdown_table(jobs, cfg.warmup, memory),
-        "`record` = turning weights and probabilities into per-sample lists; `write` = `StepRecord.to_json`, "
-        "`RunWriter.append` and the atomic `status.json` (with fsync) of each step.",
-        verdict(jobs, cfg.warmup),
-        "Peak memory: " + ("each method alone in a fresh process, 3 steps; increase = over the loaded model "
-                           "(CPU: resident high-water mark, reset after loading; CUDA: max allocated)."
-                           if memory else "not measured (--quick)."),
-        f"### Job throughput (ATWU, {preset} preset, {tp['steps_total']} steps, model `{args.model}`)\n\n"
-        f"{tp['tokens_per_second']:.0f} forget+retain tokens/s over the training steps; {tp['mean_step_seconds']:.3f} s/step; "
-        f"training {tp['total_seconds']:.1f} s, whole job with evaluation (up to {tp['eval_max_samples']} samples per split) {tp['wall_seconds']:.1f} s.",
-        "### App responsiveness (`BackgroundJob.start` to the first step line in records.jsonl)\n\n" + markdown_table(
-            ["method", "start() returns s", "first step recorded s"],
-            [[m, f"{s:.2f}", f"{f:.2f}"] for m, (s, f) in latency.items()]),
-        f"### Writing records\n\nA real step record of `{ref.method}` ({len(ref.last.weights)} samples, {cost['bytes']:.0f} bytes "
-        f"a line): `to_json` {_ms(cost['to_json'])} ms, `RunWriter.append` {_ms(cost['append'])} ms, together "
-        f"{100 * (cost['to_json'] + cost['append']) / step_time(ref, cfg.warmup):.1f}% of a `{ref.method}` step.",
-    ]
-    if args.profile:
-        for method in ("atwu", BASELINE):
-            sections.append(f"### torch.profiler, {method}, 5 steps\n\n```\n{profile_steps(method, args.model, dataset, 5, root)}\n```")
-    return "\n\n".join(sections)
+def cpu_report(args: argparse.Namespace, cfg: Settings) -> str:
+    """Headline step times, breakdown, verdict, memory, throughput and responsiveness, as markdown."""
+    measured = args.steps or cfg.measured
+    methods = args.methods.split(",") if args.methods else list(QUICK_METHODS if args.quick else SPEED_METHODS)
+    dataset = load_data(args.data)
+    with tempfile.TemporaryDirectory(prefix="atwu-speed-") as tmp:
+        root = Path(tmp)
+        total = cfg.warmup + measured + cfg.profiled
+        jobs = [timed_job(m.strip(), args.model, dataset, total, args.seed, root / m) for m in methods]
+        run_round_robin(jobs, cfg.warmup, measured, cfg.profiled)
+        headline = [
+            f"# step seconds: median of {measured} steps after {cfg.warmup} warm-up, round-robin; "
+            f"ratio over {BASELINE}",
+            *speed_lines(jobs, cfg.warmup),
+        ]
+        print("\n".join(headline), flush=True)
+        memory = peak_memory(methods, args.model, args.data, args.threads, root) if cfg.memory else {}
+        loaded, preset = load_model(args.model), default_preset(args.model)
+        tp = throughput(loaded, preset, dataset, cfg.throughput_steps, cfg.eval_cap, root / "throughput")
+        latency = first_step_latency("atwu", loaded, preset, dataset, root / "latency")
+    return "\n\n".join(
+        [
+            "```\n" + "\n".join(headline) + "\n```",
+            f"### Per-step breakdown (ms a step; ranges from torch.profiler over {cfg.profiled} more steps)\n\n"
+            + breakdown_table(jobs, cfg.warmup, memory),
+            "`forward` = the forget batch's forward; `retain` = the retain forward and loss (KL: and the reference's); "
+            "`update` = backward, gradient clipping and the optimiser step; `rest` = the scheme (ATWU's scorer "
+            "step), the forget loss, and building and writing the step record. Before pass = the first step's extra "
+            "time.",
+            verdict(jobs, cfg.warmup),
+            "Peak memory: "
+            + (
+                "each method alone in a fresh process, 3 steps (resident high-water mark)."
+                if memory
+                else "not measured (--quick)."
+            ),
+            f"### Job throughput (ATWU, {preset} preset, {tp['steps_total']} steps, model `{args.model}`)\n\n"
+            f"{tp['tokens_per_second']:.0f} forget+retain tokens/s over the training steps; "
+            f"{tp['mean_step_seconds']:.3f} s/step; training {tp['total_seconds']:.1f} s, whole job with evaluation "
+            f"(up to {tp['eval_max_samples']} samples per split) {tp['wall_seconds']:.1f} s. App responsiveness: "
+            f"{latency:.2f} s from `BackgroundJob.start` to the first step in records.jsonl.",
+        ]
+    )
 
 
 if __name__ == "__main__":

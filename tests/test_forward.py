@@ -4,14 +4,19 @@ head that is not a plain projection."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import Gemma2Config, Gemma2ForCausalLM
 
 from atwu_core import losses, models
+from atwu_core.config import make_config
 from atwu_core.data import IGNORE_INDEX, EncodedSample, encode_records
 from atwu_core.forward import ForwardNeeds, forward, lean_head
 from atwu_core.generation import collate, pad_token_id
+from atwu_core.job import run_job
 
 TOL = {"rtol": 1e-4, "atol": 2e-5}  # fp32: the same matmuls in other shapes (measured max 7e-6)
 
@@ -88,3 +93,59 @@ def _sample(ids: list[int]) -> EncodedSample:
     """Two prompt tokens, the rest answer."""
     n = len(ids) - 2
     return EncodedSample("x", ids, [IGNORE_INDEX] * 2 + ids[2:], 2, ["t"] * n, [(0, 1)] * n, [False] * n, False)
+
+
+# ------------------------------------------------------------------------------------------ memory and device settings
+
+
+def test_gradient_checkpointing_gives_lora_the_same_gradients_and_a_job_trains(
+    demo_loaded, demo_world, samples, tmp_path
+):
+    pad_id = pad_token_id(demo_loaded.tokenizer)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        with models.trainable(
+            demo_loaded,
+            full=False,
+            rank=4,
+            alpha=8,
+            targets="all-linear",
+            top_layers=None,
+            gradient_checkpointing=checkpointing,
+        ) as trained:
+            trained.model.train()
+            fw = forward(trained.model, samples, list(range(len(samples))), pad_id)
+            params = [p for p in trained.model.parameters() if p.requires_grad]
+            grads.append(torch.autograd.grad(losses.masked_mean(fw.nll, fw.mask), params))
+    assert any(g.abs().sum() > 0 for g in grads[1])
+    for plain, checkpointed in zip(*grads, strict=True):
+        torch.testing.assert_close(checkpointed, plain)
+    assert not demo_loaded.model.is_gradient_checkpointing, "the shared model is given back without checkpointing"
+
+    job = run_job(
+        make_config("graddiff", steps=2, eval_max_samples=2, gradient_checkpointing=True),
+        loaded=demo_loaded,
+        dataset=demo_world,
+        run_dir=tmp_path / "run",
+    )
+    assert all(math.isfinite(v) for r in job.records for v in r.losses.values())
+    adapter = load_file(str(job.run_dir / "adapter" / "adapter_model.safetensors"))
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items()), "LoRA B moved from 0"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_job_on_cuda_runs_the_model_in_bf16_and_the_scorer_and_losses_in_fp32(demo_world, tmp_path):
+    loaded = models.load_model("demo", device="auto")
+    assert loaded.info.device.startswith("cuda") and loaded.info.dtype == "bfloat16"
+    job = run_job(
+        make_config("atwu", steps=3, eval_max_samples=2, gradient_checkpointing=True),
+        loaded=loaded,
+        dataset=demo_world,
+        run_dir=tmp_path / "run",
+    )
+    assert job.method.scheme.scorer.net[-1].weight.dtype == torch.float32
+    assert all(math.isfinite(v) for r in job.records for v in r.losses.values())
+    fw = forward(loaded.model, job.forget, [0, 1], pad_token_id(loaded.tokenizer), ForwardNeeds(logprobs=True))
+    assert fw.nll.dtype == fw.logprobs.dtype == torch.float32
+    assert job.metrics["timing"]["peak_memory_mb"] > 0
