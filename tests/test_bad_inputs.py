@@ -128,6 +128,21 @@ def _gguf_cache_blocked(tmp: Path) -> list[str]:
     return ["finetune", "--model", str(tmp / "m.gguf"), "--data", str(tmp), "--out", str(tmp / "out")]
 
 
+def _unlearn(*argv: str) -> Callable[[Path], list[str]]:
+    return lambda tmp: ["unlearn", "--out", str(tmp / "run"), *argv]
+
+
+def _out_with_a_file(tmp: Path) -> list[str]:
+    (tmp / "model").mkdir()
+    (tmp / "model" / "config.json").write_text("{}")  # someone's model folder
+    return ["unlearn", "--out", str(tmp / "model")]
+
+
+def _out_through_a_file(tmp: Path) -> list[str]:
+    (tmp / "afile").write_text("")
+    return ["unlearn", "--out", str(tmp / "afile" / "run")]
+
+
 CASES = {
     # item 3: text length bounded before tokenising
     "answer-too-long": (
@@ -181,6 +196,22 @@ CASES = {
         ["run: no metrics.json (state: failed, error: disk full)"],
     ),
     "corrupt-config": (_run_folder({"config.json": "[1", "metrics.json": "{}"}), ["config.json"]),
+    # items 4, 6, 10, 13: the run folder and the settings, refused before a model loads
+    "out-not-a-run-folder": (_out_with_a_file, ["already holds other files; give --out a new or empty folder"]),
+    "out-not-writable": (_out_through_a_file, ["cannot write the run folder"]),
+    "lr-zero": (_unlearn("--set", "lr=0"), ["lr must be a positive finite number"]),
+    "lr-nan": (_unlearn("--set", "lr=nan"), ["lr must be a positive finite number"]),
+    "lr-inf": (_unlearn("--set", "lr=inf"), ["lr must be a positive finite number"]),
+    "lora-rank-zero": (_unlearn("--lora-rank", "0"), ["lora_rank must be a positive whole number"]),
+    "batch-zero": (_unlearn("--set", "forget_batch_size=0"), ["forget_batch_size must be a positive whole number"]),
+    "steps-zero": (_unlearn("--steps", "0"), ["steps must be a positive whole number"]),
+    "steps-negative": (_unlearn("--set", "steps=-3"), ["steps must be a positive whole number"]),
+    "scorer-every-zero": (_unlearn("--set", "scorer_every=0"), ["scorer_every must be at least 1"]),
+    "beta-nan": (_unlearn("--set", "beta=nan"), ["beta must be a finite number"]),
+    "chat-template-maybe": (_unlearn("--set", "chat_template=maybe"), ["chat_template must be bool"]),
+    "set-a-flag-field": (_unlearn("--set", "method=ga"), ["set method with --method"]),
+    **({} if torch.cuda.is_available() else
+       {"cuda-without-gpu": (_unlearn("--set", "device=cuda"), ["device=cuda but this machine has no CUDA GPU"])}),
 }
 
 
