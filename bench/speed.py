@@ -84,7 +84,7 @@ def _sync(model: torch.nn.Module) -> None:
 
 def timed_job(method: str, model_spec: str, dataset: Dataset, steps: int, seed: int, run_dir: Path) -> TimedJob:
     """A job on a fresh copy of the model (jobs wrap their model in LoRA, so interleaved jobs cannot share one)."""
-    config = make_config(method, default_preset(model_spec), steps=steps, seed=seed)
+    config = make_config(method, default_preset(model_spec), steps=steps, seed=seed, eval_max_samples=1)
     job = UnlearningJob(config, loaded=load_model(model_spec), dataset=dataset, run_dir=run_dir)
     return TimedJob(method, job, job.steps())
 
@@ -561,7 +561,7 @@ def cpu_report(args: argparse.Namespace, cfg: Settings) -> str:
             "`forward` = the forget batch's forward; `retain` = the retain forward and loss (KL: and the reference's); "
             "`update` = backward, gradient clipping and the optimiser step; `rest` = the scheme (ATWU's scorer "
             "step), the forget loss, and building and writing the step record. Before pass = the first step's extra "
-            "time.",
+            "time (its quality evaluation capped at 1 sample).",
             verdict(jobs, cfg.warmup),
             "Peak memory: "
             + (
