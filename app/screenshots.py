@@ -31,6 +31,16 @@ CHROMIUM_ARGS = [
 ]
 HEATMAP = ".js-plotly-plot .heatmaplayer"
 COMPARED = ("wga", "tokenunlearn")
+PAGE_SHOTS = (  # (page, a text its script draws last)
+    ("model", "Current model"),
+    ("data", "Data"),
+    ("compare", "Lowest scores"),
+    ("runs", "Rerun from the command line"),
+)
+VIEW_SHOTS = (  # (view, file, a text only that view draws)
+    ("Alignment over training", "run-alignment", "Each point uses the samples"),
+    ("Whole forget set", "run-corpus", "Per span label"),
+)
 SHOT_SETTINGS = {"eval max samples": 16}  # a shorter evaluation after each screenshot job
 
 
@@ -183,17 +193,18 @@ def take_screenshots(out_dir: Path, steps: int = 20) -> list[Path]:
         wait_finished(page, timeout=900_000)
         page.wait_for_timeout(1500)
         shot(page, "run-finished")
-        for tab, name in (("Alignment over training", "run-alignment"), ("Whole forget set", "run-corpus")):
-            page.get_by_test_id("stRadio").get_by_text(tab, exact=True).click()
-            settle(page)
+        for view, name, marker in VIEW_SHOTS:
+            page.get_by_test_id("stRadio").get_by_text(view, exact=True).click()
+            page.get_by_text(marker).first.wait_for(timeout=120_000)  # a fragment rerun shows no status widget
             page.wait_for_timeout(1500)
             shot(page, name)
         for method in COMPARED:  # baselines for Compare
             press_run(page, url, steps, method, settings=SHOT_SETTINGS)
             wait_finished(page, timeout=900_000)
-        for name in ("model", "data", "compare", "runs"):
+        for name, marker in PAGE_SHOTS:
             page.goto(f"{url}/{name}")
             settle(page)
+            page.get_by_text(marker).first.wait_for(timeout=120_000)  # the page's last element: it has finished
             page.wait_for_timeout(2500)
             shot(page, name)
         page.goto(f"{url}/query")
@@ -208,7 +219,7 @@ def take_screenshots(out_dir: Path, steps: int = 20) -> list[Path]:
         page.wait_for_timeout(1500)
         shot(page, "query")
         page.get_by_label("Text to score").fill("Lorin Vask was born in Tessaly and plays the cello.")
-        page.get_by_role("button", name="Score").click()
+        page.get_by_role("button", name="Score", exact=True).click()
         page.get_by_text("scorer output g").first.wait_for(timeout=60_000)
         page.wait_for_timeout(1000)
         shot(page, "scorer")
