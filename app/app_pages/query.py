@@ -11,6 +11,7 @@ from app.components.curves import token_bars
 from app.components.token_chips import token_chips_html
 from app.run_views import run_label
 from atwu_core.data import EncodedSample, Record, encode_record
+from atwu_core.explore import percentile_range
 from atwu_core.generation import greedy_answer, pad_token_id
 from atwu_core.metrics import answer_stats
 from atwu_core.models import adapter_enabled
@@ -155,8 +156,11 @@ def scorer_view(run_dir: str) -> None:
     except Exception as err:  # noqa: BLE001 - missing scorer, model or bad text: shown, the app stays usable
         st.error(f"Could not score: {err}")
         return
-    st.html(token_chips_html(sample.answer_tokens, g, token_ids=sample.answer_token_ids, label="scorer output g"))
-    st.caption("Colours on the fixed range [0, 1]: g > 0.5 = the scorer would single the token out for forgetting.")
+    low, high = percentile_range(g, 0.0, 100.0)  # this text's own range: a barely trained scorer still shows its ranking
+    st.html(token_chips_html(sample.answer_tokens, g, token_ids=sample.answer_token_ids, label="scorer output g",
+                             vmin=low, vmax=high))
+    st.caption(f"Colours span this text's scores, {low:.3f} … {high:.3f} (hover for each value); "
+               "g > 0.5 means the scorer would single the token out for forgetting.")
 
 
 st.title("Query")
