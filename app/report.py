@@ -53,12 +53,12 @@ def run_report(snap: RunSnapshot) -> str:
         _table(headline) if metrics else "<p>No metrics: the run did not reach its evaluation.</p>",
         _table(quality_rows(metrics)),
     ]
-    if snap.steps:
-        names = sorted({k for rec in snap.steps for k in rec.losses})
-        steps = [rec.step for rec in snap.steps]
+    if snap.step_records:
+        names = sorted({k for rec in snap.step_records for k in rec.losses})
+        steps = [rec.step for rec in snap.step_records]
         parts += [
             "<h2>Training</h2>",
-            _figure(loss_figure(steps, {k: [r.losses.get(k) for r in snap.steps] for k in names})),
+            _figure(loss_figure(steps, {k: [r.losses.get(k) for r in snap.step_records] for k in names})),
         ]
         t = trajectories(snap)
         if t["step"]:

@@ -52,7 +52,7 @@ def quantity_name(config: dict, key: str) -> str:
 
 def mean_step_seconds(snap: RunSnapshot) -> float | None:
     """Seconds per step from the step records' elapsed times (the first step includes warm-up)."""
-    steps = snap.steps
+    steps = snap.step_records
     if len(steps) >= 2:
         return (steps[-1].elapsed - steps[0].elapsed) / (steps[-1].step - steps[0].step)
     return steps[0].elapsed / max(steps[0].step, 1) if steps else None
@@ -74,10 +74,10 @@ def progress_panel(snap: RunSnapshot) -> None:
         st.warning(f"Interrupted after {status.steps_done} steps: {status.error}")
     if snap.skipped_lines:
         st.warning(f"{snap.skipped_lines} unreadable line(s) in records.jsonl were skipped.")
-    if snap.steps:
-        names = sorted({k for rec in snap.steps for k in rec.losses})
+    if snap.step_records:
+        names = sorted({k for rec in snap.step_records for k in rec.losses})
         fig = loss_figure(
-            [rec.step for rec in snap.steps], {k: [rec.losses.get(k) for rec in snap.steps] for k in names}
+            [rec.step for rec in snap.step_records], {k: [rec.losses.get(k) for rec in snap.step_records] for k in names}
         )
         st.plotly_chart(fig, key=f"losses_{snap.dir.name}", config=MODEBAR)
 
@@ -193,7 +193,7 @@ def sample_view(snap: RunSnapshot, sample: SampleRecord | None, *, key: str, upt
 
 def trajectories(snap: RunSnapshot) -> dict[str, list]:
     """Alignment against step for one run (scores and realised forgetting vs the spans)."""
-    return trajectory(snap.steps, snap.before.probs if snap.before is not None else None, snap.samples)
+    return trajectory(snap.step_records, snap.before.probs if snap.before is not None else None, snap.samples)
 
 
 def alignment_view(snap: RunSnapshot, *, key: str) -> None:
@@ -261,7 +261,7 @@ def run_detail(snap: RunSnapshot, *, key: str, upto_step: int | None = None) -> 
     (a live page redraws it every second)."""
     view = st.radio("View", VIEWS, horizontal=True, key=f"{key}_tab", label_visibility="collapsed")
     if view == VIEWS[0]:
-        recorded = next((list(r.scores) for r in reversed(snap.steps) if upto_step is None or r.step <= upto_step), [])
+        recorded = next((list(r.scores) for r in reversed(snap.step_records) if upto_step is None or r.step <= upto_step), [])
         sample = pick_sample(snap.samples, key=f"{key}_sample_{snap.dir.name}", recorded=recorded)
         sample_view(snap, sample, key=key, upto_step=upto_step)
     elif view == VIEWS[1]:

@@ -29,7 +29,7 @@ def _unlearn(args: argparse.Namespace) -> int:
     config = make_config(args.method, preset, params, **job)
     job = UnlearningJob(config, run_dir=args.out)
     print(f"run folder: {job.run_dir}", flush=True)
-    for record in job.steps():
+    for record in job.stream():
         if not args.quiet:
             losses = " ".join(f"{k}={_fmt(v)}" for k, v in record.losses.items())
             print(f"step {record.step:4d}/{config.steps}  {record.elapsed:6.1f}s  {losses}", flush=True)

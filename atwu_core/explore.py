@@ -88,7 +88,7 @@ def symmetric_range(values: Iterable[float | None], q: float = 98.0) -> tuple[fl
 
 def run_values(snap: RunSnapshot, key: str) -> list[float]:
     """Every recorded value of `key` in the run (all steps, all samples, the final pass): a per-run colour range."""
-    records = [*snap.steps, *([snap.final] if snap.final is not None else [])]
+    records = [*snap.step_records, *([snap.final] if snap.final is not None else [])]
     return [v for rec in records for values in getattr(rec, key).values() for v in values if v is not None]
 
 
@@ -202,7 +202,7 @@ def tokens_csv(snap: RunSnapshot) -> str:
         for sid, probs in before.items():
             for k, p in enumerate(probs):
                 writer.writerow(["before", sid, *_token_cells(samples.get(sid), k), "", "", p, 0.0])
-    records = [*((rec.step, rec) for rec in snap.steps), *([(FINAL, snap.final)] if snap.final is not None else [])]
+    records = [*((rec.step, rec) for rec in snap.step_records), *([(FINAL, snap.final)] if snap.final is not None else [])]
     for step, rec in records:
         for sid, scores in rec.scores.items():
             weights = rec.loss_weights.get(sid) or [None] * len(scores)

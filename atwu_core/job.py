@@ -61,7 +61,7 @@ def _versions() -> dict[str, str]:
 
 
 class UnlearningJob:
-    """Set up a job (settings checked, run folder claimed, data and model loaded); `steps()` runs it."""
+    """Set up a job (settings checked, run folder claimed, data and model loaded); `stream()` runs it, step by step."""
 
     def __init__(self, config: JobConfig, *, loaded: models.LoadedModel | None = None, dataset: Dataset | None = None,
                  run_dir: str | Path | None = None):
@@ -101,7 +101,7 @@ class UnlearningJob:
 
     # ------------------------------------------------------------------------------------------ the loop
 
-    def steps(self, cancel: CancelToken | None = None) -> Iterator[StepRecord]:
+    def stream(self, cancel: CancelToken | None = None) -> Iterator[StepRecord]:
         """Run the job; yields after every step. Honours `cancel` before each step."""
         cfg, method, scheme = self.config, self.method, self.method.scheme
         cancel = cancel or CancelToken()
@@ -164,7 +164,7 @@ class UnlearningJob:
 
     def run(self, cancel: CancelToken | None = None) -> dict | None:
         """Run to the end (no live consumer); returns the metrics (None if it stopped before them)."""
-        for _ in self.steps(cancel):
+        for _ in self.stream(cancel):
             pass
         return self.metrics
 

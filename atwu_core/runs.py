@@ -98,7 +98,7 @@ class RunSnapshot:
     status: Status
     samples: list[SampleRecord]
     before: BeforeRecord | None
-    steps: list[StepRecord]
+    step_records: list[StepRecord]
     final: FinalRecord | None
     metrics: dict | None
     skipped_lines: int = 0
@@ -110,7 +110,7 @@ class RunSnapshot:
     def matrix(self, sample_id: str, key: str = "scores") -> tuple[list[int], list[list[float]]]:
         """Steps x tokens of `key` (scores, loss_weights or probs) for one sample, over the steps whose batch held it."""
         steps, rows = [], []
-        for rec in self.steps:
+        for rec in self.step_records:
             values = getattr(rec, key).get(sample_id)
             if values is not None:
                 steps.append(rec.step)
@@ -122,7 +122,7 @@ class RunSnapshot:
         if self.final is not None:
             return getattr(self.final, key)
         out: TokenValues = {}
-        for rec in self.steps:
+        for rec in self.step_records:
             out.update(getattr(rec, key))
         return out
 
@@ -190,7 +190,7 @@ class RunReader:
                 out.append(record)
         return out, skipped
 
-    def steps(self) -> list[StepRecord]:
+    def step_records(self) -> list[StepRecord]:
         return [r for r in self.records()[0] if isinstance(r, StepRecord)]
 
     @property
@@ -202,7 +202,7 @@ class RunReader:
         return RunSnapshot(
             dir=self.dir, config=self.config, status=self.status, samples=self.samples,
             before=next((r for r in records if isinstance(r, BeforeRecord)), None),
-            steps=[r for r in records if isinstance(r, StepRecord)],
+            step_records=[r for r in records if isinstance(r, StepRecord)],
             final=next((r for r in records if isinstance(r, FinalRecord)), None),
             metrics=self.metrics, skipped_lines=skipped,
         )

@@ -1,7 +1,7 @@
 """Speed benchmark: what ATWU's per-token weighting costs next to its baselines, on a CPU and on a GPU.
 
 CPU (default): every method runs as a real `UnlearningJob` on its own copy of the model, same seed, same config
-but the method; the jobs advance round-robin one step at a time (one `next()` on `job.steps()`: the step plus
+but the method; the jobs advance round-robin one step at a time (one `next()` on `job.stream()`: the step plus
 its record), so a busy shared CPU slows them all alike. A few more steps per method run under torch.profiler,
 whose ranges the loop emits ("atwu.forward", "atwu.retain", "atwu.update", "atwu.before") give the breakdown.
 
@@ -61,7 +61,7 @@ class TimedJob:
 
     method: str
     job: UnlearningJob
-    steps: Iterator[StepRecord]
+    stream: Iterator[StepRecord]
     step_seconds: list[float] = field(default_factory=list)
     step_cpu: list[float] = field(default_factory=list)  # process CPU seconds: the work, whatever else runs
     breakdown: dict[str, float] = field(default_factory=dict)  # range -> seconds per step (profiled steps)
@@ -70,7 +70,7 @@ class TimedJob:
 
     def advance(self) -> float:
         start, cpu = time.perf_counter(), time.process_time()
-        next(self.steps)
+        next(self.stream)
         _sync(self.job.loaded.model)
         self.step_seconds.append(time.perf_counter() - start)
         self.step_cpu.append(time.process_time() - cpu)
@@ -86,7 +86,7 @@ def timed_job(method: str, model_spec: str, dataset: Dataset, steps: int, seed: 
     """A job on a fresh copy of the model (jobs wrap their model in LoRA, so interleaved jobs cannot share one)."""
     config = make_config(method, default_preset(model_spec), steps=steps, seed=seed, eval_max_samples=1)
     job = UnlearningJob(config, loaded=load_model(model_spec), dataset=dataset, run_dir=run_dir)
-    return TimedJob(method, job, job.steps())
+    return TimedJob(method, job, job.stream())
 
 
 def run_round_robin(jobs: list[TimedJob], warmup: int, measured: int, profiled: int) -> None:
@@ -98,7 +98,7 @@ def run_round_robin(jobs: list[TimedJob], warmup: int, measured: int, profiled: 
         job.measured = measured
         job.before_seconds = job.step_seconds[0] - statistics.median(job.step_seconds[warmup:])
         job.breakdown = profile_ranges(job, profiled)
-        job.steps.close()  # a cancel without the final pass: the model copy is unwrapped again
+        job.stream.close()  # a cancel without the final pass: the model copy is unwrapped again
 
 
 def profile_ranges(job: TimedJob, steps: int) -> dict[str, float]:
@@ -130,7 +130,7 @@ def _peak_memory_child(method: str, model_spec: str, data_spec: str, steps: int,
     quiet()
     loaded = load_model(model_spec)
     config = make_config(method, default_preset(model_spec), steps=steps)
-    gen = UnlearningJob(config, loaded=loaded, dataset=load_data(data_spec), run_dir=run_dir).steps()
+    gen = UnlearningJob(config, loaded=loaded, dataset=load_data(data_spec), run_dir=run_dir).stream()
     for _ in range(steps):
         next(gen)
     gen.close()
@@ -335,13 +335,13 @@ def gpu_job(method: str, loaded: LoadedModel, dataset: Dataset, steps: int, run_
 
 def engine_steps(job: UnlearningJob, warmup: int, measured: int) -> tuple[float, int, float]:
     """(median step seconds, tokens a step, peak MiB over the measured steps) of a job through its generator."""
-    timed = TimedJob(job.config.method, job, job.steps())
+    timed = TimedJob(job.config.method, job, job.stream())
     for _ in range(warmup):
         timed.advance()
     _reset_peak(job.loaded)
     for _ in range(measured):
         timed.advance()
-    timed.steps.close()
+    timed.stream.close()
     return statistics.median(timed.step_seconds[warmup:]), job.records[-1].tokens, _peak_mb(job.loaded)
 
 

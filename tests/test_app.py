@@ -150,7 +150,7 @@ def copy_run(run_dir: str, name: str) -> str:
 def test_run_completes_with_metrics(completed_run: str) -> None:
     snap = RunReader(completed_run).snapshot()
     assert snap.metrics["alignment"]["n_tokens"] > 0 and snap.metrics["forgetting"]["auroc"] is not None
-    assert len(snap.steps) == 3 and snap.before is not None and snap.final is not None
+    assert len(snap.step_records) == 3 and snap.before is not None and snap.final is not None
     assert snap.config["steps"] == 3 and snap.config["forget_batch_size"] == 8
 
 
@@ -321,7 +321,7 @@ def test_runs_exports(completed_run: str) -> None:
     at.selectbox(key="runs_pick").set_value(completed_run).run()
     buttons = {b.label: b.proto for b in at.get("download_button")}
     assert set(buttons) == {"Token values (CSV)", "Report (HTML)", "Metrics (JSON)"}
-    first = next(iter(RunReader(completed_run).snapshot().steps[0].scores))
+    first = next(iter(RunReader(completed_run).snapshot().step_records[0].scores))
     at.selectbox(key=f"runs_view_sample_{Path(completed_run).name}").set_value(first).run()
     at.slider(key=f"runs_step_{completed_run}").set_value(1).run()  # issue 12 item 19: a download after this failed
     assert not at.exception and not at.error

@@ -59,7 +59,7 @@ def test_two_processes_equal_one(two_process_run, demo_loaded, demo_world, tmp_p
     )
     a, b = RunReader(one.run_dir), RunReader(run_dir)
     assert b.status.state == "completed"
-    for ra, rb in zip(a.steps(), b.steps(), strict=True):
+    for ra, rb in zip(a.step_records(), b.step_records(), strict=True):
         assert ra.tokens == rb.tokens
         assert rb.losses == pytest.approx(ra.losses, **TOL)
         for key in ("scores", "loss_weights", "probs"):

@@ -183,7 +183,7 @@ def _short(method: str, preset: str = "demo", **kw):
 def test_headline_pair_weights_the_model_with_the_updated_scorer(demo_loaded, demo_world, tmp_path):
     config = _short("atwu", preset="paper", params={"scorer_every": 1}, steps=1)
     job = UnlearningJob(config, loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
-    (record,) = list(job.steps())
+    (record,) = list(job.stream())
     scores = [g for gs in record.scores.values() for g in gs]
     assert max(abs(g - 0.5) for g in scores) > 1e-4  # the scorer stepped before the model's weights were formed
     assert json.loads((job.run_dir / "config.json").read_text())["params"]["pair"] == "headline"
@@ -209,7 +209,7 @@ def test_a_saved_scorer_reproduces_the_final_pass(demo_loaded, demo_world, tmp_p
 def test_the_joint_update_trains_the_scorer_every_step(demo_loaded, demo_world, tmp_path):
     job = UnlearningJob(_short("atwu", params={"update": "joint", "scorer_every": 5}), loaded=demo_loaded,
                         dataset=demo_world, run_dir=tmp_path / "r")
-    assert all("scorer" in r.losses for r in job.steps())
+    assert all("scorer" in r.losses for r in job.stream())
 
 
 class EveryThird(WeightingScheme):
@@ -263,7 +263,7 @@ def test_an_old_format_run_folder_still_opens(tmp_path, capsys):
     sid = snap.samples[0].record_id
     assert snap.samples[0].span_labels[1] == "forget" and snap.samples[0].span_labels[0] is None
     steps, rows = snap.matrix(sid)
-    assert steps == [1, 2] and rows[0] == snap.steps[0].scores[sid]  # `weights` read as the scores
+    assert steps == [1, 2] and rows[0] == snap.step_records[0].scores[sid]  # `weights` read as the scores
     assert snap.latest()[sid] == snap.final.scores[sid]
     assert list_runs(tmp_path / "runs")[0]["method"] == "atwu"
     assert main(["eval", str(run_dir)]) == 0

@@ -65,14 +65,14 @@ def test_the_reader_skips_bad_lines_and_waits_for_a_partial_one(demo_loaded, dem
     path.write_bytes(b"\n".join(lines[:-1]) + b'\n{"type": "step", "st')  # and a line still being written
     records, skipped = RunReader(job.run_dir).records()
     assert skipped == 1
-    assert [r.step for r in RunReader(job.run_dir).steps()] == [1, 3]  # what came after the bad line is kept
+    assert [r.step for r in RunReader(job.run_dir).step_records()] == [1, 3]  # what came after the bad line is kept
     assert RunReader(job.run_dir).final is not None
 
 
 def test_two_jobs_on_one_folder_cannot_both_write_it(demo_loaded, demo_world, tmp_path):
     first = UnlearningJob(_short(), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
     second = UnlearningJob(_short("graddiff"), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
-    steps = first.steps()
+    steps = first.stream()
     next(steps)  # the first job has claimed the folder
     with pytest.raises(FileExistsError, match="already holds a run"):
         second.run()
@@ -80,7 +80,7 @@ def test_two_jobs_on_one_folder_cannot_both_write_it(demo_loaded, demo_world, tm
         pass
     run = RunReader(tmp_path / "r")
     assert run.status.state == "completed" and run.config["method"] == "ga"
-    assert [r.step for r in run.steps()] == [1, 2]  # no interleaved records
+    assert [r.step for r in run.step_records()] == [1, 2]  # no interleaved records
 
 
 def test_run_files_are_readable_by_others(demo_loaded, demo_world, tmp_path):

@@ -37,7 +37,7 @@ def test_every_method_runs_and_records_every_token(method, demo_loaded, demo_wor
     run = RunReader(job.run_dir)
     samples = {s.record_id: s for s in run.samples}
     assert len(samples) == len(demo_world.forget)
-    steps = run.steps()
+    steps = run.step_records()
     assert [r.step for r in steps] == [1, 2, 3]
     for rec in steps:
         assert set(rec.scores) == set(samples)  # the demo forget set fits one batch
@@ -63,7 +63,7 @@ def test_uniform_weights_give_chance_alignment(demo_loaded, demo_world, tmp_path
 
 def test_atwu_scores_start_at_one_half_and_move(demo_loaded, demo_world, tmp_path):
     job = UnlearningJob(_short("atwu", steps=4), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
-    records = list(job.steps())
+    records = list(job.stream())
     first = [w for ws in records[0].scores.values() for w in ws]
     assert first == pytest.approx([0.5] * len(first))
     last = [w for ws in records[-1].scores.values() for w in ws]
@@ -108,13 +108,13 @@ def test_cancel_is_honoured_within_a_step_and_leaves_everything_usable(demo_load
     with pytest.raises(JobBusyError):
         BackgroundJob.start(make_config("ga", steps=2), demo_loaded, demo_world, tmp_path / "r2")
     wait_for_state(bg.run_dir, ("running",), timeout=30)
-    while not RunReader(bg.run_dir).steps():
+    while not RunReader(bg.run_dir).step_records():
         bg.join(0.05)
     bg.cancel()
     bg.join(60)
     status = RunReader(bg.run_dir).status
     assert status.state == "cancelled" and status.steps_done < 500
-    assert len(RunReader(bg.run_dir).steps()) == status.steps_done
+    assert len(RunReader(bg.run_dir).step_records()) == status.steps_done
     assert (bg.run_dir / "adapter" / "adapter_config.json").is_file()
     assert "auroc" in RunReader(bg.run_dir).metrics["alignment"]
     assert _fingerprint(demo_loaded.model) == before

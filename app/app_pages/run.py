@@ -120,7 +120,7 @@ def live_view(run_dir: str) -> None:
         progress_panel(snap)
         if snap.status.finished:
             results_card(snap.metrics, run_dir, key="run")
-        if not snap.steps:
+        if not snap.step_records:
             st.info("The first step comes once the model is loaded and evaluated before unlearning (see above).")
         else:
             run_detail(snap, key="run_view")

@@ -104,8 +104,8 @@ except (FileNotFoundError, ValueError) as err:
 progress_panel(snap)
 if snap.status.finished:
     results_card(snap.metrics, run_dir, key="runs")
-if snap.steps and snap.samples:
-    numbers = [rec.step for rec in snap.steps]
+if snap.step_records and snap.samples:
+    numbers = [rec.step for rec in snap.step_records]
     upto = (
         st.slider(
             "Replay up to step",
