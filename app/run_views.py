@@ -77,7 +77,8 @@ def progress_panel(snap: RunSnapshot) -> None:
     if snap.step_records:
         names = sorted({k for rec in snap.step_records for k in rec.losses})
         fig = loss_figure(
-            [rec.step for rec in snap.step_records], {k: [rec.losses.get(k) for rec in snap.step_records] for k in names}
+            [rec.step for rec in snap.step_records],
+            {k: [rec.losses.get(k) for rec in snap.step_records] for k in names},
         )
         st.plotly_chart(fig, key=f"losses_{snap.dir.name}", config=MODEBAR)
 
@@ -261,7 +262,9 @@ def run_detail(snap: RunSnapshot, *, key: str, upto_step: int | None = None) -> 
     (a live page redraws it every second)."""
     view = st.radio("View", VIEWS, horizontal=True, key=f"{key}_tab", label_visibility="collapsed")
     if view == VIEWS[0]:
-        recorded = next((list(r.scores) for r in reversed(snap.step_records) if upto_step is None or r.step <= upto_step), [])
+        recorded = next(
+            (list(r.scores) for r in reversed(snap.step_records) if upto_step is None or r.step <= upto_step), []
+        )
         sample = pick_sample(snap.samples, key=f"{key}_sample_{snap.dir.name}", recorded=recorded)
         sample_view(snap, sample, key=key, upto_step=upto_step)
     elif view == VIEWS[1]:

@@ -29,8 +29,9 @@ class BackgroundJob:
         self._thread = threading.Thread(target=self._run, name=f"atwu-job-{job.run_dir.name}", daemon=True)
 
     @classmethod
-    def start(cls, config: JobConfig, loaded: LoadedModel, dataset: Dataset | None = None,
-              run_dir: str | Path | None = None) -> BackgroundJob:
+    def start(
+        cls, config: JobConfig, loaded: LoadedModel, dataset: Dataset | None = None, run_dir: str | Path | None = None
+    ) -> BackgroundJob:
         with cls._guard:
             if cls._active is not None and cls._active.is_alive():
                 raise JobBusyError(f"a job is already running ({cls._active.run_dir}); wait for it or cancel it first.")

@@ -22,8 +22,16 @@ def _unlearn(args: argparse.Namespace) -> int:
     from atwu_core.job import UnlearningJob
 
     job, params = split_overrides(args.set or [])
-    flags = {"model": args.model, "data": args.data, "retain_data": args.retain_data, "steps": args.steps,
-             "seed": args.seed, "lora_rank": args.lora_rank, "full": args.full or None, "retain_model": args.retain_model}
+    flags = {
+        "model": args.model,
+        "data": args.data,
+        "retain_data": args.retain_data,
+        "steps": args.steps,
+        "seed": args.seed,
+        "lora_rank": args.lora_rank,
+        "full": args.full or None,
+        "retain_model": args.retain_model,
+    }
     job.update({k: v for k, v in flags.items() if v is not None})  # one way to set a field: a flag wins over --set
     preset = args.preset or default_preset(job.get("model", "demo"))
     config = make_config(args.method, preset, params, **job)
@@ -46,14 +54,20 @@ def _print_metrics(metrics: dict) -> None:
         if split in metrics:
             for when in ("before", "after"):
                 q = metrics[split][when]
-                cols = "  ".join(f"{k}={_fmt(q[k])}" for k in ("exact", "rouge_l", "prob", "extraction_strength", "truth_ratio") if k in q)
+                cols = "  ".join(
+                    f"{k}={_fmt(q[k])}"
+                    for k in ("exact", "rouge_l", "prob", "extraction_strength", "truth_ratio")
+                    if k in q
+                )
                 print(f"{split:7s} {when:6s} {cols}")
     if "forget_quality" in metrics:
         print(f"forget quality (KS p-value vs the retain model) = {metrics['forget_quality']:.3g}")
     if "timing" in metrics:
         t = metrics["timing"]
-        print(f"timing  {t['total_seconds']:.1f}s total, {t['mean_step_seconds']:.3f}s/step, "
-              f"{t['tokens_per_second']:.0f} tokens/s, peak {t['peak_memory_mb']:.0f} MB")
+        print(
+            f"timing  {t['total_seconds']:.1f}s total, {t['mean_step_seconds']:.3f}s/step, "
+            f"{t['tokens_per_second']:.0f} tokens/s, peak {t['peak_memory_mb']:.0f} MB"
+        )
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -97,8 +111,9 @@ def _finetune(args: argparse.Namespace) -> int:
         from atwu_core.models import load_model
 
         loaded = load_model(args.model)
-        report = finetune_dataset_dir(args.data, args.out, model=loaded.model, tokenizer=loaded.tokenizer,
-                                      lora=args.lora, **kwargs)
+        report = finetune_dataset_dir(
+            args.data, args.out, model=loaded.model, tokenizer=loaded.tokenizer, lora=args.lora, **kwargs
+        )
     print(report)
     return 0
 
@@ -107,13 +122,18 @@ def _methods(_args: argparse.Namespace) -> int:
     for name, spec in METHODS.items():
         print(f"{name}: {spec.description}")
         for p in method_params(name):
-            presets = "".join(f"  [{pr.name}: {pr.params[name][p.name]!r}]" for pr in PRESETS.values()
-                              if p.name in pr.params.get(name, {}))
+            presets = "".join(
+                f"  [{pr.name}: {pr.params[name][p.name]!r}]"
+                for pr in PRESETS.values()
+                if p.name in pr.params.get(name, {})
+            )
             print(f"    {p.name} = {p.default!r}{presets}  {p.help}")
     print("\npresets (job settings; method settings shown in [ ] above):")
     for pr in PRESETS.values():
-        print(f"  {pr.name}: {pr.description}; tuned on {pr.tuned_on}; "
-              + ", ".join(f"{k}={v}" for k, v in pr.job.items()))
+        print(
+            f"  {pr.name}: {pr.description}; tuned on {pr.tuned_on}; "
+            + ", ".join(f"{k}={v}" for k, v in pr.job.items())
+        )
     return 0
 
 
@@ -125,11 +145,17 @@ def app_command(address: str = APP_ADDRESS, port: int = APP_PORT) -> list[str]:
     """The Streamlit command line, with every safety setting as a flag: Streamlit reads .streamlit/config.toml only
     from the current folder (and an installed package ships none), and otherwise serves on every interface."""
     main_py = Path(__file__).resolve().parent.parent / "app" / "main.py"
-    flags = {"server.address": address, "server.port": port, "server.headless": "true",
-             "server.maxUploadSize": APP_MAX_UPLOAD_MB, "server.fileWatcherType": "none",
-             "browser.gatherUsageStats": "false"}
+    flags = {
+        "server.address": address,
+        "server.port": port,
+        "server.headless": "true",
+        "server.maxUploadSize": APP_MAX_UPLOAD_MB,
+        "server.fileWatcherType": "none",
+        "browser.gatherUsageStats": "false",
+    }
     return [sys.executable, "-m", "streamlit", "run", str(main_py)] + [
-        arg for key, value in flags.items() for arg in (f"--{key}", str(value))]
+        arg for key, value in flags.items() for arg in (f"--{key}", str(value))
+    ]
 
 
 def _is_loopback(address: str) -> bool:
@@ -141,8 +167,11 @@ def _is_loopback(address: str) -> bool:
 
 def _app(args: argparse.Namespace) -> int:
     if not _is_loopback(args.address):
-        print(f"atwu: warning: serving on {args.address}:{args.port}; anyone who can reach it can load any file this "
-              "user can read as data or a model.", file=sys.stderr)
+        print(
+            f"atwu: warning: serving on {args.address}:{args.port}; anyone who can reach it can load any file this "
+            "user can read as data or a model.",
+            file=sys.stderr,
+        )
     return subprocess.call(app_command(args.address, args.port))
 
 
@@ -161,11 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--lora-rank", type=int, help="LoRA rank (default 8)")
     group.add_argument("--full", action="store_true", help="fine-tune the full model instead of a LoRA adapter")
-    p.add_argument("--preset", choices=PRESETS, help="hyperparameter preset (default: smollm2 for the SmolLM2 models, else demo)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a job setting or method parameter (a flag above wins over --set)")
-    p.add_argument("--retain-model", help="a model trained on the retain set only, for TOFU's forget quality "
-                   "(KS test on truth ratios)")
+    p.add_argument(
+        "--preset", choices=PRESETS, help="hyperparameter preset (default: smollm2 for the SmolLM2 models, else demo)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a job setting or method parameter (a flag above wins over --set)",
+    )
+    p.add_argument(
+        "--retain-model",
+        help="a model trained on the retain set only, for TOFU's forget quality (KS test on truth ratios)",
+    )
     p.add_argument("--quiet", action="store_true", help="print only the final metrics")
     p.set_defaults(func=_unlearn)
 

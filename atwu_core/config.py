@@ -12,15 +12,24 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from atwu_core.methods import REGISTRY, ParamSpec, build_params, method_params, method_spec
 from atwu_core import presets
+from atwu_core.methods import REGISTRY, ParamSpec, build_params, method_params, method_spec
 from atwu_core.presets import PRESETS, default_preset
 
 METHODS = REGISTRY  # the method registry, by name (`atwu methods` lists it)
 METADATA_KEYS = {"versions", "created", "model_info", "name", "tags"}  # written beside the config in config.json
 
-__all__ = ["METHODS", "PRESETS", "JobConfig", "ParamSpec", "default_preset", "make_config", "method_params",
-           "resolve_params", "split_overrides"]
+__all__ = [
+    "METHODS",
+    "PRESETS",
+    "JobConfig",
+    "ParamSpec",
+    "default_preset",
+    "make_config",
+    "method_params",
+    "resolve_params",
+    "split_overrides",
+]
 
 
 @dataclass
@@ -76,9 +85,14 @@ class JobConfig:
         method_spec(self.method)
         presets.preset(self.preset)
         build_params(self.method, self.params)
-        positive = {"steps": self.steps, "forget_batch_size": self.forget_batch_size,
-                    "retain_batch_size": self.retain_batch_size, "lora_rank": self.lora_rank,
-                    "lora_alpha": self.lora_alpha, "max_length": self.max_length}
+        positive = {
+            "steps": self.steps,
+            "forget_batch_size": self.forget_batch_size,
+            "retain_batch_size": self.retain_batch_size,
+            "lora_rank": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
+            "max_length": self.max_length,
+        }
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive whole number, got {value!r}.")

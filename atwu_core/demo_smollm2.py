@@ -57,14 +57,28 @@ def build_demo_smollm2(
     torch.manual_seed(seed)  # the LoRA initialisation
     model = knowledge_lora(loaded.model, rank, top_layers)
     report = finetune(
-        model, loaded.tokenizer, load_dataset_dir(data_dir),
-        steps=steps, lr=lr, batch_size=batch_size, seed=seed, lora=False,
-        eval_every=eval_every, target_exact=target_exact, log=log,
+        model,
+        loaded.tokenizer,
+        load_dataset_dir(data_dir),
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        lora=False,
+        eval_every=eval_every,
+        target_exact=target_exact,
+        log=log,
     )
     meta = {
-        "base_model": BASE_MODEL, "data": data_dir.name, "seed": seed, "lr": lr, "batch_size": batch_size,
-        "lora_rank": rank, "lora_layers": model.peft_config["default"].layers_to_transform,
-        "torch_threads": torch.get_num_threads(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "base_model": BASE_MODEL,
+        "data": data_dir.name,
+        "seed": seed,
+        "lr": lr,
+        "batch_size": batch_size,
+        "lora_rank": rank,
+        "lora_layers": model.peft_config["default"].layers_to_transform,
+        "torch_threads": torch.get_num_threads(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     save_adapter(model, Path(out_dir), {**asdict(report), **meta})
     return report

@@ -25,17 +25,33 @@ class Split:
         self.name, self.records, self.samples = name, records[:cap], samples[:cap]
 
 
-def quality(model: torch.nn.Module, loaded: models.LoadedModel, splits: Sequence[Split], config: JobConfig,
-            progress: Progress, memo_key: str | None = None) -> dict[str, dict]:
+def quality(
+    model: torch.nn.Module,
+    loaded: models.LoadedModel,
+    splits: Sequence[Split],
+    config: JobConfig,
+    progress: Progress,
+    memo_key: str | None = None,
+) -> dict[str, dict]:
     """`metrics.quality` per split under `model`. With `memo_key` the result is kept on the loaded model: its
     weights never change (jobs train an adapter or a copy), so every later job skips it."""
     total, done, out = sum(len(s.samples) for s in splits), 0, {}
     for split in splits:
-        key = (memo_key, split.name, json.dumps([asdict(r) for r in split.records], sort_keys=True), config.max_length,
-               config.chat_template) if memo_key else None
+        key = (
+            (
+                memo_key,
+                split.name,
+                json.dumps([asdict(r) for r in split.records], sort_keys=True),
+                config.max_length,
+                config.chat_template,
+            )
+            if memo_key
+            else None
+        )
         if key is None or key not in loaded.memo:
-            result = metrics.quality(model, loaded.tokenizer, split.records, split.samples,
-                                     chat_template=config.chat_template)
+            result = metrics.quality(
+                model, loaded.tokenizer, split.records, split.samples, chat_template=config.chat_template
+            )
             if key is not None:
                 loaded.memo[key] = result
         out[split.name] = copy.deepcopy(loaded.memo[key]) if key is not None else result
@@ -44,8 +60,15 @@ def quality(model: torch.nn.Module, loaded: models.LoadedModel, splits: Sequence
     return out
 
 
-def judge(before: dict[str, dict], after: dict[str, dict] | None, probs_before: TokenValues, final_scores: TokenValues,
-          final_probs: TokenValues, steps: Sequence[StepRecord], samples: Sequence[EncodedSample]) -> dict:
+def judge(
+    before: dict[str, dict],
+    after: dict[str, dict] | None,
+    probs_before: TokenValues,
+    final_scores: TokenValues,
+    final_probs: TokenValues,
+    steps: Sequence[StepRecord],
+    samples: Sequence[EncodedSample],
+) -> dict:
     """metrics.json: alignment of the final scores, realised forgetting, their trajectories, and quality."""
     out: dict = {
         "alignment": metrics.alignment(final_scores, samples),
@@ -60,6 +83,10 @@ def judge(before: dict[str, dict], after: dict[str, dict] | None, probs_before: 
 def forget_quality(config: JobConfig, truth_ratios: list[float], forget: list[Record]) -> float:
     """TOFU's forget quality: KS test of our truth ratios against a retain-only model's on the same forget set."""
     retain_model = models.load_model(config.retain_model, device=config.device, dtype=config.dtype)
-    ratios = metrics.truth_ratios(retain_model.model, retain_model.tokenizer, forget[: config.eval_max_samples],
-                                  chat_template=config.chat_template)
+    ratios = metrics.truth_ratios(
+        retain_model.model,
+        retain_model.tokenizer,
+        forget[: config.eval_max_samples],
+        chat_template=config.chat_template,
+    )
     return metrics.forget_quality(truth_ratios, ratios)

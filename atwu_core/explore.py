@@ -202,7 +202,10 @@ def tokens_csv(snap: RunSnapshot) -> str:
         for sid, probs in before.items():
             for k, p in enumerate(probs):
                 writer.writerow(["before", sid, *_token_cells(samples.get(sid), k), "", "", p, 0.0])
-    records = [*((rec.step, rec) for rec in snap.step_records), *([(FINAL, snap.final)] if snap.final is not None else [])]
+    records = [
+        *((rec.step, rec) for rec in snap.step_records),
+        *([(FINAL, snap.final)] if snap.final is not None else []),
+    ]
     for step, rec in records:
         for sid, scores in rec.scores.items():
             weights = rec.loss_weights.get(sid) or [None] * len(scores)

@@ -78,7 +78,9 @@ def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def _generate(model: torch.nn.Module, tokenizer, prompts: list[list[int]], limits: list[int], batch_size: int) -> list[str]:
+def _generate(
+    model: torch.nn.Module, tokenizer, prompts: list[list[int]], limits: list[int], batch_size: int
+) -> list[str]:
     """Greedy continuations of token-id prompts, each cut at its first EOS and at its own token limit."""
     pad_id, eos = pad_token_id(tokenizer), _eos_ids(model, tokenizer)
     device = model_device(model)
@@ -91,11 +93,16 @@ def _generate(model: torch.nn.Module, tokenizer, prompts: list[list[int]], limit
             attention_mask = pad([[1] * len(prompts[k]) for k in rows], 0, left=True)
             width = input_ids.shape[1]
             config = GenerationConfig(
-                max_new_tokens=max(limits[k] for k in rows), do_sample=False, num_beams=1,
-                eos_token_id=eos or None, pad_token_id=pad_id,
+                max_new_tokens=max(limits[k] for k in rows),
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=eos or None,
+                pad_token_id=pad_id,
             )
             # keyword arguments only: a peft model's generate() does not take positional inputs
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config)
+            out = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
+            )
             for r, k in enumerate(rows):
                 new = out[r, width : width + limits[k]].tolist()
                 cut = next((j for j, t in enumerate(new) if t in eos), len(new))
@@ -104,7 +111,12 @@ def _generate(model: torch.nn.Module, tokenizer, prompts: list[list[int]], limit
 
 
 def greedy_answers(
-    model: torch.nn.Module, tokenizer, samples: Sequence[EncodedSample], *, max_new_tokens: int | None = None, batch_size: int = 16
+    model: torch.nn.Module,
+    tokenizer,
+    samples: Sequence[EncodedSample],
+    *,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
 ) -> list[str]:
     """Greedy answer text for each sample's prompt (`input_ids[:prompt_length]`), in input order.
 
@@ -116,7 +128,9 @@ def greedy_answers(
     return _generate(model, tokenizer, prompts, limits, batch_size)
 
 
-def greedy_answer(model: torch.nn.Module, tokenizer, prompt_text: str, max_new_tokens: int = 64, *, chat_template: bool = False) -> str:
+def greedy_answer(
+    model: torch.nn.Module, tokenizer, prompt_text: str, max_new_tokens: int = 64, *, chat_template: bool = False
+) -> str:
     """Greedy answer to a free-form question, prompted exactly as the training data was (`format_prompt`)."""
     prompt = format_prompt(prompt_text, tokenizer, chat_template)
     ids = tokenizer(prompt, add_special_tokens=not chat_template)["input_ids"]

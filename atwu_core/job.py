@@ -26,11 +26,11 @@ import torch
 from atwu_core import distributed, evaluation, losses, metrics, models
 from atwu_core.config import JobConfig
 from atwu_core.data import Dataset, encode_records, load_data
+from atwu_core.files import replace_dir
 from atwu_core.forward import Forward, ForwardNeeds, answer_nll, batches, forward, scatter_rows
 from atwu_core.generation import evaluating, model_device, pad_token_id
 from atwu_core.methods import Method, build_method
 from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord, TokenValues
-from atwu_core.files import replace_dir
 from atwu_core.runs import RunWriter, check_run_dir, new_run_dir
 from atwu_core.weighting import PrepareContext
 
@@ -63,8 +63,14 @@ def _versions() -> dict[str, str]:
 class UnlearningJob:
     """Set up a job (settings checked, run folder claimed, data and model loaded); `stream()` runs it, step by step."""
 
-    def __init__(self, config: JobConfig, *, loaded: models.LoadedModel | None = None, dataset: Dataset | None = None,
-                 run_dir: str | Path | None = None):
+    def __init__(
+        self,
+        config: JobConfig,
+        *,
+        loaded: models.LoadedModel | None = None,
+        dataset: Dataset | None = None,
+        run_dir: str | Path | None = None,
+    ):
         config.validate()
         distributed.init()  # a no-op unless torchrun / accelerate launched several processes
         self.config = config
@@ -80,11 +86,15 @@ class UnlearningJob:
             wanted = set(config.forget_ids)
             forget = [r for r in forget if r.id in wanted]
             if not forget:
-                raise ValueError(f"none of forget_ids {sorted(wanted)[:5]} is in the forget set "
-                                 f"(its ids look like {dataset.forget[0].id!r}).")
+                raise ValueError(
+                    f"none of forget_ids {sorted(wanted)[:5]} is in the forget set "
+                    f"(its ids look like {dataset.forget[0].id!r})."
+                )
         if self.method.alpha > 0 and not dataset.retain:
-            raise ValueError(f"{config.method} uses a retain loss but the data has no retain set; "
-                             "give retain data or set retain_loss=none.")
+            raise ValueError(
+                f"{config.method} uses a retain loss but the data has no retain set; "
+                "give retain data or set retain_loss=none."
+            )
         self.dataset = Dataset(dataset.name, forget, dataset.retain, dataset.holdout)
         self.loaded = loaded or models.load_model(config.model, device=config.device, dtype=config.dtype)
         tok = self.loaded.tokenizer
@@ -112,12 +122,28 @@ class UnlearningJob:
             before_quality = self._before(writer)
             torch.manual_seed(cfg.seed)
             rng = random.Random(cfg.seed)
-            with models.trainable(self.loaded, full=cfg.full, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                                  targets=cfg.lora_targets, top_layers=cfg.lora_layers,
-                                  gradient_checkpointing=cfg.gradient_checkpointing) as trained:
+            with models.trainable(
+                self.loaded,
+                full=cfg.full,
+                rank=cfg.lora_rank,
+                alpha=cfg.lora_alpha,
+                targets=cfg.lora_targets,
+                top_layers=cfg.lora_layers,
+                gradient_checkpointing=cfg.gradient_checkpointing,
+            ) as trained:
                 model = trained.model
-                scheme.prepare(PrepareContext(model, self.loaded.tokenizer, self.forget, self.dataset.forget, cfg.steps,
-                                              cfg.max_length, cfg.chat_template, self.run_dir))
+                scheme.prepare(
+                    PrepareContext(
+                        model,
+                        self.loaded.tokenizer,
+                        self.forget,
+                        self.dataset.forget,
+                        cfg.steps,
+                        cfg.max_length,
+                        cfg.chat_template,
+                        self.run_dir,
+                    )
+                )
                 params = [p for p in model.parameters() if p.requires_grad]
                 optimizer, schedule = self._optimizer(params)
                 self._phase(writer, "training", 0, cfg.steps)
@@ -134,8 +160,10 @@ class UnlearningJob:
                     loss = method.gamma * forget_loss + method.alpha * retain_loss
                     losses_now = {"forget": forget_loss.item(), "retain": retain_loss.item(), "total": loss.item()}
                     if not math.isfinite(losses_now["total"]):
-                        raise JobError(f"step {step}: the loss is {losses_now['total']} ({losses_now}); "
-                                       "lower the learning rate or gamma.")
+                        raise JobError(
+                            f"step {step}: the loss is {losses_now['total']} ({losses_now}); "
+                            "lower the learning rate or gamma."
+                        )
                     # the model's update
                     with torch.profiler.record_function("atwu.update"):
                         optimizer.zero_grad(set_to_none=True)
@@ -143,16 +171,26 @@ class UnlearningJob:
                         distributed.all_reduce_grads(params)
                         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
                         if not torch.isfinite(grad_norm):
-                            raise JobError(f"step {step}: the gradient norm is {grad_norm.item()}; "
-                                           "lower the learning rate or gamma.")
+                            raise JobError(
+                                f"step {step}: the gradient norm is {grad_norm.item()}; "
+                                "lower the learning rate or gamma."
+                            )
                         optimizer.step()
                         schedule.step()
                     # the record: losses, learning rates, this batch's scores, loss weights and probabilities
                     self.steps_done = step
-                    lrs = {"model": schedule.get_last_lr()[0], **({"scorer": logged.pop("scorer_lr")}
-                                                                   if "scorer_lr" in logged else {})}
-                    record = StepRecord(step, time.perf_counter() - t_start, {**losses_now, **logged}, lrs,
-                                        fw.tokens + retain_tokens, *self._token_values(fw, weights.scores, weights.loss))
+                    lrs = {
+                        "model": schedule.get_last_lr()[0],
+                        **({"scorer": logged.pop("scorer_lr")} if "scorer_lr" in logged else {}),
+                    }
+                    record = StepRecord(
+                        step,
+                        time.perf_counter() - t_start,
+                        {**losses_now, **logged},
+                        lrs,
+                        fw.tokens + retain_tokens,
+                        *self._token_values(fw, weights.scores, weights.loss),
+                    )
                     self.step_seconds.append(time.perf_counter() - t0)
                     self.records.append(record)
                     writer.append(record)
@@ -179,8 +217,14 @@ class UnlearningJob:
             self.ref_nll = answer_nll(self.loaded.model, self.forget, self.pad_id, cfg.forget_batch_size)
             self.before = BeforeRecord({s.record_id: torch.exp(-n).tolist() for s, n in zip(self.forget, self.ref_nll)})
             writer.append(self.before)
-            return evaluation.quality(self.loaded.model, self.loaded, self._splits(), cfg,
-                                      lambda done, total: self._phase(writer, "before", done, total), memo_key="before")
+            return evaluation.quality(
+                self.loaded.model,
+                self.loaded,
+                self._splits(),
+                cfg,
+                lambda done, total: self._phase(writer, "before", done, total),
+                memo_key="before",
+            )
 
     def _finish(self, writer: RunWriter, trained: models.Trainable, before_quality: dict, train_seconds: float) -> None:
         """Final pass, checks, saved adapter and scorer, quality after, metrics.json."""
@@ -193,13 +237,20 @@ class UnlearningJob:
         self.method.scheme.finish()
         after = None
         if self.state == "completed":
-            after = evaluation.quality(trained.model, self.loaded, self._splits(), cfg,
-                                       lambda done, total: self._phase(writer, "after", done, total))
-        self.metrics = evaluation.judge(before_quality, after, self.before.probs, final.scores, final.probs, self.records,
-                                        self.forget)
+            after = evaluation.quality(
+                trained.model,
+                self.loaded,
+                self._splits(),
+                cfg,
+                lambda done, total: self._phase(writer, "after", done, total),
+            )
+        self.metrics = evaluation.judge(
+            before_quality, after, self.before.probs, final.scores, final.probs, self.records, self.forget
+        )
         if after and cfg.retain_model and after["forget"].get("truth_ratios"):
-            self.metrics["forget_quality"] = evaluation.forget_quality(cfg, after["forget"]["truth_ratios"],
-                                                                       self.dataset.forget)
+            self.metrics["forget_quality"] = evaluation.forget_quality(
+                cfg, after["forget"]["truth_ratios"], self.dataset.forget
+            )
         seconds = self.step_seconds
         self.metrics["timing"] = {
             "total_seconds": round(train_seconds, 3),
@@ -243,23 +294,41 @@ class UnlearningJob:
 
     def _write_header(self, writer: RunWriter) -> None:
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        writer.write_json("config.json", {**self.config.to_dict(), "versions": _versions(), "created": created,
-                                          "model_info": asdict(self.loaded.info)})
-        writer.write_json("samples.json", [SampleRecord.from_encoded(s, r).to_json()
-                                           for s, r in zip(self.forget, self.dataset.forget)])
+        writer.write_json(
+            "config.json",
+            {
+                **self.config.to_dict(),
+                "versions": _versions(),
+                "created": created,
+                "model_info": asdict(self.loaded.info),
+            },
+        )
+        writer.write_json(
+            "samples.json",
+            [SampleRecord.from_encoded(s, r).to_json() for s, r in zip(self.forget, self.dataset.forget)],
+        )
 
     def _splits(self) -> list[evaluation.Split]:
         cap = self.config.eval_max_samples
-        return [evaluation.Split(name, records, samples, cap) for name, records, samples in
-                (("forget", self.dataset.forget, self.forget), ("retain", self.dataset.retain, self.retain)) if samples]
+        return [
+            evaluation.Split(name, records, samples, cap)
+            for name, records, samples in (
+                ("forget", self.dataset.forget, self.forget),
+                ("retain", self.dataset.retain, self.retain),
+            )
+            if samples
+        ]
 
-    def _optimizer(self, params: list[torch.nn.Parameter]) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    def _optimizer(
+        self, params: list[torch.nn.Parameter]
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         """AdamW with linear warm-up then linear decay to 0 over the job's steps."""
         cfg = self.config
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = max(1, int(cfg.warmup_ratio * cfg.steps))
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda k: min((k + 1) / warmup, max(0.0, (cfg.steps - k) / max(1, cfg.steps - warmup))))
+            optimizer, lambda k: min((k + 1) / warmup, max(0.0, (cfg.steps - k) / max(1, cfg.steps - warmup)))
+        )
         return optimizer, schedule
 
     def _forward(self, model: torch.nn.Module, index: list[int]) -> Forward:
@@ -288,12 +357,15 @@ class UnlearningJob:
                 ref_fw = forward(ref, self.retain, index, self.pad_id, ForwardNeeds(logprobs=True))
             return losses.retain_kl(fw.logprobs, ref_fw.logprobs, fw.mask), fw.tokens
 
-    def _token_values(self, fw: Forward, scores: torch.Tensor,
-                      loss_weights: torch.Tensor) -> tuple[TokenValues, TokenValues, TokenValues]:
+    def _token_values(
+        self, fw: Forward, scores: torch.Tensor, loss_weights: torch.Tensor
+    ) -> tuple[TokenValues, TokenValues, TokenValues]:
         """(scores, loss weights, probabilities) per sample of the batch, answer tokens only."""
         ids = [self.forget[i].record_id for i in fw.sample_index]
-        return tuple(dict(zip(ids, losses.per_sequence(t, fw.mask)))  # type: ignore[return-value]
-                     for t in (scores, loss_weights, torch.exp(-fw.nll.detach())))
+        return tuple(
+            dict(zip(ids, losses.per_sequence(t, fw.mask)))  # type: ignore[return-value]
+            for t in (scores, loss_weights, torch.exp(-fw.nll.detach()))
+        )
 
     def _final_pass(self, model: torch.nn.Module) -> FinalRecord:
         final = FinalRecord(self.steps_done, {}, {}, {})
@@ -301,8 +373,10 @@ class UnlearningJob:
             for index in batches(len(self.forget), self.config.forget_batch_size):
                 fw = self._forward(model, index)
                 weights = self.method.scheme.weigh(fw)
-                for target, values in zip((final.scores, final.loss_weights, final.probs),
-                                          self._token_values(fw, weights.scores, weights.loss)):
+                for target, values in zip(
+                    (final.scores, final.loss_weights, final.probs),
+                    self._token_values(fw, weights.scores, weights.loss),
+                ):
                     target.update(values)
         return final
 
@@ -314,8 +388,10 @@ class UnlearningJob:
         vocab = self.loaded.info.vocab_size
         probs = [p for values in final.probs.values() for p in values]
         if probs and all(0.5 / vocab < p < 2.0 / vocab for p in probs):
-            raise JobError(f"the model collapsed: every forget token has probability ~1/{vocab} after training "
-                           "(the updates diverged); lower the learning rate or gamma.")
+            raise JobError(
+                f"the model collapsed: every forget token has probability ~1/{vocab} after training "
+                "(the updates diverged); lower the learning rate or gamma."
+            )
 
     def _save_model(self, model: torch.nn.Module) -> None:
         """The adapter (peft format) or, with --full, the model and tokenizer; swapped into place whole."""

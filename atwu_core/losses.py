@@ -1,8 +1,9 @@
 """Per-token NLL and the forget/retain losses every method is built from.
 
 Token tensors are [batch, positions] in *target* space: position k scores input token k+1, and `mask`
-marks answer tokens. The losses take weights and NLL as given: the job passes detached weights (the model never moves its own
-weights), and ATWU's scorer passes live weights with detached NLL (the same expression, other variable).
+marks answer tokens. The losses take weights and NLL as given: the job passes detached weights (the model never
+moves its own weights), and ATWU's scorer passes live weights with detached NLL (the same expression, other
+variable).
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     """Cross-entropy of every next token: ([B, L-1] nll, 0 off the answer; [B, L-1] answer mask)."""
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    nll = F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets.masked_fill(~mask, 0), reduction="none"
-    )
+    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets.masked_fill(~mask, 0), reduction="none")
     return nll * mask, mask
 
 
@@ -33,7 +32,9 @@ def weighted_ga(nll: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) ->
     return -masked_mean(weights * nll, mask)
 
 
-def npo(nll: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, ref_seq_nll: torch.Tensor, beta: float) -> torch.Tensor:
+def npo(
+    nll: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, ref_seq_nll: torch.Tensor, beta: float
+) -> torch.Tensor:
     """NPO on weighted summed NLL: -(2/beta) mean_i logsigmoid(beta * (sum_t w nll - ref_i))."""
     scored = (weights * nll * mask).sum(dim=1)
     return -(2.0 / beta) * F.logsigmoid(beta * (scored - ref_seq_nll)).mean()

@@ -20,7 +20,14 @@ import torch
 
 from atwu_core import losses
 from atwu_core.forward import Forward
-from atwu_core.weighting import ATWUScorer, ProbabilityWeighting, SpanMask, TokenUnlearnImportance, Uniform, WeightingScheme
+from atwu_core.weighting import (
+    ATWUScorer,
+    ProbabilityWeighting,
+    SpanMask,
+    TokenUnlearnImportance,
+    Uniform,
+    WeightingScheme,
+)
 
 
 def param(default: Any, help: str, choices: tuple[str, ...] = (), minimum: float | None = None) -> Any:
@@ -59,8 +66,9 @@ class MethodParams:
 @dataclass
 class RetainParams(MethodParams):
     alpha: float = param(1.0, "Weight of the retain loss.", minimum=0.0)
-    retain_loss: str = param("nll", "Retain objective: NLL on retain answers, KL to the reference model, or none.",
-                             ("nll", "kl", "none"))
+    retain_loss: str = param(
+        "nll", "Retain objective: NLL on retain answers, KL to the reference model, or none.", ("nll", "kl", "none")
+    )
 
     @property
     def alpha_used(self) -> float:
@@ -95,33 +103,53 @@ class ScorerParams(RetainParams):
 
     scorer_every: int = param(5, "Train the scorer every n model steps (on the same forward pass).", minimum=1)
     lambda_e: float = param(1.0, "Binary-entropy penalty: pushes scores to 0 or 1.", minimum=0.0)
-    lambda_p: float = param(10.0, "Budget penalty: (fraction of a sequence's tokens with g > 0.5 - budget)^2.",
-                            minimum=0.0)
+    lambda_p: float = param(
+        10.0, "Budget penalty: (fraction of a sequence's tokens with g > 0.5 - budget)^2.", minimum=0.0
+    )
     budget: float = param(0.2, "Target fraction of each answer's tokens selected as forget-specific.", minimum=0.0)
     lambda_2: float = param(1.0, "L2 penalty on the scorer's parameters.", minimum=0.0)
     scorer_lr: float = param(0.05, "Scorer SGD learning rate (momentum 0.9, linear decay to 0).", minimum=1e-12)
     scorer_layers: int = param(1, "1: a linear probe (the paper); more: an MLP with GELU between.", minimum=1)
     scorer_width: int = param(256, "Hidden width of the MLP scorer (scorer_layers > 1).", minimum=1)
-    hidden_layer: int = param(-1, "Which hidden state the scorer reads: -1 = last (after the final norm), 0 = embeddings.")
-    hidden_position: str = param("token", "Scorer input: the state at the token itself or at the position predicting it.",
-                                 ("token", "predicting"))
-    hidden_norm: str = param("none", "Normalise the scorer's input: none, RMS, or to unit L2 length.", ("none", "rms", "l2"))
+    hidden_layer: int = param(
+        -1, "Which hidden state the scorer reads: -1 = last (after the final norm), 0 = embeddings."
+    )
+    hidden_position: str = param(
+        "token",
+        "Scorer input: the state at the token itself or at the position predicting it.",
+        ("token", "predicting"),
+    )
+    hidden_norm: str = param(
+        "none", "Normalise the scorer's input: none, RMS, or to unit L2 length.", ("none", "rms", "l2")
+    )
     hidden_centre: bool = param(False, "Subtract the batch's mean answer-token hidden state from the scorer's input.")
-    update: str = param("alternating", "alternating: a scorer step every scorer_every model steps; joint: every step.",
-                        ("alternating", "joint"))
-    snapshot_every: int = param(0, "Save the scorer every n steps into the run folder (0: only the final one).",
-                                minimum=0)
+    update: str = param(
+        "alternating",
+        "alternating: a scorer step every scorer_every model steps; joint: every step.",
+        ("alternating", "joint"),
+    )
+    snapshot_every: int = param(
+        0, "Save the scorer every n steps into the run folder (0: only the final one).", minimum=0
+    )
 
 
 @dataclass
 class ATWUParams(ScorerParams):
-    pair: str = param("headline", "Objective pair. headline: model -mean[g p^(beta g) nll], scorer +mean[(1-g) nll]; "
-                      "matched: model -mean[g p^beta nll], scorer -mean[g p^beta nll].", ("headline", "matched"))
+    pair: str = param(
+        "headline",
+        "Objective pair. headline: model -mean[g p^(beta g) nll], scorer +mean[(1-g) nll]; "
+        "matched: model -mean[g p^beta nll], scorer -mean[g p^beta nll].",
+        ("headline", "matched"),
+    )
     beta: float = param(5.0, "Saturation: forgotten tokens (low p) stop being pushed.", minimum=0.0)
-    saturation: str = param("fixed", "matched pair only. fixed: weight g p^beta; scaled: weight p^(beta g).",
-                            ("fixed", "scaled"))
-    reward_norm: bool = param(False, "matched pair only: divide the scorer's reward by its batch mean (scale-free "
-                              "against the regularisers; needed on a memorised model, where p^beta nll starts near 0).")
+    saturation: str = param(
+        "fixed", "matched pair only. fixed: weight g p^beta; scaled: weight p^(beta g).", ("fixed", "scaled")
+    )
+    reward_norm: bool = param(
+        False,
+        "matched pair only: divide the scorer's reward by its batch mean (scale-free "
+        "against the regularisers; needed on a memorised model, where p^beta nll starts near 0).",
+    )
 
 
 @dataclass
@@ -133,8 +161,9 @@ class ATWUNPOParams(ScorerParams, NPOParams):
 class TokenUnlearnParams(RetainParams):
     retain_loss: str = param("kl", "Retain objective (TokenUnlearn uses KL to the reference).", ("nll", "kl", "none"))
     tu_a: float = param(0.5, "Importance mix: a * norm(knowledge signal) + (1-a) * norm(entropy).", minimum=0.0)
-    tu_selection: str = param("hard", "hard: unlearn only the top tokens; soft: weights from a softmax of the importance.",
-                              ("hard", "soft"))
+    tu_selection: str = param(
+        "hard", "hard: unlearn only the top tokens; soft: weights from a softmax of the importance.", ("hard", "soft")
+    )
     tu_top_fraction: float = param(0.3, "Hard selection: fraction of each answer's tokens unlearned.", minimum=0.0)
     tu_temperature: float = param(0.2, "Soft weighting: softmax temperature over normalised importance.", minimum=1e-6)
     tu_base: str = param("ga", "Forget loss the weights are applied in.", ("ga", "npo"))
@@ -183,26 +212,76 @@ def register(spec: MethodSpec) -> MethodSpec:
 
 
 for _spec in (
-    MethodSpec("atwu", "ATWU: a probe on the hidden states learns per-token forget weights, alternating with the model",
-               ATWUParams, lambda p: ATWUScorer(p, objective="ga"), ga_loss),
-    MethodSpec("atwu-npo", "ATWU weights inside the per-sequence NPO loss",
-               ATWUNPOParams, lambda p: ATWUScorer(p, objective="npo"), npo_loss),
-    MethodSpec("ga", "Gradient ascent on the forget set (uniform token weights, no retain term)",
-               MethodParams, lambda p: Uniform(), ga_loss),
-    MethodSpec("graddiff", "Gradient difference: gradient ascent on forget + NLL (or KL) on retain",
-               RetainParams, lambda p: Uniform(), ga_loss),
-    MethodSpec("gt-mask", "Oracle: GradDiff on the ground-truth span tokens only (weight 1 inside, 0 outside)",
-               RetainParams, lambda p: SpanMask(), ga_loss),
-    MethodSpec("npo", "Negative preference optimisation against the adapter-disabled reference, + retain NLL",
-               NPOParams, lambda p: Uniform(), npo_loss),
-    MethodSpec("simnpo", "SimNPO: reference-free, length-normalised NPO, + retain NLL",
-               SimNPOParams, lambda p: Uniform(), simnpo_loss),
-    MethodSpec("wga", "Weighted gradient ascent: token weight p^beta (probability-based heuristic)",
-               WGAParams, lambda p: ProbabilityWeighting(p.wga_beta), ga_loss),
-    MethodSpec("satimp", "SatImp: token weight p^beta1 * (1-p)^beta2 (probability-based heuristic)",
-               SatImpParams, lambda p: ProbabilityWeighting(p.satimp_beta1, p.satimp_beta2), ga_loss),
-    MethodSpec("tokenunlearn", "TokenUnlearn: masking + entropy importance, hard selection or soft weighting, KL on retain",
-               TokenUnlearnParams, TokenUnlearnImportance, tokenunlearn_loss),
+    MethodSpec(
+        "atwu",
+        "ATWU: a probe on the hidden states learns per-token forget weights, alternating with the model",
+        ATWUParams,
+        lambda p: ATWUScorer(p, objective="ga"),
+        ga_loss,
+    ),
+    MethodSpec(
+        "atwu-npo",
+        "ATWU weights inside the per-sequence NPO loss",
+        ATWUNPOParams,
+        lambda p: ATWUScorer(p, objective="npo"),
+        npo_loss,
+    ),
+    MethodSpec(
+        "ga",
+        "Gradient ascent on the forget set (uniform token weights, no retain term)",
+        MethodParams,
+        lambda p: Uniform(),
+        ga_loss,
+    ),
+    MethodSpec(
+        "graddiff",
+        "Gradient difference: gradient ascent on forget + NLL (or KL) on retain",
+        RetainParams,
+        lambda p: Uniform(),
+        ga_loss,
+    ),
+    MethodSpec(
+        "gt-mask",
+        "Oracle: GradDiff on the ground-truth span tokens only (weight 1 inside, 0 outside)",
+        RetainParams,
+        lambda p: SpanMask(),
+        ga_loss,
+    ),
+    MethodSpec(
+        "npo",
+        "Negative preference optimisation against the adapter-disabled reference, + retain NLL",
+        NPOParams,
+        lambda p: Uniform(),
+        npo_loss,
+    ),
+    MethodSpec(
+        "simnpo",
+        "SimNPO: reference-free, length-normalised NPO, + retain NLL",
+        SimNPOParams,
+        lambda p: Uniform(),
+        simnpo_loss,
+    ),
+    MethodSpec(
+        "wga",
+        "Weighted gradient ascent: token weight p^beta (probability-based heuristic)",
+        WGAParams,
+        lambda p: ProbabilityWeighting(p.wga_beta),
+        ga_loss,
+    ),
+    MethodSpec(
+        "satimp",
+        "SatImp: token weight p^beta1 * (1-p)^beta2 (probability-based heuristic)",
+        SatImpParams,
+        lambda p: ProbabilityWeighting(p.satimp_beta1, p.satimp_beta2),
+        ga_loss,
+    ),
+    MethodSpec(
+        "tokenunlearn",
+        "TokenUnlearn: masking + entropy importance, hard selection or soft weighting, KL on retain",
+        TokenUnlearnParams,
+        TokenUnlearnImportance,
+        tokenunlearn_loss,
+    ),
 ):
     register(_spec)
 
@@ -233,8 +312,12 @@ class ParamSpec:
 def method_params(method: str) -> tuple[ParamSpec, ...]:
     cls = method_spec(method).params
     return tuple(
-        ParamSpec(f.name, f.default if f.default is not MISSING else None, f.metadata.get("help", ""),
-                  tuple(f.metadata.get("choices", ())))
+        ParamSpec(
+            f.name,
+            f.default if f.default is not MISSING else None,
+            f.metadata.get("help", ""),
+            tuple(f.metadata.get("choices", ())),
+        )
         for f in fields(cls)
     )
 

@@ -48,7 +48,9 @@ def extraction_strength(correct: Sequence[bool]) -> float:
     return 1.0 - (n - suffix) / n
 
 
-def answer_stats(model: torch.nn.Module, samples: Sequence[EncodedSample], pad_id: int, batch_size: int = 16) -> list[dict]:
+def answer_stats(
+    model: torch.nn.Module, samples: Sequence[EncodedSample], pad_id: int, batch_size: int = 16
+) -> list[dict]:
     """Teacher-forced scores per sample, in input order: `prob` (exp of minus the mean answer-token NLL),
     `extraction_strength`, and `token_logprobs` (log p of each answer token, for before/after views), plus its `id`.
     Batches hold samples of similar length: less padding to pay for."""
@@ -132,10 +134,14 @@ def truth_ratios(
     if not usable:
         return []
     paraphrased = [Record(r.id, r.question, r.paraphrased_answer) for r in usable]
-    perturbed = [Record(f"{r.id}/perturbed{j}", r.question, p) for r in usable for j, p in enumerate(r.perturbed_answer)]
+    perturbed = [
+        Record(f"{r.id}/perturbed{j}", r.question, p) for r in usable for j, p in enumerate(r.perturbed_answer)
+    ]
     encoded = encode_records(paraphrased + perturbed, tokenizer, chat_template=chat_template)
     # in log space: on a collapsed model the probabilities underflow to 0 and their ratio would be 0/0
-    logps = [float(np.mean(s["token_logprobs"])) for s in answer_stats(model, encoded, pad_token_id(tokenizer), batch_size)]
+    logps = [
+        float(np.mean(s["token_logprobs"])) for s in answer_stats(model, encoded, pad_token_id(tokenizer), batch_size)
+    ]
     para_logps, pert_logps = logps[: len(usable)], iter(logps[len(usable) :])
     return [
         float(np.mean([np.exp(next(pert_logps) - para) for _ in r.perturbed_answer]))
@@ -165,7 +171,9 @@ def _checked(weights: Sequence[float], sample: EncodedSample) -> np.ndarray:
     return scores
 
 
-def _scored(weights: Mapping[str, Sequence[float]], samples: Sequence[EncodedSample]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _scored(
+    weights: Mapping[str, Sequence[float]], samples: Sequence[EncodedSample]
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(id, scores, labels) for each sample with ground truth and weights; samples without weights are left out."""
     return [
         (s.record_id, _checked(weights[s.record_id], s), np.asarray(s.span_mask, dtype=bool))
@@ -209,7 +217,9 @@ def alignment(weights: Mapping[str, Sequence[float]], samples: Sequence[EncodedS
     }
 
 
-def alignment_curves(weights: Mapping[str, Sequence[float]], samples: Sequence[EncodedSample]) -> dict[str, list[float]]:
+def alignment_curves(
+    weights: Mapping[str, Sequence[float]], samples: Sequence[EncodedSample]
+) -> dict[str, list[float]]:
     """Pooled ROC (`fpr`, `tpr`) and precision-recall (`precision`, `recall`) points for charts; empty lists
     when the pooled tokens have only one class."""
     scored = _scored(weights, samples)
@@ -254,7 +264,9 @@ def forgetting(
 def trajectory(steps: Sequence, probs_before: Mapping[str, Sequence[float]] | None, samples: Sequence) -> dict:
     """Alignment against step: for each step record, over the samples in that step's batch, the AUROC of the
     recorded scores and of the NLL increase so far, and the mean score inside and outside the spans."""
-    out: dict[str, list] = {k: [] for k in ("step", "score_auroc", "forgetting_auroc", "score_in_span", "score_out_span")}
+    out: dict[str, list] = {
+        k: [] for k in ("step", "score_auroc", "forgetting_auroc", "score_in_span", "score_out_span")
+    }
     for rec in steps:
         scored = _scored(rec.scores, samples)
         if not scored:
@@ -296,8 +308,13 @@ def disagreements(weights: Sequence[float], sample: EncodedSample, k: int = 5) -
     disagreement = np.where(mask, 1 - percentile, percentile)
     top = np.argsort(-disagreement, kind="stable")[:k]
     return [
-        {"index": int(i), "token": sample.answer_tokens[i], "weight": float(scores[i]),
-         "in_span": bool(mask[i]), "disagreement": float(disagreement[i])}
+        {
+            "index": int(i),
+            "token": sample.answer_tokens[i],
+            "weight": float(scores[i]),
+            "in_span": bool(mask[i]),
+            "disagreement": float(disagreement[i]),
+        }
         for i in top
     ]
 

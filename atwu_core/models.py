@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -61,8 +61,14 @@ def pick_device(device: str = "auto") -> torch.device:
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype != "auto":
         try:
-            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                    "float16": torch.float16, "fp16": torch.float16}[dtype]
+            return {
+                "float32": torch.float32,
+                "fp32": torch.float32,
+                "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16,
+                "float16": torch.float16,
+                "fp16": torch.float16,
+            }[dtype]
         except KeyError:
             raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16.") from None
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -181,8 +187,11 @@ def _first_line(err: BaseException) -> str:
 
 
 def _load_config(spec: str, source: str, opts: dict):
-    hint = "the hub cannot be reached: use a local folder or 'demo'" if opts["local_files_only"] else \
-        "give 'demo', a model folder, a .gguf file or a hub id"
+    hint = (
+        "the hub cannot be reached: use a local folder or 'demo'"
+        if opts["local_files_only"]
+        else "give 'demo', a model folder, a .gguf file or a hub id"
+    )
     try:
         return AutoConfig.from_pretrained(source, **opts)
     except (OSError, ValueError) as err:
@@ -196,15 +205,19 @@ def _load_weights(spec: str, source: str, config, dtype: torch.dtype, opts: dict
 
     remote = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not remote:
-        raise ModelLoadError(f"{spec!r} is a {config.model_type!r} model, not a causal language model; "
-                             "give a decoder-only LM (Llama, GPT-2, SmolLM2, ...).")
+        raise ModelLoadError(
+            f"{spec!r} is a {config.model_type!r} model, not a causal language model; "
+            "give a decoder-only LM (Llama, GPT-2, SmolLM2, ...)."
+        )
     try:
         model, loading = AutoModelForCausalLM.from_pretrained(
             source, config=config, dtype=dtype, use_safetensors=True, output_loading_info=True, **opts
         )
     except SafetensorError as err:
-        raise ModelLoadError(f"{_weights_file(source)}: corrupt or truncated safetensors file ({err}); "
-                             "download or build the model again.") from None
+        raise ModelLoadError(
+            f"{_weights_file(source)}: corrupt or truncated safetensors file ({err}); "
+            "download or build the model again."
+        ) from None
     except (OSError, ValueError, RuntimeError) as err:
         if isinstance(err, torch.OutOfMemoryError):
             raise ModelLoadError(f"out of memory loading {spec!r}; try dtype=bfloat16 or a smaller model.") from None
@@ -212,8 +225,10 @@ def _load_weights(spec: str, source: str, config, dtype: torch.dtype, opts: dict
     missing = loading.get("missing_keys") or []
     if missing:
         names = ", ".join(sorted(missing)[:3]) + (", ..." if len(missing) > 3 else "")
-        raise ModelLoadError(f"{_weights_file(source)}: the checkpoint lacks {len(missing)} weights of the "
-                             f"{type(model).__name__} ({names}); they would be random. Is it a causal LM checkpoint?")
+        raise ModelLoadError(
+            f"{_weights_file(source)}: the checkpoint lacks {len(missing)} weights of the "
+            f"{type(model).__name__} ({names}); they would be random. Is it a causal LM checkpoint?"
+        )
     return model
 
 
@@ -227,8 +242,10 @@ def _load_tokenizer(spec: str, source: str, opts: dict):
     try:
         return AutoTokenizer.from_pretrained(source, use_fast=True, **opts)
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{source}: no usable fast tokenizer for {spec!r} ({_first_line(err)}); the model folder "
-                             "needs tokenizer.json (copy it from the base model).") from None
+        raise ModelLoadError(
+            f"{source}: no usable fast tokenizer for {spec!r} ({_first_line(err)}); the model folder "
+            "needs tokenizer.json (copy it from the base model)."
+        ) from None
 
 
 def _check_causal(model: PreTrainedModel, spec: str) -> None:
@@ -241,8 +258,10 @@ def _check_causal(model: PreTrainedModel, spec: str) -> None:
         logits = model(input_ids=ids.to(model.device)).logits.float()
     moved = (logits[0] - logits[1]).abs().amax(dim=-1)  # per position
     if moved[:3].max() > CAUSAL_TOLERANCE * moved[3]:
-        raise ModelLoadError(f"{spec!r} ({type(model).__name__}) is not a causal language model: its predictions "
-                             "depend on later tokens (an encoder such as BERT). Give a decoder-only LM.")
+        raise ModelLoadError(
+            f"{spec!r} ({type(model).__name__}) is not a causal language model: its predictions "
+            "depend on later tokens (an encoder such as BERT). Give a decoder-only LM."
+        )
 
 
 def _merge_adapter(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:
@@ -268,8 +287,9 @@ def _strip_lora_layers(model: torch.nn.Module) -> None:
         del model.peft_config
 
 
-def attach_lora(model: PreTrainedModel, rank: int, alpha: int, targets: str | list[str],
-                top_layers: int | None = None) -> PreTrainedModel:
+def attach_lora(
+    model: PreTrainedModel, rank: int, alpha: int, targets: str | list[str], top_layers: int | None = None
+) -> PreTrainedModel:
     """Wrap `model` in a fresh LoRA adapter (in place; undo with `detach_lora`).
 
     `top_layers` puts the adapter on the last N decoder blocks only: backpropagation then stops below them,
@@ -287,16 +307,27 @@ def attach_lora(model: PreTrainedModel, rank: int, alpha: int, targets: str | li
         if not 0 < top_layers <= n_layers:
             raise ValueError(f"lora_layers must be between 1 and the model's {n_layers} layers, got {top_layers}.")
         layers = list(range(n_layers - top_layers, n_layers))
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets,
-                        layers_to_transform=layers, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=targets,
+        layers_to_transform=layers,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 
 def _linear_module_names(model: PreTrainedModel) -> list[str]:
     """The names of the linear layers "all-linear" means: every nn.Linear except the output head."""
     head = model.get_output_embeddings()
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                   if isinstance(module, torch.nn.Linear) and module is not head})
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not head
+        }
+    )
 
 
 def detach_lora(peft_model) -> PreTrainedModel:
@@ -336,8 +367,9 @@ def adapter_enabled(loaded: LoadedModel, run_dir: str | Path) -> Iterator[PreTra
             peft_model = PeftModel.from_pretrained(loaded.model, str(adapter))
         except (OSError, ValueError, RuntimeError, SafetensorError) as err:
             _strip_lora_layers(loaded.model)
-            raise ModelLoadError(f"{adapter}: not a usable LoRA adapter for {loaded.info.name!r} "
-                                 f"({_first_line(err)}).") from None
+            raise ModelLoadError(
+                f"{adapter}: not a usable LoRA adapter for {loaded.info.name!r} ({_first_line(err)})."
+            ) from None
         peft_model.eval()
         try:
             yield peft_model
@@ -364,8 +396,16 @@ class Trainable:
 
 
 @contextlib.contextmanager
-def trainable(loaded: LoadedModel, *, full: bool, rank: int, alpha: int, targets: str,
-              top_layers: int | None, gradient_checkpointing: bool = False) -> Iterator[Trainable]:
+def trainable(
+    loaded: LoadedModel,
+    *,
+    full: bool,
+    rank: int,
+    alpha: int,
+    targets: str,
+    top_layers: int | None,
+    gradient_checkpointing: bool = False,
+) -> Iterator[Trainable]:
     """Wrap the shared loaded model in a fresh LoRA adapter (or train a copy with `full`) and always give the
     plain model back on exit, whatever happened: a failed or cancelled job leaves the loaded model as it was."""
     if full:

@@ -20,22 +20,38 @@ class Preset:
 
 _DEMO_ATWU = {"pair": "matched", "scorer_every": 2, "reward_norm": True, "budget": 0.4, "gamma": 2.0}
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("demo", "tens of LoRA steps on the tiny demo model; ATWU = the matched pair with reward_norm",
-           tuned_on="generate_world(7) on the tiny model (checked on the demo world)",
-           job={"steps": 40, "lr": 1e-3},
-           params={"atwu": _DEMO_ATWU,
-                   "atwu-npo": {"scorer_every": 2, "budget": 0.4}}),
-    Preset("smollm2", "the demo method settings with job settings for a 135M model on a CPU",
-           tuned_on="demo-smollm2 (lr only)",
-           job={"steps": 40, "lr": 3e-3, "forget_batch_size": 8, "retain_batch_size": 8, "lora_layers": 12,
-                "eval_max_samples": 32},
-           params={"atwu": _DEMO_ATWU,
-                   "atwu-npo": {"scorer_every": 2, "budget": 0.4}}),
-    Preset("paper", "the ATWU authors' headline TOFU settings: headline pair, n 5, b 0.2, gamma 1, beta 5",
-           tuned_on="none here (the authors' Bayesian search on TOFU)",
-           job={"steps": 100, "lr": 1e-3}),
-)}
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "demo",
+            "tens of LoRA steps on the tiny demo model; ATWU = the matched pair with reward_norm",
+            tuned_on="generate_world(7) on the tiny model (checked on the demo world)",
+            job={"steps": 40, "lr": 1e-3},
+            params={"atwu": _DEMO_ATWU, "atwu-npo": {"scorer_every": 2, "budget": 0.4}},
+        ),
+        Preset(
+            "smollm2",
+            "the demo method settings with job settings for a 135M model on a CPU",
+            tuned_on="demo-smollm2 (lr only)",
+            job={
+                "steps": 40,
+                "lr": 3e-3,
+                "forget_batch_size": 8,
+                "retain_batch_size": 8,
+                "lora_layers": 12,
+                "eval_max_samples": 32,
+            },
+            params={"atwu": _DEMO_ATWU, "atwu-npo": {"scorer_every": 2, "budget": 0.4}},
+        ),
+        Preset(
+            "paper",
+            "the ATWU authors' headline TOFU settings: headline pair, n 5, b 0.2, gamma 1, beta 5",
+            tuned_on="none here (the authors' Bayesian search on TOFU)",
+            job={"steps": 100, "lr": 1e-3},
+        ),
+    )
+}
 
 SMOLLM2_MODELS = ("smollm2", "demo-smollm2")
 

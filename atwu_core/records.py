@@ -41,10 +41,21 @@ class SampleRecord:
 
     @classmethod
     def from_encoded(cls, sample: EncodedSample, record: Record) -> SampleRecord:
-        labels = [next((sp.label for sp in record.forget_spans if s < sp.end and e > sp.start), None)
-                  for s, e in sample.answer_offsets]
-        return cls(sample.record_id, record.question, record.answer, sample.answer_tokens, sample.answer_token_ids,
-                   sample.answer_offsets, sample.span_mask, labels, sample.has_ground_truth)
+        labels = [
+            next((sp.label for sp in record.forget_spans if s < sp.end and e > sp.start), None)
+            for s, e in sample.answer_offsets
+        ]
+        return cls(
+            sample.record_id,
+            record.question,
+            record.answer,
+            sample.answer_tokens,
+            sample.answer_token_ids,
+            sample.answer_offsets,
+            sample.span_mask,
+            labels,
+            sample.has_ground_truth,
+        )
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -56,9 +67,13 @@ class SampleRecord:
     def from_json(cls, data: dict) -> SampleRecord:
         mask = [bool(m) for m in data["span_mask"]]
         return cls(
-            record_id=data["id"], question=data.get("question", ""), answer=data.get("answer", ""),
-            tokens=list(data["tokens"]), token_ids=list(data.get("token_ids", [])),
-            offsets=[tuple(o) for o in data.get("offsets", [])], span_mask=mask,
+            record_id=data["id"],
+            question=data.get("question", ""),
+            answer=data.get("answer", ""),
+            tokens=list(data["tokens"]),
+            token_ids=list(data.get("token_ids", [])),
+            offsets=[tuple(o) for o in data.get("offsets", [])],
+            span_mask=mask,
             span_labels=data.get("span_labels") or [("forget" if m else None) for m in mask],
             has_ground_truth=bool(data.get("has_ground_truth", any(mask))),
         )
@@ -96,15 +111,31 @@ class StepRecord:
     probs: TokenValues = field(repr=False)
 
     def to_json(self) -> dict:
-        return {"type": "step", "step": self.step, "elapsed": round(self.elapsed, 4), "losses": self.losses,
-                "lrs": self.lrs, "tokens": self.tokens, "scores": _sig(self.scores),
-                "loss_weights": _sig(self.loss_weights), "probs": _sig(self.probs)}
+        return {
+            "type": "step",
+            "step": self.step,
+            "elapsed": round(self.elapsed, 4),
+            "losses": self.losses,
+            "lrs": self.lrs,
+            "tokens": self.tokens,
+            "scores": _sig(self.scores),
+            "loss_weights": _sig(self.loss_weights),
+            "probs": _sig(self.probs),
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> StepRecord:
         scores = data.get("scores", data.get("weights", {}))  # `weights` held the scores before records.py
-        return cls(data["step"], data.get("elapsed", 0.0), data.get("losses", {}), data.get("lrs", {}),
-                   data.get("tokens", 0), scores, data.get("loss_weights", {}), data.get("probs", {}))
+        return cls(
+            data["step"],
+            data.get("elapsed", 0.0),
+            data.get("losses", {}),
+            data.get("lrs", {}),
+            data.get("tokens", 0),
+            scores,
+            data.get("loss_weights", {}),
+            data.get("probs", {}),
+        )
 
 
 @dataclass
@@ -117,13 +148,22 @@ class FinalRecord:
     probs: TokenValues = field(repr=False)
 
     def to_json(self) -> dict:
-        return {"type": "final", "step": self.step, "scores": _sig(self.scores),
-                "loss_weights": _sig(self.loss_weights), "probs": _sig(self.probs)}
+        return {
+            "type": "final",
+            "step": self.step,
+            "scores": _sig(self.scores),
+            "loss_weights": _sig(self.loss_weights),
+            "probs": _sig(self.probs),
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> FinalRecord:
-        return cls(data.get("step", 0), data.get("scores", data.get("weights", {})), data.get("loss_weights", {}),
-                   data.get("probs", {}))
+        return cls(
+            data.get("step", 0),
+            data.get("scores", data.get("weights", {})),
+            data.get("loss_weights", {}),
+            data.get("probs", {}),
+        )
 
 
 PHASES = ("loading", "before", "training", "final", "after", "done")

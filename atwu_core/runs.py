@@ -53,8 +53,9 @@ def check_run_dir(run_dir: Path) -> None:
         probe = tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test.")
         probe.close()
     except OSError as err:
-        raise RunFolderError(f"cannot write the run folder {run_dir}: {err.strerror or err}; "
-                             "give --out a writable folder.") from None
+        raise RunFolderError(
+            f"cannot write the run folder {run_dir}: {err.strerror or err}; give --out a writable folder."
+        ) from None
 
 
 def _now() -> str:
@@ -71,7 +72,9 @@ class RunWriter:
         try:
             self._records = (self.dir / "records.jsonl").open("x", encoding="utf-8")
         except FileExistsError:
-            raise FileExistsError(f"{self.dir} already holds a run (another job claimed it); choose a new --out folder.") from None
+            raise FileExistsError(
+                f"{self.dir} already holds a run (another job claimed it); choose a new --out folder."
+            ) from None
         os.chmod(self._records.name, FILE_MODE)
 
     def write_json(self, name: str, data: object) -> None:
@@ -108,7 +111,8 @@ class RunSnapshot:
         self.sample_index = {s.record_id: s for s in self.samples}
 
     def matrix(self, sample_id: str, key: str = "scores") -> tuple[list[int], list[list[float]]]:
-        """Steps x tokens of `key` (scores, loss_weights or probs) for one sample, over the steps whose batch held it."""
+        """Steps x tokens of `key` (scores, loss_weights or probs) for one sample, over the steps whose batch held
+        it."""
         steps, rows = [], []
         for rec in self.step_records:
             values = getattr(rec, key).get(sample_id)
@@ -200,11 +204,15 @@ class RunReader:
     def snapshot(self) -> RunSnapshot:
         records, skipped = self.records()
         return RunSnapshot(
-            dir=self.dir, config=self.config, status=self.status, samples=self.samples,
+            dir=self.dir,
+            config=self.config,
+            status=self.status,
+            samples=self.samples,
             before=next((r for r in records if isinstance(r, BeforeRecord)), None),
             step_records=[r for r in records if isinstance(r, StepRecord)],
             final=next((r for r in records if isinstance(r, FinalRecord)), None),
-            metrics=self.metrics, skipped_lines=skipped,
+            metrics=self.metrics,
+            skipped_lines=skipped,
         )
 
 
@@ -224,9 +232,15 @@ def _summary(path: Path) -> dict:
     run = RunReader(path)
     config, status, metrics = run.config, run.status, run.metrics or {}
     return {
-        "run_dir": str(path), "name": config.get("name") or path.name, "tags": config.get("tags", []),
-        "method": config.get("method"), "model": config.get("model"), "data": config.get("data"),
-        "created": config.get("created"), "state": status.state, "steps": status.steps_done,
+        "run_dir": str(path),
+        "name": config.get("name") or path.name,
+        "tags": config.get("tags", []),
+        "method": config.get("method"),
+        "model": config.get("model"),
+        "data": config.get("data"),
+        "created": config.get("created"),
+        "state": status.state,
+        "steps": status.steps_done,
         "error": status.error,
         "auroc": (metrics.get("alignment") or {}).get("auroc"),
         "forgetting_auroc": (metrics.get("forgetting") or {}).get("auroc"),
@@ -256,8 +270,14 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
             out.append(_summary(path))
         except FileNotFoundError as err:  # not a run folder, unless it is a dangling link or vanished mid-read
             if path.is_symlink() and not path.exists():
-                out.append({"run_dir": str(path), "name": path.name, "state": "unreadable",
-                            "error": f"{path}: a link to {os.readlink(path)}, which does not exist."})
+                out.append(
+                    {
+                        "run_dir": str(path),
+                        "name": path.name,
+                        "state": "unreadable",
+                        "error": f"{path}: a link to {os.readlink(path)}, which does not exist.",
+                    }
+                )
             elif path.is_dir() and (path / "config.json").exists():
                 out.append({"run_dir": str(path), "name": path.name, "state": "unreadable", "error": str(err)})
         except (OSError, ValueError, TypeError, AttributeError) as err:

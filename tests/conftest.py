@@ -8,7 +8,6 @@ import torch
 from atwu_core.data import load_data
 from atwu_core.models import load_model
 
-
 # The tests' models are small: one intra-op thread is as fast on an idle machine and many times faster on a
 # busy one (two threads fighting other processes for two cores stall each other).
 torch.set_num_threads(1)

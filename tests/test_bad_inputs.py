@@ -210,8 +210,11 @@ CASES = {
     "beta-nan": (_unlearn("--set", "beta=nan"), ["beta must be a finite number"]),
     "chat-template-maybe": (_unlearn("--set", "chat_template=maybe"), ["chat_template must be bool"]),
     "set-a-flag-field": (_unlearn("--set", "method=ga"), ["set method with --method"]),
-    **({} if torch.cuda.is_available() else
-       {"cuda-without-gpu": (_unlearn("--set", "device=cuda"), ["device=cuda but this machine has no CUDA GPU"])}),
+    **(
+        {}
+        if torch.cuda.is_available()
+        else {"cuda-without-gpu": (_unlearn("--set", "device=cuda"), ["device=cuda but this machine has no CUDA GPU"])}
+    ),
 }
 
 

@@ -13,8 +13,30 @@ from atwu_core.models import ModelLoadError, load_model
 
 def test_unlearn_then_eval(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["unlearn", "--model", "demo", "--data", "demo", "--method", "wga", "--steps", "2", "--out", str(out),
-                 "--seed", "3", "--set", "wga_beta=2", "--set", "eval_max_samples=4"]) == 0
+    assert (
+        main(
+            [
+                "unlearn",
+                "--model",
+                "demo",
+                "--data",
+                "demo",
+                "--method",
+                "wga",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+                "--seed",
+                "3",
+                "--set",
+                "wga_beta=2",
+                "--set",
+                "eval_max_samples=4",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "step    2/2" in printed and "alignment  auroc=" in printed
     config = json.loads((out / "config.json").read_text())
@@ -23,13 +45,16 @@ def test_unlearn_then_eval(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == json.loads((out / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["unlearn", "--data", "/nonexistent/folder"], "not 'demo', a dataset folder"),
-    (["unlearn", "--model", "./no/such/model"], "no such file or folder"),
-    (["unlearn", "--set", "nonsense=1"], "has no parameter 'nonsense'"),
-    (["unlearn", "--set", "steps"], "expects key=value"),
-    (["eval", "/nonexistent/run"], "not a run folder"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["unlearn", "--data", "/nonexistent/folder"], "not 'demo', a dataset folder"),
+        (["unlearn", "--model", "./no/such/model"], "no such file or folder"),
+        (["unlearn", "--set", "nonsense=1"], "has no parameter 'nonsense'"),
+        (["unlearn", "--set", "steps"], "expects key=value"),
+        (["eval", "/nonexistent/run"], "not a run folder"),
+    ],
+)
 def test_bad_input_is_one_clear_error(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -39,7 +64,8 @@ def test_bad_input_is_one_clear_error(argv, message, capsys):
 
 def test_not_a_causal_lm_is_named(tmp_path):
     DistilBertModel(DistilBertConfig(vocab_size=50, dim=8, n_layers=1, n_heads=1, hidden_dim=8)).save_pretrained(
-        tmp_path / "bert")
+        tmp_path / "bert"
+    )
     with pytest.raises(ModelLoadError, match="not a causal language model"):
         load_model(str(tmp_path / "bert"))
 

@@ -9,7 +9,16 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from atwu_core.data import DataError, Record, Span, encode_record, load_data, load_dataset_dir, load_jsonl, load_tofu_json
+from atwu_core.data import (
+    DataError,
+    Record,
+    Span,
+    encode_record,
+    load_data,
+    load_dataset_dir,
+    load_jsonl,
+    load_tofu_json,
+)
 
 SHARED_TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
@@ -35,19 +44,35 @@ def _record(**kw) -> str:
 
 
 def test_forget_strings_mark_every_occurrence(tmp_path):
-    rec = load_jsonl(_write(tmp_path / "f.jsonl", [json.dumps(
-        {"id": "a", "question": "q?", "answer": "Vask met Vask in Tessaly.", "forget_strings": ["Vask", "Tessaly"]})]))[0]
-    assert [rec.answer[s.start:s.end] for s in rec.forget_spans] == ["Vask", "Vask", "Tessaly"]
+    rec = load_jsonl(
+        _write(
+            tmp_path / "f.jsonl",
+            [
+                json.dumps(
+                    {
+                        "id": "a",
+                        "question": "q?",
+                        "answer": "Vask met Vask in Tessaly.",
+                        "forget_strings": ["Vask", "Tessaly"],
+                    }
+                )
+            ],
+        )
+    )[0]
+    assert [rec.answer[s.start : s.end] for s in rec.forget_spans] == ["Vask", "Vask", "Tessaly"]
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"id": "x", "question": "q?"', "malformed JSON"),
-    ('{"id": "x", "answer": "a"}', "missing field 'question'"),
-    (_record(forget_spans=[{"start": 20, "end": 99}]), "outside the answer"),
-    (_record(forget_spans=[{"start": 0, "end": 10}, {"start": 5, "end": 12}]), "overlap"),
-    (_record(forget_strings=["Paris"]), "does not occur"),
-    (_record(forget_spans=[{"start": "0", "end": 3}]), "integer 'start'"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"id": "x", "question": "q?"', "malformed JSON"),
+        ('{"id": "x", "answer": "a"}', "missing field 'question'"),
+        (_record(forget_spans=[{"start": 20, "end": 99}]), "outside the answer"),
+        (_record(forget_spans=[{"start": 0, "end": 10}, {"start": 5, "end": 12}]), "overlap"),
+        (_record(forget_strings=["Paris"]), "does not occur"),
+        (_record(forget_spans=[{"start": "0", "end": 3}]), "integer 'start'"),
+    ],
+)
 def test_bad_records_name_file_line_and_problem(tmp_path, line, message):
     path = _write(tmp_path / "forget.jsonl", [_record(id="ok"), line])
     with pytest.raises(DataError) as err:
@@ -93,8 +118,12 @@ def _byte_bpe() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
-                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
 
 
@@ -110,7 +139,9 @@ def _metaspace_unigram() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=120, special_tokens=["</s>", "<unk>"], unk_token="<unk>"))
+    tok.train_from_iterator(
+        CORPUS, trainers.UnigramTrainer(vocab_size=120, special_tokens=["</s>", "<unk>"], unk_token="<unk>")
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="</s>")
 
 
@@ -126,7 +157,7 @@ def test_span_tokens_cover_exactly_the_span_words(name):
     rec = Record("r", "Where was Lorin Vask born?", answer, [Span(0, 10, "name"), Span(23, 30, "birthplace")])
     enc = encode_record(rec, tok)
     assert enc.labels[: enc.prompt_length] == [-100] * enc.prompt_length
-    assert enc.labels[enc.prompt_length:] == enc.answer_token_ids
+    assert enc.labels[enc.prompt_length :] == enc.answer_token_ids
     assert enc.answer_token_ids[-1] == tok.eos_token_id
     inside = "".join(t for t, m in zip(enc.answer_tokens, enc.span_mask) if m).lower().replace(" ", "").replace("▁", "")
     outside = "".join(t for t, m in zip(enc.answer_tokens, enc.span_mask) if not m).lower().replace(" ", "")

@@ -85,8 +85,10 @@ def test_probability_weighting_is_p_beta1_times_one_minus_p_beta2():
 
 def test_gt_mask_weights_exactly_the_span_tokens():
     class Ctx:
-        samples = [SampleRecord("a", "", "", [], [], [], [True, False, True], [], True),
-                   SampleRecord("b", "", "", [], [], [], [False, True], [], True)]
+        samples = [
+            SampleRecord("a", "", "", [], [], [], [True, False, True], [], True),
+            SampleRecord("b", "", "", [], [], [], [False, True], [], True),
+        ]
 
     scheme = SpanMask()
     scheme.prepare(Ctx())
@@ -118,7 +120,9 @@ def test_headline_model_weight_is_g_times_p_to_the_beta_g():
 def test_matched_model_weight_is_g_times_p_to_the_beta_and_scaled_drops_g():
     g, nll, mask = _pair_inputs()
     assert model_weights("matched", g, nll, mask, BETA)[0, 1].item() == pytest.approx(0.9 * math.exp(-BETA * 2.0))
-    assert model_weights("matched", g, nll, mask, BETA, "scaled")[0, 1].item() == pytest.approx(math.exp(-BETA * 0.9 * 2.0))
+    assert model_weights("matched", g, nll, mask, BETA, "scaled")[0, 1].item() == pytest.approx(
+        math.exp(-BETA * 0.9 * 2.0)
+    )
 
 
 def test_headline_scorer_reward_is_the_plain_nll_and_moves_only_the_scorer():
@@ -195,7 +199,11 @@ def test_a_saved_scorer_reproduces_the_final_pass(demo_loaded, demo_world, tmp_p
     config = _short("atwu", params={"snapshot_every": 2}, steps=4)
     job = run_job(config, loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
     assert sorted(p.name for p in (job.run_dir / "scorer").iterdir()) == [
-        "scorer.json", "scorer.safetensors", "step-000002.safetensors", "step-000004.safetensors"]
+        "scorer.json",
+        "scorer.safetensors",
+        "step-000002.safetensors",
+        "step-000004.safetensors",
+    ]
     scorer, inp = load_scorer(job.run_dir)
     with adapter_enabled(demo_loaded, job.run_dir) as unlearned:
         again = apply_scorer(scorer, inp, unlearned, job.forget, job.pad_id, batch_size=config.forget_batch_size)
@@ -207,8 +215,12 @@ def test_a_saved_scorer_reproduces_the_final_pass(demo_loaded, demo_world, tmp_p
 
 
 def test_the_joint_update_trains_the_scorer_every_step(demo_loaded, demo_world, tmp_path):
-    job = UnlearningJob(_short("atwu", params={"update": "joint", "scorer_every": 5}), loaded=demo_loaded,
-                        dataset=demo_world, run_dir=tmp_path / "r")
+    job = UnlearningJob(
+        _short("atwu", params={"update": "joint", "scorer_every": 5}),
+        loaded=demo_loaded,
+        dataset=demo_world,
+        run_dir=tmp_path / "r",
+    )
     assert all("scorer" in r.losses for r in job.stream())
 
 
@@ -242,13 +254,18 @@ def test_set_and_flags_are_one_way_to_set_a_field(monkeypatch):
         raise SystemExit
 
     monkeypatch.setattr(cli, "make_config", record)
-    for argv in (["unlearn", "--set", "steps=3", "--set", "seed=4"], ["unlearn", "--steps", "3", "--seed", "4"],
-                 ["unlearn", "--steps", "3", "--seed", "4", "--set", "steps=9"]):
+    for argv in (
+        ["unlearn", "--set", "steps=3", "--set", "seed=4"],
+        ["unlearn", "--steps", "3", "--seed", "4"],
+        ["unlearn", "--steps", "3", "--seed", "4", "--set", "steps=9"],
+    ):
         with pytest.raises(SystemExit):
             main(argv)
     assert seen[0] == seen[1] == seen[2]
-    assert split_overrides(["forget_ids=a, b", "chat_template=false"])[0] == {"forget_ids": ["a", "b"],
-                                                                               "chat_template": False}
+    assert split_overrides(["forget_ids=a, b", "chat_template=false"])[0] == {
+        "forget_ids": ["a", "b"],
+        "chat_template": False,
+    }
     with pytest.raises(ValueError, match="chat_template must be bool"):
         split_overrides(["chat_template=maybe"])
 

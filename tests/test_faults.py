@@ -114,7 +114,9 @@ def failing_method():
     REGISTRY.pop("fails", None)
 
 
-def test_ctrl_c_is_recorded_as_cancelled_with_the_steps_that_finished(failing_method, demo_loaded, demo_world, tmp_path):
+def test_ctrl_c_is_recorded_as_cancelled_with_the_steps_that_finished(
+    failing_method, demo_loaded, demo_world, tmp_path
+):
     method = failing_method(3, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         run_job(_short(method, steps=5), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")

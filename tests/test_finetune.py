@@ -87,8 +87,12 @@ def test_span_mask_covers_the_value_tokens(demo):
 
 
 def _toy_dataset() -> Dataset:
-    facts = [("Where does Ovi live?", "Ovi lives in Brel.", "Ovi"), ("Where does Tam live?", "Tam lives in Quost.", "Tam"),
-             ("What does Ovi eat?", "Ovi eats plums.", "Ovi"), ("What does Tam eat?", "Tam eats figs.", "Tam")]
+    facts = [
+        ("Where does Ovi live?", "Ovi lives in Brel.", "Ovi"),
+        ("Where does Tam live?", "Tam lives in Quost.", "Tam"),
+        ("What does Ovi eat?", "Ovi eats plums.", "Ovi"),
+        ("What does Tam eat?", "Tam eats figs.", "Tam"),
+    ]
     records = [Record(f"r{k}", q, a, [Span(0, len(n), "name")]) for k, (q, a, n) in enumerate(facts)]
     return Dataset("toy", forget=records[:2], retain=records[2:])
 
@@ -121,11 +125,15 @@ def test_finetune_dataset_dir_saves_a_loadable_model(tmp_path):
     save_dataset_dir(_toy_dataset(), tmp_path / "data")
     with pytest.raises(ValueError, match="exactly one"):
         finetune_dataset_dir(tmp_path / "data", tmp_path / "model")
-    report = finetune_dataset_dir(tmp_path / "data", tmp_path / "model", tiny=True, steps=2, vocab_size=300, meta={"note": "x"})
+    report = finetune_dataset_dir(
+        tmp_path / "data", tmp_path / "model", tiny=True, steps=2, vocab_size=300, meta={"note": "x"}
+    )
     saved = json.loads((tmp_path / "model" / "training_report.json").read_text())
     assert saved["steps"] == report.steps == 2 and saved["note"] == "x" and saved["data"] == "data"
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
     toy = _toy_dataset()
     samples = encode_records(toy.forget + toy.retain, tokenizer)
-    assert score_samples(model, samples, tokenizer.pad_token_id)[1] == pytest.approx(report.loss, rel=1e-4)  # the trained weights
+    assert score_samples(model, samples, tokenizer.pad_token_id)[1] == pytest.approx(
+        report.loss, rel=1e-4
+    )  # the trained weights

@@ -44,7 +44,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory):
             seconds = time.perf_counter() - start
         size_mib = sum(f.stat().st_size for f in folder.iterdir()) / 2**20
         print(f"\nGGUF first load (conversion): {seconds:.1f} s, cache folder {size_mib:.0f} MiB")
-        (model, tokenizer), = loaded
+        ((model, tokenizer),) = loaded
         files = json.loads((folder / gguf.MARKER).read_text())["files"]
         yield SimpleNamespace(folder=folder, model=model, tokenizer=tokenizer, messages=messages, files=files)
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from atwu_core.config import METHODS, make_config
 from atwu_core.background import BackgroundJob, JobBusyError
+from atwu_core.config import METHODS, make_config
 from atwu_core.job import JobError, UnlearningJob, run_job
 from atwu_core.records import Status
 from atwu_core.runs import RunReader, RunWriter, list_runs, wait_for_state, write_json_atomic
@@ -84,7 +84,9 @@ def test_adapter_reloads_with_peft_and_changes_the_model(demo_loaded, demo_world
 
 def test_full_finetuning_trains_a_copy(demo_loaded, demo_world, tmp_path):
     before = _fingerprint(demo_loaded.model)
-    job = run_job(_short("graddiff", steps=2, full=True), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    job = run_job(
+        _short("graddiff", steps=2, full=True), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r"
+    )
     assert (job.run_dir / "model" / "model.safetensors").is_file()
     assert _fingerprint(demo_loaded.model) == before
 
@@ -149,11 +151,14 @@ def test_atomic_json_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"params": {"beta": "high"}}, "beta must be a float"),
-    ({"params": {"nonsense": 1}}, "has no parameter 'nonsense'"),
-    ({"params": {"saturation": "cubic"}}, "saturation must be one of fixed, scaled"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"params": {"beta": "high"}}, "beta must be a float"),
+        ({"params": {"nonsense": 1}}, "has no parameter 'nonsense'"),
+        ({"params": {"saturation": "cubic"}}, "saturation must be one of fixed, scaled"),
+    ],
+)
 def test_bad_parameters_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):
         make_config("atwu", **overrides)
@@ -168,7 +173,9 @@ def test_default_atwu_job_forgets_keeps_and_aligns(demo_loaded, demo_world, tmp_
     assert m["forget"]["after"]["exact"] <= 0.10
     assert m["retain"]["after"]["exact"] >= 0.90 * m["retain"]["before"]["exact"]
     assert m["alignment"]["auroc"] >= 0.80
-    wga = run_job(make_config("wga", eval_max_samples=4), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "wga")
+    wga = run_job(
+        make_config("wga", eval_max_samples=4), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "wga"
+    )
     assert m["alignment"]["auroc"] > wga.metrics["alignment"]["auroc"] + 0.1
 
 
@@ -187,7 +194,9 @@ def test_a_run_whose_process_died_reads_as_interrupted(tmp_path):
 
 def test_lora_on_the_top_layers_only_trains_those_layers(demo_loaded, demo_world, tmp_path):
     n_layers = demo_loaded.model.config.num_hidden_layers
-    job = run_job(_short("graddiff", steps=2, lora_layers=1), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    job = run_job(
+        _short("graddiff", steps=2, lora_layers=1), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r"
+    )
     from safetensors.torch import load_file
 
     names = load_file(str(job.run_dir / "adapter" / "adapter_model.safetensors")).keys()
@@ -195,8 +204,12 @@ def test_lora_on_the_top_layers_only_trains_those_layers(demo_loaded, demo_world
     assert layers == {n_layers - 1}
     assert {n.split(".")[-3] for n in names} >= {"q_proj", "down_proj"}  # every linear kind, as all-linear means
     with pytest.raises(JobError, match="lora_layers must be between 1 and"):
-        run_job(_short("graddiff", steps=1, lora_layers=n_layers + 1), loaded=demo_loaded, dataset=demo_world,
-                run_dir=tmp_path / "bad")
+        run_job(
+            _short("graddiff", steps=1, lora_layers=n_layers + 1),
+            loaded=demo_loaded,
+            dataset=demo_world,
+            run_dir=tmp_path / "bad",
+        )
     assert not isinstance(demo_loaded.model, PeftModel)
 
 
@@ -211,7 +224,9 @@ def test_the_before_evaluation_is_computed_once_per_model_and_data(demo_loaded, 
 
     fresh = metrics.quality(demo_loaded.model, demo_loaded.tokenizer, demo_world.forget[:4], first.forget[:4])
     assert fresh == first.metrics["forget"]["before"]
-    other = run_job(_short("ga", steps=1, eval_max_samples=3), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "c")
+    other = run_job(
+        _short("ga", steps=1, eval_max_samples=3), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "c"
+    )
     assert other.metrics["forget"]["before"]["n"] == 3  # another cap is another entry
 
 
@@ -220,7 +235,9 @@ def test_presets_follow_the_model():
 
     assert default_preset("demo") == "demo" and default_preset("some/hub-model") == "demo"
     smol = make_config("atwu", default_preset("demo-smollm2"))
-    assert smol.preset == "smollm2" and smol.lora_layers and smol.forget_batch_size < make_config("atwu").forget_batch_size
+    assert (
+        smol.preset == "smollm2" and smol.lora_layers and smol.forget_batch_size < make_config("atwu").forget_batch_size
+    )
     assert make_config("atwu", "smollm2", forget_batch_size=4).forget_batch_size == 4  # a user's setting wins
 
 
@@ -229,7 +246,10 @@ def test_centred_scorer_input_ignores_a_shift_shared_by_every_token():
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(4, 1)
-    h, mask = torch.randn(2, 6, 4), torch.ones(2, 5, dtype=torch.bool)  # hidden at input positions, mask in target space
+    h, mask = (
+        torch.randn(2, 6, 4),
+        torch.ones(2, 5, dtype=torch.bool),
+    )  # hidden at input positions, mask in target space
     mask[1, 3:] = False
     shifted = h + torch.randn(4)
     centred, plain = ScorerInput(centre=True), ScorerInput()

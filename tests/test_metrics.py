@@ -17,7 +17,12 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import (
-    AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
 )
 
 from atwu_core.data import IGNORE_INDEX, Dataset, EncodedSample, Record, Span, encode_records, load_data
@@ -41,7 +46,7 @@ RECORD = Record("r0", "Where does Ada Quill live?", "Ada Quill lives in Brightwa
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a busy shared CPU their spin-waits cost seconds per call."""
+    """Tiny models gain nothing from intra-op threads; on a busy shared CPU their spin-waits cost seconds a call."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -67,8 +72,15 @@ def bigram_llama(vocab_size: int, transitions: dict[int, int]) -> LlamaForCausal
     """
     hidden = 2 * ((len(transitions) + 1) // 2 + 1)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4, num_hidden_layers=1, num_attention_heads=1,
-        num_key_value_heads=1, rms_norm_eps=1e-12, tie_word_embeddings=False, max_position_embeddings=256,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=4,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        rms_norm_eps=1e-12,
+        tie_word_embeddings=False,
+        max_position_embeddings=256,
     )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
@@ -102,9 +114,14 @@ def p_wired(vocab_size: int) -> float:
 def _sample(ids: list[int], prompt_length: int, span: list[bool] | None = None, sid: str = "s") -> EncodedSample:
     n = len(ids) - prompt_length
     return EncodedSample(
-        record_id=sid, input_ids=ids, labels=[IGNORE_INDEX] * prompt_length + ids[prompt_length:], prompt_length=prompt_length,
-        answer_tokens=[f"t{k}" for k in range(n)], answer_offsets=[(k, k + 1) for k in range(n)],
-        span_mask=span if span is not None else [False] * n, has_ground_truth=bool(span and any(span)),
+        record_id=sid,
+        input_ids=ids,
+        labels=[IGNORE_INDEX] * prompt_length + ids[prompt_length:],
+        prompt_length=prompt_length,
+        answer_tokens=[f"t{k}" for k in range(n)],
+        answer_offsets=[(k, k + 1) for k in range(n)],
+        span_mask=span if span is not None else [False] * n,
+        has_ground_truth=bool(span and any(span)),
     )
 
 
@@ -144,7 +161,9 @@ def test_answer_stats_and_extraction_strength_on_hand_made_errors(wired, tokeniz
     def corrupt(position: int, sid: str) -> EncodedSample:
         at = sample.prompt_length + position
         new = ids[:at] + [stranger] + ids[at + 1 :]
-        return replace(sample, record_id=sid, input_ids=new, labels=sample.labels[:at] + [stranger] + sample.labels[at + 1 :])
+        return replace(
+            sample, record_id=sid, input_ids=new, labels=sample.labels[:at] + [stranger] + sample.labels[at + 1 :]
+        )
 
     # at position 2 the stranger is mispredicted, and from it the model predicts token 0, not answer token 3:
     # the answer is right from position 4 on, so the shortest prefix after which all is right is 4 tokens
@@ -171,7 +190,8 @@ def test_quality_of_the_wired_model_is_known_exactly(wired, tokenizer) -> None:
     model, sample = wired
     result = quality(model, tokenizer, [RECORD], [sample])
     assert result == pytest.approx(
-        {"n": 1, "prob": p_wired(len(tokenizer)), "rouge_l": 1.0, "exact": 1.0, "extraction_strength": 1.0}, rel=1e-4)
+        {"n": 1, "prob": p_wired(len(tokenizer)), "rouge_l": 1.0, "exact": 1.0, "extraction_strength": 1.0}, rel=1e-4
+    )
     with pytest.raises(ValueError, match="same order"):
         quality(model, tokenizer, [replace(RECORD, id="other")], [sample])
 
@@ -180,7 +200,9 @@ def test_truth_ratio_compares_perturbed_with_paraphrased_answers(wired, tokenize
     model, sample = wired
     # the paraphrase is the wired answer; a perturbed answer equal to it gives R = 1, other answers R << 1
     tied = replace(RECORD, paraphrased_answer=RECORD.answer, perturbed_answer=[RECORD.answer, RECORD.answer])
-    wrong = replace(RECORD, paraphrased_answer=RECORD.answer, perturbed_answer=[RECORD.answer, "Ada Quill lives nowhere."])
+    wrong = replace(
+        RECORD, paraphrased_answer=RECORD.answer, perturbed_answer=[RECORD.answer, "Ada Quill lives nowhere."]
+    )
     assert quality(model, tokenizer, [tied], [sample])["truth_ratios"] == [pytest.approx(1.0)]
     result = quality(model, tokenizer, [wrong], [sample])
     assert 0.5 < result["truth_ratio"] < 0.75  # (1 + a small probability) / 2
@@ -204,7 +226,9 @@ def test_greedy_exact_match_is_teacher_forced_all_argmax_correct(demo) -> None:
     """For greedy decoding the two criteria are the same event: every answer token (EOS included) is the argmax."""
     model, tokenizer, world = demo
     originals = world.forget[:6]
-    wrong = [Record(f"{r.id}/wrong", r.question, r.perturbed_answer[0]) for r in originals]  # same prompt, a wrong value
+    wrong = [
+        Record(f"{r.id}/wrong", r.question, r.perturbed_answer[0]) for r in originals
+    ]  # same prompt, a wrong value
     records = originals + wrong
     samples = encode_records(records, tokenizer)
     answers = greedy_answers(model, tokenizer, samples, batch_size=6)  # mixed prompt lengths in a left-padded batch
@@ -218,11 +242,14 @@ def test_greedy_exact_match_is_teacher_forced_all_argmax_correct(demo) -> None:
 def test_generation_and_scores_through_a_peft_wrapper(demo) -> None:
     model, tokenizer, world = demo
     samples = encode_records(world.forget[:4], tokenizer)
-    wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))  # B = 0: same function
+    wrapped = get_peft_model(
+        copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )  # B = 0: same function
     wrapped.train()
     assert greedy_answers(wrapped, tokenizer, samples) == greedy_answers(model, tokenizer, samples)
     assert [s["prob"] for s in answer_stats(wrapped, samples, tokenizer.pad_token_id)] == pytest.approx(
-        [s["prob"] for s in answer_stats(model, samples, tokenizer.pad_token_id)], rel=1e-5)
+        [s["prob"] for s in answer_stats(model, samples, tokenizer.pad_token_id)], rel=1e-5
+    )
     assert wrapped.training  # evaluation leaves a training model in training mode
 
 
@@ -297,7 +324,10 @@ def test_truth_ratio_survives_probabilities_that_underflow(wired, tokenizer) -> 
     sharp = copy.deepcopy(model)
     with torch.no_grad():
         sharp.lm_head.weight.mul_(100)  # tokens off the wiring now get log p ≈ -1000: p underflows to 0
-    record = replace(RECORD, paraphrased_answer="Ada Quill lives nowhere.",
-                     perturbed_answer=["Ada Quill lives nowhere.", RECORD.answer])
+    record = replace(
+        RECORD,
+        paraphrased_answer="Ada Quill lives nowhere.",
+        perturbed_answer=["Ada Quill lives nowhere.", RECORD.answer],
+    )
     (ratio,) = quality(sharp, tokenizer, [record], [sample])["truth_ratios"]
     assert math.isfinite(ratio) and ratio > 1  # (1 + e^(a large gap)) / 2, not 0/0

@@ -2,7 +2,8 @@
 unlearning job runs on it end to end.
 
 The base converts once per machine into the atwu cache (~45 s on an empty cache), then loads in about a second.
-Torch uses every core; on a shared machine OMP_NUM_THREADS=1 is often faster (the short job takes ~100 s on one busy core).
+Torch uses every core; on a shared machine OMP_NUM_THREADS=1 is often faster (the short job: ~100 s on one busy
+core).
 """
 
 from __future__ import annotations
@@ -50,8 +51,15 @@ def test_demo_smollm2_reproduces_the_forget_answers(smollm2_demo, demo_world):
 
 def test_short_atwu_job_on_demo_smollm2_saves_its_adapter(smollm2_demo, demo_world, tmp_path):
     ids = [r.id for r in demo_world.forget[:2]]
-    config = make_config("atwu", model="demo-smollm2", steps=3, eval_max_samples=4, forget_ids=ids,
-                         forget_batch_size=2, retain_batch_size=4)
+    config = make_config(
+        "atwu",
+        model="demo-smollm2",
+        steps=3,
+        eval_max_samples=4,
+        forget_ids=ids,
+        forget_batch_size=2,
+        retain_batch_size=4,
+    )
     job = run_job(config, loaded=smollm2_demo, dataset=demo_world, run_dir=tmp_path / "run")
     assert job.state == "completed"
     assert (job.run_dir / "adapter" / "adapter_model.safetensors").is_file()

@@ -156,11 +156,18 @@ def scorer_view(run_dir: str) -> None:
     except Exception as err:  # noqa: BLE001 - missing scorer, model or bad text: shown, the app stays usable
         st.error(f"Could not score: {err}")
         return
-    low, high = percentile_range(g, 0.0, 100.0)  # this text's own range: a barely trained scorer still shows its ranking
-    st.html(token_chips_html(sample.answer_tokens, g, token_ids=sample.answer_token_ids, label="scorer output g",
-                             vmin=low, vmax=high))
-    st.caption(f"Colours span this text's scores, {low:.3f} … {high:.3f} (hover for each value); "
-               "g > 0.5 means the scorer would single the token out for forgetting.")
+    low, high = percentile_range(
+        g, 0.0, 100.0
+    )  # this text's own range: a barely trained scorer still shows its ranking
+    st.html(
+        token_chips_html(
+            sample.answer_tokens, g, token_ids=sample.answer_token_ids, label="scorer output g", vmin=low, vmax=high
+        )
+    )
+    st.caption(
+        f"Colours span this text's scores, {low:.3f} … {high:.3f} (hover for each value); "
+        "g > 0.5 means the scorer would single the token out for forgetting."
+    )
 
 
 st.title("Query")

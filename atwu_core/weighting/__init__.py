@@ -7,5 +7,13 @@ from atwu_core.weighting.span_mask import SpanMask
 from atwu_core.weighting.token_unlearn import TokenUnlearnImportance
 from atwu_core.weighting.uniform import Uniform
 
-__all__ = ["ATWUScorer", "PrepareContext", "ProbabilityWeighting", "SpanMask", "TokenUnlearnImportance",
-           "TokenWeights", "Uniform", "WeightingScheme"]
+__all__ = [
+    "ATWUScorer",
+    "PrepareContext",
+    "ProbabilityWeighting",
+    "SpanMask",
+    "TokenUnlearnImportance",
+    "TokenWeights",
+    "Uniform",
+    "WeightingScheme",
+]

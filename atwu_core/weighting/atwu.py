@@ -75,8 +75,9 @@ class Scorer(torch.nn.Module):
 # ----------------------------------------------------------------------------------- the objective pairs
 
 
-def model_weights(pair: str, g: torch.Tensor, nll: torch.Tensor, mask: torch.Tensor, beta: float,
-                  saturation: str = "fixed") -> torch.Tensor:
+def model_weights(
+    pair: str, g: torch.Tensor, nll: torch.Tensor, mask: torch.Tensor, beta: float, saturation: str = "fixed"
+) -> torch.Tensor:
     """The forget loss's token weights (to be used detached): headline g p^(beta g); matched g p^beta, or
     p^(beta g) with saturation=scaled."""
     if pair == "headline":
@@ -86,8 +87,9 @@ def model_weights(pair: str, g: torch.Tensor, nll: torch.Tensor, mask: torch.Ten
     return g * torch.exp(-beta * nll) * mask
 
 
-def scorer_reward(pair: str, g: torch.Tensor, nll: torch.Tensor, mask: torch.Tensor, beta: float,
-                  reward_norm: bool = False) -> torch.Tensor:
+def scorer_reward(
+    pair: str, g: torch.Tensor, nll: torch.Tensor, mask: torch.Tensor, beta: float, reward_norm: bool = False
+) -> torch.Tensor:
     """The scorer's reward term (minimised; `nll` detached): headline mean[(1 - g) nll]; matched
     -mean[g p^beta nll], its reward divided by the batch mean with `reward_norm`."""
     if pair == "headline":
@@ -185,8 +187,12 @@ class ATWUScorer(WeightingScheme):
         self.optimizer.step()
         lr = self.schedule.get_last_lr()[0]
         self.schedule.step()
-        return {"scorer": loss.item(), "scorer_reward": reward.item(), "scorer_selected": selected.mean().item(),
-                "scorer_lr": lr}
+        return {
+            "scorer": loss.item(),
+            "scorer_reward": reward.item(),
+            "scorer_selected": selected.mean().item(),
+            "scorer_lr": lr,
+        }
 
     def save(self, name: str = "scorer") -> None:
         if self.out_dir is None:
@@ -221,16 +227,24 @@ def load_scorer(run_dir: str | Path, name: str = "scorer") -> tuple[Scorer, Scor
     """A run's saved scorer (safetensors: no pickle), ready to apply with `apply_scorer`."""
     folder = Path(run_dir) / "scorer"
     if not (folder / "scorer.json").is_file() or not (folder / f"{name}.safetensors").is_file():
-        raise FileNotFoundError(f"{folder}: no saved scorer {name!r} (only ATWU runs save one; "
-                                f"saved: {', '.join(scorer_snapshots(run_dir)) or 'none'}).")
+        raise FileNotFoundError(
+            f"{folder}: no saved scorer {name!r} (only ATWU runs save one; "
+            f"saved: {', '.join(scorer_snapshots(run_dir)) or 'none'})."
+        )
     meta = json.loads((folder / "scorer.json").read_text(encoding="utf-8"))
     scorer = Scorer(meta["dim"], meta["layers"], meta["width"])
     scorer.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
     return scorer.eval(), ScorerInput(**meta["input"])
 
 
-def apply_scorer(scorer: Scorer, inp: ScorerInput, model: torch.nn.Module, samples: list[EncodedSample], pad_id: int,
-                 batch_size: int = 16) -> list[list[float]]:
+def apply_scorer(
+    scorer: Scorer,
+    inp: ScorerInput,
+    model: torch.nn.Module,
+    samples: list[EncodedSample],
+    pad_id: int,
+    batch_size: int = 16,
+) -> list[list[float]]:
     """The scorer's g for every answer token of `samples` under `model`: one forward per batch."""
     scorer = scorer.to(model_device(model))
     out: list[list[float]] = []

@@ -26,7 +26,9 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
     return (x - x.min()) / span if span > 0 else torch.zeros_like(x)
 
 
-def answer_logprobs_and_entropy(model, samples, pad_id: int, batch_size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def answer_logprobs_and_entropy(
+    model, samples, pad_id: int, batch_size: int = 16
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per sample: log p of each answer token and the predictive entropy at that position."""
     out = []
     with evaluating(model):
@@ -47,10 +49,15 @@ class TokenUnlearnImportance(WeightingScheme):
         pad = pad_token_id(ctx.tokenizer)
         masked = []
         for record, sample in zip(ctx.records, ctx.samples):
-            m = encode_record(dataclasses.replace(record, question=MASKED_QUESTION), ctx.tokenizer, ctx.max_length, ctx.chat_template)
+            m = encode_record(
+                dataclasses.replace(record, question=MASKED_QUESTION), ctx.tokenizer, ctx.max_length, ctx.chat_template
+            )
             if m.answer_token_ids != sample.answer_token_ids:
-                warnings.warn(f"record {record.id!r}: the answer tokenises differently without its question; "
-                              "its knowledge signal is set to 0.", stacklevel=2)
+                warnings.warn(
+                    f"record {record.id!r}: the answer tokenises differently without its question; "
+                    "its knowledge signal is set to 0.",
+                    stacklevel=2,
+                )
                 m = None
             masked.append(m)
         with_q = answer_logprobs_and_entropy(ctx.model, ctx.samples, pad)
