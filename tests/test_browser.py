@@ -47,7 +47,7 @@ def test_run_shows_results_and_both_heatmaps(tmp_path: Path) -> None:
         figure = page.locator(".js-plotly-plot", has_text="what was scored (top)")
         assert figure.locator(".heatmaplayer").count() == 2  # score and log-probability change
         assert figure.get_by_text("log-probability change since before training", exact=False).count() >= 1
-        assert page.locator(".atwu-chip").count() > 0
+        page.locator(".atwu-chip").first.wait_for(timeout=60_000)  # the chips draw after the charts
         assert page.get_by_text(re.compile(r"ETA")).count() == 0  # none once finished
         full_page_screenshot(page, tmp_path / "finished.png")
     assert (tmp_path / "finished.png").stat().st_size > 10_000
