@@ -93,6 +93,15 @@ class BeforeRecord:
         return cls(data["probs"])
 
 
+def _token_maps_json(record: StepRecord | FinalRecord) -> dict:
+    return {key: _sig(getattr(record, key)) for key in ("scores", "loss_weights", "probs")}
+
+
+def _token_maps(data: dict) -> tuple[TokenValues, TokenValues, TokenValues]:
+    """(scores, loss_weights, probs) of a step or final line; `weights` held the scores before records.py."""
+    return data.get("scores", data.get("weights", {})), data.get("loss_weights", {}), data.get("probs", {})
+
+
 @dataclass
 class StepRecord:
     """One model step: losses, learning rates, and per-token values of the samples in this step's batch.
@@ -111,31 +120,13 @@ class StepRecord:
     probs: TokenValues = field(repr=False)
 
     def to_json(self) -> dict:
-        return {
-            "type": "step",
-            "step": self.step,
-            "elapsed": round(self.elapsed, 4),
-            "losses": self.losses,
-            "lrs": self.lrs,
-            "tokens": self.tokens,
-            "scores": _sig(self.scores),
-            "loss_weights": _sig(self.loss_weights),
-            "probs": _sig(self.probs),
-        }
+        head = {"type": "step", "step": self.step, "elapsed": round(self.elapsed, 4), "losses": self.losses}
+        return {**head, "lrs": self.lrs, "tokens": self.tokens, **_token_maps_json(self)}
 
     @classmethod
     def from_json(cls, data: dict) -> StepRecord:
-        scores = data.get("scores", data.get("weights", {}))  # `weights` held the scores before records.py
-        return cls(
-            data["step"],
-            data.get("elapsed", 0.0),
-            data.get("losses", {}),
-            data.get("lrs", {}),
-            data.get("tokens", 0),
-            scores,
-            data.get("loss_weights", {}),
-            data.get("probs", {}),
-        )
+        head = (data["step"], data.get("elapsed", 0.0), data.get("losses", {}), data.get("lrs", {}))
+        return cls(*head, data.get("tokens", 0), *_token_maps(data))
 
 
 @dataclass
@@ -148,22 +139,11 @@ class FinalRecord:
     probs: TokenValues = field(repr=False)
 
     def to_json(self) -> dict:
-        return {
-            "type": "final",
-            "step": self.step,
-            "scores": _sig(self.scores),
-            "loss_weights": _sig(self.loss_weights),
-            "probs": _sig(self.probs),
-        }
+        return {"type": "final", "step": self.step, **_token_maps_json(self)}
 
     @classmethod
     def from_json(cls, data: dict) -> FinalRecord:
-        return cls(
-            data.get("step", 0),
-            data.get("scores", data.get("weights", {})),
-            data.get("loss_weights", {}),
-            data.get("probs", {}),
-        )
+        return cls(data.get("step", 0), *_token_maps(data))
 
 
 PHASES = ("loading", "before", "training", "final", "after", "done")
