@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from atwu_core.background import BackgroundJob, JobBusyError
+from atwu_core.background import BackgroundJob
 from atwu_core.config import JobConfig
 from atwu_core.data import Dataset, load_data
 from atwu_core.explore import PhaseClock
@@ -44,25 +44,21 @@ class ModelRegistry:
 
 
 class JobRegistry:
-    """The one job this process runs at a time, shared by every session."""
+    """Which model the process's one job trains (the guard itself is `BackgroundJob.start`'s), shared by every
+    session."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self.job: BackgroundJob | None = None
         self.model: str | None = None  # the model spec the job trains
 
     def running(self) -> BackgroundJob | None:
-        job = self.job
-        return job if job is not None and job.is_alive() else None
+        return BackgroundJob.active()
 
     def start(self, config: JobConfig, loaded: LoadedModel, dataset: Dataset) -> BackgroundJob:
         """Start a job in a fresh run folder; raises JobBusyError while another job runs."""
-        with self._lock:
-            if self.running():
-                raise JobBusyError(f"a job is already running in {self.job.run_dir}; wait for it or cancel it.")
-            self.job = BackgroundJob.start(config, loaded, dataset)  # a fresh folder under runs_root()
-            self.model = config.model
-            return self.job
+        self.job = BackgroundJob.start(config, loaded, dataset)  # a fresh folder under runs_root()
+        self.model = config.model
+        return self.job
 
     def busy_with(self, model: str) -> bool:
         """Whether a running job is training `model` (which then must not be queried)."""

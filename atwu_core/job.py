@@ -122,28 +122,9 @@ class UnlearningJob:
             before_quality = self._before(writer)
             torch.manual_seed(cfg.seed)
             rng = random.Random(cfg.seed)
-            with models.trainable(
-                self.loaded,
-                full=cfg.full,
-                rank=cfg.lora_rank,
-                alpha=cfg.lora_alpha,
-                targets=cfg.lora_targets,
-                top_layers=cfg.lora_layers,
-                gradient_checkpointing=cfg.gradient_checkpointing,
-            ) as trained:
+            with self._trainable() as trained:
                 model = trained.model
-                scheme.prepare(
-                    PrepareContext(
-                        model,
-                        self.loaded.tokenizer,
-                        self.forget,
-                        self.dataset.forget,
-                        cfg.steps,
-                        cfg.max_length,
-                        cfg.chat_template,
-                        self.run_dir,
-                    )
-                )
+                scheme.prepare(self._prepare_context(model))
                 params = [p for p in model.parameters() if p.requires_grad]
                 optimizer, schedule = self._optimizer(params)
                 self._phase(writer, "training", 0, cfg.steps)
@@ -158,47 +139,22 @@ class UnlearningJob:
                     forget_loss = method.forget_loss(fw, weights.loss)
                     retain_loss, retain_tokens = self._retain_loss(trained, rng)
                     loss = method.gamma * forget_loss + method.alpha * retain_loss
-                    losses_now = {"forget": forget_loss.item(), "retain": retain_loss.item(), "total": loss.item()}
-                    if not math.isfinite(losses_now["total"]):
-                        raise JobError(
-                            f"step {step}: the loss is {losses_now['total']} ({losses_now}); "
-                            "lower the learning rate or gamma."
-                        )
-                    # the model's update
-                    with torch.profiler.record_function("atwu.update"):
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        distributed.all_reduce_grads(params)
-                        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-                        if not torch.isfinite(grad_norm):
-                            raise JobError(
-                                f"step {step}: the gradient norm is {grad_norm.item()}; "
-                                "lower the learning rate or gamma."
-                            )
-                        optimizer.step()
-                        schedule.step()
+                    # the model's update; a non-finite loss or gradient stops the job here
+                    self._update(step, loss, params, optimizer, schedule)
                     # the record: losses, learning rates, this batch's scores, loss weights and probabilities
                     self.steps_done = step
-                    lrs = {
-                        "model": schedule.get_last_lr()[0],
-                        **({"scorer": logged.pop("scorer_lr")} if "scorer_lr" in logged else {}),
-                    }
-                    record = StepRecord(
-                        step,
-                        time.perf_counter() - t_start,
-                        {**losses_now, **logged},
-                        lrs,
-                        fw.tokens + retain_tokens,
-                        *self._token_values(fw, weights.scores, weights.loss),
-                    )
+                    losses_now = {"forget": forget_loss.item(), "retain": retain_loss.item(), "total": loss.item()}
+                    lrs = {"model": schedule.get_last_lr()[0], **scheme.learning_rates()}
+                    values = self._token_values(fw, weights.scores, weights.loss)
+                    elapsed, tokens = time.perf_counter() - t_start, fw.tokens + retain_tokens
+                    record = StepRecord(step, elapsed, {**losses_now, **logged}, lrs, tokens, *values)
                     self.step_seconds.append(time.perf_counter() - t0)
                     self.records.append(record)
                     writer.append(record)
                     self._phase(writer, "training", step, cfg.steps)
                     yield record
                 self.state = "cancelled" if distributed.any_rank(cancel.cancelled) else "completed"
-                train_seconds = time.perf_counter() - t_start
-                self._finish(writer, trained, before_quality, train_seconds)
+                self._finish(writer, trained, before_quality, time.perf_counter() - t_start)
 
     def run(self, cancel: CancelToken | None = None) -> dict | None:
         """Run to the end (no live consumer); returns the metrics (None if it stopped before them)."""
@@ -318,6 +274,39 @@ class UnlearningJob:
             )
             if samples
         ]
+
+    def _trainable(self) -> contextlib.AbstractContextManager[models.Trainable]:
+        cfg = self.config
+        return models.trainable(
+            self.loaded, full=cfg.full, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets,
+            top_layers=cfg.lora_layers, gradient_checkpointing=cfg.gradient_checkpointing,
+        )  # fmt: skip
+
+    def _prepare_context(self, model: torch.nn.Module) -> PrepareContext:
+        cfg = self.config
+        return PrepareContext(
+            model, self.loaded.tokenizer, self.forget, self.dataset.forget, cfg.steps, cfg.max_length,
+            cfg.chat_template, self.run_dir,
+        )  # fmt: skip
+
+    def _update(
+        self, step: int, loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LambdaLR,
+    ) -> None:  # fmt: skip
+        """Backward, gradients summed over processes, clipped at norm 1, one AdamW step; fail on non-finite values."""
+        with torch.profiler.record_function("atwu.update"):
+            if not math.isfinite(loss.item()):
+                raise JobError(f"step {step}: the loss is {loss.item()}; lower the learning rate or gamma.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            distributed.all_reduce_grads(params)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if not torch.isfinite(grad_norm):
+                raise JobError(
+                    f"step {step}: the gradient norm is {grad_norm.item()}; lower the learning rate or gamma."
+                )
+            optimizer.step()
+            schedule.step()
 
     def _optimizer(
         self, params: list[torch.nn.Parameter]

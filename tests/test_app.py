@@ -450,3 +450,17 @@ def test_components_label_every_chart() -> None:
     )
     assert {t.name: t.yaxis for t in losses.data} == {"forget": "y", "scorer": "y2", "scorer_selected": "y3"}
     assert next(t for t in losses.data if t.name == "scorer").mode == "lines+markers"  # sparse: markers
+
+
+def test_an_old_format_run_opens_on_runs_and_compare(module_runs: Path) -> None:
+    """A run folder written before the typed records (step key `weights`, no phase, no span labels)."""
+    old = shutil.copytree(Path(__file__).parent / "fixtures" / "old_run", module_runs / "old-format-run")
+    try:
+        at = on_page(app(), "runs")
+        at.selectbox(key="runs_pick").set_value(str(old)).run()
+        assert not at.exception and not at.error, errors(at)
+        assert at.get("plotly_chart")  # its heatmaps draw from the old `weights`
+        at = on_page(app(), "compare")
+        assert not at.exception, errors(at)
+    finally:
+        shutil.rmtree(old)

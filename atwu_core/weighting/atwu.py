@@ -185,14 +185,15 @@ class ATWUScorer(WeightingScheme):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), 1.0)
         self.optimizer.step()
-        lr = self.schedule.get_last_lr()[0]
         self.schedule.step()
         return {
             "scorer": loss.item(),
             "scorer_reward": reward.item(),
             "scorer_selected": selected.mean().item(),
-            "scorer_lr": lr,
         }
+
+    def learning_rates(self) -> dict[str, float]:
+        return {"scorer": self.schedule.get_last_lr()[0]} if self.schedule is not None else {}
 
     def save(self, name: str = "scorer") -> None:
         if self.out_dir is None:

@@ -54,5 +54,9 @@ class WeightingScheme:
         """The weights for this training step, and values to log; a learning scheme also learns here."""
         return self.weigh(fw), {}
 
+    def learning_rates(self) -> dict[str, float]:
+        """The current learning rates of what the scheme trains (recorded beside the model's)."""
+        return {}
+
     def finish(self) -> None:
         """Called once after the final pass of a job that got there."""
