@@ -107,6 +107,11 @@ class JobConfig:
             raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}.")
         if self.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}.")
+        if self.full and self.dtype in ("float16", "fp16"):
+            raise ValueError(
+                "full fine-tuning in float16 would need float32 master weights, which this engine does "
+                "not keep; use dtype=bfloat16 or float32, or LoRA (its weights stay float32)."
+            )
         _check_device(self.device)
         if self.forget_ids is not None and not (isinstance(self.forget_ids, list) and self.forget_ids):
             raise ValueError(f"forget_ids must be a non-empty list of record ids, got {self.forget_ids!r}.")

@@ -293,26 +293,32 @@ class UnlearningJob:
         self, step: int, loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
         schedule: torch.optim.lr_scheduler.LambdaLR,
     ) -> None:  # fmt: skip
-        """Backward, gradients summed over processes, clipped at norm 1, one AdamW step; fail on non-finite values."""
+        """Backward (loss-scaled for a float16 model), gradients summed over processes, clipped at norm 1, one AdamW
+        step; fail on a non-finite loss, or on non-finite gradients unless the loss scaler is there to skip them."""
         with torch.profiler.record_function("atwu.update"):
             if not math.isfinite(loss.item()):
                 raise JobError(f"step {step}: the loss is {loss.item()}; lower the learning rate or gamma.")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
             distributed.all_reduce_grads(params)
+            self.scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-            if not torch.isfinite(grad_norm):
+            if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():
                 raise JobError(
                     f"step {step}: the gradient norm is {grad_norm.item()}; lower the learning rate or gamma."
                 )
-            optimizer.step()
+            self.scaler.step(optimizer)  # skipped (and the scale lowered) when float16 gradients overflowed
+            self.scaler.update()
             schedule.step()
 
     def _optimizer(
         self, params: list[torch.nn.Parameter]
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-        """AdamW with linear warm-up then linear decay to 0 over the job's steps."""
+        """AdamW with linear warm-up then linear decay to 0 over the job's steps (and the loss scaler a float16
+        model needs: its LoRA weights are float32, so their gradients can be unscaled)."""
         cfg = self.config
+        device, fp16 = params[0].device, self.loaded.info.dtype == "float16"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16 and not cfg.full)
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = max(1, int(cfg.warmup_ratio * cfg.steps))
         schedule = torch.optim.lr_scheduler.LambdaLR(
