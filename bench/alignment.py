@@ -34,6 +34,7 @@ from common import (
     Task,
     World,
     WorldOptions,
+    cache_note,
     command_line,
     environment_line,
     load_world,
@@ -43,6 +44,7 @@ from common import (
     mean_std,
     quiet,
     run_tasks,
+    save_figure,
     write_results_section,
 )
 
@@ -267,9 +269,7 @@ def plot_trajectories(by_world: dict[str, list[JobResult]], variants: list[str],
     axes[0][0].set_ylabel("score AUROC (recorded scores vs spans)")
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Alignment over training: score AUROC per step, mean over seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return True
 
 
@@ -463,10 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n## targets, {model}\n\n{targets}")
     print(f"\nalignment study: {elapsed:.0f} s")
     if out is not None:
-        env += (
-            f" This run: {elapsed / 60:.1f} min, {len(results) - cache.hits} jobs run, {cache.hits} reused from the "
-            "result cache (run earlier on this machine; `wall s` shows how loaded it was then)."
-        )
+        env += cache_note(elapsed, len(results), cache.hits)
         notes = {name: w.note for name, w in worlds.items()}
         presets = {name: w.preset for name, w in worlds.items()}
         section = report(

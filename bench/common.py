@@ -430,3 +430,20 @@ def run_tasks(
             cache.put(task, jobs[task], result)
             results[task] = result
     return results
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """Lay out, write and close a matplotlib figure (closed, so a long run does not pile figures up in memory)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def cache_note(elapsed: float, jobs: int, reused: int) -> str:
+    """The sentence a results section gets about this run and what it took from the result cache."""
+    return (
+        f" This run: {elapsed / 60:.1f} min, {jobs - reused} jobs run, {reused} reused from the result cache (run "
+        "earlier on this machine; `wall s` shows how loaded it was then)."
+    )

@@ -31,6 +31,7 @@ from common import (
     RunOptions,
     Task,
     WorldOptions,
+    cache_note,
     command_line,
     environment_line,
     load_world,
@@ -40,6 +41,7 @@ from common import (
     mean_std,
     quiet,
     run_tasks,
+    save_figure,
     write_results_section,
 )
 
@@ -146,9 +148,7 @@ def plot_tradeoff(sweep: dict[str, dict[int, JobResult]], world: str, path: Path
     ax.set_title(f"Forget–retain trade-off over unlearning steps ({world} world, labels = steps)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_alignment(by_world: dict[str, list[JobResult]], methods: list[str], path: Path) -> bool:
@@ -183,9 +183,7 @@ def plot_alignment(by_world: dict[str, list[JobResult]], methods: list[str], pat
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     ax.set_title("Alignment: token weights against the ground-truth spans")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -336,10 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## trade-off ({first})\n\n{tradeoff_table(sweep, sweep_steps)}")
     print(f"\nquality benchmark: {elapsed:.0f} s")
     if out is not None:
-        env += (
-            f" This run: {elapsed / 60:.1f} min, {len(results) - cache.hits} jobs run, {cache.hits} reused from the "
-            "result cache (run earlier on this machine; `wall s` shows how loaded it was then)."
-        )
+        env += cache_note(elapsed, len(results), cache.hits)
         section = report(
             by_world,
             notes,
