@@ -146,7 +146,4 @@ def answer_nll(
 
 def scatter_rows(mask: torch.Tensor, rows: Sequence[torch.Tensor]) -> torch.Tensor:
     """Per-sample answer-token values -> [B, T] fp32 in target space (0 off the answer)."""
-    out = torch.zeros_like(mask, dtype=torch.float32)
-    for r, values in enumerate(rows):
-        out[r][mask[r]] = values.to(out.device, torch.float32)
-    return out
+    return _scatter(mask, torch.cat([values.float() for values in rows]).to(mask.device))
