@@ -78,9 +78,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("atwu-paper", "atwu", PAPER, "paper"),
     Variant("atwu-matched", "atwu", PAPER, "paper", (("pair", "matched"),)),
     Variant("atwu-demo", "atwu", "`seed7` (the `demo` preset)", "demo"),
+    # the matched pair + reward_norm at the demo schedule with the paper's beta 5: the `smollm2` preset's ATWU
+    Variant("atwu-matched-norm", "atwu", "`seed7` (n, b, γ); β the paper's", "demo", (("beta", 5.0),)),
     # ours: the headline pair at the demo preset's faster scorer schedule (n 2, b 0.4, γ 2), no reward normalising
     Variant("atwu-headline-fast", "atwu", "none (n, b, γ from `demo`: `seed7`)", "demo",
-            (("pair", "headline"), ("reward_norm", False))),
+            (("pair", "headline"), ("reward_norm", False), ("beta", 5.0))),
     Variant("gt-mask", "gt-mask", "oracle: the spans themselves"),
     Variant("wga", "wga", "method defaults"),
     Variant("satimp", "satimp", "method defaults"),
@@ -88,7 +90,25 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("graddiff", "graddiff", "method defaults"),
     Variant("npo", "npo", "method defaults"),
 )  # fmt: skip
-BY_NAME = {v.name: v for v in VARIANTS}
+# The sweep that chose the `demo` preset's ATWU settings, run on its tuning world only (`--tuning`): the matched
+# pair + reward_norm at the demo schedule and beta 5, with one knob changed per row; beta 2 won and is `demo`.
+SWEPT = "`seed7` (this sweep)"
+TUNING_WORLD = "seed7"
+TUNING: tuple[Variant, ...] = (
+    Variant("tune-rms", "atwu", SWEPT, "demo", (("beta", 5.0), ("hidden_norm", "rms"))),
+    Variant("tune-centre", "atwu", SWEPT, "demo", (("beta", 5.0), ("hidden_centre", True))),
+    Variant("tune-mlp", "atwu", SWEPT, "demo", (("beta", 5.0), ("scorer_layers", 2))),
+    Variant("tune-joint", "atwu", SWEPT, "demo", (("beta", 5.0), ("update", "joint"))),
+    Variant("tune-layer-2", "atwu", SWEPT, "demo", (("beta", 5.0), ("hidden_layer", -2))),
+    Variant("tune-headline-rms", "atwu", SWEPT, "demo",
+            (("beta", 5.0), ("pair", "headline"), ("reward_norm", False), ("hidden_norm", "rms"))),
+    Variant("tune-beta2", "atwu", SWEPT, "demo", (("beta", 2.0),)),
+    Variant("tune-beta1", "atwu", SWEPT, "demo", (("beta", 1.0),)),
+    Variant("tune-beta1-centre", "atwu", SWEPT, "demo", (("beta", 1.0), ("hidden_centre", True))),
+    Variant("tune-beta2-centre", "atwu", SWEPT, "demo", (("beta", 2.0), ("hidden_centre", True))),
+    Variant("tune-beta2-rms", "atwu", SWEPT, "demo", (("beta", 2.0), ("hidden_norm", "rms"))),
+)  # fmt: skip
+BY_NAME = {v.name: v for v in (*VARIANTS, *TUNING)}
 ATWU = tuple(v.name for v in VARIANTS if v.method == "atwu")
 TARGETED = ("atwu-paper", "atwu-demo")  # the paper's ATWU and the project's best preset (issue 10, item 6)
 HEURISTICS = ("wga", "satimp")  # the targets ask ATWU to rank spans above these
@@ -294,9 +314,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="CI smoke: demo world, 4 variants, 1 seed, 10 steps; writes nothing unless --out",
     )
+    ap.add_argument(
+        "--tuning",
+        action="store_true",
+        help=f"the sweep that chose the demo preset's ATWU settings, on {TUNING_WORLD} only (its own section)",
+    )
     ap.add_argument("--models", default="tiny", help="comma-separated: tiny, smollm2 (default tiny)")
     ap.add_argument("--worlds", help=f"comma-separated, instead of the models' default worlds: {WORLD_NAMES}")
-    ap.add_argument("--variants", help=f"comma-separated (default all): {', '.join(BY_NAME)}")
+    ap.add_argument("--variants", help=f"comma-separated (default: all but the tune- ones): {', '.join(BY_NAME)}")
     ap.add_argument("--seeds", type=int, help="job seeds 0..N-1 per world and variant (default 3)")
     ap.add_argument("--steps", type=int, help="unlearning steps (default: each world's preset's)")
     ap.add_argument(
@@ -317,12 +342,14 @@ def resolve(args: argparse.Namespace) -> tuple[Grid, Path | None]:
     """The run's grid with the command line's overrides, and where it writes (None: nowhere)."""
     if args.quick:
         grid = Grid(("demo",), QUICK_VARIANTS, 1, 10, 8)
+    elif args.tuning:
+        grid = Grid((TUNING_WORLD,), ("atwu-matched-norm", *(v.name for v in TUNING)), 3, None, 32)
     else:
         models = [m.strip() for m in args.models.split(",") if m.strip()]
         unknown = [m for m in models if m not in MODEL_WORLDS]
         if unknown:
             raise SystemExit(f"unknown models {unknown}; choose from {', '.join(MODEL_WORLDS)}.")
-        grid = Grid(tuple(w for m in models for w in MODEL_WORLDS[m]), tuple(BY_NAME), 3, None, 32)
+        grid = Grid(tuple(w for m in models for w in MODEL_WORLDS[m]), tuple(v.name for v in VARIANTS), 3, None, 32)
     worlds = tuple(w.strip() for w in args.worlds.split(",") if w.strip()) if args.worlds else grid.worlds
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else grid.variants
     unknown = [v for v in variants if v not in BY_NAME]
@@ -380,13 +407,14 @@ def report(
     env: str,
     command: str,
     out: Path,
+    name: str,
 ) -> str:
-    """The alignment section of results.md; draws its figure into `out/figures`."""
+    """Section `name` of results.md; draws its figure into `out/figures`."""
     jobs = [r for res in by_world.values() for r in res]
     walls = [w for r in jobs if (w := lookup(r.metrics, "bench.wall_seconds")) is not None]
     steps = sorted({r.steps for r in jobs})
     parts = [
-        f"## Alignment (`{command}`)",
+        f"## {'Tuning the `demo` preset' if name == 'alignment-tuning' else 'Alignment'} (`{command}`)",
         env,
         (
             f"Grid: worlds {', '.join(f'`{w}`' for w in grid.worlds)}; {len(variants)} variants; "
@@ -426,8 +454,8 @@ def report(
         parts.append(f"### Score AUROC over training (mean over seeds)\n\n{traj}")
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    if plot_trajectories(by_world, variants, figures / "alignment_trajectory.png"):
-        parts.append("![score AUROC against step](figures/alignment_trajectory.png)")
+    if plot_trajectories(by_world, variants, figures / f"{name}_trajectory.png"):
+        parts.append(f"![score AUROC against step](figures/{name}_trajectory.png)")
     failed = [r for r in jobs if "error" in r.metrics["bench"]]
     if failed:
         parts.append(
@@ -466,10 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         env += cache_note(elapsed, len(results), cache.hits)
         notes = {name: w.note for name, w in worlds.items()}
         presets = {name: w.preset for name, w in worlds.items()}
-        section = report(
-            by_world, notes, grid, variants, unavailable, presets, env, command_line("alignment.py", argv), out
-        )
-        print(f"wrote the alignment section of {write_results_section(out, 'alignment', section)}")
+        name = "alignment-tuning" if args.tuning else "alignment"
+        command = command_line("alignment.py", argv)
+        section = report(by_world, notes, grid, variants, unavailable, presets, env, command, out, name)
+        print(f"wrote the {name} section of {write_results_section(out, name, section)}")
     return 0
 
 

@@ -346,8 +346,18 @@ def _digest(files: Iterable[Path]) -> str:
 
 
 # engine files that cannot change a finished job's numbers: the CLI, GGUF conversion, run-folder I/O, teaching and
-# world generation (a world's files are fingerprinted instead), and config.py (the resolved config is in the key)
-NOT_IN_RESULTS = {"__init__.py", "cli.py", "gguf.py", "runs.py", "finetune.py", "demo_world.py", "config.py"}
+# world generation (a world's files are fingerprinted instead), config.py and presets.py (the resolved config is in
+# the key: a new or changed preset changes the key of exactly the jobs it configures)
+NOT_IN_RESULTS = {
+    "__init__.py",
+    "cli.py",
+    "gguf.py",
+    "runs.py",
+    "finetune.py",
+    "demo_world.py",
+    "config.py",
+    "presets.py",
+}
 
 
 def engine_digest() -> str:
