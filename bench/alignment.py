@@ -388,6 +388,7 @@ def variants_table(variants: list[str], presets: set[str]) -> str:
         var = BY_NAME[v]
         params = var.config(min(presets), Task("", v, 0, 1), None).params
         keys = ("pair", "scorer_every", "budget", "gamma", "beta", "reward_norm")
+        keys += tuple(k for k, _ in var.params if k not in keys)  # what a row changes beyond those
         shown = (
             ", ".join(f"{k} {params[k]}" for k in keys if k in params) if var.method == "atwu" else "method defaults"
         )
@@ -494,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         env += cache_note(elapsed, len(results), cache.hits)
         notes = {name: w.note for name, w in worlds.items()}
         presets = {name: w.preset for name, w in worlds.items()}
-        name = "alignment-tuning" if args.tuning else "alignment"
+        models = sorted({model_of(w) for w in worlds})  # a section per model set: a SmolLM2 run keeps the tiny one
+        name = "alignment-tuning" if args.tuning else "-".join(["alignment", *(models if models != ["tiny"] else [])])
         command = command_line("alignment.py", argv)
         section = report(by_world, notes, grid, variants, unavailable, presets, env, command, out, name)
         print(f"wrote the {name} section of {write_results_section(out, name, section)}")
