@@ -1,0 +1,63 @@
+"""The alignment study's grid (bench/alignment.py): the tuning sweep changes what each row says it changes, its
+winner is what `demo` ships, and no tuning world is ever counted as held-out."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from atwu_core.config import make_config
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture(scope="module")
+def alignment():
+    """bench/ is a folder of scripts: load alignment.py by path with bench/ importable, as `python bench/x.py` does."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("alignment", BENCH / "alignment.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["alignment"] = module  # its dataclasses look their module up while being defined
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop("alignment", None)
+        sys.path.remove(str(BENCH))
+
+
+def _params(alignment, variant: str, preset: str = "demo") -> dict:
+    task = alignment.Task("w", variant, 0, 40)
+    return alignment.BY_NAME[variant].config(preset, task, None).params
+
+
+def test_tuning_grid_is_the_sweep_on_its_tuning_world(alignment):
+    grid, out = alignment.resolve(alignment.parse_args(["--tuning", "--out", "/tmp/x"]))
+    assert grid.worlds == (alignment.TUNING_WORLD,) and not alignment.held_out(alignment.TUNING_WORLD)
+    assert grid.variants[0] == "atwu-matched-norm" and set(grid.variants[1:]) == {v.name for v in alignment.TUNING}
+    assert grid.seeds == 3 and out == Path("/tmp/x")
+
+
+def test_each_tuning_row_changes_only_what_it_names(alignment):
+    base = _params(alignment, "atwu-matched-norm")
+    for v in alignment.TUNING:
+        row = _params(alignment, v.name)
+        changed = {k for k in row if row[k] != base[k]}
+        assert changed <= {k for k, _ in v.params}, (v.name, changed)
+        assert changed, f"{v.name} runs the baseline itself"
+
+
+def test_the_sweeps_winner_is_what_demo_ships(alignment):
+    assert _params(alignment, "tune-beta2") == make_config("atwu", "demo").params == _params(alignment, "atwu-demo")
+    # and the baseline row is the smollm2 preset's ATWU, as the README says
+    assert _params(alignment, "atwu-matched-norm", "smollm2") == make_config("atwu", "smollm2").params
+
+
+def test_default_grid_reports_only_held_out_worlds_and_no_tuning_rows(alignment):
+    grid, _ = alignment.resolve(alignment.parse_args([]))
+    assert all(alignment.held_out(w) for w in grid.worlds)
+    assert not any(v.startswith("tune-") for v in grid.variants)
+    assert {"atwu-paper", "atwu-matched", "atwu-demo", "gt-mask", "wga", "satimp", "npo"} <= set(grid.variants)
