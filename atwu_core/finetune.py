@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     LlamaConfig,
@@ -140,7 +141,8 @@ def finetune(
     """Train on forget + retain answers (labels on answer tokens only) until both are reproduced exactly.
 
     The model is updated in place: every weight is trained (even if it came frozen from `load_model`), or with
-    `lora=True` a LoRA adapter is trained and merged into its weights.
+    `lora=True` a LoRA adapter is trained and merged into its weights. A model that already carries an adapter
+    (a peft model, as `build_demo_smollm2` passes) trains that adapter only: its base weights are not saved with it.
     Stops early once forget and retain exact match both reach `target_exact` (checked every `eval_every` steps).
     """
     if steps < 1:
@@ -149,7 +151,10 @@ def finetune(
     forget = encode_records(dataset.forget, tokenizer, max_length)
     retain = encode_records(dataset.retain, tokenizer, max_length)
     samples, pad_id = forget + retain, pad_token_id(tokenizer)
-    trained = attach_lora(model, lora_rank, 2 * lora_rank, "all-linear") if lora else model.requires_grad_(True)
+    if lora:
+        trained = attach_lora(model, lora_rank, 2 * lora_rank, "all-linear")
+    else:
+        trained = model if isinstance(model, PeftModel) else model.requires_grad_(True)
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, min(warmup_steps, steps // 10), steps)

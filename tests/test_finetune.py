@@ -121,6 +121,32 @@ def test_lora_finetune_is_merged_into_the_model():
     assert not torch.equal(q_proj.weight, before)
 
 
+def test_a_model_with_an_adapter_trains_only_the_adapter(tmp_path):
+    """`build_demo_smollm2`'s path: a knowledge adapter on the top blocks is taught, saved and merged again later,
+    so everything taught must live in the adapter (a regression trained the base weights too, and a reloaded
+    SmolLM2 world knew nothing)."""
+    from peft import PeftModel
+
+    from atwu_core.demo_smollm2 import knowledge_lora
+
+    data = _toy_dataset()
+    tokenizer = train_tokenizer(dataset_texts(data), vocab_size=300)
+    model = knowledge_lora(tiny_model(tokenizer, seed=0), rank=4, top_layers=1)
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    finetune(model, tokenizer, data, steps=3, lr=1e-2, batch_size=4, seed=0)
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n], before) for n, before in base.items())
+    assert any(not torch.equal(params[n], before) for n, before in lora.items())
+    # what was taught survives a save and a reload onto a fresh copy of the base model
+    samples = encode_records(data.forget + data.retain, tokenizer)
+    _, taught = score_samples(model, samples, tokenizer.pad_token_id)
+    model.save_pretrained(tmp_path / "adapter", safe_serialization=True)
+    reloaded = PeftModel.from_pretrained(tiny_model(tokenizer, seed=0), str(tmp_path / "adapter")).merge_and_unload()
+    _, again = score_samples(reloaded, samples, tokenizer.pad_token_id)
+    assert again == pytest.approx(taught, rel=1e-4)
+
+
 def test_finetune_dataset_dir_saves_a_loadable_model(tmp_path):
     save_dataset_dir(_toy_dataset(), tmp_path / "data")
     with pytest.raises(ValueError, match="exactly one"):
