@@ -90,10 +90,12 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("graddiff", "graddiff", "method defaults"),
     Variant("npo", "npo", "method defaults"),
 )  # fmt: skip
-# The sweep that chose the `demo` preset's ATWU settings, run on its tuning world only (`--tuning`): the matched
-# pair + reward_norm at the demo schedule and beta 5, with one knob changed per row; beta 2 won and is `demo`.
+# The sweeps that chose each preset's ATWU settings, each run on its model's tuning world only (`--tuning`), one
+# knob changed per row. Tiny: from the matched pair + reward_norm at the demo schedule and beta 5; beta 2 won and is
+# `demo`. SmolLM2: whether centring the scorer's input (which removes the hidden states' shared mean direction,
+# along which the first scorer step points) helps either pair.
 SWEPT = "`seed7` (this sweep)"
-TUNING_WORLD = "seed7"
+SWEPT_SMOLLM2 = "`demo-smollm2` (this sweep)"
 TUNING: tuple[Variant, ...] = (
     Variant("tune-rms", "atwu", SWEPT, "demo", (("beta", 5.0), ("hidden_norm", "rms"))),
     Variant("tune-centre", "atwu", SWEPT, "demo", (("beta", 5.0), ("hidden_centre", True))),
@@ -108,7 +110,15 @@ TUNING: tuple[Variant, ...] = (
     Variant("tune-beta2-centre", "atwu", SWEPT, "demo", (("beta", 2.0), ("hidden_centre", True))),
     Variant("tune-beta2-rms", "atwu", SWEPT, "demo", (("beta", 2.0), ("hidden_norm", "rms"))),
 )  # fmt: skip
-BY_NAME = {v.name: v for v in (*VARIANTS, *TUNING)}
+TUNING_SMOLLM2: tuple[Variant, ...] = (
+    Variant("tune-smollm2-paper-centre", "atwu", SWEPT_SMOLLM2, "paper", (("hidden_centre", True),)),
+    Variant("tune-smollm2-centre", "atwu", SWEPT_SMOLLM2, "demo", (("beta", 5.0), ("hidden_centre", True))),
+)  # fmt: skip
+SWEEPS = {  # model -> (its tuning world, the sweep's rows: baselines first)
+    "tiny": ("seed7", ("atwu-matched-norm", *(v.name for v in TUNING))),
+    "smollm2": ("demo-smollm2", ("atwu-paper", "atwu-matched-norm", *(v.name for v in TUNING_SMOLLM2))),
+}
+BY_NAME = {v.name: v for v in (*VARIANTS, *TUNING, *TUNING_SMOLLM2)}
 ATWU = tuple(v.name for v in VARIANTS if v.method == "atwu")
 TARGETED = ("atwu-paper", "atwu-demo")  # the paper's ATWU and the project's best preset (issue 10, item 6)
 HEURISTICS = ("wga", "satimp")  # the targets ask ATWU to rank spans above these
@@ -317,7 +327,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--tuning",
         action="store_true",
-        help=f"the sweep that chose the demo preset's ATWU settings, on {TUNING_WORLD} only (its own section)",
+        help="the sweep that chose each --models model's ATWU settings, on its tuning world only (its own section)",
     )
     ap.add_argument("--models", default="tiny", help="comma-separated: tiny, smollm2 (default tiny)")
     ap.add_argument("--worlds", help=f"comma-separated, instead of the models' default worlds: {WORLD_NAMES}")
@@ -342,14 +352,16 @@ def resolve(args: argparse.Namespace) -> tuple[Grid, Path | None]:
     """The run's grid with the command line's overrides, and where it writes (None: nowhere)."""
     if args.quick:
         grid = Grid(("demo",), QUICK_VARIANTS, 1, 10, 8)
-    elif args.tuning:
-        grid = Grid((TUNING_WORLD,), ("atwu-matched-norm", *(v.name for v in TUNING)), 3, None, 32)
     else:
         models = [m.strip() for m in args.models.split(",") if m.strip()]
         unknown = [m for m in models if m not in MODEL_WORLDS]
         if unknown:
             raise SystemExit(f"unknown models {unknown}; choose from {', '.join(MODEL_WORLDS)}.")
-        grid = Grid(tuple(w for m in models for w in MODEL_WORLDS[m]), tuple(v.name for v in VARIANTS), 3, None, 32)
+        if args.tuning:
+            rows = dict.fromkeys(v for m in models for v in SWEEPS[m][1])
+            grid = Grid(tuple(SWEEPS[m][0] for m in models), tuple(rows), 3, None, 32)
+        else:
+            grid = Grid(tuple(w for m in models for w in MODEL_WORLDS[m]), tuple(v.name for v in VARIANTS), 3, None, 32)
     worlds = tuple(w.strip() for w in args.worlds.split(",") if w.strip()) if args.worlds else grid.worlds
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else grid.variants
     unknown = [v for v in variants if v not in BY_NAME]
@@ -415,7 +427,7 @@ def report(
     walls = [w for r in jobs if (w := lookup(r.metrics, "bench.wall_seconds")) is not None]
     steps = sorted({r.steps for r in jobs})
     parts = [
-        f"## {'Tuning the `demo` preset' if name == 'alignment-tuning' else 'Alignment'} (`{command}`)",
+        f"## {'Tuning ATWU' if name.startswith('alignment-tuning') else 'Alignment'} (`{command}`)",
         env,
         (
             f"Grid: worlds {', '.join(f'`{w}`' for w in grid.worlds)}; {len(variants)} variants; "
@@ -496,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         notes = {name: w.note for name, w in worlds.items()}
         presets = {name: w.preset for name, w in worlds.items()}
         models = sorted({model_of(w) for w in worlds})  # a section per model set: a SmolLM2 run keeps the tiny one
-        name = "alignment-tuning" if args.tuning else "-".join(["alignment", *(models if models != ["tiny"] else [])])
+        name = "-".join(["alignment", *(["tuning"] if args.tuning else []), *(models if models != ["tiny"] else [])])
         command = command_line("alignment.py", argv)
         section = report(by_world, notes, grid, variants, unavailable, presets, env, command, out, name)
         print(f"wrote the {name} section of {write_results_section(out, name, section)}")

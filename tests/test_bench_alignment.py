@@ -34,16 +34,19 @@ def _params(alignment, variant: str, preset: str = "demo") -> dict:
     return alignment.BY_NAME[variant].config(preset, task, None).params
 
 
-def test_tuning_grid_is_the_sweep_on_its_tuning_world(alignment):
+def test_tuning_grid_is_each_models_sweep_on_its_tuning_world(alignment):
     grid, out = alignment.resolve(alignment.parse_args(["--tuning", "--out", "/tmp/x"]))
-    assert grid.worlds == (alignment.TUNING_WORLD,) and not alignment.held_out(alignment.TUNING_WORLD)
+    assert grid.worlds == ("seed7",) and not alignment.held_out("seed7")
     assert grid.variants[0] == "atwu-matched-norm" and set(grid.variants[1:]) == {v.name for v in alignment.TUNING}
     assert grid.seeds == 3 and out == Path("/tmp/x")
+    grid, _ = alignment.resolve(alignment.parse_args(["--tuning", "--models", "smollm2"]))
+    assert grid.worlds == ("demo-smollm2",) and not alignment.held_out("demo-smollm2")
+    assert set(grid.variants) == {"atwu-paper", "atwu-matched-norm", *(v.name for v in alignment.TUNING_SMOLLM2)}
 
 
 def test_each_tuning_row_changes_only_what_it_names(alignment):
-    base = _params(alignment, "atwu-matched-norm")
-    for v in alignment.TUNING:
+    for v in (*alignment.TUNING, *alignment.TUNING_SMOLLM2):
+        base = _params(alignment, "atwu-paper" if v.params_from == "paper" else "atwu-matched-norm")
         row = _params(alignment, v.name)
         changed = {k for k in row if row[k] != base[k]}
         assert changed <= {k for k, _ in v.params}, (v.name, changed)
