@@ -1,6 +1,10 @@
-"""Shared fixtures: the real embedded demo model, loaded once per session."""
+"""Shared fixtures: the real embedded demo model, loaded once per session; the bench scripts as modules."""
 
 from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +25,18 @@ def demo_loaded():
 @pytest.fixture(scope="session")
 def demo_world():
     return load_data("demo")
+
+
+@pytest.fixture(scope="session")
+def bench():
+    """bench/ is a folder of scripts, not a package: `bench("alignment")` imports bench/alignment.py with bench/
+    importable, as `python bench/alignment.py` does."""
+    folder = str(Path(__file__).resolve().parent.parent / "bench")
+    sys.path.insert(0, folder)
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(folder)
 
 
 @pytest.fixture(autouse=True)

@@ -3,30 +3,16 @@ winner is what `demo` ships, and no tuning world is ever counted as held-out."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from atwu_core.config import make_config
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
 
 @pytest.fixture(scope="module")
-def alignment():
-    """bench/ is a folder of scripts: load alignment.py by path with bench/ importable, as `python bench/x.py` does."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("alignment", BENCH / "alignment.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["alignment"] = module  # its dataclasses look their module up while being defined
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop("alignment", None)
-        sys.path.remove(str(BENCH))
+def alignment(bench):
+    return bench("alignment")
 
 
 def _params(alignment, variant: str, preset: str = "demo") -> dict:

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.fixture(scope="module")
-def common():
-    """bench/ is a folder of scripts, not a package: load common.py by path, as `python bench/x.py` would."""
-    spec = importlib.util.spec_from_file_location("common", BENCH / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("common", module)
-    spec.loader.exec_module(module)
-    return module
+def common(bench):
+    return bench("common")
 
 
 def test_mean_std(common):

@@ -1,0 +1,102 @@
+"""Where ATWU's first scorer step points, on each world's untouched model.
+
+The scorer starts at zero (g = 0.5 on every token), so its first gradient step moves the probe's weight along a
+mix of two directions over the answer tokens' scorer inputs x_t:
+- the reward's: the NLL-weighted mean of x_t (headline reward mean[(1 - g) sg(nll)]), or the p^beta nll-weighted
+  mean (matched reward; reward_norm only rescales it);
+- the budget penalty's: with no token above 0.5 yet it pushes every g alike, i.e. along the plain mean of x_t.
+
+Each direction d ranks the tokens by x_t . d; this script reports that ranking's AUROC against the spans, with the
+raw input and with `hidden_centre` (which removes the plain mean). Below 0.5, the first step pushes the scorer
+towards the non-span tokens, and the job has to undo it. Writes the `first-step` section of `<out>/results.md`.
+
+    python bench/first_step.py                   # tiny and SmolLM2 worlds (the SmolLM2 ones teach once, cached)
+    python bench/first_step.py --models tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from alignment import MODEL_WORLDS, SWEEPS, held_out
+from common import REPO, WorldOptions, environment_line, load_world, markdown_table, quiet, write_results_section
+
+from atwu_core import metrics
+from atwu_core.config import make_config
+from atwu_core.data import encode_records
+from atwu_core.forward import ForwardNeeds, forward
+from atwu_core.generation import evaluating
+from atwu_core.weighting.atwu import ScorerInput
+
+BETA = 5.0  # the matched reward's saturation (the paper's value)
+BUDGET = "budget (mean x)"
+INPUTS = {"raw": ScorerInput(), "centred": ScorerInput(centre=True)}
+
+
+def directions(x: torch.Tensor, nll: torch.Tensor) -> dict[str, torch.Tensor]:
+    """x [N, d] answer-token scorer inputs, nll [N] -> the first step's candidate directions, each [d]."""
+    return {
+        "headline reward": (nll[:, None] * x).mean(0),
+        "matched reward": ((torch.exp(-BETA * nll) * nll)[:, None] * x).mean(0),
+        BUDGET: x.mean(0),
+    }
+
+
+def world_row(name: str, options: WorldOptions) -> list[str] | None:
+    """One table row: per scorer input, the AUROC of each direction's ranking."""
+    world = load_world(name, options)
+    if world is None:
+        return None
+    cfg = make_config("atwu", world.preset)
+    tok = world.loaded.tokenizer
+    samples = encode_records(world.dataset.forget, tok, cfg.max_length, cfg.chat_template)
+    model, everything = world.loaded.model, list(range(len(samples)))
+    with evaluating(model):
+        fw = forward(model, samples, everything, tok.pad_token_id or 0, ForwardNeeds(hidden_layer=-1))
+    nll = fw.nll[fw.mask].float()  # [N]
+    cells = []
+    for inp in INPUTS.values():
+        x = inp(fw.hidden, fw.mask)[fw.mask]  # [N, d]
+        for key, d in directions(x, nll).items():
+            if inp.centre and key == BUDGET:  # centred, the mean is 0: the budget moves only the bias
+                continue
+            ranking = torch.zeros_like(fw.nll, dtype=torch.float32)
+            ranking[fw.mask] = x @ d
+            weights = {s.record_id: ranking[i][fw.mask[i]].tolist() for i, s in enumerate(samples)}
+            cells.append(f"{metrics.alignment(weights, samples)['auroc']:.3f}")
+    return [f"`{name}`" + ("" if held_out(name) else " (tuning world)"), *cells]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2 (default both)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--out", default=str(REPO / "docs"), help="folder for results.md (default docs)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    quiet()
+    env = environment_line(args.threads)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    names = [w for m in models for w in (SWEEPS[m][0], *MODEL_WORLDS[m])]
+    rows = [row for name in names if (row := world_row(name, WorldOptions())) is not None]
+    kinds = directions(torch.zeros(1, 1), torch.zeros(1))
+    head = ["world", *(f"{i}: {d}" for i, inp in INPUTS.items() for d in kinds if not (inp.centre and d == BUDGET))]
+    table = markdown_table(head, rows)
+    print(table)
+    section = "\n\n".join([
+        "## Where the scorer's first step points (`python bench/first_step.py`)",
+        env,
+        "AUROC against the spans of each answer token's projection x·d on the directions the first scorer step "
+        "mixes (module docstring), on each world's untouched model, over its forget records. Below 0.5: the first "
+        "step ranks non-span tokens first.",
+        table,
+    ])  # fmt: skip
+    print(f"wrote the first-step section of {write_results_section(Path(args.out), 'first-step', section)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
