@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     env = environment_line(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    names = [w for m in models for w in (SWEEPS[m][0], *MODEL_WORLDS[m])]
+    names = dict.fromkeys(w for m in models for w in (SWEEPS[m][0], *MODEL_WORLDS[m]))  # tuning world first, once
     rows = [row for name in names if (row := world_row(name, WorldOptions())) is not None]
     kinds = directions(torch.zeros(1, 1), torch.zeros(1))
     head = ["world", *(f"{i}: {d}" for i, inp in INPUTS.items() for d in kinds if not (inp.centre and d == BUDGET))]
