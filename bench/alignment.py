@@ -300,7 +300,7 @@ def plot_trajectories(by_world: dict[str, list[JobResult]], variants: list[str],
         ax.axis("off")
     axes[0][0].set_ylabel("score AUROC (recorded scores vs spans)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Alignment over training: score AUROC per step, mean over seeds")
+    fig.suptitle("Score AUROC per step, mean over seeds")
     save_figure(fig, path, dpi=110)
     return True
 
