@@ -24,14 +24,14 @@ import torch
 from alignment import MODEL_WORLDS, SWEEPS, held_out
 from common import REPO, WorldOptions, environment_line, load_world, markdown_table, quiet, write_results_section
 
-from atwu_core import metrics
+from atwu_core import losses, metrics
 from atwu_core.config import make_config
 from atwu_core.data import encode_records
 from atwu_core.forward import ForwardNeeds, forward
 from atwu_core.generation import evaluating
 from atwu_core.weighting.atwu import ScorerInput
 
-BETA = 5.0  # the matched reward's saturation (the paper's value)
+BETA = make_config("atwu", "paper").params["beta"]  # the matched reward's saturation, at the paper's value
 BUDGET = "budget (mean x)"
 INPUTS = {"raw": ScorerInput(), "centred": ScorerInput(centre=True)}
 
@@ -63,9 +63,9 @@ def world_row(name: str, options: WorldOptions) -> list[str] | None:
         for key, d in directions(x, nll).items():
             if inp.centre and key == BUDGET:  # centred, the mean is 0: the budget moves only the bias
                 continue
-            ranking = torch.zeros_like(fw.nll, dtype=torch.float32)
+            ranking = torch.zeros_like(fw.nll, dtype=torch.float32)  # [B, T]
             ranking[fw.mask] = x @ d
-            weights = {s.record_id: ranking[i][fw.mask[i]].tolist() for i, s in enumerate(samples)}
+            weights = dict(zip((s.record_id for s in samples), losses.per_sequence(ranking, fw.mask)))
             cells.append(f"{metrics.alignment(weights, samples)['auroc']:.3f}")
     return [f"`{name}`" + ("" if held_out(name) else " (tuning world)"), *cells]
 
