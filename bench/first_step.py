@@ -6,6 +6,11 @@ mix of two directions over the answer tokens' scorer inputs x_t:
   mean (matched reward; reward_norm only rescales it);
 - the budget penalty's: with no token above 0.5 yet it pushes every g alike, i.e. along the plain mean of x_t.
 
+A third, hypothetical direction asks whether retain tokens as negatives would help (ATWU's own definition: a token
+that the retain objective also needs is not forget-specific): the headline reward plus a term mean_n(nll) * mean[g]
+over the retain answers' tokens, i.e. the NLL-weighted forget mean minus the retain mean at equal mass. It is
+invariant to a shared centring, so it has one column.
+
 Each direction d ranks the tokens by x_t . d; this script reports that ranking's AUROC against the spans, with the
 raw input and with `hidden_centre` (which removes the plain mean). Below 0.5, the first step pushes the scorer
 towards the non-span tokens, and the job has to undo it. Writes the `first-step` section of `<out>/results.md`.
@@ -33,16 +38,31 @@ from atwu_core.weighting.atwu import ScorerInput
 
 BETA = make_config("atwu", "paper").params["beta"]  # the matched reward's saturation, at the paper's value
 BUDGET = "budget (mean x)"
+CONTRAST = "headline reward - retain mean"
 INPUTS = {"raw": ScorerInput(), "centred": ScorerInput(centre=True)}
 
 
-def directions(x: torch.Tensor, nll: torch.Tensor) -> dict[str, torch.Tensor]:
-    """x [N, d] answer-token scorer inputs, nll [N] -> the first step's candidate directions, each [d]."""
+def directions(x: torch.Tensor, nll: torch.Tensor, retain: torch.Tensor) -> dict[str, torch.Tensor]:
+    """x [N, d] forget answer-token scorer inputs, nll [N], retain [M, d] retain answer-token inputs -> the first
+    step's candidate directions, each [d]."""
     return {
         "headline reward": (nll[:, None] * x).mean(0),
         "matched reward": ((torch.exp(-BETA * nll) * nll)[:, None] * x).mean(0),
         BUDGET: x.mean(0),
+        CONTRAST: (nll[:, None] * x).mean(0) - nll.mean() * retain.mean(0),
     }
+
+
+def answer_inputs(model: torch.nn.Module, samples: list, pad_id: int, inp: ScorerInput) -> tuple:
+    """-> (Forward over every sample with the last hidden states, the answer tokens' scorer inputs [N, d])."""
+    with evaluating(model):
+        fw = forward(model, samples, list(range(len(samples))), pad_id, ForwardNeeds(hidden_layer=-1))
+    return fw, inp(fw.hidden, fw.mask)[fw.mask]
+
+
+def skipped(inp: ScorerInput, direction: str) -> bool:
+    """Centred, the plain mean is 0 (the budget moves only the bias) and the contrast is the raw one."""
+    return inp.centre and direction in (BUDGET, CONTRAST)
 
 
 def world_row(name: str, options: WorldOptions) -> list[str] | None:
@@ -52,16 +72,18 @@ def world_row(name: str, options: WorldOptions) -> list[str] | None:
         return None
     cfg = make_config("atwu", world.preset)
     tok = world.loaded.tokenizer
-    samples = encode_records(world.dataset.forget, tok, cfg.max_length, cfg.chat_template)
-    model, everything = world.loaded.model, list(range(len(samples)))
-    with evaluating(model):
-        fw = forward(model, samples, everything, tok.pad_token_id or 0, ForwardNeeds(hidden_layer=-1))
+    samples, retain = (
+        encode_records(r, tok, cfg.max_length, cfg.chat_template) for r in (world.dataset.forget, world.dataset.retain)
+    )
+    model, pad_id = world.loaded.model, tok.pad_token_id or 0
+    fw, _ = answer_inputs(model, samples, pad_id, ScorerInput())
+    _, x_retain = answer_inputs(model, retain, pad_id, ScorerInput())  # [M, d], raw: CONTRAST is centring-free
     nll = fw.nll[fw.mask].float()  # [N]
     cells = []
     for inp in INPUTS.values():
         x = inp(fw.hidden, fw.mask)[fw.mask]  # [N, d]
-        for key, d in directions(x, nll).items():
-            if inp.centre and key == BUDGET:  # centred, the mean is 0: the budget moves only the bias
+        for key, d in directions(x, nll, x_retain).items():
+            if skipped(inp, key):
                 continue
             ranking = torch.zeros_like(fw.nll, dtype=torch.float32)  # [B, T]
             ranking[fw.mask] = x @ d
@@ -82,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     names = dict.fromkeys(w for m in models for w in (SWEEPS[m][0], *MODEL_WORLDS[m]))  # tuning world first, once
     rows = [row for name in names if (row := world_row(name, WorldOptions())) is not None]
-    kinds = directions(torch.zeros(1, 1), torch.zeros(1))
-    head = ["world", *(f"{i}: {d}" for i, inp in INPUTS.items() for d in kinds if not (inp.centre and d == BUDGET))]
+    kinds = directions(torch.zeros(1, 1), torch.zeros(1), torch.zeros(1, 1))
+    head = ["world", *(f"{i}: {d}" for i, inp in INPUTS.items() for d in kinds if not skipped(inp, d))]
     table = markdown_table(head, rows)
     print(table)
     section = "\n\n".join([
@@ -91,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         env,
         "AUROC against the spans of each answer token's projection x·d on the directions the first scorer step "
         "mixes (module docstring), on each world's untouched model, over its forget records. Below 0.5: the first "
-        "step ranks non-span tokens first.",
+        "step ranks non-span tokens first. The `retain mean` column is hypothetical: the first step of a scorer that "
+        "also pushes g down on retain tokens (module docstring); ATWU has no such term.",
         table,
     ])  # fmt: skip
     print(f"wrote the first-step section of {write_results_section(Path(args.out), 'first-step', section)}")
