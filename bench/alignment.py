@@ -78,10 +78,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("atwu-paper", "atwu", PAPER, "paper"),
     Variant("atwu-matched", "atwu", PAPER, "paper", (("pair", "matched"),)),
     Variant("atwu-demo", "atwu", "`seed7` (the `demo` preset)", "demo"),
-    # the matched pair + reward_norm at the demo schedule with the paper's beta 5: the `smollm2` preset's ATWU
+    # the matched pair + reward_norm at the demo schedule with the paper's beta 5 (the `smollm2` preset's ATWU until
+    # the SmolLM2 sweep below preferred the next row)
     Variant("atwu-matched-norm", "atwu", "`seed7` (n, b, γ); β the paper's", "demo", (("beta", 5.0),)),
-    # ours: the headline pair at the demo preset's faster scorer schedule (n 2, b 0.4, γ 2), no reward normalising
-    Variant("atwu-headline-fast", "atwu", "none (n, b, γ from `demo`: `seed7`)", "demo",
+    # ours: the headline pair at the demo preset's faster scorer schedule (n 2, b 0.4, γ 2): the `smollm2` preset's ATWU
+    Variant("atwu-headline-fast", "atwu", "n, b, γ: `seed7`; the pair: `demo-smollm2` (the `smollm2` preset)", "demo",
             (("pair", "headline"), ("reward_norm", False), ("beta", 5.0))),
     Variant("gt-mask", "gt-mask", "oracle: the spans themselves"),
     Variant("wga", "wga", "method defaults"),
@@ -92,8 +93,9 @@ VARIANTS: tuple[Variant, ...] = (
 )  # fmt: skip
 # The sweeps that chose each preset's ATWU settings, each run on its model's tuning world only (`--tuning`), one
 # knob changed per row. Tiny: from the matched pair + reward_norm at the demo schedule and beta 5; beta 2 won and is
-# `demo`. SmolLM2: whether centring the scorer's input (which removes the hidden states' shared mean direction,
-# along which the first scorer step points) helps either pair.
+# `demo`. SmolLM2: which of the ATWU rows (the headline pair at the demo schedule won and is `smollm2`), and whether
+# centring the scorer's input (which removes the hidden states' shared mean direction, along which the first scorer
+# step points) helps either pair.
 SWEPT = "`seed7` (this sweep)"
 SWEPT_SMOLLM2 = "`demo-smollm2` (this sweep)"
 TUNING: tuple[Variant, ...] = (
@@ -114,15 +116,15 @@ TUNING_SMOLLM2: tuple[Variant, ...] = (
     Variant("tune-smollm2-paper-centre", "atwu", SWEPT_SMOLLM2, "paper", (("hidden_centre", True),)),
     Variant("tune-smollm2-centre", "atwu", SWEPT_SMOLLM2, "demo", (("beta", 5.0), ("hidden_centre", True))),
 )  # fmt: skip
+ATWU = tuple(v.name for v in VARIANTS if v.method == "atwu")
 SWEEPS = {  # model -> (its tuning world, the sweep's rows: baselines first)
     "tiny": ("seed7", ("atwu-matched-norm", *(v.name for v in TUNING))),
-    "smollm2": ("demo-smollm2", ("atwu-paper", "atwu-matched-norm", *(v.name for v in TUNING_SMOLLM2))),
+    "smollm2": ("demo-smollm2", (*ATWU, *(v.name for v in TUNING_SMOLLM2))),
 }
 BY_NAME = {v.name: v for v in (*VARIANTS, *TUNING, *TUNING_SMOLLM2)}
-ATWU = tuple(v.name for v in VARIANTS if v.method == "atwu")
 # per model, the paper's ATWU and the project's preset for that model (issue 10, item 6): `demo` on the tiny model,
-# `smollm2` (whose ATWU is atwu-matched-norm) on SmolLM2
-TARGETED = {"tiny": ("atwu-paper", "atwu-demo"), "smollm2": ("atwu-paper", "atwu-matched-norm")}
+# `smollm2` (whose ATWU is atwu-headline-fast) on SmolLM2
+TARGETED = {"tiny": ("atwu-paper", "atwu-demo"), "smollm2": ("atwu-paper", "atwu-headline-fast")}
 HEURISTICS = ("wga", "satimp")  # the targets ask ATWU to rank spans above these
 
 MODEL_WORLDS = {  # default worlds per model; sizes differ from the demo world's 30 people / 5 forgotten
@@ -131,7 +133,7 @@ MODEL_WORLDS = {  # default worlds per model; sizes differ from the demo world's
 }
 TUNING_WORLDS = {  # a world some preset was tuned on: reported, marked, never counted as held-out
     "seed7": "the `demo` preset's method and job settings were tuned on it",
-    "demo-smollm2": "the `smollm2` preset's lr was tuned on it",
+    "demo-smollm2": "the `smollm2` preset's lr and ATWU objective were chosen on it",
 }
 AUROC_TARGET = {"tiny": 0.90, "smollm2": 0.85}
 MIN_RUN_AUROC, MAX_FORGET_EXACT, MIN_RETAIN_KEPT = 0.75, 0.05, 0.95
