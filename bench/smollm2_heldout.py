@@ -2,7 +2,7 @@
 `demo-smollm2` was (a LoRA on the top 12 blocks, merged), then unlearned with the preset.
 
 The preset's lr was chosen on `demo-smollm2` itself; this asks whether its alignment carries over to another
-world. Teaching takes ~10 min on 2 CPU cores (cached in $ATWU_BENCH_CACHE), each job ~4 min.
+world. Teaching takes ~10 min on 2 CPU cores (cached in $ATWU_BENCH_CACHE), each job ~2.5 min.
 
     python bench/smollm2_heldout.py                      # generate_world(11), 20 people, 4 forget; atwu and wga
     python bench/smollm2_heldout.py --seed 13 --methods atwu,atwu-npo --set hidden_centre=true
