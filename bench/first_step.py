@@ -31,8 +31,8 @@ from common import REPO, WorldOptions, environment_line, load_world, markdown_ta
 
 from atwu_core import losses, metrics
 from atwu_core.config import make_config
-from atwu_core.data import encode_records
-from atwu_core.forward import ForwardNeeds, forward
+from atwu_core.data import EncodedSample, encode_records
+from atwu_core.forward import Forward, ForwardNeeds, forward
 from atwu_core.generation import evaluating
 from atwu_core.weighting.atwu import ScorerInput
 
@@ -45,19 +45,19 @@ INPUTS = {"raw": ScorerInput(), "centred": ScorerInput(centre=True)}
 def directions(x: torch.Tensor, nll: torch.Tensor, retain: torch.Tensor) -> dict[str, torch.Tensor]:
     """x [N, d] forget answer-token scorer inputs, nll [N], retain [M, d] retain answer-token inputs -> the first
     step's candidate directions, each [d]."""
+    headline = (nll[:, None] * x).mean(0)
     return {
-        "headline reward": (nll[:, None] * x).mean(0),
+        "headline reward": headline,
         "matched reward": ((torch.exp(-BETA * nll) * nll)[:, None] * x).mean(0),
         BUDGET: x.mean(0),
-        CONTRAST: (nll[:, None] * x).mean(0) - nll.mean() * retain.mean(0),
+        CONTRAST: headline - nll.mean() * retain.mean(0),
     }
 
 
-def answer_inputs(model: torch.nn.Module, samples: list, pad_id: int, inp: ScorerInput) -> tuple:
-    """-> (Forward over every sample with the last hidden states, the answer tokens' scorer inputs [N, d])."""
+def forward_all(model: torch.nn.Module, samples: list[EncodedSample], pad_id: int) -> Forward:
+    """One forward over every sample, with the last layer's hidden states."""
     with evaluating(model):
-        fw = forward(model, samples, list(range(len(samples))), pad_id, ForwardNeeds(hidden_layer=-1))
-    return fw, inp(fw.hidden, fw.mask)[fw.mask]
+        return forward(model, samples, list(range(len(samples))), pad_id, ForwardNeeds(hidden_layer=-1))
 
 
 def skipped(inp: ScorerInput, direction: str) -> bool:
@@ -76,8 +76,8 @@ def world_row(name: str, options: WorldOptions) -> list[str] | None:
         encode_records(r, tok, cfg.max_length, cfg.chat_template) for r in (world.dataset.forget, world.dataset.retain)
     )
     model, pad_id = world.loaded.model, tok.pad_token_id or 0
-    fw, _ = answer_inputs(model, samples, pad_id, ScorerInput())
-    _, x_retain = answer_inputs(model, retain, pad_id, ScorerInput())  # [M, d], raw: CONTRAST is centring-free
+    fw, fw_retain = forward_all(model, samples, pad_id), forward_all(model, retain, pad_id)
+    x_retain = ScorerInput()(fw_retain.hidden, fw_retain.mask)[fw_retain.mask]  # [M, d], raw: CONTRAST is centring-free
     nll = fw.nll[fw.mask].float()  # [N]
     cells = []
     for inp in INPUTS.values():

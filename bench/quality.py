@@ -312,9 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     first = next(iter(worlds))
     cache = ResultCache(CACHE / "results", worlds, args.fresh)
-    spanless = {name for name, w in worlds.items() if not any(r.forget_spans for r in w.dataset.forget)}
-    for name in spanless:  # the oracle refuses data without spans (a DataError): not run, said so
-        notes[name] += "; `gt-mask` not run (it needs spans)"
+    # the oracle refuses a forget set with any record lacking spans (a DataError): not run there, and said so
+    spanless = {name for name, w in worlds.items() if not all(r.forget_spans for r in w.dataset.forget)}
+    for name in spanless:
+        notes[name] += "; `gt-mask` not run (it needs spans on every forget record)"
     jobs = {
         t: job_config(worlds[t.world].preset, t, mode.eval_cap)
         for t in plan(list(worlds), methods, mode, sweep_steps)
