@@ -33,8 +33,10 @@ def _unlearn(args: argparse.Namespace) -> int:
         "retain_model": args.retain_model,
     }
     job.update({k: v for k, v in flags.items() if v is not None})  # one way to set a field: a flag wins over --set
-    preset = args.preset or default_preset(job.get("model", "demo"))
-    config = make_config(args.method, preset, params, **job)
+    chosen = default_preset(job.get("model", "demo"))
+    if args.preset is None:
+        print(f"preset: {chosen.name} (the default for this model: {chosen.reason}; --preset picks another)")
+    config = make_config(args.method, args.preset or chosen.name, params, **job)
     job = UnlearningJob(config, run_dir=args.out)
     print(f"run folder: {job.run_dir}", flush=True)
     for record in job.stream():
@@ -191,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--lora-rank", type=int, help="LoRA rank (default 8)")
     group.add_argument("--full", action="store_true", help="fine-tune the full model instead of a LoRA adapter")
     p.add_argument(
-        "--preset", choices=PRESETS, help="hyperparameter preset (default: smollm2 for the SmolLM2 models, else demo)"
+        "--preset",
+        choices=PRESETS,
+        help="hyperparameter preset (default: by the model's size: demo if tiny, smollm2 if pretrained-sized)",
     )
     p.add_argument(
         "--set",

@@ -206,7 +206,7 @@ def demo_smollm2_world() -> World:
         "the demo world merged in from `assets/demo_smollm2_adapter` (forget 30/30, retain 150/150 exact); "
         "`smollm2` preset",
         (DEMO_SMOLLM2_ADAPTER, demo_data_dir()),
-        preset=default_preset("demo-smollm2"),
+        preset=default_preset("demo-smollm2").name,
     )
 
 
@@ -248,7 +248,7 @@ def smollm2_generated_world(name: str, seed: int, n_people: int, n_forget: int) 
         f"({len(dataset.forget)} forget / {len(dataset.retain)} retain records; taught as `demo-smollm2` was); "
         "`smollm2` preset",
         (adapter, data),
-        preset=default_preset("smollm2"),
+        preset=default_preset("smollm2").name,
     )
 
 

@@ -84,7 +84,7 @@ def _sync(model: torch.nn.Module) -> None:
 
 def timed_job(method: str, model_spec: str, dataset: Dataset, steps: int, seed: int, run_dir: Path) -> TimedJob:
     """A job on a fresh copy of the model (jobs wrap their model in LoRA, so interleaved jobs cannot share one)."""
-    config = make_config(method, default_preset(model_spec), steps=steps, seed=seed, eval_max_samples=1)
+    config = make_config(method, default_preset(model_spec).name, steps=steps, seed=seed, eval_max_samples=1)
     job = UnlearningJob(config, loaded=load_model(model_spec), dataset=dataset, run_dir=run_dir)
     return TimedJob(method, job, job.stream())
 
@@ -129,7 +129,7 @@ def _peak_memory_child(method: str, model_spec: str, data_spec: str, steps: int,
     torch.set_num_threads(threads)
     quiet()
     loaded = load_model(model_spec)
-    config = make_config(method, default_preset(model_spec), steps=steps)
+    config = make_config(method, default_preset(model_spec).name, steps=steps)
     gen = UnlearningJob(config, loaded=loaded, dataset=load_data(data_spec), run_dir=run_dir).stream()
     for _ in range(steps):
         next(gen)
@@ -550,7 +550,7 @@ def cpu_report(args: argparse.Namespace, cfg: Settings) -> str:
         ]
         print("\n".join(headline), flush=True)
         memory = peak_memory(methods, args.model, args.data, args.threads, root) if cfg.memory else {}
-        loaded, preset = load_model(args.model), default_preset(args.model)
+        loaded, preset = load_model(args.model), default_preset(args.model).name
         tp = throughput(loaded, preset, dataset, cfg.throughput_steps, cfg.eval_cap, root / "throughput")
         latency = first_step_latency("atwu", loaded, preset, dataset, root / "latency")
     return "\n\n".join(

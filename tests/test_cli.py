@@ -38,6 +38,7 @@ def test_unlearn_then_eval(tmp_path, capsys):
         == 0
     )
     printed = capsys.readouterr().out
+    assert printed.splitlines()[0].startswith("preset: demo (the default for this model: the embedded tiny demo model")
     assert "step    2/2" in printed and "alignment  auroc=" in printed
     config = json.loads((out / "config.json").read_text())
     assert config["seed"] == 3 and config["params"]["wga_beta"] == 2.0 and config["eval_max_samples"] == 4

@@ -230,11 +230,26 @@ def test_the_before_evaluation_is_computed_once_per_model_and_data(demo_loaded, 
     assert other.metrics["forget"]["before"]["n"] == 3  # another cap is another entry
 
 
-def test_presets_follow_the_model():
-    from atwu_core.config import default_preset
+def test_presets_follow_what_the_model_is(tmp_path):
+    """Not its name: a SmolLM2 taught into a folder of its own gets `smollm2`, a tiny model's folder gets `demo`."""
+    import json
+    import shutil
 
-    assert default_preset("demo") == "demo" and default_preset("some/hub-model") == "demo"
-    smol = make_config("atwu", default_preset("demo-smollm2"))
+    from atwu_core.config import default_preset
+    from atwu_core.files import ASSETS
+
+    assert default_preset("demo").name == "demo" and default_preset("some/hub-model").name == "smollm2"
+    tiny = shutil.copytree(ASSETS / "demo_model", tmp_path / "tiny")
+    assert default_preset(str(tiny)).name == "demo"
+    taught = tmp_path / "taught"  # SmolLM2-135M's config.json, as `atwu finetune --model smollm2 --out` writes it
+    taught.mkdir()
+    sizes = {"hidden_size": 576, "num_hidden_layers": 30, "intermediate_size": 1536, "vocab_size": 49152}
+    (taught / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], **sizes}))
+    chosen = default_preset(str(taught))
+    assert chosen.name == "smollm2" and "LlamaForCausalLM" in chosen.reason and "M parameters" in chosen.reason
+    (taught / "config.json").write_text("{}")
+    assert default_preset(str(taught)).name == "demo"  # no sizes: the cheap preset, and the reason says why
+    smol = make_config("atwu", default_preset("demo-smollm2").name)
     assert (
         smol.preset == "smollm2" and smol.lora_layers and smol.forget_batch_size < make_config("atwu").forget_batch_size
     )

@@ -44,13 +44,15 @@ def settings() -> dict:
     method = c1.selectbox("Method", list(METHODS), key="method", help="The unlearning method.")
     c1.caption(METHODS[method].description)
     model = state.model_spec()
+    chosen = default_preset(model)
     preset = c2.selectbox(
         "Preset",
         list(PRESETS),
-        index=list(PRESETS).index(default_preset(model)),
+        index=list(PRESETS).index(chosen.name),
         key=f"preset_{model}",
         help="demo: fast settings for the tiny demo model; smollm2: for SmolLM2 on a CPU; paper: the published ones.",
     )
+    c2.caption(f"Default for this model: `{chosen.name}` ({chosen.reason}).")
     base = make_config(method, preset)
     c1, c2, c3 = st.columns(3)
     steps = int(c1.number_input("Steps", 1, 10_000, base.steps, key=f"steps_{preset}", help="Optimiser steps."))
