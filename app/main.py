@@ -16,13 +16,23 @@ from app import state  # noqa: E402
 PAGES = Path(__file__).resolve().parent / "app_pages"  # not "pages/": that name turns on Streamlit's v1 multipage mode
 
 
+RUN = PAGES / "run.py"
+
+
+def home() -> None:
+    """The root URL opens the Run page at /run (the default page of st.navigation has no path of its own, so
+    Run is not the default: every page keeps a URL), carrying the link's query string along."""
+    st.switch_page(RUN, query_params=st.query_params.to_dict())
+
+
 def main() -> None:
     st.set_page_config(page_title="ATWU Explorer", page_icon=":material/cleaning_services:", layout="wide")
     page = st.navigation(
         [
+            st.Page(home, title="ATWU Explorer", url_path="home", default=True, visibility="hidden"),
             st.Page(PAGES / "model.py", title="Model", icon=":material/memory:", url_path="model"),
             st.Page(PAGES / "data.py", title="Data", icon=":material/description:", url_path="data"),
-            st.Page(PAGES / "run.py", title="Run", icon=":material/play_circle:", url_path="run", default=True),
+            st.Page(RUN, title="Run", icon=":material/play_circle:", url_path="run"),
             st.Page(PAGES / "compare.py", title="Compare", icon=":material/insights:", url_path="compare"),
             st.Page(PAGES / "query.py", title="Query", icon=":material/chat:", url_path="query"),
             st.Page(PAGES / "runs.py", title="Runs", icon=":material/folder_open:", url_path="runs"),

@@ -1,32 +1,98 @@
-"""One self-contained HTML report per run: metrics, curves, the corpus view and every sample's heatmaps, with
-plotly.js inlined once so that it opens offline; each chart's camera button saves it as SVG."""
+"""One self-contained HTML report per run: metrics, curves, the whole forget set and the first samples'
+heatmaps, drawn with the app's own figures (their colours and legends), opening offline; each chart's camera
+button saves it as SVG.
+
+Size: plotly.js (4.8 MB) and every figure's data travel gzip-compressed in two base-85 text blocks that the
+page unpacks with the browser's own `DecompressionStream`, and only the first `SAMPLE_CAP` samples get
+heatmaps (a note says so; the token CSV has them all): a demo run's report stays well under 2 MB.
+"""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import html
+import json
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
+import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from app.components.curves import alignment_figure, loss_figure
+from app.components.curves import alignment_figure
 from app.components.results import METRIC_HELP, quality_rows
-from app.run_views import SCALES, run_label, sample_figure, trajectories
+from app.run_views import SCALES, corpus_figure, losses_figure, run_label, sample_figure, trajectories
 from atwu_core import explore
+from atwu_core.run_table import run_colour
 from atwu_core.runs import RunSnapshot
 
+SAMPLE_CAP = 12  # samples drawn as heatmaps (ground-truth samples first)
+TEMPLATE = "plotly_white"  # one template for every figure, sent once
 SVG = {"displaylogo": False, "toImageButtonOptions": {"format": "svg"}}
 STYLE = """body{font-family:sans-serif;color:#1f2430;max-width:1300px;margin:auto;padding:1em}
-table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccd;padding:2px 6px;text-align:right}
-th{background:#f3f5f9}code{background:#f3f5f9;padding:2px 4px}"""
+table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccd;padding:2px 6px;text-align:left}
+th{background:#f3f5f9}code{background:#f3f5f9;padding:2px 4px}.note{color:#5a6270}"""
+# Unpacks the two blocks (base 85, RFC 1924 alphabet, as Python's base64.b85encode writes it; then gzip), runs
+# plotly.js, and draws each <div class="fig" data-i=k> from figure k.
+LOADER = """
+const B85='0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;<=>?@^_`{|}~';
+function b85(text){const v=new Uint8Array(128);for(let i=0;i<85;i++)v[B85.charCodeAt(i)]=i;
+ const s=text.replace(/\\s/g,''),pad=(5-s.length%5)%5,n=s.length+pad,out=new Uint8Array(n/5*4);
+ for(let i=0,o=0;i<n;i+=5,o+=4){let a=0;for(let j=0;j<5;j++)a=a*85+(i+j<s.length?v[s.charCodeAt(i+j)]:84);
+  out[o]=a>>>24;out[o+1]=(a>>>16)&255;out[o+2]=(a>>>8)&255;out[o+3]=a&255;}
+ return out.subarray(0,out.length-pad);}
+async function unpack(id){const bytes=b85(document.getElementById(id).textContent);
+ const stream=new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'));
+ return await new Response(stream).text();}
+(async()=>{const js=document.createElement('script');js.textContent=await unpack('plotlyjs');
+ document.head.appendChild(js);const data=JSON.parse(await unpack('figures'));
+ document.querySelectorAll('div.fig').forEach(div=>{const f=data.figures[+div.dataset.i];
+  f.layout.template=data.template;Plotly.newPlot(div,f.data,f.layout,data.config);});})();
+"""
 
 
-def _figure(fig) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, config=SVG)
+def pack(text: str) -> str:
+    """gzip, then base 85: the densest text a <script> block can hold safely (no '/' so no '</script')."""
+    return base64.b85encode(gzip.compress(text.encode(), 9, mtime=0)).decode()
+
+
+def unpack(block: str) -> str:
+    """The inverse of `pack` (for tests and tools reading a report)."""
+    return gzip.decompress(base64.b85decode(block)).decode()
+
+
+class Figures:
+    """The report's figures, collected as plain JSON and sent in one compressed block."""
+
+    def __init__(self) -> None:
+        self.figures: list[dict] = []
+
+    def add(self, fig) -> str:
+        spec = json.loads(fig.to_json())
+        spec["layout"].pop("template", None)  # the app's theme is not plotly.js's: one shared template instead
+        self.figures.append(spec)
+        return f"<div class='fig' data-i='{len(self.figures) - 1}'></div>"
+
+    def block(self) -> str:
+        template = json.loads(go.Figure(layout={"template": TEMPLATE}).to_json())["layout"]["template"]
+        return pack(json.dumps({"figures": self.figures, "template": template, "config": SVG}))
+
+
+@cache
+def packed_plotlyjs() -> str:
+    """plotly.js packed once per process (compressing 4.8 MB takes about a second)."""
+    return pack(get_plotlyjs())
 
 
 def _table(rows: list[dict]) -> str:
     return pd.DataFrame(rows).to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–") if rows else ""
+
+
+def drawn_samples(snap: RunSnapshot) -> list:
+    """The samples that get heatmaps: ground-truth samples first (as the app's picker lists them), at most
+    SAMPLE_CAP."""
+    return sorted(snap.samples, key=lambda s: not s.has_ground_truth)[:SAMPLE_CAP]
 
 
 def run_report(snap: RunSnapshot) -> str:
@@ -34,16 +100,18 @@ def run_report(snap: RunSnapshot) -> str:
     title = html.escape(run_label(snap.dir, snap.config))
     metrics = snap.metrics or {}
     align, forgot = metrics.get("alignment") or {}, metrics.get("forgetting") or {}
+    chance = explore.chance_levels(metrics)
     headline = [
-        {"metric": name, "value": value, "meaning": METRIC_HELP[name]}
-        for name, value in (
-            ("score AUROC", align.get("auroc")),
-            ("score AUPRC", align.get("auprc")),
-            ("score P@k", align.get("precision_at_k")),
-            ("forgetting AUROC", forgot.get("auroc")),
-            ("span share", forgot.get("span_share")),
+        {"metric": name, "value": value, "better": "↑", "chance": level, "meaning": METRIC_HELP[name]}
+        for name, value, level in (
+            ("score AUROC", align.get("auroc"), chance["auroc"]),
+            ("score AUPRC", align.get("auprc"), chance["auprc"]),
+            ("score P@k", align.get("precision_at_k"), chance["precision_at_k"]),
+            ("forgetting AUROC", forgot.get("auroc"), chance["auroc"]),
+            ("span share", forgot.get("span_share"), chance["span_share"]),
         )
     ]
+    figures = Figures()
     parts = [
         f"<h1>{title}</h1>",
         f"<p>State: <b>{html.escape(snap.status.state)}</b>, {snap.status.steps_done}/{snap.status.steps_total} steps"
@@ -54,27 +122,35 @@ def run_report(snap: RunSnapshot) -> str:
         _table(quality_rows(metrics)),
     ]
     if snap.step_records:
-        names = sorted({k for rec in snap.step_records for k in rec.losses})
-        steps = [rec.step for rec in snap.step_records]
-        parts += [
-            "<h2>Training</h2>",
-            _figure(loss_figure(steps, {k: [r.losses.get(k) for r in snap.step_records] for k in names})),
-        ]
+        parts += ["<h2>Training</h2>", figures.add(losses_figure(snap))]
         t = trajectories(snap)
         if t["step"]:
-            parts.append(_figure(alignment_figure({title: t})))
+            parts.append(figures.add(alignment_figure({title: t}, {title: run_colour(snap.dir)})))
+    table = explore.corpus_table(snap)
+    parts += ["<h2>Every forget sample</h2>"]
+    if table:
+        parts.append(figures.add(corpus_figure(snap, "scores", [row["sample"] for row in table])))
     parts += [
-        "<h2>Every forget sample</h2>",
-        _table(explore.corpus_table(snap)),
+        _table(table),
         "<h3>Per span label</h3>",
         _table(explore.span_label_table(snap)),
         "<h2>Each sample: score and log-probability change per step</h2>",
     ]
-    for sample in snap.samples:
+    shown = drawn_samples(snap)
+    if len(shown) < len(snap.samples):
+        parts.append(
+            f"<p class='note'>The first {len(shown)} of {len(snap.samples)} samples are drawn (ground-truth ones "
+            "first), to keep this file small; the Runs page shows every sample, and the token CSV export holds "
+            "every value.</p>"
+        )
+    for sample in shown:
         drawn = sample_figure(snap, sample, "scores", SCALES[0])
         if drawn is not None:
-            parts.append(_figure(drawn[0]))
+            parts.append(figures.add(drawn[0]))
     return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{STYLE}</style>"
-        f"<script>{get_plotlyjs()}</script></head><body>{''.join(parts)}</body></html>"
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{STYLE}</style></head>"
+        f"<body>{''.join(parts)}"
+        f"<script type='text/plain' id='plotlyjs'>{packed_plotlyjs()}</script>"
+        f"<script type='text/plain' id='figures'>{figures.block()}</script>"
+        f"<script>{LOADER}</script></body></html>"
     )

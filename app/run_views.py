@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import state
+from app import links, state
 from app.components.curves import alignment_figure, loss_figure
 from app.components.heatmap import (
     CHANGE_COLORSCALE,
@@ -22,6 +22,7 @@ from app.components.token_chips import token_chips_html
 from atwu_core import explore
 from atwu_core.metrics import trajectory
 from atwu_core.records import SampleRecord
+from atwu_core.run_table import run_colour
 from atwu_core.runs import RunSnapshot
 
 CHANGE = "log-probability change since before training: log p − log p_before"
@@ -69,18 +70,27 @@ def progress_panel(snap: RunSnapshot) -> None:
     if status.state == "failed":
         st.error(f"The job failed: {status.error}")
     elif status.state == "cancelled":
-        st.warning(f"Cancelled after {status.steps_done} steps.")
+        st.warning(f"Cancelled after {_steps(status.steps_done)}.")
     elif status.state == "interrupted":
-        st.warning(f"Interrupted after {status.steps_done} steps: {status.error}")
+        st.warning(f"Interrupted after {_steps(status.steps_done)}: {status.error}")
     if snap.skipped_lines:
         st.warning(f"{snap.skipped_lines} unreadable line(s) in records.jsonl were skipped.")
     if snap.step_records:
-        names = sorted({k for rec in snap.step_records for k in rec.losses})
-        fig = loss_figure(
-            [rec.step for rec in snap.step_records],
-            {k: [rec.losses.get(k) for rec in snap.step_records] for k in names},
-        )
-        st.plotly_chart(fig, key=f"losses_{snap.dir.name}", config=MODEBAR)
+        st.plotly_chart(losses_figure(snap), key=f"losses_{snap.dir.name}", config=MODEBAR)
+
+
+def _steps(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
+
+
+def losses_figure(snap: RunSnapshot):
+    """The run's loss panels, the fraction panel with the budget its method pushes towards (ATWU's `budget`)."""
+    names = sorted({k for rec in snap.step_records for k in rec.losses})
+    return loss_figure(
+        [rec.step for rec in snap.step_records],
+        {k: [rec.losses.get(k) for rec in snap.step_records] for k in names},
+        budget=(snap.config.get("params") or {}).get("budget"),
+    )
 
 
 def pick_sample(samples: list[SampleRecord], key: str, recorded: list[str] = ()) -> SampleRecord | None:
@@ -90,8 +100,10 @@ def pick_sample(samples: list[SampleRecord], key: str, recorded: list[str] = ())
     ordered = sorted(samples, key=lambda s: not s.has_ground_truth)
     by_id = {s.record_id: s for s in ordered}
     ids = list(by_id)
-    start = next((ids.index(i) for i in ids if i in recorded), 0)
+    start = links.wanted("sample", ids)
+    start = next((ids.index(i) for i in ids if i in recorded), 0) if start is None else start
     sid = st.selectbox("Sample", ids, index=start, key=key, format_func=lambda i: f"{i}: {by_id[i].question[:70]}")
+    links.show(sample=sid)
     return by_id[sid]
 
 
@@ -203,7 +215,8 @@ def alignment_view(snap: RunSnapshot, *, key: str) -> None:
     if not t["step"]:
         st.info("No step with ground-truth samples recorded yet.")
         return
-    st.plotly_chart(alignment_figure({run_label(snap.dir, snap.config): t}), key=f"{key}_alignment", config=MODEBAR)
+    label = run_label(snap.dir, snap.config)
+    st.plotly_chart(alignment_figure({label: t}, {label: run_colour(snap.dir)}), key=f"{key}_alignment", config=MODEBAR)
     st.caption(
         "Each point uses the samples in that step's batch: score AUROC judges the scores recorded at that step, "
         "forgetting AUROC the log-probability drop since before training."
@@ -212,6 +225,30 @@ def alignment_view(snap: RunSnapshot, *, key: str) -> None:
 
 CORPUS_VALUES = {"score": "scores", "loss weight": "loss_weights", "log-probability change": "change"}
 SORTS = ("score AUROC", "forgetting AUROC", "mean score in spans", "mean Δ log p in spans", "sample")
+
+
+def corpus_figure(snap: RunSnapshot, which: str, ids: list[str]):
+    """The latest `which` ("scores", "loss_weights" or "change") of the samples `ids`, one row each, spans
+    outlined."""
+    latest = explore.latest_logprob_change(snap) if which == "change" else snap.latest(which)
+    index = snap.sample_index
+    values = [latest.get(sid, []) for sid in ids]
+    flat = [v for row in values for v in row]
+    if which == "change":
+        name, zrange, scale = CHANGE, explore.symmetric_range(flat), CHANGE_COLORSCALE
+    else:
+        name, zrange, scale = quantity_name(snap.config, which), explore.percentile_range(flat), "Viridis"
+    return ragged_heatmap(
+        ids,
+        values,
+        [index[s].tokens for s in ids],
+        [index[s].span_mask for s in ids],
+        span_labels=[index[s].span_labels for s in ids],
+        name=name,
+        zrange=zrange,
+        colorscale=scale,
+        title=f"Every forget sample, {'final pass' if snap.final else 'latest step'}: {name}",
+    )
 
 
 def corpus_view(snap: RunSnapshot, *, key: str) -> None:
@@ -225,27 +262,8 @@ def corpus_view(snap: RunSnapshot, *, key: str) -> None:
     shown = c1.radio("Values", list(CORPUS_VALUES), horizontal=True, key=f"{key}_corpus_values")
     order = c2.selectbox("Sort samples by", SORTS, key=f"{key}_corpus_sort")
     frame = pd.DataFrame(table).sort_values(order, ascending=order == "sample", na_position="last")
-    ids = list(frame["sample"])
-    which = CORPUS_VALUES[shown]
-    latest = explore.latest_logprob_change(snap) if which == "change" else snap.latest(which)
-    index = snap.sample_index
-    values = [latest.get(sid, []) for sid in ids]
-    flat = [v for row in values for v in row]
-    if which == "change":
-        name, zrange, scale = CHANGE, explore.symmetric_range(flat), CHANGE_COLORSCALE
-    else:
-        name, zrange, scale = quantity_name(snap.config, which), explore.percentile_range(flat), "Viridis"
     st.plotly_chart(
-        ragged_heatmap(
-            ids,
-            values,
-            [index[s].tokens for s in ids],
-            [index[s].span_mask for s in ids],
-            name=name,
-            zrange=zrange,
-            colorscale=scale,
-            title=f"Every forget sample, {'final pass' if snap.final else 'latest step'}: {name}",
-        ),
+        corpus_figure(snap, CORPUS_VALUES[shown], list(frame["sample"])),
         key=f"{key}_corpus_heatmap",
         config=MODEBAR,
     )
@@ -255,12 +273,15 @@ def corpus_view(snap: RunSnapshot, *, key: str) -> None:
 
 
 VIEWS = ("One sample", "Alignment over training", "Whole forget set")
+VIEW_PARAMS = dict(zip(("sample", "alignment", "forget-set"), VIEWS, strict=True))  # ?view=… -> view
 
 
 def run_detail(snap: RunSnapshot, *, key: str, upto_step: int | None = None) -> None:
     """One sample's heatmaps, alignment over training, or the whole forget set: only the chosen view is built
     (a live page redraws it every second)."""
-    view = st.radio("View", VIEWS, horizontal=True, key=f"{key}_tab", label_visibility="collapsed")
+    start = links.wanted("view", VIEWS, VIEW_PARAMS.get) or 0
+    view = st.radio("View", VIEWS, index=start, horizontal=True, key=f"{key}_tab", label_visibility="collapsed")
+    links.show(view=next(p for p, v in VIEW_PARAMS.items() if v == view))
     if view == VIEWS[0]:
         recorded = next(
             (list(r.scores) for r in reversed(snap.step_records) if upto_step is None or r.step <= upto_step), []

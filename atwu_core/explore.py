@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from atwu_core.config import METADATA_KEYS, make_config
-from atwu_core.metrics import alignment, by_span_label, forgetting, nll_increase
+from atwu_core.metrics import alignment, by_span_label, forgetting, nll_increase, rank_percentile
 from atwu_core.records import SampleRecord, Status
 from atwu_core.runs import RunReader, RunSnapshot, write_json_atomic
 
@@ -92,12 +92,17 @@ def run_values(snap: RunSnapshot, key: str) -> list[float]:
     return [v for rec in records for values in getattr(rec, key).values() for v in values if v is not None]
 
 
-def disagreement_tables(scores: Sequence[float], sample: SampleRecord, k: int = 5) -> tuple[list[dict], list[dict]]:
+def disagreement_tables(
+    scores: Sequence[float], sample: SampleRecord, k: int = 5
+) -> tuple[list[dict], list[dict]] | None:
     """The k highest-scored tokens outside the spans and the k lowest-scored tokens inside them, each with its
-    rank percentile in the sample (1 = highest score): ordered exactly as the two headings say."""
-    values = np.asarray(_floats(scores))
-    order = np.argsort(np.argsort(values, kind="stable"), kind="stable")
-    percentile = order / max(len(values) - 1, 1)
+    tie-aware rank percentile in the sample (1 = highest score), ordered exactly as the two headings say;
+    None when the sample's scores are all equal (nothing is ranked, so nothing disagrees)."""
+    values = np.asarray(_floats(scores))  # (tokens,)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0 or finite.min() == finite.max():
+        return None
+    percentile = rank_percentile(values)
 
     def row(i: int) -> dict:
         return {
@@ -112,6 +117,14 @@ def disagreement_tables(scores: Sequence[float], sample: SampleRecord, k: int = 
     high_out = sorted(outside, key=lambda i: -values[i])[:k]
     low_in = sorted(inside, key=lambda i: values[i])[:k]
     return [row(i) for i in high_out], [row(i) for i in low_in]
+
+
+def chance_levels(metrics: dict) -> dict[str, float | None]:
+    """What each headline number reads for scores (or forgetting) that ignore the spans: AUROC 0.5; AUPRC,
+    precision@k and span share the share of span tokens among the judged tokens."""
+    align = metrics.get("alignment") or {}
+    share = align["n_positive"] / align["n_tokens"] if align.get("n_tokens") else None
+    return {"auroc": 0.5, "auprc": share, "precision_at_k": share, "span_share": share}
 
 
 # ------------------------------------------------------------------------------------------ whole forget set
@@ -243,14 +256,17 @@ def flat_settings(config: dict) -> dict[str, object]:
 
 
 def config_diff(configs: dict[str, dict]) -> dict[str, dict[str, object]]:
-    """The settings on which the named configs differ: {setting: {name: value}} (absent = "–")."""
+    """The settings on which the named configs differ: {setting: {name: value}} (absent = "–"). A method
+    parameter counts only among the runs that have it: one method's own parameters are not a difference."""
     flat = {name: flat_settings(c) for name, c in configs.items()}
     keys = sorted({k for f in flat.values() for k in f})
-    return {
-        k: {name: f.get(k, "–") for name, f in flat.items()}
-        for k in keys
-        if len({repr(f.get(k, "–")) for f in flat.values()}) > 1
-    }
+    out = {}
+    for k in keys:
+        having = [f[k] for f in flat.values() if k in f]
+        compared = having if k.startswith("params.") else [f.get(k, "–") for f in flat.values()]
+        if len({repr(v) for v in compared}) > 1:
+            out[k] = {name: f.get(k, "–") for name, f in flat.items()}
+    return out
 
 
 _FLAGS = {

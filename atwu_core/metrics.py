@@ -296,6 +296,13 @@ def by_span_label(values: Mapping[str, Sequence[float]], samples: Sequence) -> d
     return {label: {"mean": float(np.mean(v)), "tokens": len(v)} for label, v in sorted(pooled.items())}
 
 
+def rank_percentile(values: Sequence[float]) -> np.ndarray:
+    """Each value's rank percentile within `values` (0 = lowest, 1 = highest), ties sharing their average
+    rank, so equal scores never look ranked."""
+    values = np.asarray(values, dtype=float)  # (tokens,)
+    return (rankdata(values) - 1) / max(len(values) - 1, 1)
+
+
 def disagreements(weights: Sequence[float], sample: EncodedSample, k: int = 5) -> list[dict]:
     """The k tokens of one sample (its weight list) where weights and ground truth disagree most: high weight
     outside the spans or low weight inside. `disagreement` is the weight's rank percentile (ties averaged) for
@@ -303,7 +310,7 @@ def disagreements(weights: Sequence[float], sample: EncodedSample, k: int = 5) -
     scores = _checked(weights, sample)
     if not sample.has_ground_truth:
         return []
-    percentile = (rankdata(scores) - 1) / max(len(scores) - 1, 1)
+    percentile = rank_percentile(scores)
     mask = np.asarray(sample.span_mask, dtype=bool)
     disagreement = np.where(mask, 1 - percentile, percentile)
     top = np.argsort(-disagreement, kind="stable")[:k]

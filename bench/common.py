@@ -33,6 +33,7 @@ from atwu_core.demo_world import generate_world
 from atwu_core.finetune import finetune_dataset_dir
 from atwu_core.job import JobError, run_job
 from atwu_core.models import DEMO_MODEL, DEMO_SMOLLM2_ADAPTER, LoadedModel, load_model
+from atwu_core.run_table import mean_std  # noqa: F401 - the bench tables' format, shared with the app
 
 REPO = Path(__file__).resolve().parent.parent
 TOFU_DIR = REPO.parent / "shared" / "data" / "tofu"
@@ -110,16 +111,6 @@ def lookup(metrics: dict, path: str) -> float | None:
 def mean_or_none(values: Iterable[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.mean(vals) if vals else None
-
-
-def mean_std(values: Iterable[float | None]) -> str:
-    """`mean ± std` over the values that exist (one value: just it; none: n/a)."""
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "n/a"
-    if len(vals) == 1:
-        return f"{vals[0]:.3f}"
-    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
 
 
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from app import links
 from app.components.curves import alignment_figure, line_figure
 from app.components.heatmap import MODEBAR, weight_heatmap
 from app.components.results import METRIC_HELP
 from app.run_views import run_label, trajectories
 from atwu_core import explore
 from atwu_core.metrics import alignment, alignment_curves, forgetting
+from atwu_core.run_table import run_colour, run_id
 from atwu_core.runs import RunReader, RunSnapshot, list_runs
 
 NUMBERS = {"auroc": "AUROC", "auprc": "AUPRC", "precision_at_k": "precision@k"}
@@ -50,7 +52,7 @@ labels = {
     r["run_dir"]: f"{run_label(r['run_dir'], r)} · {'RUNNING (provisional)' if r['state'] == 'running' else r['state']}"
     for r in runs
 }
-default = explore.default_selection(runs)
+default = links.runs_from_url(labels) or explore.default_selection(runs)
 focus = st.session_state.get("focus_run")
 if focus in labels and focus not in default:
     default.insert(0, focus)
@@ -60,14 +62,16 @@ chosen = st.multiselect(
     default=default or list(labels)[:1],
     format_func=labels.get,
     key="compare_runs",
-    help="Starts on the latest completed run of each method.",
+    help="Starts on the runs the link names, else the latest completed run of each method.",
 )
+links.show(runs=",".join(run_id(d) for d in chosen) or None)
 if not chosen:
     st.info("Pick at least one run.")
     st.stop()
 
 snaps = {d: RunReader(d).snapshot() for d in chosen}
 names = {d: run_label(d, snaps[d].config) for d in chosen}
+colours = {names[d]: run_colour(d) for d in chosen}  # each run's one colour, on every chart
 running = [names[d] for d in chosen if not snaps[d].status.finished]
 if running:
     st.warning(
@@ -90,17 +94,18 @@ st.dataframe(
 )
 if len(chosen) > 1:
     diff = explore.config_diff({names[d]: snaps[d].config for d in chosen})
-    st.markdown("**Settings that differ**")
-    if diff:
-        st.dataframe(pd.DataFrame(diff).T.astype(str).rename_axis("setting"), key="compare_config_diff")
-    else:
-        st.caption("The selected runs have the same settings.")
+    with st.expander(f"Settings that differ ({len(diff)})"):
+        if diff:
+            st.dataframe(pd.DataFrame(diff).T.astype(str).rename_axis("setting"), key="compare_config_diff")
+            st.caption("A method's own parameters count only among the runs of methods that have them.")
+        else:
+            st.caption("The selected runs have the same settings.")
 
 st.subheader("Alignment over training")
 paths = {names[d]: trajectories(snaps[d]) for d in chosen}
 paths = {n: t for n, t in paths.items() if t["step"]}
 if paths:
-    st.plotly_chart(alignment_figure(paths), key="compare_alignment", config=MODEBAR)
+    st.plotly_chart(alignment_figure(paths, colours), key="compare_alignment", config=MODEBAR)
 else:
     st.info("No recorded step with ground-truth samples.")
 
@@ -118,6 +123,7 @@ c1.plotly_chart(
         ylabel="true positive rate",
         unit_square=True,
         diagonal=True,
+        colours=colours,
     ),
     key="roc",
     config=MODEBAR,
@@ -129,6 +135,7 @@ c2.plotly_chart(
         xlabel="recall",
         ylabel="precision",
         unit_square=True,
+        colours=colours,
     ),
     key="pr",
     config=MODEBAR,
@@ -149,7 +156,8 @@ common = [sid for sid in index[chosen[0]] if all(sid in index[d] for d in chosen
 if not common:
     st.info("The chosen runs share no sample.")
     st.stop()
-sid = st.selectbox("Sample", common, key="compare_sample")
+sid = st.selectbox("Sample", common, index=links.wanted("sample", common) or 0, key="compare_sample")
+links.show(sample=sid)
 first = index[chosen[0]][sid]
 same = [d for d in chosen if index[d][sid].tokens == first.tokens and sid in scores[d]]
 if len(same) < len(chosen):
@@ -174,12 +182,15 @@ st.plotly_chart(
     key="compare_heatmap",
     config=MODEBAR,
 )
-st.markdown("**Where scores and spans disagree** (rank percentile: 1 = the sample's highest score)")
+st.markdown("**Where scores and spans disagree** (rank percentile: 1 = the sample's highest score, ties share a rank)")
 for d in same:
-    high_out, low_in = explore.disagreement_tables(scores[d][sid], index[d][sid])
+    tables = explore.disagreement_tables(scores[d][sid], index[d][sid])
     st.caption(names[d])
+    if tables is None:
+        st.caption("Every token of this sample has the same score: nothing is ranked, so nothing disagrees.")
+        continue
     c1, c2 = st.columns(2)
     c1.markdown("Highest scores **outside** the spans")
-    c1.dataframe(pd.DataFrame(high_out), hide_index=True, key=f"dis_out_{d}")
+    c1.dataframe(pd.DataFrame(tables[0]), hide_index=True, key=f"dis_out_{d}")
     c2.markdown("Lowest scores **inside** the spans")
-    c2.dataframe(pd.DataFrame(low_in), hide_index=True, key=f"dis_in_{d}")
+    c2.dataframe(pd.DataFrame(tables[1]), hide_index=True, key=f"dis_in_{d}")

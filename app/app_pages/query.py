@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import state
+from app import links, state
 from app.components.curves import token_bars
 from app.components.token_chips import token_chips_html
 from app.run_views import run_label
@@ -15,6 +15,7 @@ from atwu_core.explore import percentile_range
 from atwu_core.generation import greedy_answer, pad_token_id
 from atwu_core.metrics import answer_stats
 from atwu_core.models import adapter_enabled
+from atwu_core.run_table import run_id
 from atwu_core.runs import RunReader, list_runs
 from atwu_core.weighting.atwu import apply_scorer, load_scorer, scorer_snapshots
 
@@ -62,12 +63,12 @@ def show_logprobs(sample: EncodedSample, before: dict, after: dict) -> None:
     )
 
 
-def answer(run_dir: str, prompt: str, reference: str, max_new: int) -> None:
-    """Answers before (plain model) and after (the run's adapter) side by side."""
+def answer(run_dir: str, prompt: str, reference: str, max_new: int) -> dict | None:
+    """Answers before (plain model) and after (the run's adapter); None after showing why there are none."""
     config = RunReader(run_dir).config
     if state.jobs().busy_with(config["model"]):
         st.error("A job is training this model right now; query it when the job has finished.")
-        return
+        return None
     try:
         with st.spinner(f"Loading {config['model']} …"):
             loaded = state.models().get(config["model"])
@@ -82,14 +83,28 @@ def answer(run_dir: str, prompt: str, reference: str, max_new: int) -> None:
                 after = ask(model, loaded.tokenizer, prompt, sample, max_new)
     except Exception as err:  # noqa: BLE001 - missing adapter, model or bad input: shown, the app stays usable
         st.error(f"Could not answer: {err}")
-        return
+        return None
+    return {"before": before, "after": after, "sample": sample}
+
+
+def show_answer(result: dict) -> None:
+    """The two answers side by side, and the reference's per-token change when there is one."""
     c1, c2 = st.columns(2)
     c1.markdown("**Before** (plain model)")
-    c1.info(before[0] or "(empty answer)")
+    c1.info(result["before"][0] or "(empty answer)")
     c2.markdown("**After** (with the run's adapter)")
-    c2.info(after[0] or "(empty answer)")
-    if sample is not None:
-        show_logprobs(sample, before[1], after[1])
+    c2.info(result["after"][0] or "(empty answer)")
+    if result["sample"] is not None:
+        show_logprobs(result["sample"], result["before"][1], result["after"][1])
+
+
+def kept(name: str, inputs: tuple, result: dict | None = None) -> dict | None:
+    """A result kept in the session for the inputs that made it: pressing another button on the page reruns
+    it, and the answers stay until an input changes."""
+    if result is not None:
+        st.session_state[name] = (inputs, result)
+    stored = st.session_state.get(name)
+    return stored[1] if stored is not None and stored[0] == inputs else None
 
 
 def scorer_scores(run_dir: str, snapshot: str, question: str, text: str, through: str) -> tuple[EncodedSample, list]:
@@ -107,6 +122,23 @@ def scorer_scores(run_dir: str, snapshot: str, question: str, text: str, through
             return sample, apply_scorer(scorer, inp, loaded.model, [sample], pad_token_id(loaded.tokenizer))[0]
         with adapter_enabled(loaded, run_dir) as model:
             return sample, apply_scorer(scorer, inp, model, [sample], pad_token_id(loaded.tokenizer))[0]
+
+
+def score(run_dir: str, snapshot: str, question: str, text: str, through: str) -> dict | None:
+    """The scorer's output on `text`; None after showing why there is none."""
+    if not text.strip():
+        st.error("Type a text to score first.")
+        return None
+    if state.jobs().busy_with(RunReader(run_dir).config["model"]):
+        st.error("A job is training this model right now; score when the job has finished.")
+        return None
+    try:
+        with st.spinner("Scoring …"):
+            sample, g = scorer_scores(run_dir, snapshot, question, text, through)
+    except Exception as err:  # noqa: BLE001 - missing scorer, model or bad text: shown, the app stays usable
+        st.error(f"Could not score: {err}")
+        return None
+    return {"sample": sample, "g": g}
 
 
 THROUGH = ("model before unlearning", "model after unlearning (the run's adapter)")
@@ -142,20 +174,14 @@ def scorer_view(run_dir: str) -> None:
         )
         question, text = records[pick].question, records[pick].answer
         st.caption(f"Text: {text}")
-    if not st.button("Score", key="scorer_go", type="primary"):
+    inputs = (run_dir, snapshot, through, question, text)
+    scored = None
+    if st.button("Score", key="scorer_go", type="primary"):
+        scored = score(run_dir, snapshot, question, text, through)
+    scored = kept("scorer_result", inputs, scored)
+    if scored is None:
         return
-    if not text.strip():
-        st.error("Type a text to score first.")
-        return
-    if state.jobs().busy_with(RunReader(run_dir).config["model"]):
-        st.error("A job is training this model right now; score when the job has finished.")
-        return
-    try:
-        with st.spinner("Scoring …"):
-            sample, g = scorer_scores(run_dir, snapshot, question, text, through)
-    except Exception as err:  # noqa: BLE001 - missing scorer, model or bad text: shown, the app stays usable
-        st.error(f"Could not score: {err}")
-        return
+    sample, g = scored["sample"], scored["g"]
     low, high = percentile_range(
         g, 0.0, 100.0
     )  # this text's own range: a barely trained scorer still shows its ranking
@@ -177,13 +203,15 @@ if not finished:
     st.stop()
 by_dir = {r["run_dir"]: r for r in finished}
 focus = st.session_state.get("focus_run")
+start = links.wanted("run", list(by_dir), lambda name: next((d for d in by_dir if run_id(d) == name), None))
 run_dir = st.selectbox(
     "Run",
     list(by_dir),
-    index=list(by_dir).index(focus) if focus in by_dir else 0,
+    index=start if start is not None else list(by_dir).index(focus) if focus in by_dir else 0,
     key="query_run",
     format_func=lambda d: run_label(d, by_dir[d]),
 )
+links.show(run=run_id(run_dir))
 reader = RunReader(run_dir)
 kind = st.radio("Prompt", ["Type a prompt", "Forget question", "Retain question"], horizontal=True, key="query_kind")
 if kind == "Type a prompt":
@@ -200,10 +228,14 @@ else:
     prompt, reference = pairs[pick]
     st.caption(f"Reference answer: {reference}")
 max_new = st.slider("Max new tokens", 8, 128, 48, key="query_max_new")
+answered = None
 if st.button("Answer", type="primary", key="query_go"):
     if not prompt.strip():
         st.error("Type a prompt first.")
     else:
-        answer(run_dir, prompt, reference, max_new)
+        answered = answer(run_dir, prompt, reference, max_new)
+answered = kept("query_result", (run_dir, prompt, reference, max_new), answered)
+if answered is not None:
+    show_answer(answered)
 st.divider()
 scorer_view(run_dir)

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import state
+from app import links, state
 from app.components.results import results_card
 from app.run_views import progress_panel, run_detail
 from atwu_core.background import JobBusyError
 from atwu_core.config import METHODS, PRESETS, ParamSpec, default_preset, make_config, method_params, resolve_params
-from atwu_core.runs import RunReader
+from atwu_core.run_table import run_id
+from atwu_core.runs import RunReader, list_runs
 
 REFRESH_S = 1.0
 JOB_SETTINGS = {  # integer JobConfig fields worth changing from the app
@@ -100,6 +101,7 @@ def start(arguments: dict) -> None:
         st.error(f"Could not start the job: {err}")
         return
     st.session_state["run_dir"] = str(job.run_dir)
+    links.show(run=run_id(job.run_dir), sample=None)  # the link names the new run from now on
     st.rerun()  # redraw everything (the sidebar too) with the job running
 
 
@@ -133,16 +135,31 @@ def live_view(run_dir: str) -> None:
 
 
 st.title("Run")
+st.markdown(
+    "Unlearn the forget set from the model with one method and watch, token by token, what the method scores "
+    "and what the model actually forgets."
+)
 st.caption(f"Model **{state.model_spec()}** · data **{state.data_label()}** (change them on the Model and Data pages)")
 arguments = settings()
+running = state.jobs().running()
 c1, c2, _ = st.columns([1, 1, 4])
 if c1.button("Run", type="primary", key="run", icon=":material/play_arrow:"):
     start(arguments)
-if c2.button("Cancel", key="cancel", icon=":material/stop:"):
+if c2.button(
+    "Cancel",
+    key="cancel",
+    icon=":material/stop:",
+    disabled=running is None,
+    help="Stop the running job after its current step." if running else "No job is running.",
+):
     st.info("Cancelling …" if state.jobs().cancel() else "No job is running.")
 registry_job = state.jobs().job
 current = st.session_state.get("run_dir") or (str(registry_job.run_dir) if registry_job else None)
+if st.query_params.get("run") not in (None, run_id(current or "")):  # a link to another run opens that run
+    current = links.run_from_url(r["run_dir"] for r in list_runs()) or current
 if current:
+    st.session_state["run_dir"] = current
+    links.show(run=run_id(current))
     live_view(current)
 else:
     st.info(

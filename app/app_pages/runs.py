@@ -6,19 +6,22 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from app import links
 from app.components.results import METRIC_HELP, results_card
 from app.exports import export_panel
 from app.run_views import progress_panel, run_detail, run_label
 from atwu_core.explore import delete_run, rename_run, tag_run
-from atwu_core.runs import RunReader, list_runs, runs_root
+from atwu_core.run_table import group_runs, run_id, runs_table
+from atwu_core.runs import RunReader, runs_root
 
-COLUMNS = {  # list_runs key -> column shown
+COLUMNS = {  # runs_table key -> column shown
     "name": "run",
     "tags": "tags",
     "method": "method",
     "model": "model",
     "state": "state",
     "steps": "steps",
+    "seed": "seed",
     "auroc": "score AUROC",
     "forgetting_auroc": "forgetting AUROC",
     "forget_exact": "forget exact",
@@ -26,26 +29,72 @@ COLUMNS = {  # list_runs key -> column shown
     "created": "created",
     "error": "error",
 }
+NUMBERS = ("score AUROC", "forgetting AUROC", "forget exact", "retain exact")
+GROUPS = {"no grouping": None, "tag": "tags", "settings except seed": "settings"}
+HELP = {
+    "score AUROC": METRIC_HELP["score AUROC"],
+    "forgetting AUROC": METRIC_HELP["forgetting AUROC"],
+    "forget exact": METRIC_HELP["exact"],
+    "retain exact": METRIC_HELP["exact"],
+}
+REFRESH_S = (2.0, 10.0)  # while a job runs / otherwise (a CLI job started later shows up within 10 s)
 
 
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return "–" if value != value else f"{value:.3f}"
-    return "–" if value is None else str(value)
-
-
-def runs_table(runs: list[dict]) -> None:
-    """One row per run; empty cells read "–" (a cancelled run has no metrics), unreadable folders say why."""
-    frame = pd.DataFrame(runs).reindex(columns=list(COLUMNS)).rename(columns=COLUMNS)
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    """One row per run, numbers kept numeric (so a click on a header sorts them), no column a run lacks."""
+    frame = pd.DataFrame(rows).reindex(columns=list(COLUMNS)).rename(columns=COLUMNS)
     frame["tags"] = frame["tags"].map(lambda t: ", ".join(t) if isinstance(t, list) else "")
+    frame["created"] = frame["created"].map(lambda c: c[5:16].replace("T", " ") if isinstance(c, str) else None)
+    frame[list(NUMBERS)] = frame[list(NUMBERS)].apply(pd.to_numeric, errors="coerce")
+    return frame.drop(columns=["error"]) if frame["error"].isna().all() else frame
+
+
+def _matches(row: dict, text: str, states: list[str]) -> bool:
+    haystack = " ".join(str(row.get(k) or "") for k in ("name", "method", "model", "data", "settings"))
+    haystack += " " + " ".join(row.get("tags") or [])
+    return (not states or row["state"] in states) and text.lower() in haystack.lower()
+
+
+def show_table(rows: list[dict]) -> None:
+    """Filter by text and state; one row per run (click a header to sort), or one row per tag or per
+    settings-except-seed with mean ± std over its runs."""
+    c1, c2, c3 = st.columns([2, 2, 2])
+    text = c1.text_input("Filter", key="runs_filter", placeholder="name, tag, method, model, setting …")
+    states = c2.multiselect("State", sorted({r["state"] for r in rows}), key="runs_states")
+    group = c3.segmented_control("Group by", list(GROUPS), default="no grouping", key="runs_group") or "no grouping"
+    shown = [r for r in rows if _matches(r, text, states)]
+    if not shown:
+        st.info("No run matches the filter.")
+        return
+    if GROUPS[group] is None:
+        st.dataframe(
+            _frame(shown),
+            hide_index=True,
+            key="runs_table",
+            column_config={
+                "run": st.column_config.TextColumn(width="medium"),
+                "error": st.column_config.TextColumn(width="medium"),
+                **{
+                    name: st.column_config.NumberColumn(help=HELP[name], format="%.3f", width="small")
+                    for name in NUMBERS
+                },
+                **{name: st.column_config.Column(width="small") for name in ("steps", "seed", "state", "model")},
+            },
+        )
+        st.caption("Click a column header to sort; empty cells: the run has no such number (not evaluated).")
+        return
     st.dataframe(
-        frame.map(_cell),
+        pd.DataFrame(group_runs(shown, GROUPS[group])).rename(columns={"group": group}),
         hide_index=True,
-        key="runs_table",
+        key="runs_groups",
         column_config={
-            name: st.column_config.Column(help=METRIC_HELP[help_key])
-            for name, help_key in (("score AUROC", "score AUROC"), ("forgetting AUROC", "forgetting AUROC"))
+            group: st.column_config.TextColumn(width="large"),
+            **{name: st.column_config.TextColumn(help=HELP[name], width="small") for name in NUMBERS},
         },
+    )
+    st.caption(
+        "mean ± std (sample std) over the group's runs that have the number"
+        + ("; a run with several tags counts in each." if GROUPS[group] == "tags" else ".")
     )
 
 
@@ -78,23 +127,40 @@ def manage(run: dict) -> None:
 
 
 st.title("Runs")
-runs = list_runs()
+st.caption(
+    "Every run folder, the command line's too: filter, sort and group them, then reopen one with its results, a "
+    "replay over its steps and its exports."
+)
+runs = runs_table()
 if not runs:
     st.info(f"No runs in {runs_root()} yet: start one on the Run page.")
     st.stop()
-runs_table(runs)
+live = any(r["state"] == "running" for r in runs)
+
+
+@st.fragment(run_every=REFRESH_S[0] if live else REFRESH_S[1])
+def table() -> None:
+    """The table re-reads the run folders on its own, so running jobs (the CLI's too) move without a click."""
+    show_table(runs_table())
+
+
+table()
 readable = [r for r in runs if r["state"] != "unreadable"]
 if not readable:
     st.stop()
 by_dir = {r["run_dir"]: r for r in readable}
 focus = st.session_state.get("focus_run")
+start = links.wanted("run", list(by_dir), lambda name: next((d for d in by_dir if run_id(d) == name), None))
+if start is None and focus in by_dir:
+    start = list(by_dir).index(focus)
 run_dir = st.selectbox(
     "Reopen",
     list(by_dir),
-    index=list(by_dir).index(focus) if focus in by_dir else 0,
+    index=start or 0,
     key="runs_pick",
     format_func=lambda d: f"{run_label(d, by_dir[d])} · {by_dir[d]['state']}",
 )
+links.show(run=run_id(run_dir))
 manage(by_dir[run_dir])
 try:
     snap = RunReader(run_dir).snapshot()

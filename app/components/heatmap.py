@@ -179,6 +179,17 @@ def weight_heatmap(
     )
 
 
+def span_runs(mask: list[bool]) -> list[tuple[int, int]]:
+    """The (first, last) token index of each contiguous run of span tokens."""
+    runs: list[tuple[int, int]] = []
+    for k, inside in enumerate(mask):
+        if inside and runs and runs[-1][1] == k - 1:
+            runs[-1] = (runs[-1][0], k)
+        elif inside:
+            runs.append((k, k))
+    return runs
+
+
 def ragged_heatmap(
     rows: list[str],
     values: list[list[float | None]],
@@ -189,14 +200,20 @@ def ragged_heatmap(
     zrange: tuple[float, float],
     colorscale: str = COLORSCALE,
     title: str,
+    span_labels: list[list[str | None]] | None = None,
 ) -> go.Figure:
-    """One row per sample, answers of different lengths left-aligned by token position; the hover names the
-    sample, the token, whether it is in a span, and the value."""
+    """One row per sample, answers of different lengths left-aligned by token position, each ground-truth span
+    outlined; the hover names the sample, the token's text, its span (label) or "–", and the value."""
     width = max((len(v) for v in values), default=0)
     z = [list(v) + [None] * (width - len(v)) for v in values]
+    labels = span_labels or [[None] * len(s) for s in spans]
+
+    def where(s: list[bool], lab: list[str | None], k: int) -> str:
+        return ("span: " + (lab[k] if k < len(lab) and lab[k] else "forget")) if k < len(s) and s[k] else "–"
+
     custom = [
-        [[token_label(t[k]) if k < len(t) else "", "span" if k < len(s) and s[k] else "–"] for k in range(width)]
-        for t, s in zip(tokens, spans, strict=False)
+        [[token_label(t[k]) if k < len(t) else "", where(s, lab, k)] for k in range(width)]
+        for t, s, lab in zip(tokens, spans, labels, strict=False)
     ]
     fig = go.Figure(
         go.Heatmap(
@@ -212,8 +229,19 @@ def ragged_heatmap(
             "<extra></extra>",
         )
     )
+    for r, mask in enumerate(spans):  # category axis: row r spans r ± 0.5
+        for first, last in span_runs(mask):
+            fig.add_shape(
+                type="rect",
+                x0=first - 0.5,
+                x1=last + 0.5,
+                y0=r - 0.5,
+                y1=r + 0.5,
+                line={"color": SPAN_INK, "width": 2},
+                fillcolor="rgba(0,0,0,0)",
+            )
     fig.update_layout(
-        title={"text": title},
+        title={"text": f"{title} (outlined: ground-truth spans)"},
         xaxis={"title": {"text": "answer token position"}, "tickfont": {"color": INK}},
         yaxis={
             "title": {"text": "forget sample"},
