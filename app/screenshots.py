@@ -119,7 +119,7 @@ def press_run(
     """Open the Run page, pick the method, optionally set the number of steps and job settings (by their label
     in the "Job settings" box), press Run and wait until the page follows the new run (its folder name ends
     with the method)."""
-    page.goto(url)  # the Run page is the default page, at the root
+    page.goto(f"{url}/run")
     settle(page)
     if method != "atwu":
         page.get_by_test_id("stSelectbox").filter(has_text="Method").click()

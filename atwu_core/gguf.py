@@ -78,7 +78,7 @@ def ensure_hf_folder(gguf_path: Path, progress: Progress = None) -> Path:
     if _is_complete(dest, source):
         return dest
     if progress is not None:
-        progress("converting GGUF (first load, ~30 s)...")
+        progress("converting GGUF (first load only: about 30 s on an idle CPU, 5 min on a busy one)...")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(dest)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -20,14 +22,16 @@ from plotly.offline import get_plotlyjs
 from streamlit.testing.v1 import AppTest
 
 from app.components.curves import line_figure, loss_figure, token_bars
-from app.components.heatmap import aggregate_words, weight_heatmap
+from app.components.heatmap import aggregate_words, token_label, weight_heatmap
 from app.components.token_chips import token_chips_html
 from app.exports import build, fingerprint
+from app.report import SAMPLE_CAP, unpack
 from app.run_views import CHANGE
 from app.state import jobs
-from atwu_core.config import METHODS
+from atwu_core.config import METADATA_KEYS, METHODS
 from atwu_core.models import DEMO_MODEL
 from atwu_core.records import Status
+from atwu_core.run_table import run_colour
 from atwu_core.runs import RunReader, list_runs, wait_for_state
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
@@ -196,16 +200,30 @@ def test_alignment_over_time(completed_run: str) -> None:
     at = run_page(completed_run)
     at.radio(key="run_view_tab").set_value("Alignment over training").run()
     fig = chart(at, "Alignment over training")
-    names = {t["name"].split(" · ")[0] for t in fig["data"]}
-    assert names == {"score AUROC", "forgetting AUROC", "score in spans", "score outside"}
+    lines = [t for t in fig["data"] if t.get("legend") != "legend2"]
+    assert {t["meta"] for t in lines} == {"score AUROC", "forgetting AUROC", "score in spans", "score outside"}
     steps = RunReader(completed_run).snapshot().metrics["trajectory"]["step"]
-    assert fig["data"][0]["x"] == steps
+    assert lines[0]["x"] == steps
+    assert {t["line"]["color"] for t in lines} == {run_colour(completed_run)}
     second = copy_run(completed_run, "second-copy")
     compare = on_page(app(), "compare")
     compare.multiselect(key="compare_runs").set_value([completed_run, second]).run()
     assert not compare.exception and not compare.error, errors(compare)
     several = chart(compare, "Alignment over training")
-    assert len({t["name"].split(" · ")[1] for t in several["data"]}) == 2  # one colour per run
+    runs = [t for t in several["data"] if t.get("legend") != "legend2"]
+    entries = [t["name"] for t in runs if t.get("showlegend") is not False]
+    assert len(entries) == 2 and len(runs) == 8  # one legend entry per run, four series each
+    styles = {t["name"]: t["line"]["dash"] for t in several["data"] if t.get("legend") == "legend2"}
+    assert styles == {
+        "score AUROC": "solid",
+        "forgetting AUROC": "dash",
+        "score in spans": "solid",
+        "score outside": "dot",
+    }
+    roc = chart(compare, "ROC")
+    for d in (completed_run, second):  # each run in its one colour on every chart
+        assert {t["line"]["color"] for t in runs if t["legendgroup"].startswith(Path(d).name)} == {run_colour(d)}
+        assert [t["line"]["color"] for t in roc["data"] if t["name"].startswith(Path(d).name)] == [run_colour(d)]
 
 
 def test_corpus_view(completed_run: str) -> None:
@@ -220,6 +238,12 @@ def test_corpus_view(completed_run: str) -> None:
     assert ranked == sorted(ranked, reverse=True) and len(ranked) > 1
     heat = chart(at, "Every forget sample")
     assert heat["data"][0]["y"] == frame["sample"].tolist()  # the heatmap rows follow the sort
+    by_id = {s.record_id: s for s in samples}
+    first = by_id[frame["sample"].iloc[0]]
+    assert heat["data"][0]["customdata"][0][0][0] == token_label(first.tokens[0])  # token text in the hover
+    span_cells = sum(m for sid in frame["sample"] for m in by_id[sid].span_mask)
+    outlined = sum(round(b["x1"] - b["x0"]) for b in heat["layout"]["shapes"])
+    assert span_cells > 0 and outlined == span_cells  # every span token outlined, nothing else
     labels = table(at, "span label")
     assert {"name", "birthplace", "outside"} <= set(labels["span label"])
 
@@ -243,6 +267,7 @@ def test_scorer_on_any_text(completed_run: str) -> None:
 
 def test_second_run_refused_and_cancel(completed_run: str) -> None:
     at = app()
+    assert at.button(key="cancel").disabled  # no job to cancel
     run_dir = start_job(at, steps=500)
     at.button(key="run").click().run()
     assert "already running" in errors(at)
@@ -275,6 +300,71 @@ def test_compare_shows_alignment(completed_run: str) -> None:
     assert not at.error and not at.exception
 
 
+def test_deep_links_open_the_same_view(completed_run: str) -> None:
+    """?run=&sample=&view= (and Compare's ?runs=) open the same view in any session: a refresh, or a colleague
+    with the link; the URL follows what is shown."""
+    name = Path(completed_run).name
+    sid = RunReader(completed_run).samples[1].record_id
+    at = linked({"run": name, "sample": sid, "view": "forget-set"})
+    assert f"Run {name}" in [h.value for h in at.subheader]
+    assert at.radio(key="run_view_tab").value == "Whole forget set"
+    at.radio(key="run_view_tab").set_value("One sample").run()
+    assert at.selectbox(key=f"run_view_sample_{name}").value == sid
+    assert at.query_params["view"] == "sample" and at.query_params["run"] == name
+    refreshed = linked(dict(at.query_params))
+    assert refreshed.selectbox(key=f"run_view_sample_{name}").value == sid
+    assert "No run named" in linked({"run": "no-such-run"}).warning[0].value
+    runs = linked({"run": name, "view": "alignment"}, page="runs")
+    assert runs.selectbox(key="runs_pick").value == completed_run
+    assert runs.radio(key="runs_view_tab").value == "Alignment over training"
+    second = copy_run(completed_run, "second-copy")
+    compare = linked({"runs": f"{Path(second).name},{name}"}, page="compare")
+    assert compare.multiselect(key="compare_runs").value == [second, completed_run]
+    compare.multiselect(key="compare_runs").set_value([completed_run]).run()
+    assert compare.query_params["runs"] == name
+
+
+def linked(params: dict, page: str | None = None) -> AppTest:
+    """A fresh session opened on a URL with these query parameters (`page`: its path, else the root)."""
+    if not (DEMO_MODEL / "config.json").is_file():
+        pytest.skip(f"no demo model at {DEMO_MODEL}")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(params)
+    at.run()
+    if page is not None:
+        at.switch_page(f"app_pages/{page}.py").run()
+    assert not at.exception and not at.error, (at.exception, errors(at))
+    return at
+
+
+def test_runs_table_filters_and_groups(completed_run: str) -> None:
+    other = copy_run(completed_run, "seed-copy")
+    config = json.loads((Path(other) / "config.json").read_text())
+    (Path(other) / "config.json").write_text(json.dumps({**config, "seed": 7}))
+    at = on_page(app(), "runs")
+    frame = table(at, "retain exact")
+    assert pd.api.types.is_numeric_dtype(frame["score AUROC"])  # numbers sort as numbers
+    at.text_input(key="runs_filter").set_value("seed-copy").run()
+    assert table(at, "retain exact")["run"].tolist() == ["seed-copy"]
+    at.text_input(key="runs_filter").set_value("").run()
+    at.segmented_control(key="runs_group").set_value("settings except seed").run()
+    assert not at.exception and not at.error, errors(at)
+    groups = table(at, "settings except seed")
+    [row] = [r for _, r in groups.iterrows() if "7" in r["seeds"].split(", ")]
+    same = [  # the runs whose settings equal the seed-7 copy's in everything but the seed
+        r
+        for r in list_runs()
+        if r["state"] != "unreadable"
+        and {k: v for k, v in RunReader(r["run_dir"]).config.items() if k not in {"seed", *METADATA_KEYS}}
+        == {k: v for k, v in config.items() if k not in {"seed", *METADATA_KEYS}}
+    ]
+    aurocs = [r["auroc"] for r in same]
+    assert row["runs"] == len(same) >= 2
+    assert row["score AUROC"] == f"{statistics.mean(aurocs):.3f} ± {statistics.stdev(aurocs):.3f}"
+    at.segmented_control(key="runs_group").set_value("tag").run()
+    assert "(no tag)" in table(at, "tag")["tag"].tolist()
+
+
 def test_compare_config_diff(completed_run: str) -> None:
     other = copy_run(completed_run, "seed-copy")
     config = json.loads((Path(other) / "config.json").read_text())
@@ -283,6 +373,7 @@ def test_compare_config_diff(completed_run: str) -> None:
     at.multiselect(key="compare_runs").set_value([completed_run, other]).run()
     diff = table(at, "setting")
     assert list(diff.index) == ["seed"] and "7" in diff.loc["seed"].tolist()
+    assert at.expander[0].label == "Settings that differ (1)"  # collapsed: the charts stay on screen
 
 
 def test_query_before_after(completed_run: str) -> None:
@@ -293,6 +384,11 @@ def test_query_before_after(completed_run: str) -> None:
     assert not at.exception and not at.error, (at.exception, errors(at))
     assert len(at.info) >= 2  # the two answers
     assert at.get("plotly_chart")  # per-token log-probability change
+    answers = [i.value for i in at.info]
+    at.text_area(key="scorer_text").set_value("Ada Vask was born in Tessaly.").run()
+    at.button(key="scorer_go").click().run()
+    assert [i.value for i in at.info][: len(answers)] == answers and at.get("plotly_chart")  # kept while scoring
+    assert any("scorer output g" in h.proto.body for h in at.get("html"))
     at.radio(key="query_kind").set_value("Type a prompt").run()
     at.button(key="query_go").click().run()
     assert "Type a prompt" in errors(at)
@@ -336,9 +432,17 @@ def test_runs_exports(completed_run: str) -> None:
     assert {"before", "1", "2", "3", "final"} <= {r["step"] for r in rows}
     assert {r["sample_id"] for r in rows if r["step"] == "final"} == {s.record_id for s in snap.samples}
     report = build(completed_run, "html", stamp).decode()
-    assert all(s.record_id in report for s in snap.samples) and "score AUROC" in report
-    assert report.count(get_plotlyjs()) == 1  # plotly.js inlined once
-    outside = report.replace(get_plotlyjs(), "")
+    assert len(report.encode()) < 2_000_000 and "score AUROC" in report
+    blocks = dict(re.findall(r"<script type='text/plain' id='(\w+)'>(.*?)</script>", report, re.DOTALL))
+    assert unpack(blocks["plotlyjs"]) == get_plotlyjs()  # plotly.js inlined once, packed
+    figures = json.loads(unpack(blocks["figures"]))["figures"]
+    drawn = [s for s in snap.samples if any(s.record_id in f["layout"]["title"]["text"] for f in figures)]
+    assert len(drawn) == min(SAMPLE_CAP, len(snap.samples)) and f"{len(drawn)} of {len(snap.samples)}" in report
+    losses = next(f for f in figures if f["layout"]["title"]["text"] == "Losses")
+    assert len({t["line"]["color"] for t in losses["data"]}) > 1  # not every loss line one colour
+    align = next(f for f in figures if f["layout"]["title"]["text"] == "Alignment over training")
+    assert {t["line"]["color"] for t in align["data"] if t.get("legend") != "legend2"} == {run_colour(completed_run)}
+    outside = report.replace(blocks["plotlyjs"], "").replace(blocks["figures"], "")
     assert "src=" not in outside and "http" not in outside  # nothing fetched: opens offline
     assert json.loads(build(completed_run, "json", stamp))["alignment"]["auroc"] is not None
     command = " ".join(c.value for c in at.code)

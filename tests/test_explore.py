@@ -94,6 +94,20 @@ def test_disagreement_tables_match_their_headings() -> None:
     assert [r["index"] for r in low_in] == [1, 0] and low_in[0]["score"] <= low_in[1]["score"]
 
 
+def test_disagreement_ranks_are_tie_aware() -> None:
+    high_out, low_in = explore.disagreement_tables([0.5, 0.5, 0.5, 0.1], A)
+    # ranks 2, 3, 4 (of 1..4) shared by the three ties: all at the average rank 3, percentile (3 - 1) / 3
+    assert [r["rank percentile"] for r in low_in] == pytest.approx([2 / 3, 2 / 3])
+    assert [r["rank percentile"] for r in high_out] == pytest.approx([2 / 3, 0.0])
+    assert explore.disagreement_tables([1.0, 1.0, 1.0, 1.0], A) is None  # constant scores rank nothing
+
+
+def test_chance_levels() -> None:
+    chance = explore.chance_levels({"alignment": {"n_tokens": 40, "n_positive": 10}})
+    assert chance == {"auroc": 0.5, "auprc": 0.25, "precision_at_k": 0.25, "span_share": 0.25}
+    assert explore.chance_levels({})["auprc"] is None
+
+
 def test_tokens_csv_has_before_every_step_and_final(snap: RunSnapshot) -> None:
     rows = list(csv.DictReader(io.StringIO(explore.tokens_csv(snap))))
     assert {r["step"] for r in rows} == {"before", "1", "2", "final"}
@@ -114,6 +128,15 @@ def test_default_selection_and_config_diff() -> None:
         {"x": {"lr": 1e-3, "params": {"beta": 5}, "created": "t1"}, "y": {"lr": 1e-3, "params": {"beta": 2}}}
     )
     assert diff == {"params.beta": {"x": 5, "y": 2}}
+    three = explore.config_diff(
+        {
+            "a": {"method": "atwu", "params": {"beta": 5, "budget": 0.2}},
+            "b": {"method": "atwu", "params": {"beta": 5, "budget": 0.4}},
+            "w": {"method": "wga", "params": {"wga_beta": 1.0}},
+        }
+    )
+    # budget differs between the ATWU runs; wga_beta, one run's own parameter, is no difference
+    assert set(three) == {"method", "params.budget"} and three["params.budget"]["w"] == "–"
 
 
 def test_cli_command_reruns_the_config() -> None:
