@@ -68,7 +68,11 @@ def runs_table(root: str | Path | None = None) -> list[dict]:
     for row in rows:
         if row["state"] == "unreadable":
             continue
-        config = RunReader(row["run_dir"]).config
+        try:
+            config = RunReader(row["run_dir"]).config
+        except (OSError, ValueError) as err:  # deleted or rewritten since it was listed
+            row.update(state="unreadable", error=str(err))
+            continue
         row["seed"] = config.get("seed")
         row["settings"] = settings_label(config)
     return rows
