@@ -11,7 +11,7 @@ from pathlib import Path
 from atwu_core.explore import cli_command
 from atwu_core.runs import RunReader, list_runs
 
-# Tableau 10 (plotly's D3 order): distinct, colour-blind friendly enough for a handful of runs at once.
+# Tableau 10 in plotly's D3 order, less its grey (the charts' chance lines are grey).
 RUN_PALETTE = (
     "#1f77b4",
     "#ff7f0e",
@@ -20,7 +20,6 @@ RUN_PALETTE = (
     "#9467bd",
     "#8c564b",
     "#e377c2",
-    "#7f7f7f",
     "#bcbd22",
     "#17becf",
 )

@@ -26,9 +26,9 @@ COLUMNS = {  # runs_table key -> column shown
     "forgetting_auroc": "forgetting AUROC",
     "forget_exact": "forget exact",
     "retain_exact": "retain exact",
-    "created": "created",
     "error": "error",
-}
+}  # newest first; the folder name says when
+WIDTHS = {"run": 140, "tags": 65, "method": 65, "model": 60, "state": 80, "steps": 48, "seed": 42, "error": 200}
 NUMBERS = ("score AUROC", "forgetting AUROC", "forget exact", "retain exact")
 GROUPS = {"no grouping": None, "tag": "tags", "settings except seed": "settings"}
 HELP = {
@@ -44,7 +44,6 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     """One row per run, numbers kept numeric (so a click on a header sorts them), no column a run lacks."""
     frame = pd.DataFrame(rows).reindex(columns=list(COLUMNS)).rename(columns=COLUMNS)
     frame["tags"] = frame["tags"].map(lambda t: ", ".join(t) if isinstance(t, list) else "")
-    frame["created"] = frame["created"].map(lambda c: c[5:16].replace("T", " ") if isinstance(c, str) else None)
     frame[list(NUMBERS)] = frame[list(NUMBERS)].apply(pd.to_numeric, errors="coerce")
     return frame.drop(columns=["error"]) if frame["error"].isna().all() else frame
 
@@ -71,14 +70,9 @@ def show_table(rows: list[dict]) -> None:
             _frame(shown),
             hide_index=True,
             key="runs_table",
-            column_config={
-                "run": st.column_config.TextColumn(width="medium"),
-                "error": st.column_config.TextColumn(width="medium"),
-                **{
-                    name: st.column_config.NumberColumn(help=HELP[name], format="%.3f", width="small")
-                    for name in NUMBERS
-                },
-                **{name: st.column_config.Column(width="small") for name in ("steps", "seed", "state", "model")},
+            column_config={  # pixel widths: every column fits a 1280 px window beside the sidebar
+                **{name: st.column_config.Column(width=px) for name, px in WIDTHS.items()},
+                **{name: st.column_config.NumberColumn(help=HELP[name], format="%.3f", width=75) for name in NUMBERS},
             },
         )
         st.caption("Click a column header to sort; empty cells: the run has no such number (not evaluated).")
