@@ -84,12 +84,16 @@ st.dataframe(
     table,
     hide_index=True,
     key="compare_table",
-    column_config={
-        col: st.column_config.NumberColumn(
-            col, help=METRIC_HELP[col.split(" ")[1] if "exact" in col else col], format="%.3f"
-        )
-        for col in table.columns
-        if col not in ("run", "state")
+    column_config={  # pixel widths: every column fits a 1280 px window beside the sidebar
+        "run": st.column_config.TextColumn(width=170),
+        "state": st.column_config.TextColumn(width=80),
+        **{
+            col: st.column_config.NumberColumn(
+                col, help=METRIC_HELP[col.split(" ")[1] if "exact" in col else col], format="%.3f", width=76
+            )
+            for col in table.columns
+            if col not in ("run", "state")
+        },
     },
 )
 if len(chosen) > 1:

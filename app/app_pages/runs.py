@@ -28,8 +28,8 @@ COLUMNS = {  # runs_table key -> column shown
     "retain_exact": "retain exact",
     "error": "error",
 }  # newest first; the folder name says when
-WIDTHS = {"run": 140, "tags": 65, "method": 65, "model": 60, "state": 80, "steps": 48, "seed": 42, "error": 200}
-NUMBERS = ("score AUROC", "forgetting AUROC", "forget exact", "retain exact")
+WIDTHS = {"run": 120, "tags": 60, "method": 60, "model": 55, "state": 78, "steps": 45, "seed": 40, "error": 200}
+NUMBER_WIDTHS = {"score AUROC": 82, "forgetting AUROC": 104, "forget exact": 75, "retain exact": 75}
 GROUPS = {"no grouping": None, "tag": "tags", "settings except seed": "settings"}
 HELP = {
     "score AUROC": METRIC_HELP["score AUROC"],
@@ -44,7 +44,7 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     """One row per run, numbers kept numeric (so a click on a header sorts them), no column a run lacks."""
     frame = pd.DataFrame(rows).reindex(columns=list(COLUMNS)).rename(columns=COLUMNS)
     frame["tags"] = frame["tags"].map(lambda t: ", ".join(t) if isinstance(t, list) else "")
-    frame[list(NUMBERS)] = frame[list(NUMBERS)].apply(pd.to_numeric, errors="coerce")
+    frame[list(NUMBER_WIDTHS)] = frame[list(NUMBER_WIDTHS)].apply(pd.to_numeric, errors="coerce")
     return frame.drop(columns=["error"]) if frame["error"].isna().all() else frame
 
 
@@ -57,7 +57,7 @@ def _matches(row: dict, text: str, states: list[str]) -> bool:
 def show_table(rows: list[dict]) -> None:
     """Filter by text and state; one row per run (click a header to sort), or one row per tag or per
     settings-except-seed with mean ± std over its runs."""
-    c1, c2, c3 = st.columns([2, 2, 2])
+    c1, c2, c3 = st.columns([1.6, 1.4, 2.6])
     text = c1.text_input("Filter", key="runs_filter", placeholder="name, tag, method, model, setting …")
     states = c2.multiselect("State", sorted({r["state"] for r in rows}), key="runs_states")
     group = c3.segmented_control("Group by", list(GROUPS), default="no grouping", key="runs_group") or "no grouping"
@@ -72,7 +72,10 @@ def show_table(rows: list[dict]) -> None:
             key="runs_table",
             column_config={  # pixel widths: every column fits a 1280 px window beside the sidebar
                 **{name: st.column_config.Column(width=px) for name, px in WIDTHS.items()},
-                **{name: st.column_config.NumberColumn(help=HELP[name], format="%.3f", width=75) for name in NUMBERS},
+                **{
+                    name: st.column_config.NumberColumn(help=HELP[name], format="%.3f", width=px)
+                    for name, px in NUMBER_WIDTHS.items()
+                },
             },
         )
         st.caption("Click a column header to sort; empty cells: the run has no such number (not evaluated).")
@@ -83,7 +86,7 @@ def show_table(rows: list[dict]) -> None:
         key="runs_groups",
         column_config={
             group: st.column_config.TextColumn(width="large"),
-            **{name: st.column_config.TextColumn(help=HELP[name], width="small") for name in NUMBERS},
+            **{name: st.column_config.TextColumn(help=HELP[name], width="small") for name in NUMBER_WIDTHS},
         },
     )
     st.caption(

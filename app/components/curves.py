@@ -176,7 +176,8 @@ def alignment_figure(trajectories: dict[str, dict[str, list]], colours: dict[str
     fig.add_hline(y=0.5, line={"dash": "dot", "color": "grey"}, row=1, col=1)
     fig.update_yaxes(title={"text": "AUROC"}, range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(title={"text": "mean score"}, row=1, col=2)
-    fig.update_xaxes(title={"text": "training step"})
+    longest = max((len(t["step"]) for t in trajectories.values()), default=1)
+    fig.update_xaxes(title={"text": "training step"}, dtick=max(1, round(longest / 10)))  # whole steps only
     fig.update_layout(
         title={"text": "Alignment over training"},
         height=460,
