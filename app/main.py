@@ -41,8 +41,11 @@ def main() -> None:
     with st.sidebar:
         st.caption(f"Model: **{state.model_spec()}**")
         st.caption(f"Data: **{state.data_label()}**")
-        job = state.jobs().running()
-        st.caption(f"Job: **running** ({Path(job.run_dir).name})" if job else "Job: idle")
+        job, waiting = state.jobs().running(), len(state.jobs().waiting())
+        st.caption(
+            (f"Job: **running** ({job.run_dir.name})" if job else "Job: idle")
+            + (f" · {waiting} queued" if waiting else "")
+        )
     page.run()
 
 

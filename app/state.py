@@ -1,7 +1,7 @@
-"""Process-wide resources (loaded models, the one background job) and per-session selections.
+"""Process-wide resources (loaded models, the job queue) and per-session selections.
 
-Models and the job live in `st.cache_resource` registries so that reruns, page switches and browser
-refreshes neither reload a model nor lose, kill or duplicate a running job.
+Models and the job queue live in `st.cache_resource` registries so that reruns, page switches and browser
+refreshes neither reload a model nor lose, kill or duplicate a job (jobs themselves run in worker processes).
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from atwu_core.background import BackgroundJob
-from atwu_core.config import JobConfig
 from atwu_core.data import Dataset, load_data
 from atwu_core.explore import PhaseClock
 from atwu_core.models import LoadedModel, load_model
+from atwu_core.worker import JobQueue
 
 DEFAULT_MODEL = "demo"
 DEFAULT_DATA = "demo"
@@ -43,42 +42,15 @@ class ModelRegistry:
         return self._models.get(spec)
 
 
-class JobRegistry:
-    """Which model the process's one job trains (the guard itself is `BackgroundJob.start`'s), shared by every
-    session."""
-
-    def __init__(self) -> None:
-        self.job: BackgroundJob | None = None
-        self.model: str | None = None  # the model spec the job trains
-
-    def running(self) -> BackgroundJob | None:
-        return BackgroundJob.active()
-
-    def start(self, config: JobConfig, loaded: LoadedModel, dataset: Dataset) -> BackgroundJob:
-        """Start a job in a fresh run folder; raises JobBusyError while another job runs."""
-        self.job = BackgroundJob.start(config, loaded, dataset)  # a fresh folder under runs_root()
-        self.model = config.model
-        return self.job
-
-    def busy_with(self, model: str) -> bool:
-        """Whether a running job is training `model` (which then must not be queried)."""
-        return self.running() is not None and self.model == model
-
-    def cancel(self) -> bool:
-        job = self.running()
-        if job is not None:
-            job.cancel()
-        return job is not None
-
-
 @st.cache_resource(show_spinner=False)
 def models() -> ModelRegistry:
     return ModelRegistry()
 
 
 @st.cache_resource(show_spinner=False)
-def jobs() -> JobRegistry:
-    return JobRegistry()
+def jobs() -> JobQueue:
+    """The server's job queue: jobs run one at a time in worker processes, never in the server."""
+    return JobQueue()
 
 
 @st.cache_resource(show_spinner=False)

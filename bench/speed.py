@@ -34,13 +34,14 @@ from pathlib import Path
 import torch
 
 from atwu_core import metrics
-from atwu_core.background import BackgroundJob
 from atwu_core.config import default_preset, make_config
 from atwu_core.data import Dataset, EncodedSample, load_data
 from atwu_core.generation import collate, pad_token_id
 from atwu_core.job import UnlearningJob, run_job
 from atwu_core.models import DEMO_MODEL, LoadedModel, ModelInfo, load_model
 from atwu_core.records import StepRecord
+from atwu_core.runs import RunReader
+from atwu_core.worker import JobQueue
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, environment_line, markdown_table, quiet, write_results_section  # noqa: E402
@@ -168,18 +169,21 @@ def throughput(
     }
 
 
-def first_step_latency(method: str, loaded: LoadedModel, preset: str, dataset: Dataset, run_dir: Path) -> float:
-    """Seconds from `BackgroundJob.start` to the first step line in records.jsonl: the app's first live update."""
+def first_step_latency(method: str, model: str, preset: str, dataset: Dataset, run_dir: Path) -> float:
+    """Seconds from `JobQueue.submit` (the app's Run) to the first step line in records.jsonl: the app's first live
+    update, including the worker process's start and its model load."""
     records = run_dir / "records.jsonl"
+    queue = JobQueue()
     start = time.perf_counter()
-    bg = BackgroundJob.start(make_config(method, preset), loaded, dataset, run_dir)
-    while bg.is_alive() and not (records.is_file() and '"step"' in records.read_text(encoding="utf-8")):
+    queue.submit(make_config(method, preset, model=model), dataset, run_dir)
+    while queue.busy() and not (records.is_file() and '"step"' in records.read_text(encoding="utf-8")):
         time.sleep(0.005)
     first = time.perf_counter() - start
-    bg.cancel()
-    bg.join()
-    if bg.error:
-        raise RuntimeError(f"{method}: the background job failed: {bg.error}")
+    queue.cancel(run_dir)
+    queue.wait()
+    status = RunReader(run_dir).status
+    if status.state == "failed":
+        raise RuntimeError(f"{method}: the worker job failed: {status.error}")
     return first
 
 
@@ -552,7 +556,7 @@ def cpu_report(args: argparse.Namespace, cfg: Settings) -> str:
         memory = peak_memory(methods, args.model, args.data, args.threads, root) if cfg.memory else {}
         loaded, preset = load_model(args.model), default_preset(args.model).name
         tp = throughput(loaded, preset, dataset, cfg.throughput_steps, cfg.eval_cap, root / "throughput")
-        latency = first_step_latency("atwu", loaded, preset, dataset, root / "latency")
+        latency = first_step_latency("atwu", args.model, preset, dataset, root / "latency")
     return "\n\n".join(
         [
             "```\n" + "\n".join(headline) + "\n```",
@@ -573,7 +577,7 @@ def cpu_report(args: argparse.Namespace, cfg: Settings) -> str:
             f"{tp['tokens_per_second']:.0f} forget+retain tokens/s over the training steps; "
             f"{tp['mean_step_seconds']:.3f} s/step; training {tp['total_seconds']:.1f} s, whole job with evaluation "
             f"(up to {tp['eval_max_samples']} samples per split) {tp['wall_seconds']:.1f} s. App responsiveness: "
-            f"{latency:.2f} s from `BackgroundJob.start` to the first step in records.jsonl.",
+            f"{latency:.2f} s from `JobQueue.submit` to the first step in records.jsonl.",
         ]
     )
 

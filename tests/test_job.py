@@ -6,14 +6,14 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
 from peft import PeftModel
 
-from atwu_core.background import BackgroundJob, JobBusyError
 from atwu_core.config import METHODS, make_config
-from atwu_core.job import JobError, UnlearningJob, run_job
+from atwu_core.job import CancelToken, JobError, UnlearningJob, run_job
 from atwu_core.records import Status
 from atwu_core.runs import RunReader, RunWriter, list_runs, wait_for_state, write_json_atomic
 
@@ -106,19 +106,22 @@ def test_reopen_run_and_list_it(demo_loaded, demo_world, tmp_path):
 
 def test_cancel_is_honoured_within_a_step_and_leaves_everything_usable(demo_loaded, demo_world, tmp_path):
     before = _fingerprint(demo_loaded.model)
-    bg = BackgroundJob.start(make_config("atwu", steps=500), demo_loaded, demo_world, tmp_path / "r")
-    with pytest.raises(JobBusyError):
-        BackgroundJob.start(make_config("ga", steps=2), demo_loaded, demo_world, tmp_path / "r2")
-    wait_for_state(bg.run_dir, ("running",), timeout=30)
-    while not RunReader(bg.run_dir).step_records():
-        bg.join(0.05)
-    bg.cancel()
-    bg.join(60)
-    status = RunReader(bg.run_dir).status
+    job, cancel = (
+        UnlearningJob(make_config("atwu", steps=500), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r"),
+        CancelToken(),
+    )
+    thread = threading.Thread(target=job.run, args=(cancel,))
+    thread.start()
+    wait_for_state(job.run_dir, ("running",), timeout=30)
+    while not RunReader(job.run_dir).step_records():
+        thread.join(0.05)
+    cancel.cancel()
+    thread.join(60)
+    status = RunReader(job.run_dir).status
     assert status.state == "cancelled" and status.steps_done < 500
-    assert len(RunReader(bg.run_dir).step_records()) == status.steps_done
-    assert (bg.run_dir / "adapter" / "adapter_config.json").is_file()
-    assert "auroc" in RunReader(bg.run_dir).metrics["alignment"]
+    assert len(RunReader(job.run_dir).step_records()) == status.steps_done
+    assert (job.run_dir / "adapter" / "adapter_config.json").is_file()
+    assert "auroc" in RunReader(job.run_dir).metrics["alignment"]
     assert _fingerprint(demo_loaded.model) == before
     run_job(_short("ga", steps=1), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r3")  # still usable
 

@@ -66,9 +66,6 @@ def show_logprobs(sample: EncodedSample, before: dict, after: dict) -> None:
 def answer(run_dir: str, prompt: str, reference: str, max_new: int) -> dict | None:
     """Answers before (plain model) and after (the run's adapter); None after showing why there are none."""
     config = RunReader(run_dir).config
-    if state.jobs().busy_with(config["model"]):
-        st.error("A job is training this model right now; query it when the job has finished.")
-        return None
     try:
         with st.spinner(f"Loading {config['model']} …"):
             loaded = state.models().get(config["model"])
@@ -128,9 +125,6 @@ def score(run_dir: str, snapshot: str, question: str, text: str, through: str) -
     """The scorer's output on `text`; None after showing why there is none."""
     if not text.strip():
         st.error("Type a text to score first.")
-        return None
-    if state.jobs().busy_with(RunReader(run_dir).config["model"]):
-        st.error("A job is training this model right now; score when the job has finished.")
         return None
     try:
         with st.spinner("Scoring …"):

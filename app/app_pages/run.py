@@ -9,7 +9,6 @@ import streamlit as st
 from app import links, state
 from app.components.results import results_card
 from app.run_views import progress_panel, run_detail
-from atwu_core.background import JobBusyError
 from atwu_core.config import METHODS, PRESETS, ParamSpec, default_preset, make_config, method_params, resolve_params
 from atwu_core.run_table import run_id
 from atwu_core.runs import RunReader, list_runs
@@ -88,34 +87,46 @@ def settings() -> dict:
 
 
 def start(arguments: dict) -> None:
-    """Start a job on the session's model and data; refusals and bad input become messages."""
+    """Queue a job on the session's model and data (it runs in a worker process); bad settings become messages."""
     try:
         config = make_config(**arguments, model=state.model_spec(), data=state.data_label())
-        with st.spinner(f"Loading {state.model_spec()} …"):
-            loaded = state.current_model()
-        job = state.jobs().start(config, loaded, state.current_data())
-    except JobBusyError as err:
-        st.error(str(err))
-        return
-    except Exception as err:  # noqa: BLE001 - bad settings, model or data: shown, the app stays usable
+        job = state.jobs().submit(config, state.current_data())
+    except Exception as err:  # noqa: BLE001 - bad settings or data: shown, the app stays usable
         st.error(f"Could not start the job: {err}")
         return
     st.session_state["run_dir"] = str(job.run_dir)
     links.show(run=run_id(job.run_dir), sample=None)  # the link names the new run from now on
-    st.rerun()  # redraw everything (the sidebar too) with the job running
+    st.rerun()  # redraw everything (the sidebar too) with the job queued or running
+
+
+def queue_panel(run_dir: str) -> bool:
+    """The queue as this run sees it: whether it waits, behind which jobs; True while it waits."""
+    queue = state.jobs()
+    waiting = [str(j.run_dir) for j in queue.waiting()]
+    if run_dir not in waiting:
+        return False
+    running = queue.running()
+    ahead = waiting.index(run_dir) + (running is not None)
+    st.progress(0.0, text=f"queued · {ahead} job(s) ahead")
+    st.info(
+        f"Run {Path(run_dir).name} waits its turn: jobs run one at a time"
+        + (f"; now running {running.run_dir.name}." if running else ".")
+    )
+    return True
 
 
 def live_view(run_dir: str) -> None:
-    """Re-read the run folder every REFRESH_S seconds while its job runs (the job never calls Streamlit)."""
-    job = state.jobs().running()
-    live = job is not None and str(job.run_dir) == run_dir
+    """Re-read the run folder every REFRESH_S seconds while its job waits or runs (the job never calls Streamlit)."""
+    live = state.jobs().tracks(run_dir)
 
     @st.fragment(run_every=REFRESH_S if live else None)
     def view() -> None:
+        if queue_panel(run_dir):
+            return
         try:
             snap = RunReader(run_dir).snapshot()
         except FileNotFoundError:
-            st.progress(0.0, text="running · starting the job")
+            st.progress(0.0, text="running · starting the worker process")
             return
         except ValueError as err:
             st.error(f"Cannot read the run folder: {err}")
@@ -128,7 +139,7 @@ def live_view(run_dir: str) -> None:
             st.info("The first step comes once the model is loaded and evaluated before unlearning (see above).")
         else:
             run_detail(snap, key="run_view")
-        if live and state.jobs().running() is None:
+        if live and not state.jobs().tracks(run_dir):
             st.rerun(scope="app")  # the job ended: one full rerun stops the polling
 
     view()
@@ -141,7 +152,11 @@ st.markdown(
 )
 st.caption(f"Model **{state.model_spec()}** · data **{state.data_label()}** (change them on the Model and Data pages)")
 arguments = settings()
-running = state.jobs().running()
+latest = state.jobs().last  # a new tab or a refresh finds the server's latest job
+current = st.session_state.get("run_dir") or (str(latest.run_dir) if latest else None)
+if st.query_params.get("run") not in (None, run_id(current or "")):  # a link to another run opens that run
+    current = links.run_from_url(r["run_dir"] for r in list_runs()) or current
+cancellable = current is not None and state.jobs().tracks(current)
 c1, c2, _ = st.columns([1, 1, 4])
 if c1.button("Run", type="primary", key="run", icon=":material/play_arrow:"):
     start(arguments)
@@ -149,14 +164,12 @@ if c2.button(
     "Cancel",
     key="cancel",
     icon=":material/stop:",
-    disabled=running is None,
-    help="Stop the running job after its current step." if running else "No job is running.",
+    disabled=not cancellable,
+    help="Stop this run's job after its current step, or take it out of the queue."
+    if cancellable
+    else "This run's job is not running or queued.",
 ):
-    st.info("Cancelling …" if state.jobs().cancel() else "No job is running.")
-registry_job = state.jobs().job
-current = st.session_state.get("run_dir") or (str(registry_job.run_dir) if registry_job else None)
-if st.query_params.get("run") not in (None, run_id(current or "")):  # a link to another run opens that run
-    current = links.run_from_url(r["run_dir"] for r in list_runs()) or current
+    st.info("Cancelling …" if state.jobs().cancel(current) else "This run's job is not running or queued.")
 if current:
     st.session_state["run_dir"] = current
     links.show(run=run_id(current))
