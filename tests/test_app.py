@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
+import signal
 import statistics
 import time
 from pathlib import Path
@@ -45,13 +47,14 @@ DONE = ("completed", "failed", "cancelled")
 
 @pytest.fixture(scope="module")
 def module_runs(tmp_path_factory: pytest.TempPathFactory):
-    """One runs root for the module (its tests reuse one finished run); one torch thread while they run
-    (on a shared 2-core machine two threads run ~10x slower)."""
+    """One runs root for the module (its tests reuse one finished run); one torch thread while they run, here and
+    in the job workers (on a shared 2-core machine two threads run ~10x slower)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         root = tmp_path_factory.mktemp("runs")
         mp.setenv("ATWU_RUNS", str(root))
+        mp.setenv("OMP_NUM_THREADS", "1")
         yield root
     torch.set_num_threads(threads)
 
@@ -92,12 +95,12 @@ def start_job(at: AppTest, steps: int) -> str:
 
 
 def finish(at: AppTest, run_dir: str, timeout: float = 60) -> Status:
-    """Wait for the job's terminal status and its thread, then rerun the page."""
+    """Wait for the job's terminal status and its worker's exit, then rerun the page."""
     deadline = time.monotonic() + timeout
     while not (Path(run_dir) / "config.json").is_file() and time.monotonic() < deadline:
         time.sleep(0.05)
     status = wait_for_state(run_dir, DONE, max(deadline - time.monotonic(), 1))
-    while jobs().running() is not None and time.monotonic() < deadline + 10:
+    while jobs().tracks(run_dir) and time.monotonic() < deadline + 10:
         time.sleep(0.05)
     at.run()
     assert not at.exception, at.exception
@@ -265,23 +268,73 @@ def test_scorer_on_any_text(completed_run: str) -> None:
     assert any("scorer output g" in h.proto.body for h in at.get("html"))
 
 
-def test_second_run_refused_and_cancel(completed_run: str) -> None:
+def progress_text(at: AppTest) -> str:
+    return at.get("progress")[0].proto.text
+
+
+def steps_done(run_dir: str) -> int:
+    return RunReader(run_dir).status.steps_done if (Path(run_dir) / "status.json").is_file() else 0
+
+
+def wait_for_steps(run_dir: str, steps: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while steps_done(run_dir) < steps:
+        assert time.monotonic() < deadline, f"{run_dir}: fewer than {steps} steps within {timeout} s"
+        time.sleep(0.1)
+
+
+def test_a_second_run_waits_its_turn_and_a_refresh_finds_it(completed_run: str) -> None:
+    at = app()
+    first = start_job(at, steps=500)
+    second = start_job(at, steps=2)
+    assert second != first and "queued · 1 job(s) ahead" in progress_text(at)
+    assert "1 queued" in " ".join(c.value for c in at.sidebar.caption)
+    refreshed = app()  # a browser refresh: a new session finds the latest job, queued behind the first
+    assert "queued · 1 job(s) ahead" in progress_text(refreshed)
+    refreshed.button(key="cancel").click().run()  # cancels the queued job: it leaves the queue, nothing ran
+    assert not Path(second).exists() and not jobs().waiting()
+    at.session_state["run_dir"] = first
+    at.run()
+    wait_for_steps(first, 1)
+    at.run()
+    assert f"Run {Path(first).name}" in [h.value for h in at.subheader] and "step" in progress_text(at)
+    at.button(key="cancel").click().run()
+    assert finish(at, first).state == "cancelled"
+    assert "Cancelled after" in " ".join(w.value for w in at.warning)
+    assert "ETA" not in progress_text(at)
+
+
+def test_a_job_runs_while_the_server_loads_a_model_and_answers_queries(completed_run: str) -> None:
     at = app()
     assert at.button(key="cancel").disabled  # no job to cancel
     run_dir = start_job(at, steps=500)
-    at.button(key="run").click().run()
-    assert "already running" in errors(at)
-    refreshed = app()  # a browser refresh: a new session finds the same job and cannot start another
-    assert f"Run {Path(run_dir).name}" in [h.value for h in refreshed.subheader]
-    assert "unknown" not in refreshed.get("progress")[0].proto.text
-    refreshed.button(key="run").click().run()
-    assert "already running" in errors(refreshed)
-    assert len([r for r in list_runs() if r["state"] == "running"]) == 1
-    refreshed.button(key="cancel").click().run()
+    wait_for_steps(run_dir, 1)
+    assert RunReader(run_dir).status.pid != os.getpid()  # in a worker process
+    model = on_page(app(), "model")  # a fresh load in the server (a folder spec is not cached yet)
+    model.radio(key="model_source").set_value("Local folder or .gguf file").run()
+    model.text_input(key="model_path").set_value(str(DEMO_MODEL)).run()
+    model.button(key="load_model").click().run()
+    assert not model.error and model.session_state["model_spec"] == str(DEMO_MODEL)
+    query = on_page(app(), "query")  # the finished run's adapter answers while the job trains
+    query.selectbox(key="query_run").set_value(completed_run)
+    query.radio(key="query_kind").set_value("Forget question").run()
+    query.button(key="query_go").click().run()
+    assert not query.exception and not query.error, (query.exception, errors(query))
+    assert len(query.info) >= 2
+    steps = steps_done(run_dir)
+    wait_for_steps(run_dir, steps + 2)  # and the job goes on
+    at.button(key="cancel").click().run()
     assert finish(at, run_dir).state == "cancelled"
-    assert at.session_state["run_dir"] == run_dir
-    assert "Cancelled after" in " ".join(w.value for w in at.warning)
-    assert "ETA" not in at.get("progress")[0].proto.text
+
+
+def test_a_worker_that_dies_is_shown_failed_with_its_reason(completed_run: str) -> None:
+    at = app()
+    run_dir = start_job(at, steps=500)
+    wait_for_state(run_dir, ("running",), timeout=120)
+    os.kill(jobs().running().process.pid, signal.SIGKILL)
+    assert finish(at, run_dir).state == "failed"
+    assert "The job failed: the worker process was killed by SIGKILL" in errors(at)
+    assert "ETA" not in progress_text(at)
 
 
 def test_compare_shows_alignment(completed_run: str) -> None:
