@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import links, state
+from app import links
 from app.components.curves import alignment_figure, loss_figure
 from app.components.heatmap import (
     CHANGE_COLORSCALE,
@@ -62,9 +62,7 @@ def mean_step_seconds(snap: RunSnapshot) -> float | None:
 def progress_panel(snap: RunSnapshot) -> None:
     """Phase-aware progress (loading, evaluating, step k/N, final pass, evaluating after) with an ETA that
     includes evaluation while the job runs, then the state's message and the loss curves."""
-    clock = state.phase_clock(str(snap.dir))
-    clock.observe(snap.status)
-    shown = explore.progress(snap.status, mean_step_seconds(snap), clock)
+    shown = explore.progress(snap.status, mean_step_seconds(snap))
     st.progress(shown.fraction, text=shown.text)
     status = snap.status
     if status.state == "failed":

@@ -12,7 +12,6 @@ from collections.abc import Callable
 import streamlit as st
 
 from atwu_core.data import Dataset, load_data
-from atwu_core.explore import PhaseClock
 from atwu_core.models import LoadedModel, load_model
 from atwu_core.worker import JobQueue
 
@@ -51,17 +50,6 @@ def models() -> ModelRegistry:
 def jobs() -> JobQueue:
     """The server's job queue: jobs run one at a time in worker processes, never in the server."""
     return JobQueue()
-
-
-@st.cache_resource(show_spinner=False)
-def _phase_clocks() -> dict[str, PhaseClock]:
-    return {}
-
-
-def phase_clock(run_dir: str) -> PhaseClock:
-    """The evaluation-speed clock of a run, shared by every session that watches it (so any viewer's ETA
-    includes the evaluation the job did before training)."""
-    return _phase_clocks().setdefault(run_dir, PhaseClock())
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

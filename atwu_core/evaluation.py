@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
+import numpy as np
 import torch
 
 from atwu_core import metrics, models
@@ -16,6 +17,8 @@ from atwu_core.data import EncodedSample, Record
 from atwu_core.records import StepRecord, TokenValues
 
 Progress = Callable[[int, int], None]  # (samples done, samples in all)
+CHUNK = 16  # samples per progress report: metrics.quality's own batch size, so reporting costs no speed
+MEANS = ("prob", "rouge_l", "exact", "extraction_strength")  # metrics.quality's per-sample means
 
 
 class Split:
@@ -49,14 +52,43 @@ def quality(
             else None
         )
         if key is None or key not in loaded.memo:
-            result = metrics.quality(
-                model, loaded.tokenizer, split.records, split.samples, chat_template=config.chat_template
+            result = split_quality(
+                model, loaded.tokenizer, split, config.chat_template, lambda n, done=done: progress(done + n, total)
             )
             if key is not None:
                 loaded.memo[key] = result
         out[split.name] = copy.deepcopy(loaded.memo[key]) if key is not None else result
         done += len(split.samples)
         progress(done, total)
+    return out
+
+
+def split_quality(
+    model: torch.nn.Module,
+    tokenizer,
+    split: Split,
+    chat_template: bool,
+    progress: Callable[[int], None],
+    chunk: int = CHUNK,
+) -> dict:
+    """`metrics.quality` of a split, computed `chunk` samples at a time with `progress(samples done)` after each (an
+    evaluation of many samples is minutes on a CPU), merged into the whole split's result: the per-sample means
+    weighted by sample count, the truth ratios concatenated and their mean taken."""
+    parts = []
+    for start in range(0, len(split.samples), chunk):
+        end = start + chunk
+        parts.append(
+            metrics.quality(
+                model, tokenizer, split.records[start:end], split.samples[start:end], chat_template=chat_template
+            )
+        )
+        progress(min(end, len(split.samples)))
+    n = sum(part["n"] for part in parts)
+    out = {"n": n} | {key: sum(part[key] * part["n"] for part in parts) / n for key in MEANS}
+    ratios = [r for part in parts for r in part.get("truth_ratios", [])]
+    if ratios:
+        out["truth_ratio"] = float(np.mean(ratios))
+        out["truth_ratios"] = ratios
     return out
 
 

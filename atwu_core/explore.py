@@ -12,8 +12,7 @@ import math
 import shlex
 import shutil
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -315,47 +314,24 @@ class Progress:
 
 # Share of the bar per phase (evaluation takes about as long as a short training run).
 _SEGMENTS = {
-    "loading": (0.0, 0.05),
-    "before": (0.05, 0.2),
+    "loading": (0.0, 0.03),
+    "reference": (0.03, 0.08),
+    "before": (0.08, 0.2),
     "training": (0.2, 0.8),
     "final": (0.8, 0.85),
     "after": (0.85, 1.0),
     "done": (1.0, 1.0),
 }
+_TIMED = ("reference", "before", "training", "final", "after")  # the phases an ETA adds up
+# A phase not yet run, timed as one already seen that does the same work: the final pass is the reference pass's
+# forward over the forget set under the trained model; the evaluation after scores the samples the one before did.
+_LIKE = {"final": "reference", "after": "before"}
+_UNKNOWN = {"before": "evaluation", "training": "training", "final": "final pass", "after": "evaluation"}
 
 
-@dataclass
-class PhaseClock:
-    """Seconds per evaluated sample, measured from the job's own status timestamps as a viewer polls them (the
-    job writes `updated` on each change), so the ETA can include the evaluation still to come."""
-
-    first: dict[str, tuple[float, int]] = field(default_factory=dict)
-    last: dict[str, tuple[float, int]] = field(default_factory=dict)
-    totals: dict[str, int] = field(default_factory=dict)
-
-    def observe(self, status: Status) -> None:
-        if status.phase in ("before", "after") and status.updated:
-            stamp = (datetime.fromisoformat(status.updated).timestamp(), status.phase_done)
-            self.first.setdefault(status.phase, stamp)
-            self.last[status.phase] = stamp
-            self.totals[status.phase] = status.phase_total
-
-    def seconds_per_sample(self) -> float | None:
-        for phase in ("after", "before"):
-            if phase in self.first:
-                (t0, n0), (t1, n1) = self.first[phase], self.last[phase]
-                if n1 > n0 and t1 > t0:
-                    return (t1 - t0) / (n1 - n0)
-        return None
-
-    def after_samples(self) -> int | None:
-        """How many samples the evaluation after training takes: as many as the one before it."""
-        return self.totals.get("after", self.totals.get("before"))
-
-
-def progress(status: Status, mean_step_s: float | None, clock: PhaseClock | None = None) -> Progress:
-    """The phase-aware progress of a job: what it is doing, how far, and (while it runs) the time left including
-    the evaluation after training; a finished job gets no ETA."""
+def progress(status: Status, mean_step_s: float | None) -> Progress:
+    """The phase-aware progress of a job: what it is doing, how far, and (while it runs) the time left through
+    every phase still to come, each timed from the job's own `phase_seconds` (a finished job gets no ETA)."""
     done, total = status.steps_done, status.steps_total
     if status.finished:
         fraction = 1.0 if status.state == "completed" else min(done / total, 1.0) if total else 0.0
@@ -363,36 +339,48 @@ def progress(status: Status, mean_step_s: float | None, clock: PhaseClock | None
     phase, n, of = status.phase, status.phase_done, status.phase_total
     texts = {
         "loading": "loading the model and data",
+        "reference": f"reference pass over the forget set {n}/{of}",
         "before": f"evaluating before unlearning {n}/{of}",
         "training": f"step {done}/{total}",
-        "final": "final pass over the forget samples",
+        "final": f"final pass over the forget set {n}/{of}",
         "after": f"evaluating after unlearning {n}/{of}",
         "done": "writing the results",
     }
     lo, hi = _SEGMENTS.get(phase, (0.0, 0.0))
     count, whole = (done, total) if phase == "training" else (n, of)
     fraction = lo + (hi - lo) * (count / whole if whole else 0.0)
-    clock = clock or PhaseClock()
-    left, with_eval = _seconds_left(status, mean_step_s, clock.seconds_per_sample(), clock.after_samples())
+    left, unknown = seconds_left(status, mean_step_s)
     rate = f" · {1 / mean_step_s:.2f} steps/s" if phase == "training" and mean_step_s else ""
-    eta = "" if left is None else f" · ETA {_duration(left)}" + ("" if with_eval else " + evaluation")
+    eta = "" if left is None else f" · ETA {_duration(left)}" + "".join(f" + {u}" for u in unknown)
     return Progress(min(fraction, 1.0), f"running · {texts.get(phase, phase)}{rate}{eta}", left)
 
 
-def _seconds_left(
-    status: Status, step_s: float | None, sample_s: float | None, after_n: int | None
-) -> tuple[float | None, bool]:
-    """Seconds left and whether they include the evaluation after training (measured per sample while the
-    job evaluated before training; unknown for a job first seen later)."""
-    phase, steps_left = status.phase, status.steps_total - status.steps_done
-    evaluation = sample_s * after_n if sample_s and after_n else None
-    if phase == "after" and sample_s:
-        return (status.phase_total - status.phase_done) * sample_s, True
-    if phase == "final":
-        return evaluation, evaluation is not None
-    if phase == "training" and step_s:
-        return steps_left * step_s + (evaluation or 0.0), evaluation is not None
-    return None, False
+def seconds_left(status: Status, step_s: float | None) -> tuple[float | None, list[str]]:
+    """Seconds left in this phase and the ones after it (None until this phase has a rate), and what that leaves
+    out: the later phases that no phase seen so far times (training, before its first step)."""
+    if status.phase not in _TIMED:
+        return None, []
+    seconds = status.phase_seconds
+    if status.phase == "training":
+        rate = step_s or (seconds.get("training", 0.0) / status.steps_done if status.steps_done else None)
+        todo = status.steps_total - status.steps_done
+    else:
+        rate = seconds.get(status.phase, 0.0) / status.phase_done if status.phase_done else None
+        todo = status.phase_total - status.phase_done
+    if rate is None:
+        return None, []
+    projected = {
+        **seconds,
+        status.phase: rate * (status.steps_total if status.phase == "training" else status.phase_total),
+    }
+    left, unknown = rate * todo, []
+    for later in _TIMED[_TIMED.index(status.phase) + 1 :]:
+        like = projected.get(_LIKE.get(later, ""))
+        if like is not None:
+            left += like
+        elif _UNKNOWN[later] not in unknown:
+            unknown.append(_UNKNOWN[later])
+    return left, unknown
 
 
 def _duration(seconds: float) -> str:

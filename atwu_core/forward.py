@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -133,14 +133,21 @@ def _scatter(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 
 def answer_nll(
-    model: torch.nn.Module, samples: Sequence[EncodedSample], pad_id: int, batch_size: int
+    model: torch.nn.Module,
+    samples: Sequence[EncodedSample],
+    pad_id: int,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[torch.Tensor]:
-    """Each sample's answer-token NLL under `model` (no gradients), in input order, on the CPU."""
+    """Each sample's answer-token NLL under `model` (no gradients), in input order, on the CPU; `progress(done,
+    total)` after each batch."""
     out: list[torch.Tensor] = []
     with evaluating(model):
         for index in batches(len(samples), batch_size):
             fw = forward(model, samples, index, pad_id)
             out.extend(fw.nll[row][fw.mask[row]].float().cpu() for row in range(len(index)))
+            if progress is not None:
+                progress(len(out), len(samples))
     return out
 
 

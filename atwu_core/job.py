@@ -16,7 +16,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,6 +71,7 @@ class UnlearningJob:
         dataset: Dataset | None = None,
         run_dir: str | Path | None = None,
     ):
+        started = time.perf_counter()
         config.validate()
         distributed.init()  # a no-op unless torchrun / accelerate launched several processes
         self.config = config
@@ -108,6 +109,8 @@ class UnlearningJob:
         self.before: BeforeRecord | None = None
         self.metrics: dict | None = None
         self.state = "created"
+        self.on_status: Callable[[Status], None] | None = None  # told of every status write (the CLI's bars)
+        self._loading_seconds = time.perf_counter() - started
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -116,7 +119,8 @@ class UnlearningJob:
         cfg, method, scheme = self.config, self.method, self.method.scheme
         cancel = cancel or CancelToken()
         writer = RunWriter(self.run_dir)
-        self.status = Status("running", 0, cfg.steps)
+        self.status = Status("running", 0, cfg.steps, phase_seconds={"loading": round(self._loading_seconds, 3)})
+        self._tick = time.perf_counter()
         with contextlib.closing(writer), self._outcome(writer), self.loaded.lock:
             self._write_header(writer)
             before_quality = self._before(writer)
@@ -168,11 +172,18 @@ class UnlearningJob:
         """Each forget token's NLL under the loaded model (the reference every method reads, and the baseline of
         realised forgetting), and the loaded model's quality (memoised on it)."""
         cfg = self.config
-        self._phase(writer, "before", 0, 1)
+        self._phase(writer, "reference", 0, len(self.forget))
         with torch.profiler.record_function("atwu.before"):
-            self.ref_nll = answer_nll(self.loaded.model, self.forget, self.pad_id, cfg.forget_batch_size)
+            self.ref_nll = answer_nll(
+                self.loaded.model,
+                self.forget,
+                self.pad_id,
+                cfg.forget_batch_size,
+                lambda done, total: self._phase(writer, "reference", done, total),
+            )
             self.before = BeforeRecord({s.record_id: torch.exp(-n).tolist() for s, n in zip(self.forget, self.ref_nll)})
             writer.append(self.before)
+            self._phase(writer, "before", 0, sum(len(s.samples) for s in self._splits()))
             return evaluation.quality(
                 self.loaded.model,
                 self.loaded,
@@ -186,7 +197,7 @@ class UnlearningJob:
         """Final pass, checks, saved adapter and scorer, quality after, metrics.json."""
         cfg = self.config
         self._phase(writer, "final", 0, len(self.forget))
-        final = self._final_pass(trained.model)
+        final = self._final_pass(trained.model, lambda done, total: self._phase(writer, "final", done, total))
         writer.append(final)
         self._check_trained(trained.model, final)
         self._save_model(trained.model)
@@ -208,8 +219,12 @@ class UnlearningJob:
                 cfg, after["forget"]["truth_ratios"], self.dataset.forget
             )
         seconds = self.step_seconds
+        self._lap()
+        phases = dict(self.status.phase_seconds)
         self.metrics["timing"] = {
-            "total_seconds": round(train_seconds, 3),
+            "total_seconds": round(sum(phases.values()), 3),
+            "training_seconds": round(train_seconds, 3),
+            "phase_seconds": phases,
             "mean_step_seconds": round(sum(seconds) / max(1, len(seconds)), 5),
             "tokens_per_second": round(sum(r.tokens for r in self.records) / max(1e-9, sum(seconds)), 1),
             "peak_memory_mb": round(metrics.peak_memory_mb(model_device(trained.model)), 1),
@@ -242,9 +257,18 @@ class UnlearningJob:
             writer.status(self.status)
 
     def _phase(self, writer: RunWriter, phase: str, done: int, total: int) -> None:
+        self._lap()
         self.status.phase, self.status.phase_done, self.status.phase_total = phase, done, total
         self.status.steps_done = self.steps_done
         writer.status(self.status)
+        if self.on_status is not None:
+            self.on_status(self.status)
+
+    def _lap(self) -> None:
+        """Add the time since the last status write to the phase the job was in (readers calibrate ETAs on it)."""
+        now, seconds = time.perf_counter(), self.status.phase_seconds
+        seconds[self.status.phase] = round(seconds.get(self.status.phase, 0.0) + now - self._tick, 3)
+        self._tick = now
 
     # ------------------------------------------------------------------------------------------ pieces
 
@@ -362,7 +386,7 @@ class UnlearningJob:
             for t in (scores, loss_weights, torch.exp(-fw.nll.detach()))
         )
 
-    def _final_pass(self, model: torch.nn.Module) -> FinalRecord:
+    def _final_pass(self, model: torch.nn.Module, progress: Callable[[int, int], None]) -> FinalRecord:
         final = FinalRecord(self.steps_done, {}, {}, {})
         with evaluating(model):
             for index in batches(len(self.forget), self.config.forget_batch_size):
@@ -373,6 +397,7 @@ class UnlearningJob:
                     self._token_values(fw, weights.scores, weights.loss),
                 ):
                     target.update(values)
+                progress(len(final.scores), len(self.forget))
         return final
 
     def _check_trained(self, model: torch.nn.Module, final: FinalRecord) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from atwu_core.files import ASSETS
+
+# peft (0.21) reads `model.is_gradient_checkpointing`, which transformers 5 deprecates: a FutureWarning on every
+# adapter attach or load that concerns neither this project's code nor its users. Filtered by its exact message.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 DEMO_MODEL = ASSETS / "demo_model"
 DEMO_SMOLLM2_ADAPTER = ASSETS / "demo_smollm2_adapter"

@@ -146,7 +146,8 @@ class FinalRecord:
         return cls(data.get("step", 0), *_token_maps(data))
 
 
-PHASES = ("loading", "before", "training", "final", "after", "done")
+# reference: the loaded model's NLL on every forget token (one forward over the forget set, as the final pass is)
+PHASES = ("loading", "reference", "before", "training", "final", "after", "done")
 
 
 @dataclass
@@ -163,6 +164,7 @@ class Status:
     updated: str | None = None
     pid: int | None = None
     host: str | None = None
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # seconds spent in each phase so far
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -149,21 +149,31 @@ def test_cli_command_reruns_the_config() -> None:
     assert "alpha=1.0" not in args  # only what differs from the preset is set
 
 
-def test_progress_is_phase_aware() -> None:
-    clock = explore.PhaseClock()
-    for done, stamp in ((1, "2025-01-01T00:00:00+00:00"), (3, "2025-01-01T00:00:04+00:00")):
-        status = Status("running", 0, 10, "before", done, 4, updated=stamp)
-        clock.observe(status)
-    assert clock.seconds_per_sample() == pytest.approx(2.0)
-    shown = explore.progress(status, None, clock)
-    assert "evaluating before unlearning 3/4" in shown.text and 0.05 < shown.fraction < 0.2
-    training = explore.progress(Status("running", 4, 10, "training", 4, 10), 0.5, clock)
-    assert training.eta_s == pytest.approx(6 * 0.5 + 4 * 2.0) and "step 4/10" in training.text
-    unseen = explore.progress(Status("running", 4, 10, "training", 4, 10), 0.5)
-    assert "+ evaluation" in unseen.text
+def test_progress_is_phase_aware_and_times_every_phase_from_the_ones_seen() -> None:
+    reference = explore.progress(Status("running", 0, 10, "reference", 2, 8, phase_seconds={"reference": 1.0}), None)
+    assert "reference pass over the forget set 2/8" in reference.text and 0.03 < reference.fraction < 0.08
+    assert reference.eta_s == pytest.approx(3.0 + 4.0)  # 6 more at 0.5 s, then the final pass as long as this one
+    assert reference.text.endswith("+ evaluation + training")
+    seen = {"reference": 4.0, "before": 8.0}
+    before = explore.progress(
+        Status("running", 0, 10, "before", 3, 4, phase_seconds={"reference": 4.0, "before": 6.0}), None
+    )
+    assert "evaluating before unlearning 3/4" in before.text and 0.08 < before.fraction < 0.2
+    assert before.eta_s == pytest.approx(2.0 + 4.0 + 8.0) and before.text.endswith("+ training")
+    training = explore.progress(
+        Status("running", 4, 10, "training", 4, 10, phase_seconds={**seen, "training": 3.0}), 0.5
+    )
+    assert training.eta_s == pytest.approx(6 * 0.5 + 4.0 + 8.0) and "step 4/10" in training.text
+    assert "+" not in training.text.split("ETA")[1]  # every phase left is timed
+    from_status = explore.progress(
+        Status("running", 4, 10, "training", 4, 10, phase_seconds={**seen, "training": 3.0}), None
+    )
+    assert from_status.eta_s == pytest.approx(6 * 0.75 + 4.0 + 8.0)  # no step records: the phase's own mean
+    after = explore.progress(Status("running", 10, 10, "after", 1, 4, phase_seconds={**seen, "after": 3.0}), 0.5)
+    assert after.eta_s == pytest.approx(9.0) and "evaluating after unlearning 1/4" in after.text
     loading = explore.progress(Status("running"), None)
     assert "loading" in loading.text and "unknown" not in loading.text and loading.eta_s is None
-    over = explore.progress(Status("cancelled", 4, 10, "done"), 0.5, clock)
+    over = explore.progress(Status("cancelled", 4, 10, "done", phase_seconds=seen), 0.5)
     assert over.eta_s is None and "ETA" not in over.text and over.text.startswith("cancelled · step 4/10")
 
 
