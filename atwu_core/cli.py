@@ -19,6 +19,7 @@ def _fmt(value) -> str:
 
 
 def _unlearn(args: argparse.Namespace) -> int:
+    from atwu_core.console import PhaseBars, phase_line
     from atwu_core.job import UnlearningJob
 
     job, params = split_overrides(args.set or [])
@@ -37,12 +38,19 @@ def _unlearn(args: argparse.Namespace) -> int:
     if args.preset is None:
         print(f"preset: {chosen.name} (the default for this model: {chosen.reason}; --preset picks another)")
     config = make_config(args.method, args.preset or chosen.name, params, **job)
+    if not args.quiet:
+        phase_line(f"[loading] model {config.model}, data {config.data}")
     job = UnlearningJob(config, run_dir=args.out)
     print(f"run folder: {job.run_dir}", flush=True)
-    for record in job.stream():
-        if not args.quiet:
-            losses = " ".join(f"{k}={_fmt(v)}" for k, v in record.losses.items())
-            print(f"step {record.step:4d}/{config.steps}  {record.elapsed:6.1f}s  {losses}", flush=True)
+    bars = job.on_status = None if args.quiet else PhaseBars()
+    try:
+        for record in job.stream():
+            if bars is not None:
+                losses = " ".join(f"{k}={_fmt(v)}" for k, v in record.losses.items())
+                bars.write(f"step {record.step:4d}/{config.steps}  {record.elapsed:6.1f}s  {losses}")
+    finally:
+        if bars is not None:
+            bars.close()
     _print_metrics(job.metrics)
     return 0
 
@@ -66,9 +74,12 @@ def _print_metrics(metrics: dict) -> None:
         print(f"forget quality (KS p-value vs the retain model) = {metrics['forget_quality']:.3g}")
     if "timing" in metrics:
         t = metrics["timing"]
+        phases = ", ".join(f"{k} {v:.1f}s" for k, v in t.get("phase_seconds", {}).items())
         print(
-            f"timing  {t['total_seconds']:.1f}s total, {t['mean_step_seconds']:.3f}s/step, "
-            f"{t['tokens_per_second']:.0f} tokens/s, peak {t['peak_memory_mb']:.0f} MB"
+            f"timing  {t['total_seconds']:.1f}s total"
+            + (f", training {t['training_seconds']:.1f}s" if "training_seconds" in t else "")
+            + f", {t['mean_step_seconds']:.3f}s/step, {t['tokens_per_second']:.0f} tokens/s, "
+            f"peak {t['peak_memory_mb']:.0f} MB" + (f"\ntiming  phases: {phases}" if phases else "")
         )
 
 
@@ -102,20 +113,30 @@ def _build_demo(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from atwu_core.console import PhaseBars, phase_line
     from atwu_core.finetune import finetune_dataset_dir
 
     if args.tiny == (args.model is not None):
         raise ValueError("give exactly one of --tiny or --model M.")
     kwargs = {"seed": args.seed} | ({"steps": args.steps} if args.steps else {})
-    if args.tiny:
-        report = finetune_dataset_dir(args.data, args.out, tiny=True, **kwargs)
-    else:
-        from atwu_core.models import load_model
+    bars = None if args.quiet else PhaseBars()
+    if bars is not None:
+        kwargs |= {"log": bars.write, "progress": lambda step, steps: bars.show("teaching", step, steps)}
+    try:
+        if args.tiny:
+            report = finetune_dataset_dir(args.data, args.out, tiny=True, **kwargs)
+        else:
+            from atwu_core.models import load_model
 
-        loaded = load_model(args.model)
-        report = finetune_dataset_dir(
-            args.data, args.out, model=loaded.model, tokenizer=loaded.tokenizer, lora=args.lora, **kwargs
-        )
+            if bars is not None:
+                phase_line(f"[loading] model {args.model}")
+            loaded = load_model(args.model)
+            report = finetune_dataset_dir(
+                args.data, args.out, model=loaded.model, tokenizer=loaded.tokenizer, lora=args.lora, **kwargs
+            )
+    finally:
+        if bars is not None:
+            bars.close()
     print(report)
     return 0
 
@@ -185,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="'demo', 'demo-smollm2', 'smollm2', a folder, a .gguf file or a hub id")
     p.add_argument("--data", help="'demo', a dataset folder, a TOFU .json file, or tofu:<split>")
     p.add_argument("--retain-data", help="retain set for a single-file --data (.json or .jsonl)")
-    p.add_argument("--method", default="atwu", choices=list(METHODS))
+    p.add_argument("--method", default="atwu", choices=list(METHODS), help="unlearning method (see `atwu methods`)")
     p.add_argument("--steps", type=int, help="model steps (default: the preset's)")
     p.add_argument("--out", help="run folder (default: runs/<time>-<method>)")
     p.add_argument("--seed", type=int, help="job seed (default 0)")
@@ -207,28 +228,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--retain-model",
         help="a model trained on the retain set only, for TOFU's forget quality (KS test on truth ratios)",
     )
-    p.add_argument("--quiet", action="store_true", help="print only the final metrics")
+    p.add_argument("--quiet", action="store_true", help="no phase lines, progress bars or step lines: only the results")
     p.set_defaults(func=_unlearn)
 
     p = sub.add_parser("eval", help="print a run's metrics")
-    p.add_argument("run_dir")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("run_dir", help="a run folder (written by `atwu unlearn` or the app)")
+    p.add_argument("--json", action="store_true", help="print metrics.json as it is, instead of a summary")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("build-demo", help="regenerate the demo world and the model that memorised it")
-    p.add_argument("--base", choices=["tiny", "smollm2"], default="tiny")
-    p.add_argument("--out", help="assets folder (default: the package's assets/)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--base",
+        choices=["tiny", "smollm2"],
+        default="tiny",
+        help="tiny: a tokenizer and a tiny Llama trained from scratch; smollm2: a LoRA adapter teaching SmolLM2 the world",
+    )
+    p.add_argument("--out", help="assets folder (default: the package's assets/; tiny only)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the world and the training (default 0; tiny only)")
     p.set_defaults(func=_build_demo)
 
     p = sub.add_parser("finetune", help="teach a model a dataset folder")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--data", required=True, help="a dataset folder (forget.jsonl and retain.jsonl)")
+    p.add_argument("--out", required=True, help="folder for the taught model, its tokenizer and training_report.json")
     p.add_argument("--tiny", action="store_true", help="train a tokenizer and a tiny model from scratch")
-    p.add_argument("--model", help="start from this model instead")
+    p.add_argument("--model", help="start from this model instead ('smollm2', a folder or a hub id)")
     p.add_argument("--lora", action="store_true", help="with --model: train a LoRA adapter and merge it")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--steps", type=int, help="most optimiser steps (default 600; stops early once every answer is exact)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds initialisation and batching (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no phase lines or progress bar: only the final report")
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser("methods", help="list methods and their parameters")
@@ -236,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("app", help="start the Streamlit app (on 127.0.0.1 unless --address says otherwise)")
     p.add_argument("--address", default=APP_ADDRESS, help="interface to serve on (default: this machine only)")
-    p.add_argument("--port", type=int, default=APP_PORT)
+    p.add_argument("--port", type=int, default=APP_PORT, help=f"port to serve on (default {APP_PORT})")
     p.set_defaults(func=_app)
     return parser
 

@@ -137,6 +137,7 @@ def finetune(
     target_exact: float = 1.0,
     max_length: int = 256,
     log: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> FinetuneReport:
     """Train on forget + retain answers (labels on answer tokens only) until both are reproduced exactly.
 
@@ -144,6 +145,7 @@ def finetune(
     `lora=True` a LoRA adapter is trained and merged into its weights. A model that already carries an adapter
     (a peft model, as `build_demo_smollm2` passes) trains that adapter only: its base weights are not saved with it.
     Stops early once forget and retain exact match both reach `target_exact` (checked every `eval_every` steps).
+    `log` gets a line at each check, `progress(step, steps)` is called after every step.
     """
     if steps < 1:
         raise ValueError("steps must be at least 1.")
@@ -176,6 +178,8 @@ def finetune(
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        if progress:
+            progress(step, steps)
         if step % eval_every == 0 or step == steps:
             report = _report(trained, forget, retain, pad_id, step, time.perf_counter() - start, batch_size)
             if log:

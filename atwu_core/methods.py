@@ -14,20 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported when a method is built, not when the registry is read (`atwu --help`)
+    import torch
 
-from atwu_core import losses
-from atwu_core.forward import Forward
-from atwu_core.weighting import (
-    ATWUScorer,
-    ProbabilityWeighting,
-    SpanMask,
-    TokenUnlearnImportance,
-    Uniform,
-    WeightingScheme,
-)
+    from atwu_core.forward import Forward
+    from atwu_core.weighting import WeightingScheme
 
 
 def param(default: Any, help: str, choices: tuple[str, ...] = (), minimum: float | None = None) -> Any:
@@ -172,19 +165,32 @@ class TokenUnlearnParams(RetainParams):
 
 # ----------------------------------------------------------------------------------- forget objectives
 
-ForgetLoss = Callable[[Forward, torch.Tensor, Any], torch.Tensor]
+ForgetLoss = Callable[["Forward", "torch.Tensor", Any], "torch.Tensor"]
+
+
+def _losses():
+    from atwu_core import losses
+
+    return losses
+
+
+def _scheme(name: str, *args: Any, **kwargs: Any) -> WeightingScheme:
+    """A weighting scheme by class name, imported on first use (the registry itself needs no torch)."""
+    from atwu_core import weighting
+
+    return getattr(weighting, name)(*args, **kwargs)
 
 
 def ga_loss(fw: Forward, w: torch.Tensor, p: MethodParams) -> torch.Tensor:
-    return losses.weighted_ga(fw.nll, fw.mask, w)
+    return _losses().weighted_ga(fw.nll, fw.mask, w)
 
 
 def npo_loss(fw: Forward, w: torch.Tensor, p: NPOParams) -> torch.Tensor:
-    return losses.npo(fw.nll, fw.mask, w, fw.ref_nll.sum(1), p.npo_beta)
+    return _losses().npo(fw.nll, fw.mask, w, fw.ref_nll.sum(1), p.npo_beta)
 
 
 def simnpo_loss(fw: Forward, w: torch.Tensor, p: SimNPOParams) -> torch.Tensor:
-    return losses.simnpo(fw.nll, fw.mask, w, p.simnpo_beta, p.simnpo_delta)
+    return _losses().simnpo(fw.nll, fw.mask, w, p.simnpo_beta, p.simnpo_delta)
 
 
 def tokenunlearn_loss(fw: Forward, w: torch.Tensor, p: TokenUnlearnParams) -> torch.Tensor:
@@ -216,70 +222,70 @@ for _spec in (
         "atwu",
         "ATWU: a probe on the hidden states learns per-token forget weights, alternating with the model",
         ATWUParams,
-        lambda p: ATWUScorer(p, objective="ga"),
+        lambda p: _scheme("ATWUScorer", p, objective="ga"),
         ga_loss,
     ),
     MethodSpec(
         "atwu-npo",
         "ATWU weights inside the per-sequence NPO loss",
         ATWUNPOParams,
-        lambda p: ATWUScorer(p, objective="npo"),
+        lambda p: _scheme("ATWUScorer", p, objective="npo"),
         npo_loss,
     ),
     MethodSpec(
         "ga",
         "Gradient ascent on the forget set (uniform token weights, no retain term)",
         MethodParams,
-        lambda p: Uniform(),
+        lambda p: _scheme("Uniform"),
         ga_loss,
     ),
     MethodSpec(
         "graddiff",
         "Gradient difference: gradient ascent on forget + NLL (or KL) on retain",
         RetainParams,
-        lambda p: Uniform(),
+        lambda p: _scheme("Uniform"),
         ga_loss,
     ),
     MethodSpec(
         "gt-mask",
         "Oracle: GradDiff on the ground-truth span tokens only (weight 1 inside, 0 outside)",
         RetainParams,
-        lambda p: SpanMask(),
+        lambda p: _scheme("SpanMask"),
         ga_loss,
     ),
     MethodSpec(
         "npo",
         "Negative preference optimisation against the adapter-disabled reference, + retain NLL",
         NPOParams,
-        lambda p: Uniform(),
+        lambda p: _scheme("Uniform"),
         npo_loss,
     ),
     MethodSpec(
         "simnpo",
         "SimNPO: reference-free, length-normalised NPO, + retain NLL",
         SimNPOParams,
-        lambda p: Uniform(),
+        lambda p: _scheme("Uniform"),
         simnpo_loss,
     ),
     MethodSpec(
         "wga",
         "Weighted gradient ascent: token weight p^beta (probability-based heuristic)",
         WGAParams,
-        lambda p: ProbabilityWeighting(p.wga_beta),
+        lambda p: _scheme("ProbabilityWeighting", p.wga_beta),
         ga_loss,
     ),
     MethodSpec(
         "satimp",
         "SatImp: token weight p^beta1 * (1-p)^beta2 (probability-based heuristic)",
         SatImpParams,
-        lambda p: ProbabilityWeighting(p.satimp_beta1, p.satimp_beta2),
+        lambda p: _scheme("ProbabilityWeighting", p.satimp_beta1, p.satimp_beta2),
         ga_loss,
     ),
     MethodSpec(
         "tokenunlearn",
         "TokenUnlearn: masking + entropy importance, hard selection or soft weighting, KL on retain",
         TokenUnlearnParams,
-        TokenUnlearnImportance,
+        lambda p: _scheme("TokenUnlearnImportance", p),
         tokenunlearn_loss,
     ),
 ):

@@ -575,7 +575,7 @@ def cpu_report(args: argparse.Namespace, cfg: Settings) -> str:
             ),
             f"### Job throughput (ATWU, {preset} preset, {tp['steps_total']} steps, model `{args.model}`)\n\n"
             f"{tp['tokens_per_second']:.0f} forget+retain tokens/s over the training steps; "
-            f"{tp['mean_step_seconds']:.3f} s/step; training {tp['total_seconds']:.1f} s, whole job with evaluation "
+            f"{tp['mean_step_seconds']:.3f} s/step; training {tp['training_seconds']:.1f} s, whole job with evaluation "
             f"(up to {tp['eval_max_samples']} samples per split) {tp['wall_seconds']:.1f} s. App responsiveness: "
             f"{latency:.2f} s from `JobQueue.submit` to the first step in records.jsonl.",
         ]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import subprocess
+import sys
 
 import pytest
 from transformers import DistilBertConfig, DistilBertModel
 
-from atwu_core.cli import main
+from atwu_core.cli import build_parser, main
 from atwu_core.models import ModelLoadError, load_model
 
 
@@ -37,9 +40,18 @@ def test_unlearn_then_eval(tmp_path, capsys):
         )
         == 0
     )
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert printed.splitlines()[0].startswith("preset: demo (the default for this model: the embedded tiny demo model")
     assert "step    2/2" in printed and "alignment  auroc=" in printed
+    phases = [line.split("]")[0] + "]" for line in captured.err.splitlines() if line.startswith("[")]
+    assert phases == ["[loading]", "[reference]", "[before]", "[training]", "[final]", "[after]"], captured.err
+    assert "2/2 [" in captured.err  # the training bar reached its end
+    timing = json.loads((out / "metrics.json").read_text())["timing"]
+    assert list(timing["phase_seconds"]) == ["loading", "reference", "before", "training", "final", "after"]
+    assert timing["total_seconds"] == pytest.approx(sum(timing["phase_seconds"].values()), abs=0.01)
+    assert 0 < timing["training_seconds"] <= timing["phase_seconds"]["training"] < timing["total_seconds"]
+    assert "timing  phases: loading" in printed
     config = json.loads((out / "config.json").read_text())
     assert config["seed"] == 3 and config["params"]["wga_beta"] == 2.0 and config["eval_max_samples"] == 4
     assert main(["eval", str(out), "--json"]) == 0
@@ -74,3 +86,56 @@ def test_not_a_causal_lm_is_named(tmp_path):
 def test_folder_without_config_is_named(tmp_path):
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_model(str(tmp_path))
+
+
+def test_quiet_unlearn_prints_results_only_and_no_future_warning(tmp_path):
+    out = tmp_path / "run"
+    argv = ["unlearn", "--method", "ga", "--steps", "1", "--set", "eval_max_samples=1", "--out", str(out), "--quiet"]
+    done = subprocess.run([sys.executable, "-m", "atwu_core.cli", *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no phase lines, no bars and no FutureWarning
+    assert done.stdout.startswith(f"run folder: {out}") and "alignment  auroc=" in done.stdout
+    assert "step" not in done.stdout
+
+
+def test_help_methods_and_eval_import_neither_torch_nor_transformers(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"method": "ga", "model": "demo", "data": "demo"}))
+    (run / "status.json").write_text(json.dumps({"state": "completed"}))
+    (run / "metrics.json").write_text(json.dumps({"alignment": {"auroc": 0.5, "auprc": 0.5, "precision_at_k": 0.5}}))
+    script = (
+        "import contextlib, io, sys\n"
+        "from atwu_core.cli import main\n"
+        f"for argv in (['--help'], ['unlearn', '--help'], ['methods'], ['eval', {str(run)!r}]):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main(argv)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_every_option_has_help():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = [
+        f"{name} {action.dest}"
+        for name, command in commands.items()
+        for action in command._actions
+        if not isinstance(action, argparse._HelpAction) and not action.help
+    ]
+    assert not missing
+
+
+def test_finetune_shows_its_progress(tmp_path, capsys):
+    from atwu_core.data import Dataset, Record, save_dataset_dir
+
+    records = [Record(f"r{k}", f"Who is person {k}?", f"Person {k} is a baker in town {k}.") for k in range(4)]
+    save_dataset_dir(Dataset("toy", records[:2], records[2:]), tmp_path / "data")
+    argv = ["finetune", "--tiny", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "model"), "--steps", "3"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "[teaching]" in captured.err and "3/3 [" in captured.err
+    assert "step 3: loss" in captured.out  # the check at the last step, above the bar
