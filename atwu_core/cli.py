@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--base",
         choices=["tiny", "smollm2"],
         default="tiny",
-        help="tiny: a tokenizer and a tiny Llama trained from scratch; smollm2: a LoRA adapter teaching SmolLM2 the world",
+        help="tiny: a tokenizer and a tiny Llama trained from scratch; smollm2: a LoRA adapter on SmolLM2",
     )
     p.add_argument("--out", help="assets folder (default: the package's assets/; tiny only)")
     p.add_argument("--seed", type=int, default=0, help="seeds the world and the training (default 0; tiny only)")

@@ -3,12 +3,14 @@ load or a query in the server never slows a job, and a job never holds the serve
 
     server:  JobQueue.submit(config, dataset) -> a run folder reserved; the job waits its turn
     worker:  `python -m atwu_core.worker SPEC` runs the job into that folder (the only channel back)
-    cancel:  SIGTERM to the worker, which sets the job's CancelToken (the job then finishes as "cancelled")
+    cancel:  SIGTERM to the worker, which sets the job's CancelToken (honoured before the next step; the job then
+             finishes as "cancelled", with its final pass and adapter)
     death:   a worker that exits without a final status gets "failed" with its exit code and last stderr lines
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -34,22 +36,20 @@ LOG_LINES = 5  # the worker's last stderr lines kept in a failed status
 
 @dataclass
 class QueuedJob:
-    """A submitted job: `state` is queued, running or ended (the run folder's status.json says how it ended)."""
+    """A submitted job; its run folder's status.json says how far it got and how it ended."""
 
     config: JobConfig
     run_dir: Path
     spec_dir: Path  # job.json, the dataset and the worker's log; removed when the worker has exited
-    state: str = "queued"
-    process: subprocess.Popen | None = field(default=None, repr=False)
-    returncode: int | None = None
+    process: subprocess.Popen | None = field(default=None, repr=False)  # once started
+    cancelled: bool = False  # SIGTERM sent
 
 
 class JobQueue:
     """Runs submitted jobs one at a time, each in a fresh worker process. Thread-safe; a waiter thread per
     running worker starts the next job when it exits, so the queue advances with nobody watching."""
 
-    def __init__(self, env: dict[str, str] | None = None):
-        self._env = env or {}
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._queue: deque[QueuedJob] = deque()
         self._current: QueuedJob | None = None
@@ -96,7 +96,6 @@ class JobQueue:
             queued = next((j for j in self._queue if j.run_dir == target), None)
             if queued is not None:
                 self._queue.remove(queued)
-                queued.state = "ended"
                 _remove_empty(queued.run_dir)
                 shutil.rmtree(queued.spec_dir, ignore_errors=True)
                 return True
@@ -104,6 +103,7 @@ class JobQueue:
             if job is None or (target is not None and job.run_dir != target):
                 return False
             job.process.send_signal(signal.SIGTERM)
+            job.cancelled = True
             return True
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -118,34 +118,44 @@ class JobQueue:
     # ------------------------------------------------------------------------------------------ internals
 
     def _advance(self) -> None:
-        """Start the next job if none runs (called with the lock held)."""
-        if self._current is not None or not self._queue:
-            return
-        job = self._queue.popleft()
-        env = {**os.environ, **self._env}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
-        with (job.spec_dir / "worker.log").open("wb") as log:
-            job.process = subprocess.Popen(
-                [sys.executable, "-m", "atwu_core.worker", str(job.spec_dir)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        job.state = "running"
-        self._current = job
-        threading.Thread(
-            target=self._wait_for, args=(job,), name=f"atwu-worker-{job.run_dir.name}", daemon=True
-        ).start()
+        """Start the next job if none runs (called with the lock held); one whose worker cannot start fails."""
+        while self._current is None and self._queue:
+            job = self._queue.popleft()
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+            try:
+                with (job.spec_dir / "worker.log").open("wb") as log:
+                    job.process = subprocess.Popen(
+                        [sys.executable, "-m", "atwu_core.worker", str(job.spec_dir)],
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    )
+            except OSError as err:
+                self._ended(job, "failed", f"could not start the worker process: {err}.")
+                continue
+            self._current = job
+            threading.Thread(
+                target=self._wait_for, args=(job,), name=f"atwu-worker-{job.run_dir.name}", daemon=True
+            ).start()
 
     def _wait_for(self, job: QueuedJob) -> None:
-        job.returncode = job.process.wait()
-        fail_if_unfinished(job.run_dir, job.config, _exit_reason(job.returncode, job.spec_dir / "worker.log"))
-        shutil.rmtree(job.spec_dir, ignore_errors=True)
+        code = job.process.wait()
+        if job.cancelled and code == -signal.SIGTERM:  # cancelled before the worker could take the signal
+            self._ended(job, "cancelled", "cancelled before the job started.")
+        else:
+            self._ended(job, "failed", _exit_reason(code, job.spec_dir / "worker.log"))
         with self._lock:
-            job.state = "ended"
             self._current = None
             self._advance()
+
+    @staticmethod
+    def _ended(job: QueuedJob, state: str, reason: str) -> None:
+        """The worker is gone: give a job without a final status `state` and `reason`, and clean its spec."""
+        with contextlib.suppress(OSError):  # an unwritable run folder reads as interrupted: nothing more to do
+            end_if_unfinished(job.run_dir, job.config, state, reason)
+        shutil.rmtree(job.spec_dir, ignore_errors=True)
 
 
 def _remove_empty(path: Path) -> None:
@@ -170,9 +180,9 @@ def _exit_reason(code: int, log: Path) -> str:
     return why + (": " + " | ".join(lines[-LOG_LINES:]) if lines else "") + "."
 
 
-def fail_if_unfinished(run_dir: Path, config: JobConfig, reason: str) -> None:
-    """After its worker exited: a job that left no final status (it died, or failed before claiming its folder)
-    is marked failed with `reason`, with a config.json so that the folder opens as a run."""
+def end_if_unfinished(run_dir: Path, config: JobConfig, state: str, reason: str) -> None:
+    """A job whose worker ended without a final status (it died, or failed before claiming its folder) gets
+    `state` and `reason`, and a config.json so that the folder opens as a run."""
     try:
         status = RunReader(run_dir).status if (run_dir / "config.json").is_file() else None
     except ValueError:
@@ -181,10 +191,10 @@ def fail_if_unfinished(run_dir: Path, config: JobConfig, reason: str) -> None:
         return
     if not (run_dir / "config.json").is_file():
         write_json_atomic(run_dir / "config.json", config.to_dict())
-    failed = Status("failed", error=reason)
+    ended = Status(state, error=reason)
     if status is not None:
-        failed.steps_done, failed.steps_total, failed.phase = status.steps_done, status.steps_total, status.phase
-    write_json_atomic(run_dir / "status.json", failed.to_json())
+        ended.steps_done, ended.steps_total, ended.phase = status.steps_done, status.steps_total, status.phase
+    write_json_atomic(run_dir / "status.json", ended.to_json())
 
 
 # ------------------------------------------------------------------------------------------ the worker process
@@ -201,7 +211,7 @@ def work(spec_dir: Path) -> int:
     try:
         UnlearningJob(config, dataset=load_dataset_dir(spec_dir / "data"), run_dir=run_dir).run(cancel)
     except Exception as err:  # noqa: BLE001 - the run folder says why (the job's own errors are already there)
-        fail_if_unfinished(run_dir, config, f"{type(err).__name__}: {err}")
+        end_if_unfinished(run_dir, config, "failed", f"{type(err).__name__}: {err}")
         print(f"atwu worker: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0

@@ -82,3 +82,11 @@ def test_bad_settings_are_refused_at_submit(queue, demo_world, tmp_path):
     with pytest.raises(ValueError, match="steps"):
         queue.submit(make_config("ga", steps=0), demo_world, tmp_path / "r")
     assert not queue.busy() and not (tmp_path / "r").exists()
+
+
+def test_a_job_cancelled_as_its_worker_starts_ends_cancelled(queue, demo_world, tmp_path):
+    job = queue.submit(make_config("ga", steps=200, **FAST), demo_world, tmp_path / "r")
+    assert queue.cancel(job.run_dir)  # most likely before the worker has set its handler: SIGTERM ends it at once
+    assert queue.wait(120)
+    status = RunReader(job.run_dir).status
+    assert status.state == "cancelled" and status.steps_done < 200
