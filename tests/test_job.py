@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -290,3 +291,27 @@ def test_an_adapter_can_be_merged_in_at_load_time(demo_loaded, demo_world, tmp_p
     with torch.no_grad():
         assert torch.allclose(merged.model(ids).logits, expected, atol=1e-4)
     assert not any(p.requires_grad for p in merged.model.parameters())
+
+
+def test_evaluation_in_chunks_gives_the_whole_splits_quality(demo_loaded, demo_world):
+    """The job evaluates 16 samples at a time to report progress; merged, that is metrics.quality of the split."""
+    from atwu_core import evaluation, metrics
+    from atwu_core.data import encode_records
+
+    # every other answer swapped for a false one the model does not know: the chunks' means differ
+    records = [
+        r if k % 2 else dataclasses.replace(r, answer=r.perturbed_answer[0], forget_spans=[])
+        for k, r in enumerate(demo_world.forget[:7])
+    ]
+    samples = encode_records(records, demo_loaded.tokenizer)
+    seen = []
+    merged = evaluation.split_quality(
+        demo_loaded.model, demo_loaded.tokenizer, evaluation.Split("forget", records, samples, None), False,
+        seen.append, chunk=3,
+    )  # fmt: skip
+    whole = metrics.quality(demo_loaded.model, demo_loaded.tokenizer, records, samples)
+    assert seen == [3, 6, 7] and merged["n"] == whole["n"] == 7 and 0 < whole["exact"] < 1
+    assert merged.keys() == whole.keys() and "truth_ratio" in whole
+    for key in ("prob", "rouge_l", "exact", "extraction_strength", "truth_ratio"):
+        assert merged[key] == pytest.approx(whole[key], rel=1e-5), key
+    assert merged["truth_ratios"] == pytest.approx(whole["truth_ratios"], rel=1e-5)
