@@ -94,7 +94,7 @@ def start_job(at: AppTest, steps: int) -> str:
     return at.session_state["run_dir"]
 
 
-def finish(at: AppTest, run_dir: str, timeout: float = 60) -> Status:
+def finish(at: AppTest, run_dir: str, timeout: float = 240) -> Status:
     """Wait for the job's terminal status and its worker's exit, then rerun the page."""
     deadline = time.monotonic() + timeout
     while not (Path(run_dir) / "config.json").is_file() and time.monotonic() < deadline:
