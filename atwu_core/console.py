@@ -1,5 +1,5 @@
-"""The CLI's live view of a job: a line naming each phase as it starts and a tqdm bar through it (on stderr, so
-that stdout keeps only the step lines and results)."""
+"""The CLI's live view of a job: a line naming each phase as it starts, on stdout with the step lines and results
+(a readable transcript), and a tqdm bar through the phase on stderr (so an error stays the only line there)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class PhaseBars:
     otherwise. `write` prints a line above the bar."""
 
     def __init__(self, file: TextIO | None = None):
-        self.file = file or sys.stderr
+        self.file = file or sys.stderr  # the bars'
         self.phase: str | None = None
         self.bar: tqdm | None = None
 
@@ -39,12 +39,13 @@ class PhaseBars:
             self.phase = phase
             if phase in PHASE_LINES:
                 text, unit = PHASE_LINES[phase]
-                print(f"[{phase}] {text}", file=self.file, flush=True)
+                phase_line(f"[{phase}] {text}")
                 self.bar = tqdm(total=total, unit=unit, file=self.file, leave=True, dynamic_ncols=True)
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
 
     def write(self, line: str) -> None:
+        """A line on stdout, above the bar."""
         tqdm.write(line, file=sys.stdout)
 
     def close(self) -> None:
@@ -53,6 +54,7 @@ class PhaseBars:
             self.bar = None
 
 
-def phase_line(text: str, file: TextIO | None = None) -> None:
-    """A phase outside a job (loading, teaching a model): one line on stderr."""
-    print(text, file=file or sys.stderr, flush=True)
+def phase_line(text: str) -> None:
+    """A phase's first line, on stdout (above any bar)."""
+    tqdm.write(text, file=sys.stdout)
+    sys.stdout.flush()
