@@ -126,7 +126,7 @@ def live_view(run_dir: str) -> None:
         try:
             snap = RunReader(run_dir).snapshot()
         except FileNotFoundError:
-            st.progress(0.0, text="running · starting the worker process")
+            st.progress(0.0, text="running · starting the worker process, loading the model and data")
             return
         except ValueError as err:
             st.error(f"Cannot read the run folder: {err}")
