@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import sys
-from typing import TextIO
 
 from tqdm import tqdm
 
@@ -24,8 +23,7 @@ class PhaseBars:
     """Called with every status a job writes: starts a phase line and a bar when the phase changes, moves the bar
     otherwise. `write` prints a line above the bar."""
 
-    def __init__(self, file: TextIO | None = None):
-        self.file = file or sys.stderr  # the bars'
+    def __init__(self) -> None:
         self.phase: str | None = None
         self.bar: tqdm | None = None
 
@@ -40,13 +38,13 @@ class PhaseBars:
             if phase in PHASE_LINES:
                 text, unit = PHASE_LINES[phase]
                 phase_line(f"[{phase}] {text}")
-                self.bar = tqdm(total=total, unit=unit, file=self.file, leave=True, dynamic_ncols=True)
+                self.bar = tqdm(total=total, unit=unit, file=sys.stderr, leave=True, dynamic_ncols=True)
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
 
     def write(self, line: str) -> None:
         """A line on stdout, above the bar."""
-        tqdm.write(line, file=sys.stdout)
+        phase_line(line)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -55,6 +53,6 @@ class PhaseBars:
 
 
 def phase_line(text: str) -> None:
-    """A phase's first line, on stdout (above any bar)."""
+    """A line on stdout, above any bar (a phase's first line, a step line)."""
     tqdm.write(text, file=sys.stdout)
     sys.stdout.flush()
