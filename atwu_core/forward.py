@@ -4,6 +4,7 @@ scheme declared it needs) out, in *target space*: position k scores input token 
 from __future__ import annotations
 
 import inspect
+import itertools
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,49 @@ class ForwardNeeds:
 
 
 @dataclass
+class Positions:
+    """Where a batch's answer tokens are, worked out on the host from the token lists: indexing with these instead
+    of the [B, T] mask needs no `nonzero`, which on a GPU makes the host wait for the device."""
+
+    rows: torch.Tensor  # [N] long, on the model's device
+    cols: torch.Tensor  # [N] long, target-space column of each answer token
+    lengths: list[int]  # answer tokens per row (host), to split [N] values back into samples
+
+    @classmethod
+    def of(cls, samples: Sequence[EncodedSample], index: list[int], device: torch.device) -> Positions:
+        cols = [[j for j, t in enumerate(samples[i].labels[1:]) if t != IGNORE_INDEX] for i in index]
+        rows = [r for r, c in enumerate(cols) for _ in c]
+        flat = torch.tensor([rows, [j for c in cols for j in c]], dtype=torch.long)  # [2, N]
+        rows_d, cols_d = to_device(flat, device)
+        return cls(rows_d, cols_d, [len(c) for c in cols])
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> Positions:
+        """For a hand-built Forward (tests): the same, read off the mask (a host sync on a GPU)."""
+        rows, cols = mask.nonzero(as_tuple=True)
+        return cls(rows, cols, mask.sum(1).tolist())
+
+    def scatter(self, shape: torch.Size, values: torch.Tensor) -> torch.Tensor:
+        """[N, ...] values at the answer positions -> [B, T, ...], 0 elsewhere; keeps the graph."""
+        out = values.new_zeros((*shape, *values.shape[1:]))
+        out[self.rows, self.cols] = values
+        return out
+
+    def split(self, flat: list[float]) -> list[list[float]]:
+        """N host values (answer tokens in row-major order) -> one list per row."""
+        ends = list(itertools.accumulate(self.lengths))
+        return [flat[end - n : end] for n, end in zip(self.lengths, ends)]
+
+
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without making the host wait: pinned and copied asynchronously on CUDA (the
+    caching host allocator keeps the pinned block until the copy is done)."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+@dataclass
 class Forward:
     """One forward pass over a batch of samples. Tensors that carry the model's graph during training: `nll`."""
 
@@ -39,6 +83,16 @@ class Forward:
     hidden: torch.Tensor | None = None  # [B, L, d] the requested layer at *input* positions, detached
     logprobs: torch.Tensor | None = None  # [B, T, V] when asked for, 0 off the answer
     ref_nll: torch.Tensor | None = None  # [B, T] the loaded model's NLL of the same tokens (the reference)
+    positions: Positions | None = None  # the answer tokens' coordinates (derived from `mask` when not given)
+
+    def __post_init__(self) -> None:
+        if self.positions is None:
+            self.positions = Positions.from_mask(self.mask)
+
+    def scatter_rows(self, rows: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-sample answer-token host values (one tensor per row) -> [B, T] fp32 on the batch's device."""
+        flat = to_device(torch.cat([values.float() for values in rows]), self.mask.device)  # [N]
+        return self.positions.scatter(self.mask.shape, flat)
 
 
 def batches(n: int, size: int) -> Iterator[list[int]]:
@@ -68,6 +122,7 @@ def forward(
         tokens=int(distributed.all_sum(fw.tokens)),
         hidden=gather(fw.hidden) if fw.hidden is not None else None,
         logprobs=gather(fw.logprobs) if fw.logprobs is not None else None,
+        positions=Positions.of(samples, index, fw.mask.device),  # shards are contiguous: rows keep index order
     )
 
 
@@ -77,32 +132,47 @@ def _forward(
     """The lean forward: the decoder's last hidden states, then the LM head and cross-entropy at the N answer
     positions only ([N, V] logits instead of [B, L, V]); the full logits for a head that is not a plain
     projection of the last hidden state (see `lean_head`)."""
-    batch = {k: v.to(model_device(model)) for k, v in collate([samples[i] for i in index], pad_id).items()}
+    device = model_device(model)
+    host = collate([samples[i] for i in index], pad_id)
+    # one host -> device copy for the whole batch: input ids and labels stacked  [2, B, L]
+    input_ids, labels = to_device(torch.stack([host["input_ids"], host["labels"]]), device)
+    at = Positions.of(samples, index, device)
     head = lean_head(model)
+    # No attention mask: the batch is right-padded and attention causal, so no real token ever sees a pad and every
+    # value read here is the same as with the mask; without it the model skips building a mask, the checks on it
+    # that make the host wait for the device (`padding_mask.all()`), and takes the causal attention kernel.
     out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
+        input_ids=input_ids,
         output_hidden_states=head is not None or needs.hidden_layer is not None,
-        **({"logits_to_keep": _NO_POSITIONS.to(batch["input_ids"].device)} if head is not None else {}),
+        **({"logits_to_keep": _NO_POSITIONS[device]} if head is not None else {}),
     )
-    targets = batch["labels"][:, 1:]  # [B, T]
+    targets = labels[:, 1:]  # [B, T]
     mask = targets != IGNORE_INDEX
     if head is not None:
-        logits = head(out.hidden_states[-1][:, :-1][mask]).float()  # [N, V]
+        logits = head(out.hidden_states[-1][at.rows, at.cols]).float()  # [N, V] (position k predicts token k+1)
     else:
-        logits = out.logits[:, :-1][mask].float()  # [N, V]
-    nll = _scatter(mask, F.cross_entropy(logits, targets[mask], reduction="none"))  # [B, T]
+        logits = out.logits[at.rows, at.cols].float()  # [N, V]
+    nll = at.scatter(mask.shape, F.cross_entropy(logits, targets[at.rows, at.cols], reduction="none"))  # [B, T]
     return Forward(
         nll=nll,
         mask=mask,
         sample_index=index,
-        tokens=int(batch["attention_mask"].sum()),
+        tokens=sum(len(samples[i].input_ids) for i in index),
         hidden=out.hidden_states[needs.hidden_layer].detach() if needs.hidden_layer is not None else None,
-        logprobs=_scatter(mask, torch.log_softmax(logits, dim=-1)) if needs.logprobs else None,
+        logprobs=at.scatter(mask.shape, torch.log_softmax(logits, dim=-1)) if needs.logprobs else None,
+        positions=at,
     )
 
 
-_NO_POSITIONS = torch.empty(0, dtype=torch.long)  # `logits_to_keep`: project no position (the head runs here)
+class _NoPositions(dict):
+    """`logits_to_keep`: project no position (the head runs here); one empty index tensor per device, made once."""
+
+    def __missing__(self, device: torch.device) -> torch.Tensor:
+        self[device] = torch.empty(0, dtype=torch.long, device=device)
+        return self[device]
+
+
+_NO_POSITIONS = _NoPositions()
 _LEAN: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
@@ -125,13 +195,6 @@ def _head_matches(model: torch.nn.Module) -> bool:
     return lean.shape == out.logits.shape and torch.allclose(lean.float(), out.logits.float(), rtol=1e-3, atol=1e-3)
 
 
-def _scatter(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """[N, ...] values at the mask's positions (row-major) -> [B, T, ...], 0 elsewhere; keeps the graph."""
-    out = values.new_zeros((*mask.shape, *values.shape[1:]))
-    out[mask] = values
-    return out
-
-
 def answer_nll(
     model: torch.nn.Module,
     samples: Sequence[EncodedSample],
@@ -150,7 +213,3 @@ def answer_nll(
                 progress(len(out), len(samples))
     return out
 
-
-def scatter_rows(mask: torch.Tensor, rows: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Per-sample answer-token values -> [B, T] fp32 in target space (0 off the answer)."""
-    return _scatter(mask, torch.cat([values.float() for values in rows]).to(mask.device))

@@ -27,12 +27,13 @@ from atwu_core import distributed, evaluation, losses, metrics, models
 from atwu_core.config import JobConfig
 from atwu_core.data import Dataset, encode_records, load_data
 from atwu_core.files import replace_dir
-from atwu_core.forward import Forward, ForwardNeeds, answer_nll, batches, forward, scatter_rows
+from atwu_core.forward import Forward, ForwardNeeds, answer_nll, batches, forward
 from atwu_core.generation import evaluating, model_device, pad_token_id
 from atwu_core.methods import Method, build_method
 from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord, TokenValues
 from atwu_core.runs import RunWriter, check_run_dir, new_run_dir
-from atwu_core.weighting import PrepareContext
+from atwu_core.weighting import PrepareContext, TokenWeights
+from atwu_core.writer_thread import WriterThread
 
 
 class JobError(RuntimeError):
@@ -106,6 +107,7 @@ class UnlearningJob:
         self.records: list[StepRecord] = []
         self.step_seconds: list[float] = []
         self.ref_nll: list[torch.Tensor] = []  # per forget sample: answer-token NLL under the loaded model
+        self._readout = HostReadout()
         self.before: BeforeRecord | None = None
         self.metrics: dict | None = None
         self.state = "created"
@@ -118,7 +120,7 @@ class UnlearningJob:
         """Run the job; yields after every step. Honours `cancel` before each step."""
         cfg, method, scheme = self.config, self.method, self.method.scheme
         cancel = cancel or CancelToken()
-        writer = RunWriter(self.run_dir)
+        writer = WriterThread(RunWriter(self.run_dir))
         self.status = Status("running", 0, cfg.steps, phase_seconds={"loading": round(self._loading_seconds, 3)})
         self._tick = time.perf_counter()
         with contextlib.closing(writer), self._outcome(writer), self.loaded.lock:
@@ -143,15 +145,17 @@ class UnlearningJob:
                     forget_loss = method.forget_loss(fw, weights.loss)
                     retain_loss, retain_tokens = self._retain_loss(trained, rng)
                     loss = method.gamma * forget_loss + method.alpha * retain_loss
-                    # the model's update; a non-finite loss or gradient stops the job here
-                    self._update(step, loss, params, optimizer, schedule)
-                    # the record: losses, learning rates, this batch's scores, loss weights and probabilities
+                    # the model's update, queued without waiting for the device
+                    grad_norm = self._update(loss, params, optimizer, schedule)
+                    # the record: losses, learning rates, this batch's scores, loss weights and probabilities, read
+                    # in the step's one host sync; a non-finite loss or gradient stops the job here
                     self.steps_done = step
-                    losses_now = {"forget": forget_loss.item(), "retain": retain_loss.item(), "total": loss.item()}
+                    scalars = {"forget": forget_loss, "retain": retain_loss, "total": loss, **logged}
+                    losses_now, values = self._read(fw, weights, {**scalars, "grad_norm": grad_norm})
+                    self._check_finite(step, losses_now["total"], losses_now.pop("grad_norm"))
                     lrs = {"model": schedule.get_last_lr()[0], **scheme.learning_rates()}
-                    values = self._token_values(fw, weights.scores, weights.loss)
                     elapsed, tokens = time.perf_counter() - t_start, fw.tokens + retain_tokens
-                    record = StepRecord(step, elapsed, {**losses_now, **logged}, lrs, tokens, *values)
+                    record = StepRecord(step, elapsed, losses_now, lrs, tokens, *values)
                     self.step_seconds.append(time.perf_counter() - t0)
                     self.records.append(record)
                     writer.append(record)
@@ -159,6 +163,7 @@ class UnlearningJob:
                     yield record
                 self.state = "cancelled" if distributed.any_rank(cancel.cancelled) else "completed"
                 self._finish(writer, trained, before_quality, time.perf_counter() - t_start)
+                writer.flush()
 
     def run(self, cancel: CancelToken | None = None) -> dict | None:
         """Run to the end (no live consumer); returns the metrics (None if it stopped before them)."""
@@ -314,36 +319,42 @@ class UnlearningJob:
         )  # fmt: skip
 
     def _update(
-        self, step: int, loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+        self, loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
         schedule: torch.optim.lr_scheduler.LambdaLR,
-    ) -> None:  # fmt: skip
+    ) -> torch.Tensor:  # fmt: skip
         """Backward (loss-scaled for a float16 model), gradients summed over processes, clipped at norm 1, one AdamW
-        step; fail on a non-finite loss, or on non-finite gradients unless the loss scaler is there to skip them."""
+        step; returns the gradient norm (0-dim, on the device). Nothing here waits for the device: a non-finite loss
+        or gradient is caught on the step's read-out (`_check_finite`), after this update (the job fails then, and
+        the diverged adapter is never saved)."""
         with torch.profiler.record_function("atwu.update"):
-            if not math.isfinite(loss.item()):
-                raise JobError(f"step {step}: the loss is {loss.item()}; lower the learning rate or gamma.")
             optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             distributed.all_reduce_grads(params)
             self.scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-            if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():
-                raise JobError(
-                    f"step {step}: the gradient norm is {grad_norm.item()}; lower the learning rate or gamma."
-                )
             self.scaler.step(optimizer)  # skipped (and the scale lowered) when float16 gradients overflowed
             self.scaler.update()
             schedule.step()
+            return grad_norm
+
+    def _check_finite(self, step: int, loss: float, grad_norm: float) -> None:
+        """Fail on a non-finite loss, or on non-finite gradients unless the loss scaler is there to skip them."""
+        if not math.isfinite(loss):
+            raise JobError(f"step {step}: the loss is {loss}; lower the learning rate or gamma.")
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            raise JobError(f"step {step}: the gradient norm is {grad_norm}; lower the learning rate or gamma.")
 
     def _optimizer(
         self, params: list[torch.nn.Parameter]
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         """AdamW with linear warm-up then linear decay to 0 over the job's steps (and the loss scaler a float16
-        model needs: its LoRA weights are float32, so their gradients can be unscaled)."""
+        model needs: its LoRA weights are float32, so their gradients can be unscaled). Fused on CPU and CUDA: one
+        kernel for all parameters, its step counters on the device (the unfused one reads them on the host)."""
         cfg = self.config
         device, fp16 = params[0].device, self.loaded.info.dtype == "float16"
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16 and not cfg.full)
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        fused = device.type in ("cpu", "cuda") or None
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
         warmup = max(1, int(cfg.warmup_ratio * cfg.steps))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda k: min((k + 1) / warmup, max(0.0, (cfg.steps - k) / max(1, cfg.steps - warmup)))
@@ -354,7 +365,7 @@ class UnlearningJob:
         """A forget batch's forward with what the scheme asked for, and the loaded model's NLL of the same tokens."""
         with torch.profiler.record_function("atwu.forward"):
             fw = forward(model, self.forget, index, self.pad_id, self.method.scheme.needs)
-        fw.ref_nll = scatter_rows(fw.mask, [self.ref_nll[i] for i in index])
+        fw.ref_nll = fw.scatter_rows([self.ref_nll[i] for i in index])
         return fw
 
     @staticmethod
@@ -376,27 +387,30 @@ class UnlearningJob:
                 ref_fw = forward(ref, self.retain, index, self.pad_id, ForwardNeeds(logprobs=True))
             return losses.retain_kl(fw.logprobs, ref_fw.logprobs, fw.mask), fw.tokens
 
-    def _token_values(
-        self, fw: Forward, scores: torch.Tensor, loss_weights: torch.Tensor
-    ) -> tuple[TokenValues, TokenValues, TokenValues]:
-        """(scores, loss weights, probabilities) per sample of the batch, answer tokens only."""
+    def _read(
+        self, fw: Forward, weights: TokenWeights, scalars: dict[str, torch.Tensor | float]
+    ) -> tuple[dict[str, float], tuple[TokenValues, TokenValues, TokenValues]]:
+        """The batch's values the host needs, in one device -> host copy: the 0-dim tensors among `scalars` (floats
+        pass through), and (scores, loss weights, probabilities) per sample, answer tokens only."""
+        at = fw.positions
+        names = [k for k, v in scalars.items() if isinstance(v, torch.Tensor)]
+        per_token = torch.stack([weights.scores, weights.loss, torch.exp(-fw.nll)]).detach()[:, at.rows, at.cols]
+        packed = torch.cat([*(scalars[k].detach().float().reshape(1) for k in names), per_token.float().flatten()])
+        flat = self._readout.read(packed)  # [len(names) + 3 N]
+        read = {k: v if isinstance(v, float) else flat[names.index(k)] for k, v in scalars.items()}
         ids = [self.forget[i].record_id for i in fw.sample_index]
-        return tuple(
-            dict(zip(ids, losses.per_sequence(t, fw.mask)))  # type: ignore[return-value]
-            for t in (scores, loss_weights, torch.exp(-fw.nll.detach()))
-        )
+        n = sum(at.lengths)
+        rows = (flat[len(names) + j * n : len(names) + (j + 1) * n] for j in range(3))
+        return read, tuple(dict(zip(ids, at.split(values))) for values in rows)  # type: ignore[return-value]
 
     def _final_pass(self, model: torch.nn.Module, progress: Callable[[int, int], None]) -> FinalRecord:
         final = FinalRecord(self.steps_done, {}, {}, {})
         with evaluating(model):
             for index in batches(len(self.forget), self.config.forget_batch_size):
                 fw = self._forward(model, index)
-                weights = self.method.scheme.weigh(fw)
-                for target, values in zip(
-                    (final.scores, final.loss_weights, final.probs),
-                    self._token_values(fw, weights.scores, weights.loss),
-                ):
-                    target.update(values)
+                _, values = self._read(fw, self.method.scheme.weigh(fw), {})
+                for target, batch_values in zip((final.scores, final.loss_weights, final.probs), values):
+                    target.update(batch_values)
                 progress(len(final.scores), len(self.forget))
         return final
 
@@ -421,6 +435,28 @@ class UnlearningJob:
         if self.config.full:
             self.loaded.tokenizer.save_pretrained(str(tmp))
         replace_dir(tmp, target)
+
+
+class HostReadout:
+    """Device values -> host floats in one copy: into a reused pinned buffer asynchronously on CUDA, then one wait
+    for that copy (the training step's only host sync; on the CPU a plain read)."""
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+        self._done: torch.cuda.Event | None = None
+
+    def read(self, values: torch.Tensor) -> list[float]:
+        if values.device.type != "cuda":
+            return values.tolist()
+        n = values.numel()
+        if self._buffer is None or self._buffer.numel() < n:
+            self._buffer = torch.empty(2 * n, dtype=torch.float32, pin_memory=True)  # room to grow
+            self._done = torch.cuda.Event()
+        host = self._buffer[:n]
+        host.copy_(values, non_blocking=True)
+        self._done.record()
+        self._done.synchronize()
+        return host.tolist()
 
 
 def run_job(config: JobConfig, **kwargs) -> UnlearningJob:

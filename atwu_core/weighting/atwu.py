@@ -157,7 +157,7 @@ class ATWUScorer(WeightingScheme):
             g = self.scores(fw)
         return TokenWeights(loss=self._weights(g, fw), scores=g)
 
-    def step(self, fw: Forward, step: int) -> tuple[TokenWeights, dict[str, float]]:
+    def step(self, fw: Forward, step: int) -> tuple[TokenWeights, dict[str, torch.Tensor]]:
         due = self.p.update == "joint" or step % self.p.scorer_every == 0
         if not due:
             return self.weigh(fw), {}
@@ -171,7 +171,7 @@ class ATWUScorer(WeightingScheme):
             self.save(f"step-{step:06d}")
         return weights, logs
 
-    def _learn(self, fw: Forward) -> dict[str, float]:
+    def _learn(self, fw: Forward) -> dict[str, torch.Tensor]:
         nll, mask = fw.nll.detach(), fw.mask
         g = self.scores(fw)
         if self.objective == "npo":  # the NPO expression with live weights, no saturation
@@ -186,11 +186,8 @@ class ATWUScorer(WeightingScheme):
         torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), 1.0)
         self.optimizer.step()
         self.schedule.step()
-        return {
-            "scorer": loss.item(),
-            "scorer_reward": reward.item(),
-            "scorer_selected": selected.mean().item(),
-        }
+        # 0-dim tensors: the job reads them with the step's record, in its one host sync
+        return {"scorer": loss.detach(), "scorer_reward": reward.detach(), "scorer_selected": selected.mean().detach()}
 
     def learning_rates(self) -> dict[str, float]:
         return {"scorer": self.schedule.get_last_lr()[0]} if self.schedule is not None else {}

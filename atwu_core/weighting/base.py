@@ -50,8 +50,9 @@ class WeightingScheme:
         ones = fw.mask.float()
         return TokenWeights(loss=ones, scores=ones)
 
-    def step(self, fw: Forward, step: int) -> tuple[TokenWeights, dict[str, float]]:
-        """The weights for this training step, and values to log; a learning scheme also learns here."""
+    def step(self, fw: Forward, step: int) -> tuple[TokenWeights, dict[str, torch.Tensor | float]]:
+        """The weights for this training step, and values to log; a learning scheme also learns here. Log 0-dim
+        tensors, not `.item()`s: the job reads them with the step's record, without another host sync."""
         return self.weigh(fw), {}
 
     def learning_rates(self) -> dict[str, float]:

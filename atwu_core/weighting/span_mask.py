@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from atwu_core.data import DataError
-from atwu_core.forward import Forward, scatter_rows
+from atwu_core.forward import Forward
 from atwu_core.weighting.base import PrepareContext, TokenWeights, WeightingScheme
 
 
@@ -27,5 +27,5 @@ class SpanMask(WeightingScheme):
         self.masks = [torch.tensor(s.span_mask, dtype=torch.float32) for s in ctx.samples]
 
     def weigh(self, fw: Forward) -> TokenWeights:
-        w = scatter_rows(fw.mask, [self.masks[i] for i in fw.sample_index])
+        w = fw.scatter_rows([self.masks[i] for i in fw.sample_index])
         return TokenWeights(loss=w, scores=w)

@@ -13,7 +13,7 @@ import warnings
 import torch
 
 from atwu_core.data import encode_record
-from atwu_core.forward import Forward, ForwardNeeds, batches, forward, scatter_rows
+from atwu_core.forward import Forward, ForwardNeeds, batches, forward
 from atwu_core.generation import evaluating, pad_token_id
 from atwu_core.losses import per_sequence
 from atwu_core.weighting.base import PrepareContext, TokenWeights, WeightingScheme
@@ -79,4 +79,4 @@ class TokenUnlearnImportance(WeightingScheme):
                 weights.append(w)
         else:
             weights = [len(phi) * torch.softmax(phi / self.p.tu_temperature, dim=0) for phi in phis]
-        return TokenWeights(loss=scatter_rows(fw.mask, weights), scores=scatter_rows(fw.mask, phis))
+        return TokenWeights(loss=fw.scatter_rows(weights), scores=fw.scatter_rows(phis))
