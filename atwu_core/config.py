@@ -58,6 +58,8 @@ class JobConfig:
     device: str = "auto"
     dtype: str = "auto"
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
+    lora_dtype: str = "float32"  # float32: LoRA weights and AdamW state in fp32; model: in the model's dtype (no casts)
+    compile: bool = False  # torch.compile each decoder block while training (compiled once, on the first step)
     forget_ids: list[str] | None = None
     eval_max_samples: int | None = 64
     retain_model: str | None = None  # a model trained on the retain set only: TOFU's forget quality compares to it
@@ -111,6 +113,13 @@ class JobConfig:
             raise ValueError(
                 "full fine-tuning in float16 would need float32 master weights, which this engine does "
                 "not keep; use dtype=bfloat16 or float32, or LoRA (its weights stay float32)."
+            )
+        if self.lora_dtype not in ("float32", "model"):
+            raise ValueError(f"lora_dtype must be float32 or model, got {self.lora_dtype!r}.")
+        if self.lora_dtype == "model" and self.dtype in ("float16", "fp16") and not self.full:
+            raise ValueError(
+                "lora_dtype=model with a float16 model would need float16 gradients unscaled in place, which the "
+                "loss scaler refuses; use dtype=bfloat16, or lora_dtype=float32."
             )
         _check_device(self.device)
         if self.forget_ids is not None and not (isinstance(self.forget_ids, list) and self.forget_ids):

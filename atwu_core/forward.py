@@ -212,4 +212,3 @@ def answer_nll(
             if progress is not None:
                 progress(len(out), len(samples))
     return out
-

@@ -309,6 +309,7 @@ class UnlearningJob:
         return models.trainable(
             self.loaded, full=cfg.full, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets,
             top_layers=cfg.lora_layers, gradient_checkpointing=cfg.gradient_checkpointing,
+            lora_fp32=cfg.lora_dtype == "float32", compile=cfg.compile,
         )  # fmt: skip
 
     def _prepare_context(self, model: torch.nn.Module) -> PrepareContext:
@@ -353,6 +354,11 @@ class UnlearningJob:
         cfg = self.config
         device, fp16 = params[0].device, self.loaded.info.dtype == "float16"
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16 and not cfg.full)
+        if self.scaler.is_enabled() and params[0].dtype == torch.float16:
+            raise JobError(
+                "lora_dtype=model on a float16 model: the loss scaler cannot unscale float16 LoRA gradients; "
+                "use dtype=bfloat16, or lora_dtype=float32."
+            )
         fused = device.type in ("cpu", "cuda") or None
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
         warmup = max(1, int(cfg.warmup_ratio * cfg.steps))

@@ -293,12 +293,19 @@ def _strip_lora_layers(model: torch.nn.Module) -> None:
 
 
 def attach_lora(
-    model: PreTrainedModel, rank: int, alpha: int, targets: str | list[str], top_layers: int | None = None
+    model: PreTrainedModel,
+    rank: int,
+    alpha: int,
+    targets: str | list[str],
+    top_layers: int | None = None,
+    fp32: bool = True,
 ) -> PreTrainedModel:
     """Wrap `model` in a fresh LoRA adapter (in place; undo with `detach_lora`).
 
     `top_layers` puts the adapter on the last N decoder blocks only: backpropagation then stops below them,
     which on a CPU is most of a step's time (a deep model's lower blocks hold little answer-specific knowledge).
+    `fp32=False` keeps the adapter in the model's dtype (bf16): no casts around every LoRA matmul, but AdamW's
+    state and updates are bf16 too, so an update below ~1/256 of a weight is rounded away.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -320,7 +327,7 @@ def attach_lora(
         layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    return get_peft_model(model, config, autocast_adapter_dtype=fp32)
 
 
 def _linear_module_names(model: PreTrainedModel) -> list[str]:
@@ -410,6 +417,8 @@ def trainable(
     targets: str,
     top_layers: int | None,
     gradient_checkpointing: bool = False,
+    lora_fp32: bool = True,
+    compile: bool = False,
 ) -> Iterator[Trainable]:
     """Wrap the shared loaded model in a fresh LoRA adapter (or train a copy with `full`) and always give the
     plain model back on exit, whatever happened: a failed or cancelled job leaves the loaded model as it was."""
@@ -417,15 +426,45 @@ def trainable(
         model = copy.deepcopy(loaded.model)
         for p in model.parameters():
             p.requires_grad_(True)
-        with _checkpointing(model, gradient_checkpointing):
+        with _checkpointing(model, gradient_checkpointing), _compiled_blocks(model, compile):
             yield Trainable(model, loaded, full=True)
         return
-    model = attach_lora(loaded.model, rank, alpha, targets, top_layers)
+    model = attach_lora(loaded.model, rank, alpha, targets, top_layers, fp32=lora_fp32)
     try:
-        with _checkpointing(loaded.model, gradient_checkpointing):
+        with _checkpointing(loaded.model, gradient_checkpointing), _compiled_blocks(loaded.model, compile):
             yield Trainable(model, loaded, full=False)
     finally:
         loaded.model = detach_lora(model)
+
+
+COMPILE_BACKEND = "inductor"  # torch.compile's default; the tests use "aot_eager" (same capture, no code generation)
+
+
+def decoder_blocks(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The model's stack of decoder blocks: the module list with one entry per hidden layer."""
+    n = model.config.get_text_config().num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"{type(model).__name__}: no list of {n} decoder blocks found to compile; set compile=false.")
+
+
+@contextlib.contextmanager
+def _compiled_blocks(model: PreTrainedModel, on: bool) -> Iterator[None]:
+    """Regional compilation: `torch.compile` of each decoder block (with its LoRA layers) in place, not of the
+    whole model, so every block reuses one compiled graph (compile time in seconds, not minutes) and the lean
+    head, the losses and the scorer run as they are. Undone on exit: the loaded model is shared."""
+    if not on:
+        yield
+        return
+    blocks = list(decoder_blocks(model))
+    for block in blocks:
+        block.compile(backend=COMPILE_BACKEND)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block._compiled_call_impl = None  # nn.Module.compile's own slot: back to the eager forward
 
 
 @contextlib.contextmanager

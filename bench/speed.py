@@ -27,11 +27,12 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from atwu_core import metrics
 from atwu_core.config import default_preset, make_config
@@ -120,6 +121,61 @@ def step_time(job: TimedJob, warmup: int) -> float:
 
 def step_cpu(job: TimedJob, warmup: int) -> float:
     return statistics.median(job.step_cpu[warmup : warmup + job.measured])
+
+
+# --------------------------------------------------------------------------------------------- host syncs, any device
+
+SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero")  # .item()/bool()/int(), boolean indexing: the host reads
+CUDA_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")  # the waits themselves
+OPTIMIZER_RANGE = "Optimizer.step#"  # torch.optim's profiler range
+
+
+class HostCopies(TorchFunctionMode):
+    """Counts, on this thread, the tensor reads the profiler cannot see on a CPU: `.tolist()`, `.numpy()` and
+    blocking `.cpu()` (on a GPU each copies device memory to the host and waits for it). `.to("cpu")` is left out:
+    on a CPU it cannot be told from the no-op `.to(device)` library code does (on a GPU the CUDA count has it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in ("tolist", "numpy") or (name == "cpu" and not kwargs.get("non_blocking", False)):
+            self.count += 1
+        return func(*args, **kwargs)
+
+
+def sync_counts(step: Callable[[], object], steps: int) -> dict[str, float]:
+    """Per step of `step()`, under torch.profiler: host syncs (ops whose result the host reads, plus blocking
+    copies to the host), AdamW step-counter reads (host scalars of an unfused optimizer or of the CPU's fused
+    kernel: reads of host memory, not syncs, so counted apart), the CUDA runtime's own waits (on a GPU), and aten
+    operator calls (nested calls included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    copies = HostCopies()
+    with profile(activities=activities) as prof, copies:
+        for _ in range(steps):
+            step()
+    events = prof.events()
+
+    def in_optimizer(event) -> bool:
+        while event is not None:
+            if event.name.startswith(OPTIMIZER_RANGE):
+                return True
+            event = event.cpu_parent
+        return False
+
+    reads = [e for e in events if e.name in SYNC_OPS]
+    counters = sum(in_optimizer(e) for e in reads)
+    return {
+        "host syncs": (len(reads) - counters + copies.count) / steps,
+        "optimizer counter reads": counters / steps,
+        "CUDA syncs": sum(e.name in CUDA_SYNCS for e in events) / steps,
+        "aten ops": sum(e.name.startswith("aten::") for e in events) / steps,
+    }
 
 
 # --------------------------------------------------------------------------------------------- CPU: memory, in a child
