@@ -128,7 +128,7 @@ class UnlearningJob:
             before_quality = self._before(writer)
             torch.manual_seed(cfg.seed)
             rng = random.Random(cfg.seed)
-            with self._trainable() as trained:
+            with self._trainable() as trained, contextlib.ExitStack() as compiled:
                 model = trained.model
                 scheme.prepare(self._prepare_context(model))
                 params = [p for p in model.parameters() if p.requires_grad]
@@ -136,6 +136,7 @@ class UnlearningJob:
                 self._phase(writer, "training", 0, cfg.steps)
                 model.train()
                 t_start = time.perf_counter()
+                compiled.enter_context(models.compiled_blocks(model, cfg.compile))  # the training steps only
                 while self.steps_done < cfg.steps and not distributed.any_rank(cancel.cancelled):
                     t0, step = time.perf_counter(), self.steps_done + 1
                     # forward the forget batch; the scheme weighs its tokens (and learns, if it does)
@@ -161,6 +162,7 @@ class UnlearningJob:
                     writer.append(record)
                     self._phase(writer, "training", step, cfg.steps)
                     yield record
+                compiled.close()
                 self.state = "cancelled" if distributed.any_rank(cancel.cancelled) else "completed"
                 self._finish(writer, trained, before_quality, time.perf_counter() - t_start)
                 writer.flush()
@@ -309,7 +311,7 @@ class UnlearningJob:
         return models.trainable(
             self.loaded, full=cfg.full, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets,
             top_layers=cfg.lora_layers, gradient_checkpointing=cfg.gradient_checkpointing,
-            lora_fp32=cfg.lora_dtype == "float32", compile=cfg.compile,
+            lora_fp32=cfg.lora_dtype == "float32",
         )  # fmt: skip
 
     def _prepare_context(self, model: torch.nn.Module) -> PrepareContext:

@@ -418,7 +418,6 @@ def trainable(
     top_layers: int | None,
     gradient_checkpointing: bool = False,
     lora_fp32: bool = True,
-    compile: bool = False,
 ) -> Iterator[Trainable]:
     """Wrap the shared loaded model in a fresh LoRA adapter (or train a copy with `full`) and always give the
     plain model back on exit, whatever happened: a failed or cancelled job leaves the loaded model as it was."""
@@ -426,12 +425,12 @@ def trainable(
         model = copy.deepcopy(loaded.model)
         for p in model.parameters():
             p.requires_grad_(True)
-        with _checkpointing(model, gradient_checkpointing), _compiled_blocks(model, compile):
+        with _checkpointing(model, gradient_checkpointing):
             yield Trainable(model, loaded, full=True)
         return
     model = attach_lora(loaded.model, rank, alpha, targets, top_layers, fp32=lora_fp32)
     try:
-        with _checkpointing(loaded.model, gradient_checkpointing), _compiled_blocks(loaded.model, compile):
+        with _checkpointing(loaded.model, gradient_checkpointing):
             yield Trainable(model, loaded, full=False)
     finally:
         loaded.model = detach_lora(model)
@@ -450,10 +449,11 @@ def decoder_blocks(model: PreTrainedModel) -> torch.nn.ModuleList:
 
 
 @contextlib.contextmanager
-def _compiled_blocks(model: PreTrainedModel, on: bool) -> Iterator[None]:
+def compiled_blocks(model: torch.nn.Module, on: bool) -> Iterator[None]:
     """Regional compilation: `torch.compile` of each decoder block (with its LoRA layers) in place, not of the
     whole model, so every block reuses one compiled graph (compile time in seconds, not minutes) and the lean
-    head, the losses and the scorer run as they are. Undone on exit: the loaded model is shared."""
+    head, the losses and the scorer run as they are. Undone on exit: the loaded model is shared, and evaluation
+    (no gradients, generation one token at a time) would only add graphs to compile."""
     if not on:
         yield
         return

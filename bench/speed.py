@@ -20,11 +20,13 @@ a plain peft + transformers GradDiff loop (the reference), with tokens/s, model-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import multiprocessing
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -69,6 +71,7 @@ class TimedJob:
     breakdown: dict[str, float] = field(default_factory=dict)  # range -> seconds per step (profiled steps)
     before_seconds: float = 0.0  # the before pass (reference NLL, quality), once per job
     measured: int = 0  # timed steps after the warm-up (the profiled ones follow)
+    syncs: dict[str, float] = field(default_factory=dict)  # sync_counts over one more step
 
     def advance(self) -> float:
         start, cpu = time.perf_counter(), time.process_time()
@@ -100,6 +103,7 @@ def run_round_robin(jobs: list[TimedJob], warmup: int, measured: int, profiled: 
         job.measured = measured
         job.before_seconds = job.step_seconds[0] - statistics.median(job.step_seconds[warmup:])
         job.breakdown = profile_ranges(job, profiled)
+        job.syncs = sync_counts(job.advance, 1)
         job.stream.close()  # a cancel without the final pass: the model copy is unwrapped again
 
 
@@ -271,6 +275,8 @@ def breakdown_table(jobs: list[TimedJob], warmup: int, memory: dict[str, float])
         "rest ms (weights, losses, record)",
         "before pass s",
         "peak MiB",
+        "host syncs/step",
+        "aten calls/step",
     ]
     rows = []
     for j in jobs:
@@ -287,6 +293,8 @@ def breakdown_table(jobs: list[TimedJob], warmup: int, memory: dict[str, float])
                 _ms(rest),
                 f"{j.before_seconds:.2f}",
                 f"{memory[j.method]:.0f}" if j.method in memory else "n/a",
+                f"{j.syncs['host syncs']:g}",
+                f"{j.syncs['aten ops']:,.0f}",
             ]
         )
     return markdown_table(head, rows)
@@ -374,9 +382,39 @@ def long_dataset(tokenizer) -> Dataset:
     return Dataset("demo-long", long(world.forget), long(world.retain), [])
 
 
-def gpu_job(method: str, loaded: LoadedModel, dataset: Dataset, steps: int, run_dir: Path, checkpointing: bool):
+@dataclass(frozen=True)
+class Loop:
+    """One row of the GPU table: an engine job (a method, with job settings) or the plain peft loop."""
+
+    label: str
+    method: str | None = None  # None: the plain loop
+    settings: tuple[tuple[str, object], ...] = ()
+
+
+GPU_LOOPS = (
+    Loop("graddiff", "graddiff"),
+    Loop("atwu", "atwu"),
+    Loop("npo", "npo"),
+    Loop("graddiff, bf16 LoRA", "graddiff", (("lora_dtype", "model"),)),
+    Loop("plain peft GradDiff"),
+)
+COMPILED = Loop("graddiff, compiled", "graddiff", (("compile", True),))
+
+
+@dataclass
+class LoopResult:
+    seconds: float  # median step
+    tokens: int  # a step
+    peak_mib: float
+    first_seconds: float  # the first step (the compiled row: the compilation is in it)
+    syncs: dict[str, float]
+
+
+def gpu_job(
+    loop: Loop, loaded: LoadedModel, dataset: Dataset, steps: int, run_dir: Path, checkpointing: bool
+) -> UnlearningJob:
     config = make_config(
-        method,
+        loop.method,
         "demo",
         steps=steps,
         forget_batch_size=BATCH,
@@ -387,29 +425,46 @@ def gpu_job(method: str, loaded: LoadedModel, dataset: Dataset, steps: int, run_
         max_length=SEQ,
         eval_max_samples=1,
         gradient_checkpointing=checkpointing,
+        **dict(loop.settings),
     )
     with warnings.catch_warnings():  # "truncated to max_length": on purpose
         warnings.simplefilter("ignore")
         return UnlearningJob(config, loaded=loaded, dataset=dataset, run_dir=run_dir)
 
 
-def engine_steps(job: UnlearningJob, warmup: int, measured: int) -> tuple[float, int, float]:
-    """(median step seconds, tokens a step, peak MiB over the measured steps) of a job through its generator."""
-    timed = TimedJob(job.config.method, job, job.stream())
-    for _ in range(warmup):
-        timed.advance()
-    _reset_peak(job.loaded)
-    for _ in range(measured):
-        timed.advance()
-    timed.stream.close()
-    return statistics.median(timed.step_seconds[warmup:]), job.records[-1].tokens, _peak_mb(job.loaded)
+def measure(
+    step: Callable[[], object], loaded: LoadedModel, warmup: int, measured: int, counted: int
+) -> tuple[list[float], float, dict[str, float]]:
+    """(seconds of every timed step, peak MiB over the measured ones, sync counts over `counted` more)."""
+    seconds = []
+    for k in range(warmup + measured):
+        if k == warmup:
+            _reset_peak(loaded)
+        start = time.perf_counter()
+        step()
+        _sync(loaded.model)
+        seconds.append(time.perf_counter() - start)
+    peak = _peak_mb(loaded)
+    return seconds, peak, sync_counts(step, counted)
 
 
-def plain_graddiff(
-    loaded: LoadedModel, forget: list[EncodedSample], retain: list[EncodedSample], warmup: int, measured: int
-) -> tuple[float, int, float]:
+def engine_loop(job: UnlearningJob, warmup: int, measured: int, counted: int) -> LoopResult:
+    """A job through its generator: the first `next()` also runs the before pass, so the first step is timed from
+    the second `next()` on (after one untimed step)."""
+    stream = job.stream()
+    next(stream)
+    seconds, peak, syncs = measure(lambda: next(stream), job.loaded, warmup, measured, counted)
+    stream.close()
+    return LoopResult(statistics.median(seconds[warmup:]), job.records[-1].tokens, peak, seconds[0], syncs)
+
+
+@contextlib.contextmanager
+def plain_loop(
+    loaded: LoadedModel, forget: list[EncodedSample], retain: list[EncodedSample], checkpointing: bool
+) -> Iterator[tuple[Callable[[], None], int]]:
     """The reference: GradDiff as a user would write it with peft and transformers (full logits, the model's own
-    loss), on the same samples and LoRA settings. (median step seconds, tokens a step, peak MiB)."""
+    loss, default AdamW, gradient checkpointing when the engine's rows use it), on the same samples and LoRA
+    settings. Yields (one step, tokens a step)."""
     from peft import LoraConfig, get_peft_model
 
     device = next(loaded.model.parameters()).device
@@ -420,27 +475,28 @@ def plain_graddiff(
         loaded.model,
         LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     model.train()
-    seconds = []
+
+    def step() -> None:
+        loss = -model(**f).loss + model(**r).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        loss.item()
+
     try:
-        for k in range(warmup + measured):
-            if k == warmup:
-                _reset_peak(loaded)
-            start = time.perf_counter()
-            loss = -model(**f).loss + model(**r).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            loss.item()
-            _sync(model)
-            seconds.append(time.perf_counter() - start)
+        yield step, int(f["attention_mask"].sum() + r["attention_mask"].sum())
     finally:
+        if checkpointing:
+            model.disable_input_require_grads()
+            model.gradient_checkpointing_disable()
         loaded.model = model.unload().eval()
-    tokens = int(f["attention_mask"].sum() + r["attention_mask"].sum())
-    return statistics.median(seconds[warmup:]), tokens, _peak_mb(loaded)
 
 
 def _reset_peak(loaded: LoadedModel) -> None:
@@ -471,55 +527,131 @@ def peak_flops() -> float | None:
     return next((f for key, f in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
-def gpu_rows(name: str, device: str, warmup: int, measured: int, checkpointing: bool, root: Path) -> list[list[str]]:
-    """One table row per method and one for the plain reference loop, on a random model of shape `name`."""
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    loaded = random_llama(name, device, dtype)
+GPU_HEAD = [
+    "model", "params", "loop", "step s (median)", f"over {BASELINE}", "over plain", "tokens/s", "MFU", "peak GiB",
+    "host syncs/step", "CUDA waits/step", "aten calls/step", "first step s",
+]  # fmt: skip
+
+
+def gpu_rows(name: str, args: argparse.Namespace, cfg: Settings, root: Path) -> list[list[str]]:
+    """One table row per loop on a random model of shape `name`."""
+    warmup, measured, counted = cfg.warmup, args.steps or cfg.gpu_measured, cfg.counted
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    loaded = random_llama(name, args.device, dtype)
     dataset = long_dataset(loaded.tokenizer)
-    peak, rows, results = peak_flops(), [], {}
-    for method in GPU_METHODS:
-        job = gpu_job(method, loaded, dataset, warmup + measured, root / f"{name}-{method}", checkpointing)
-        results[method] = engine_steps(job, warmup, measured)
-    results["plain peft GradDiff"] = plain_graddiff(loaded, job.forget, job.retain, warmup, measured)
-    base = results[BASELINE][0]
-    for label, (seconds, tokens, mib) in results.items():
-        mfu = f"{100 * model_flops(loaded, tokens) / seconds / peak:.1f}%" if peak else "n/a"
+    loops = [*GPU_LOOPS[:-1], *([COMPILED] if args.compile else []), GPU_LOOPS[-1]]
+    results: dict[str, LoopResult] = {}
+    encoded: UnlearningJob | None = None  # an engine job's encoded samples: the plain loop's batches
+    for loop in loops:
+        if loop.method is None:
+            with plain_loop(loaded, encoded.forget, encoded.retain, args.gradient_checkpointing) as (step, tokens):
+                seconds, peak, syncs = measure(step, loaded, warmup, measured, counted)
+            results[loop.label] = LoopResult(statistics.median(seconds[warmup:]), tokens, peak, seconds[0], syncs)
+            continue
+        steps = 1 + warmup + measured + counted + 1  # the last step's `next()` would run the final pass
+        encoded = gpu_job(loop, loaded, dataset, steps, root / f"{name}-{loop.label}", args.gradient_checkpointing)
+        results[loop.label] = engine_loop(encoded, warmup, measured, counted)
+    peak, base, plain = peak_flops(), results[BASELINE].seconds, results[GPU_LOOPS[-1].label].seconds
+    rows = []
+    for label, res in results.items():
+        mfu = f"{100 * model_flops(loaded, res.tokens) / res.seconds / peak:.1f}%" if peak else "n/a"
         rows.append(
             [
                 name,
                 _count(loaded.info.n_params),
                 label,
-                f"{seconds:.3f}",
-                f"{seconds / base:.2f}x",
-                f"{tokens / seconds:,.0f}",
+                f"{res.seconds:.3f}",
+                f"{res.seconds / base:.2f}x",
+                f"{res.seconds / plain:.2f}x",
+                f"{res.tokens / res.seconds:,.0f}",
                 mfu,
-                f"{mib / 1024:.1f}",
+                f"{res.peak_mib / 1024:.1f}",
+                f"{res.syncs['host syncs']:g}",
+                f"{res.syncs['CUDA syncs']:g}" if args.device.startswith("cuda") else "n/a",
+                f"{res.syncs['aten ops']:,.0f}",
+                f"{res.first_seconds:.2f}",
             ]
         )
     del loaded
-    if device.startswith("cuda"):
+    if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
     return rows
+
+
+# --------------------------------------------------------------------------------------------- GPU: a whole job
+
+
+class PhaseClock:
+    """Seconds in each phase of a job, read off `job.status.phase` by a thread polling every 5 ms (phases last
+    seconds), and the time of the first step record."""
+
+    def __init__(self, job: UnlearningJob):
+        self.job, self.seconds, self._stop = job, {}, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        phase, since = None, time.perf_counter()
+        while not self._stop.is_set():
+            now_phase = getattr(getattr(self.job, "status", None), "phase", None)
+            if now_phase != phase:
+                now = time.perf_counter()
+                if phase is not None:
+                    self.seconds[phase] = self.seconds.get(phase, 0.0) + now - since
+                phase, since = now_phase, now
+            time.sleep(0.005)
+
+    def __enter__(self) -> PhaseClock:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def whole_job(name: str, device: str, steps: int | None, eval_cap: int, root: Path) -> list[str]:
+    """A default-length ATWU job (the demo preset's 40 steps and batches, LoRA r 16 on every linear layer) on the
+    demo world, evaluation on up to `eval_cap` samples per split, on a random model of shape `name`: seconds to the
+    first step record, in each phase, and in all."""
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    loaded = random_llama(name, device, dtype)
+    with torch.no_grad():  # a random head gives every token ~1/V, which the job's collapse check refuses
+        loaded.model.get_output_embeddings().weight.mul_(100.0)
+    config = make_config(
+        "atwu", "demo", steps=steps, lora_rank=16, lora_alpha=32, lora_targets="all-linear", eval_max_samples=eval_cap
+    )
+    job = UnlearningJob(config, loaded=loaded, dataset=load_data("demo"), run_dir=root / f"job-{name}")
+    start, first = time.perf_counter(), None
+    with PhaseClock(job) as clock:
+        for _ in job.stream():
+            first = first or time.perf_counter() - start
+            _sync(loaded.model)
+        total = time.perf_counter() - start
+    del loaded
+    phases = [f"{clock.seconds.get(p, 0.0):.1f}" for p in ("before", "training", "final", "after")]
+    return [name, str(config.steps), str(config.eval_max_samples), f"{first:.1f}", *phases, f"{total:.1f}"]
 
 
 def gpu_report(args: argparse.Namespace, cfg: Settings) -> str:
     names = [args.gpu_config] if args.gpu_config else ["1b", "8b"]
     with tempfile.TemporaryDirectory(prefix="atwu-speed-gpu-") as tmp:
-        rows = [
-            row
-            for name in names
-            for row in gpu_rows(
-                name, args.device, cfg.warmup, args.steps or cfg.gpu_measured, args.gradient_checkpointing, Path(tmp)
-            )
-        ]
-    table = markdown_table(
-        ["model", "params", "loop", "step s (median)", f"over {BASELINE}", "tokens/s", "MFU", "peak GiB"], rows
-    )
+        rows = [row for name in names for row in gpu_rows(name, args, cfg, Path(tmp))]
+        jobs = [whole_job(name, args.device, cfg.job_steps, cfg.job_eval, Path(tmp)) for name in names]
+    table = markdown_table(GPU_HEAD, rows)
+    job_table = markdown_table(
+        ["model", "steps", "eval samples/split", "first step record s", "before s", "training s", "final pass s",
+         "after s", "total s"],
+        jobs,
+    )  # fmt: skip
     return (
         f"{table}\n\nRandom-weight Llama, {'bf16' if args.device.startswith('cuda') else 'fp32'}, LoRA r 16 on "
         f"every linear layer, forget + retain {BATCH} x {SEQ} tokens a step, gradient checkpointing "
-        f"{'on' if args.gradient_checkpointing else 'off'}; MFU = model FLOPs (6N + 12LTd a token) / step time / "
-        "the chip's dense bf16 peak. The plain loop computes full logits and the model's own loss."
+        f"{'on' if args.gradient_checkpointing else 'off'} (the plain loop's too); MFU = model FLOPs (6N + 12LTd a "
+        "token) / step time / the chip's dense bf16 peak. The plain loop computes full logits and the model's own "
+        "loss. Host syncs: profiler-counted ops whose result the host reads (`_local_scalar_dense`, `nonzero`) and "
+        "blocking copies to the host, per step; AdamW's step-counter reads (host scalars) are not counted; CUDA "
+        "waits: the runtime's synchronize calls. First step: the first timed step (the compiled row compiles in "
+        f"it).\n\n### A whole job (ATWU, demo preset, demo world)\n\n{job_table}"
     )
 
 
@@ -532,17 +664,24 @@ class Settings:
     measured: int
     profiled: int
     gpu_measured: int
+    counted: int  # GPU section: steps under the profiler, counting syncs
     throughput_steps: int | None  # None: the preset's
     eval_cap: int | None  # None: the preset's
     memory: bool  # CPU peak memory needs a process per method
+    job_steps: int | None  # GPU section's whole job (None: the preset's 40)
+    job_eval: int  # and its evaluation samples per split
 
 
 def settings(quick: bool) -> Settings:
     if quick:
-        return Settings(warmup=1, measured=3, profiled=1, gpu_measured=2, throughput_steps=3, eval_cap=4, memory=False)
+        return Settings(
+            warmup=1, measured=3, profiled=1, gpu_measured=2, counted=1, throughput_steps=3, eval_cap=4,
+            memory=False, job_steps=2, job_eval=2,
+        )  # fmt: skip
     return Settings(
-        warmup=2, measured=20, profiled=3, gpu_measured=10, throughput_steps=None, eval_cap=None, memory=True
-    )
+        warmup=2, measured=20, profiled=3, gpu_measured=10, counted=2, throughput_steps=None, eval_cap=None,
+        memory=True, job_steps=None, job_eval=32,
+    )  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -566,7 +705,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=sorted(GPU_CONFIGS),
         help="GPU section: one shape (default: 1b and 8b); with --device cpu, runs the GPU section's code on the CPU",
     )
-    ap.add_argument("--gradient-checkpointing", action="store_true", help="GPU section: jobs with checkpointing")
+    ap.add_argument(
+        "--gradient-checkpointing", action="store_true", help="GPU section: jobs and the plain loop with checkpointing"
+    )
+    ap.add_argument("--compile", action="store_true", help="GPU section: add a GradDiff row with compile=true")
     ap.add_argument("--out", help="folder whose results.md gets the section (default: docs, nothing with --quick)")
     return ap.parse_args(argv)
 
@@ -600,7 +742,7 @@ def cpu_report(args: argparse.Namespace, cfg: Settings) -> str:
     dataset = load_data(args.data)
     with tempfile.TemporaryDirectory(prefix="atwu-speed-") as tmp:
         root = Path(tmp)
-        total = cfg.warmup + measured + cfg.profiled
+        total = cfg.warmup + measured + cfg.profiled + 1  # + 1: the step whose syncs are counted
         jobs = [timed_job(m.strip(), args.model, dataset, total, args.seed, root / m) for m in methods]
         run_round_robin(jobs, cfg.warmup, measured, cfg.profiled)
         headline = [
@@ -621,7 +763,9 @@ def cpu_report(args: argparse.Namespace, cfg: Settings) -> str:
             "`forward` = the forget batch's forward; `retain` = the retain forward and loss (KL: and the reference's); "
             "`update` = backward, gradient clipping and the optimiser step; `rest` = the scheme (ATWU's scorer "
             "step), the forget loss, and building and writing the step record. Before pass = the first step's extra "
-            "time (its quality evaluation capped at 1 sample).",
+            "time (its quality evaluation capped at 1 sample). Host syncs: profiler-counted ops whose result the "
+            "host reads (`_local_scalar_dense`, `nonzero`) and `.tolist()`/`.numpy()`/`.cpu()` calls in one step "
+            "(on a GPU each waits for the device); AdamW's step-counter reads (host scalars) are left out.",
             verdict(jobs, cfg.warmup),
             "Peak memory: "
             + (

@@ -28,8 +28,12 @@ def test_the_gpu_section_runs_on_a_cpu_with_the_tiny_config(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| tiny |")]
-    assert [row.split("|")[3].strip() for row in rows] == ["graddiff", "atwu", "npo", "plain peft GradDiff"]
+    loops = ["graddiff", "atwu", "npo", "graddiff, bf16 LoRA", "plain peft GradDiff"]
+    assert [row.split("|")[3].strip() for row in rows] == loops
     for row in rows:
         cells = [c.strip() for c in row.split("|")[1:-1]]
-        assert float(cells[3]) > 0 and float(cells[5].replace(",", "")) > 0  # step seconds, tokens/s
+        assert float(cells[3]) > 0 and float(cells[6].replace(",", "")) > 0  # step seconds, tokens/s
+        assert float(cells[9]) >= 0 and float(cells[11].replace(",", "")) > 0  # host syncs, aten calls a step
+    job = next(line for line in proc.stdout.splitlines() if line.startswith("| tiny | 2 |"))  # the whole job
+    assert all(float(c) >= 0 for c in job.split("|")[4:-1])
     assert "<!-- bench:speed gpu -->" in (tmp_path / "results.md").read_text(encoding="utf-8")

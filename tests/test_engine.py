@@ -204,13 +204,14 @@ def test_a_saved_scorer_reproduces_the_final_pass(demo_loaded, demo_world, tmp_p
         "step-000002.safetensors",
         "step-000004.safetensors",
     ]
-    scorer, inp = load_scorer(job.run_dir)
+    device = next(demo_loaded.model.parameters()).device
+    scorer, inp = load_scorer(job.run_dir, device=device)
     with adapter_enabled(demo_loaded, job.run_dir) as unlearned:
         again = apply_scorer(scorer, inp, unlearned, job.forget, job.pad_id, batch_size=config.forget_batch_size)
     final = RunReader(job.run_dir).final.scores
     for sample, scores in zip(job.forget, again):
         assert scores == pytest.approx(final[sample.record_id], abs=1e-4)
-    early, _ = load_scorer(job.run_dir, "step-000002")
+    early, _ = load_scorer(job.run_dir, "step-000002", device=device)
     assert not torch.equal(early.net[-1].weight, scorer.net[-1].weight)
 
 

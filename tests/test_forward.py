@@ -138,7 +138,7 @@ def test_gradient_checkpointing_gives_lora_the_same_gradients_and_a_job_trains(
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items()), "LoRA B moved from 0"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_a_job_on_cuda_runs_the_model_in_bf16_and_the_scorer_and_losses_in_fp32(demo_world, tmp_path):
     loaded = models.load_model("demo", device="auto")
     assert loaded.info.device.startswith("cuda") and loaded.info.dtype == "bfloat16"

@@ -74,7 +74,7 @@ def test_atwu_scores_start_at_one_half_and_move(demo_loaded, demo_world, tmp_pat
 
 def test_adapter_reloads_with_peft_and_changes_the_model(demo_loaded, demo_world, tmp_path):
     job = run_job(_short("ga", steps=5), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
-    ids = torch.tensor([job.forget[0].input_ids])
+    ids = torch.tensor([job.forget[0].input_ids], device=next(demo_loaded.model.parameters()).device)
     with torch.no_grad():
         base_logits = demo_loaded.model(ids).logits
         peft = PeftModel.from_pretrained(demo_loaded.model, str(job.run_dir / "adapter"))
@@ -284,7 +284,7 @@ def test_an_adapter_can_be_merged_in_at_load_time(demo_loaded, demo_world, tmp_p
     from atwu_core.models import adapter_enabled, load_model
 
     job = run_job(_short("ga", steps=5), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
-    ids = torch.tensor([job.forget[0].input_ids])
+    ids = torch.tensor([job.forget[0].input_ids], device=next(demo_loaded.model.parameters()).device)
     with torch.no_grad(), adapter_enabled(demo_loaded, job.run_dir) as unlearned:
         expected = unlearned(ids).logits
     merged = load_model("demo", adapter=job.run_dir / "adapter")

@@ -221,8 +221,10 @@ def scorer_snapshots(run_dir: str | Path) -> list[str]:
     return names + (["scorer"] if (folder / "scorer.safetensors").is_file() else [])
 
 
-def load_scorer(run_dir: str | Path, name: str = "scorer") -> tuple[Scorer, ScorerInput]:
-    """A run's saved scorer (safetensors: no pickle), ready to apply with `apply_scorer`."""
+def load_scorer(
+    run_dir: str | Path, name: str = "scorer", device: str | torch.device = "cpu"
+) -> tuple[Scorer, ScorerInput]:
+    """A run's saved scorer (safetensors: no pickle) on `device` (the model's), ready to apply with `apply_scorer`."""
     folder = Path(run_dir) / "scorer"
     if not (folder / "scorer.json").is_file() or not (folder / f"{name}.safetensors").is_file():
         raise FileNotFoundError(
@@ -232,7 +234,7 @@ def load_scorer(run_dir: str | Path, name: str = "scorer") -> tuple[Scorer, Scor
     meta = json.loads((folder / "scorer.json").read_text(encoding="utf-8"))
     scorer = Scorer(meta["dim"], meta["layers"], meta["width"])
     scorer.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
-    return scorer.eval(), ScorerInput(**meta["input"])
+    return scorer.to(device).eval(), ScorerInput(**meta["input"])
 
 
 def apply_scorer(
