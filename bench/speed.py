@@ -13,7 +13,8 @@ a plain peft + transformers GradDiff loop (the reference), with tokens/s, model-
     python bench/speed.py                        # CPU, demo model: writes the speed section of docs/results.md
     python bench/speed.py --quick                # CI smoke (about a minute), writes nothing unless --out is given
     python bench/speed.py --model smollm2        # the real 135M model (its own section)
-    python bench/speed.py --device cuda          # GPU: 1b and 8b, writes the "speed gpu" section
+    python bench/speed.py --device cuda --compile    # GPU: 1b and 8b, writes the "speed gpu" section
+    python bench/speed.py --device cuda --gpu-config 8b --gradient-checkpointing   # its "checkpointing" section
     python bench/speed.py --device cpu --gpu-config tiny --quick
 """
 
@@ -723,7 +724,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else default_out
     env, t_start = environment_line(args.threads), time.perf_counter()
     if gpu:
-        name, report = "speed gpu", gpu_report(args, cfg)
+        name = "speed gpu checkpointing" if args.gradient_checkpointing else "speed gpu"  # one section each
+        report = gpu_report(args, cfg)
     else:
         name = "speed" if args.model == "demo" else f"speed {args.model}"  # one section per model
         report = cpu_report(args, cfg)

@@ -27,7 +27,7 @@ def test_the_gpu_section_runs_on_a_cpu_with_the_tiny_config(tmp_path):
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| tiny |")]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| tiny | 0.2 M |")]  # the step table
     loops = ["graddiff", "atwu", "npo", "graddiff, bf16 LoRA", "plain peft GradDiff"]
     assert [row.split("|")[3].strip() for row in rows] == loops
     for row in rows:
@@ -36,4 +36,4 @@ def test_the_gpu_section_runs_on_a_cpu_with_the_tiny_config(tmp_path):
         assert float(cells[9]) >= 0 and float(cells[11].replace(",", "")) > 0  # host syncs, aten calls a step
     job = next(line for line in proc.stdout.splitlines() if line.startswith("| tiny | 2 |"))  # the whole job
     assert all(float(c) >= 0 for c in job.split("|")[4:-1])
-    assert "<!-- bench:speed gpu -->" in (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert "<!-- bench:speed gpu checkpointing -->" in (tmp_path / "results.md").read_text(encoding="utf-8")
