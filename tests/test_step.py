@@ -4,6 +4,7 @@ compilation giving the same losses."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -14,8 +15,9 @@ from atwu_core.config import make_config
 from atwu_core.job import JobError, UnlearningJob, run_job
 from atwu_core.methods import REGISTRY, MethodSpec, RetainParams, ga_loss, register
 from atwu_core.models import decoder_blocks, load_model
-from atwu_core.runs import RunReader
+from atwu_core.runs import RunReader, RunWriter
 from atwu_core.weighting import TokenWeights, WeightingScheme
+from atwu_core.writer_thread import WriterThread
 
 
 def _config(method: str, steps: int = 3, **settings):
@@ -123,3 +125,17 @@ def test_a_cuda_step_waits_for_the_device_once(bench, demo_world, tmp_path):
         job = UnlearningJob(_config(method, steps=4), loaded=loaded, dataset=demo_world, run_dir=tmp_path / method)
         counts = _syncs(bench, job)
         assert counts["host syncs"] <= 1 and counts["CUDA syncs"] <= 1, (method, counts)
+
+
+def test_the_writer_thread_writes_in_order_and_raises_a_failed_write(tmp_path):
+    writer = WriterThread(RunWriter(tmp_path / "r"))
+    for k in range(3):
+        writer.write_json("n.json", {"k": k})
+    writer.flush()
+    assert json.loads((tmp_path / "r" / "n.json").read_text()) == {"k": 2}  # the last one handed over
+    writer.write_json("bad.json", {"x": object()})  # not JSON: fails on the thread
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        writer.flush()
+    writer.write_json("n.json", {"k": 3})  # the error was handed over once; writing goes on
+    writer.close()  # drains, never raises
+    assert json.loads((tmp_path / "r" / "n.json").read_text()) == {"k": 3}
