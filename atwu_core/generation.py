@@ -96,6 +96,7 @@ def _generate(
                 max_new_tokens=max(limits[k] for k in rows),
                 do_sample=False,
                 num_beams=1,
+                use_cache=True,  # each new token attends to cached keys and values: one token's work a step
                 eos_token_id=eos or None,
                 pad_token_id=pad_id,
             )
