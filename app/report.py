@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from app.components.curves import alignment_figure
-from app.components.results import METRIC_HELP, quality_rows
+from app.components.results import DIRECTION, METRIC_HELP, quality_rows, ranking_chances
 from app.run_views import SCALES, corpus_figure, losses_figure, run_label, sample_figure, trajectories
 from atwu_core import explore
 from atwu_core.run_table import run_colour
@@ -111,17 +111,18 @@ def run_report(snap: RunSnapshot) -> str:
     """The whole run as one HTML page (offline: no network request)."""
     title = html.escape(run_label(snap.dir, snap.config))
     metrics = snap.metrics or {}
-    align, forgot = metrics.get("alignment") or {}, metrics.get("forgetting") or {}
-    chance = explore.chance_levels(metrics)
+    values, chance = explore.headline(metrics), ranking_chances(metrics)
+    greyed = values["meaningful"] is False
     headline = [
-        {"metric": name, "value": value, "better": "↑", "chance": level, "meaning": METRIC_HELP[name]}
-        for name, value, level in (
-            ("score AUROC", align.get("auroc"), chance["auroc"]),
-            ("score AUPRC", align.get("auprc"), chance["auprc"]),
-            ("score P@k", align.get("precision_at_k"), chance["precision_at_k"]),
-            ("forgetting AUROC", forgot.get("auroc"), chance["auroc"]),
-            ("span share", forgot.get("span_share"), chance["span_share"]),
-        )
+        {
+            "metric": name,
+            "value": value if not isinstance(value, bool) else ("yes" if value else "no"),
+            "better": "↑" if name in chance else DIRECTION.get(name, ""),
+            "chance": chance.get(name),
+            "meaning": ("NOT MEANINGFUL (span tokens barely moved): " if greyed and name in explore.RANKING else "")
+            + METRIC_HELP[name],
+        }
+        for name, value in values.items()
     ]
     figures = Figures()
     parts = [
@@ -131,6 +132,8 @@ def run_report(snap: RunSnapshot) -> str:
         f"<p>Rerun: <code>{html.escape(explore.cli_command(snap.config))}</code></p>",
         "<h2>Results</h2>",
         _table(headline) if metrics else "<p>No metrics: the run did not reach its evaluation.</p>",
+        f"<p><b>Facts</b>: {html.escape(explore.facts_line(metrics))}</p>" if metrics else "",
+        _table(explore.fact_label_rows(metrics)),
         _table(quality_rows(metrics)),
     ]
     if snap.step_records:

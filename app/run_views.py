@@ -20,7 +20,7 @@ from app.components.heatmap import (
 )
 from app.components.token_chips import token_chips_html
 from atwu_core import explore
-from atwu_core.metrics import trajectory
+from atwu_core.metrics import DROP_NATS, MEANINGFUL_SHARE, trajectory
 from atwu_core.records import SampleRecord
 from atwu_core.run_table import run_colour
 from atwu_core.runs import RunSnapshot
@@ -120,10 +120,18 @@ def _zrange(scale: str, snap: RunSnapshot, key: str, matrix: list[list[float | N
 
 
 def sample_figure(
-    snap: RunSnapshot, sample: SampleRecord, key: str, scale: str, *, words: bool = False, upto: int | None = None
+    snap: RunSnapshot,
+    sample: SampleRecord,
+    key: str,
+    scale: str,
+    *,
+    words: bool = False,
+    upto: int | None = None,
+    change_floor: float = explore.CHANGE_FLOOR,
 ):
     """The steps × tokens figure of one sample: `key`'s values above the log-probability change since before
-    training, on one token axis; returns (figure, rows, values, probs, colour range), or None if nothing recorded."""
+    training (its colour range at least ± `change_floor` nats), on one token axis; returns (figure, rows, values,
+    probs, colour range), or None if nothing recorded."""
     steps, values = _cut(*explore.rows(snap, sample.record_id, key), upto)
     _, probs = _cut(*explore.rows(snap, sample.record_id, "probs"), upto)
     if not values:
@@ -137,7 +145,7 @@ def sample_figure(
             Panel(
                 CHANGE,
                 changes,
-                explore.symmetric_range(v for row in changes for v in row),
+                explore.symmetric_range((v for row in changes for v in row), floor=change_floor),
                 CHANGE_COLORSCALE,
                 "Δ log p",
             )
@@ -149,6 +157,7 @@ def sample_figure(
         panels = [Panel(p.name, m[1], p.zrange, p.colorscale, p.short) for p, m in zip(panels, merged, strict=False)]
         hover_probs = None  # a word has no single token probability
     before = snap.before.probs.get(sample.record_id) if snap.before is not None and not words else None
+    leaked = explore.leaked_token_mask(snap.metrics or {}, sample) if not words else None
     fig = token_heatmaps(
         steps,
         tokens,
@@ -156,6 +165,7 @@ def sample_figure(
         span_mask=mask,
         probs=hover_probs,
         probs_before=before,
+        leaked_mask=leaked,
         title=f"{sample.record_id}: what was scored (top) and what was forgotten (bottom), "
         f"per {'word' if words else 'token'}",
     )
@@ -177,7 +187,8 @@ def sample_view(snap: RunSnapshot, sample: SampleRecord | None, *, key: str, upt
     )
     words = c2.toggle("Aggregate tokens to words", key=f"{key}_words")
     scale = c3.radio("Colour range", SCALES, horizontal=True, key=f"{key}_scale")
-    drawn = sample_figure(snap, sample, QUANTITIES[quantity], scale, words=words, upto=upto_step)
+    floor = change_floor_control(key)
+    drawn = sample_figure(snap, sample, QUANTITIES[quantity], scale, words=words, upto=upto_step, change_floor=floor)
     if drawn is None:
         until = "yet" if upto_step is None else f"up to step {upto_step}"
         st.info(f"No {quantity} recorded for this sample {until}: it was not in a training batch.")
@@ -202,6 +213,18 @@ def sample_view(snap: RunSnapshot, sample: SampleRecord | None, *, key: str, upt
     )
 
 
+def change_floor_control(key: str) -> float:
+    """The Δ log p colour range's own control: the scale spans at least ± this many nats (wider when the data are)."""
+    return st.number_input(
+        "Δ log p colour range: at least ± nats",
+        min_value=0.01,
+        value=explore.CHANGE_FLOOR,
+        step=0.5,
+        key=f"{key}_change_floor",
+        help="Changes smaller than this are drawn pale: ±0.001 nats is not drawn like −10 nats.",
+    )
+
+
 def trajectories(snap: RunSnapshot) -> dict[str, list]:
     """Alignment against step for one run (scores and realised forgetting vs the spans)."""
     return trajectory(snap.step_records, snap.before.probs if snap.before is not None else None, snap.samples)
@@ -219,21 +242,28 @@ def alignment_view(snap: RunSnapshot, *, key: str) -> None:
         "Each point uses the samples in that step's batch: score AUROC judges the scores recorded at that step, "
         "forgetting AUROC the log-probability drop since before training."
     )
+    size, share = t["mean_increase_span"][-1], t["strong_drop_share"][-1]
+    if size is not None:
+        st.caption(
+            f"Beside that ranking, its size at step {t['step'][-1]}: mean ΔNLL on span tokens {size:.3f} nats, "
+            f"{share:.0%} of span tokens fell by more than {DROP_NATS:g} nat (so the ranking "
+            f"{'is' if share >= MEANINGFUL_SHARE else 'is not'} meaningful)."
+        )
 
 
 CORPUS_VALUES = {"score": "scores", "loss weight": "loss_weights", "log-probability change": "change"}
 SORTS = ("score AUROC", "forgetting AUROC", "mean score in spans", "mean Δ log p in spans", "sample")
 
 
-def corpus_figure(snap: RunSnapshot, which: str, ids: list[str]):
-    """The latest `which` ("scores", "loss_weights" or "change") of the samples `ids`, one row each, spans
-    outlined."""
+def corpus_figure(snap: RunSnapshot, which: str, ids: list[str], change_floor: float = explore.CHANGE_FLOOR):
+    """The latest `which` ("scores", "loss_weights" or "change", its colour range at least ± `change_floor`
+    nats) of the samples `ids`, one row each, spans outlined."""
     latest = explore.latest_logprob_change(snap) if which == "change" else snap.latest(which)
     index = snap.sample_index
     values = [latest.get(sid, []) for sid in ids]
     flat = [v for row in values for v in row]
     if which == "change":
-        name, zrange, scale = CHANGE, explore.symmetric_range(flat), CHANGE_COLORSCALE
+        name, zrange, scale = CHANGE, explore.symmetric_range(flat, floor=change_floor), CHANGE_COLORSCALE
     else:
         name, zrange, scale = quantity_name(snap.config, which), explore.percentile_range(flat), "Viridis"
     return ragged_heatmap(
@@ -258,10 +288,11 @@ def corpus_view(snap: RunSnapshot, *, key: str) -> None:
         return
     c1, c2 = st.columns(2)
     shown = c1.radio("Values", list(CORPUS_VALUES), horizontal=True, key=f"{key}_corpus_values")
+    floor = change_floor_control(f"{key}_corpus") if CORPUS_VALUES[shown] == "change" else explore.CHANGE_FLOOR
     order = c2.selectbox("Sort samples by", SORTS, key=f"{key}_corpus_sort")
     frame = pd.DataFrame(table).sort_values(order, ascending=order == "sample", na_position="last")
     st.plotly_chart(
-        corpus_figure(snap, CORPUS_VALUES[shown], list(frame["sample"])),
+        corpus_figure(snap, CORPUS_VALUES[shown], list(frame["sample"]), floor),
         key=f"{key}_corpus_heatmap",
         config=MODEBAR,
     )

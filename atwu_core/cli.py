@@ -56,22 +56,48 @@ def _unlearn(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict) -> None:
+    """The CLI summary; a block an older run folder lacks reads "not recorded"."""
     a, f = metrics["alignment"], metrics.get("forgetting", {})
     print(f"alignment  auroc={_fmt(a['auroc'])}  auprc={_fmt(a['auprc'])}  precision@k={_fmt(a['precision_at_k'])}")
     if f:
-        print(f"forgetting auroc={_fmt(f['auroc'])}  auprc={_fmt(f['auprc'])}  span_share={_fmt(f['span_share'])}")
+        ranking = f"auroc={_fmt(f['auroc'])}  auprc={_fmt(f['auprc'])}  span_share={_fmt(f['span_share'])}"
+        if "meaningful" not in f:
+            print(f"forgetting {ranking}  magnitude: not recorded")
+        else:
+            note = "" if f["meaningful"] else "  (not meaningful: span tokens barely moved; ranking is noise)"
+            print(
+                f"forgetting {ranking}  mean dNLL span={_fmt(f['mean_increase_span'])} "
+                f"other={_fmt(f['mean_increase_other'])}  share fell >{f['drop_nats']:g} nat="
+                f"{_fmt(f['strong_drop_share'])}{note}"
+            )
+    facts = metrics.get("facts")
+    if facts is None:
+        print("facts      not recorded")
+    elif facts["n_spans"]:
+        labels = ", ".join(f"{k} {v['leaked']}/{v['spans']}" for k, v in facts["per_label"].items())
+        print(
+            f"facts      still said: {facts['n_leaked']} of {facts['n_spans']} spans "
+            f"(leak rate {_fmt(facts['leak_rate'])}; {labels}); extractable {facts['n_extractable']} "
+            f"(rate {_fmt(facts['extractable_rate'])})"
+        )
     for split in ("forget", "retain"):
         if split in metrics:
             for when in ("before", "after"):
                 q = metrics[split][when]
                 cols = "  ".join(
                     f"{k}={_fmt(q[k])}"
-                    for k in ("exact", "rouge_l", "prob", "extraction_strength", "truth_ratio")
+                    for k in ("exact", "rouge_l", "prob", "extraction_strength", "exact_memorization", "truth_ratio")
                     if k in q
                 )
                 print(f"{split:7s} {when:6s} {cols}")
-    if "forget_quality" in metrics:
-        print(f"forget quality (KS p-value vs the retain model) = {metrics['forget_quality']:.3g}")
+    fq = metrics.get("forget_quality")
+    if isinstance(fq, dict):
+        print(f"forget quality (KS p-value vs the retain model, n={fq['n']}) = {fq['value']:.3g}")
+    elif fq is not None:  # a float in runs written before n was recorded
+        print(f"forget quality (KS p-value vs the retain model, n not recorded) = {fq:.3g}")
+    mu = metrics.get("model_utility")
+    if mu is not None:
+        print(f"model utility (TOFU) = {_fmt(mu['value'])}" + (f"  ({mu['why']})" if mu.get("why") else ""))
     if "timing" in metrics:
         t = metrics["timing"]
         phases = ", ".join(f"{k} {v:.1f}s" for k, v in t.get("phase_seconds", {}).items())
@@ -87,6 +113,10 @@ def _eval(args: argparse.Namespace) -> int:
     from atwu_core.runs import RunReader
 
     run = RunReader(args.run_dir)  # its errors name the unreadable file (status.json, config.json, ...)
+    if args.recompute:
+        from atwu_core.recompute import recompute
+
+        recompute(args.run_dir)
     metrics, status = run.metrics, run.status
     if metrics is None:
         raise ValueError(f"{args.run_dir}: no metrics.json (state: {status.state}, error: {status.error}).")
@@ -204,8 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("unlearn", help="run an unlearning job into a run folder")
     p.add_argument("--model", help="'demo', 'demo-smollm2', 'smollm2', a folder, a .gguf file or a hub id")
-    p.add_argument("--data", help="'demo', a dataset folder, a TOFU .json file, or tofu:<split>")
-    p.add_argument("--retain-data", help="retain set for a single-file --data (.json or .jsonl)")
+    p.add_argument(
+        "--data",
+        help="'demo', a dataset folder, a `datasets` folder with target_words spans, a TOFU .json, or tofu:<split>",
+    )
+    p.add_argument("--retain-data", help="retain set for a single-file or span-folder --data (.json or .jsonl)")
     p.add_argument("--method", default="atwu", choices=list(METHODS), help="unlearning method (see `atwu methods`)")
     p.add_argument("--steps", type=int, help="model steps (default: the preset's)")
     p.add_argument("--out", help="run folder (default: runs/<time>-<method>)")
@@ -234,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="print a run's metrics")
     p.add_argument("run_dir", help="a run folder (written by `atwu unlearn` or the app)")
     p.add_argument("--json", action="store_true", help="print metrics.json as it is, instead of a summary")
+    p.add_argument(
+        "--recompute",
+        action="store_true",
+        help="re-derive metrics.json from the run folder and its model (today's forms, facts and magnitude)",
+    )
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("build-demo", help="regenerate the demo world and the model that memorised it")

@@ -63,6 +63,11 @@ class JobConfig:
     forget_ids: list[str] | None = None
     eval_max_samples: int | None = 64
     retain_model: str | None = None  # a model trained on the retain set only: TOFU's forget quality compares to it
+    forget_quality_max_samples: int | None = None  # forget records in forget quality's KS test (None: all, TOFU's)
+    max_new_tokens: int = 200  # greedy answers stop at EOS or after this many tokens (TOFU's and open-unlearning's)
+    pool_special_tokens: bool = False  # count EOS and special tokens in the alignment and forgetting pools
+    drop_nats: float = 1.0  # a span token is strongly forgotten when its log p fell by more than this
+    utility_data: str | None = None  # TOFU model utility sets: 'tofu' (hub) or a folder of TOFU *_perturbed.json
     params: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -94,15 +99,22 @@ class JobConfig:
             "lora_rank": self.lora_rank,
             "lora_alpha": self.lora_alpha,
             "max_length": self.max_length,
+            "max_new_tokens": self.max_new_tokens,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive whole number, got {value!r}.")
-        for name, value in (("lora_layers", self.lora_layers), ("eval_max_samples", self.eval_max_samples)):
+        for name, value in (
+            ("lora_layers", self.lora_layers),
+            ("eval_max_samples", self.eval_max_samples),
+            ("forget_quality_max_samples", self.forget_quality_max_samples),
+        ):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive whole number or none, got {value!r}.")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {self.lr!r}.")
+        if not (isinstance(self.drop_nats, (int, float)) and math.isfinite(self.drop_nats) and self.drop_nats > 0):
+            raise ValueError(f"drop_nats must be a positive number of nats, got {self.drop_nats!r}.")
         if not 0 <= self.warmup_ratio <= 1:
             raise ValueError(f"warmup_ratio must be between 0 and 1, got {self.warmup_ratio!r}.")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):

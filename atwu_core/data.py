@@ -42,6 +42,7 @@ class Record:
     forget_spans: list[Span] = field(default_factory=list)
     paraphrased_answer: str | None = None
     perturbed_answer: list[str] | None = None
+    paraphrased_question: str | None = None  # TOFU's: facts are also checked on the answer to it
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -108,6 +109,8 @@ def record_from_dict(
         if "forget_strings" in obj
         else _spans_from_dicts(obj.get("forget_spans", []), answer, where)
     )
+    if isinstance(obj.get("subject"), str) and obj["subject"].strip():
+        spans = _with_subject(spans, obj["subject"], answer)
     perturbed = obj.get("perturbed_answer")
     if isinstance(perturbed, str):
         perturbed = [perturbed]
@@ -116,8 +119,11 @@ def record_from_dict(
     paraphrased = obj.get("paraphrased_answer")
     if paraphrased is not None and not isinstance(paraphrased, str):
         raise DataError(f"{where}: 'paraphrased_answer' must be a string.")
+    question2 = obj.get("paraphrased_question")
+    if question2 is not None and not isinstance(question2, str):
+        raise DataError(f"{where}: 'paraphrased_question' must be a string.")
     record_id = str(obj.get("id", f"{Path(source).stem}-{index}"))
-    for name, text in [("paraphrased_answer", paraphrased), ("id", record_id)] + [
+    for name, text in [("paraphrased_answer", paraphrased), ("paraphrased_question", question2), ("id", record_id)] + [
         (f"perturbed_answer[{k}]", p) for k, p in enumerate(perturbed or [])
     ]:
         if text is not None:
@@ -129,6 +135,7 @@ def record_from_dict(
         forget_spans=spans,
         paraphrased_answer=paraphrased,
         perturbed_answer=perturbed,
+        paraphrased_question=question2 or None,
     )
 
 
@@ -153,6 +160,17 @@ def _spans_from_dicts(raw: object, answer: str, where: str) -> list[Span]:
         if b.start < a.end:
             raise DataError(f"{where}: forget_spans [{a.start}, {a.end}) and [{b.start}, {b.end}) overlap; merge them.")
     return spans
+
+
+def _with_subject(spans: list[Span], subject: str, answer: str) -> list[Span]:
+    """TOFU's `subject` field (the record's author, or the topic) as `name` spans wherever it occurs in the
+    answer, beside the given spans (a given span wins where they overlap)."""
+    found, start = [], answer.find(subject)
+    while start >= 0:
+        found.append(Span(start, start + len(subject), "name"))
+        start = answer.find(subject, start + len(subject))
+    free = [n for n in found if not any(n.start < s.end and s.start < n.end for s in spans)]
+    return sorted(spans + free, key=lambda s: s.start)
 
 
 def _is_int(value: object) -> bool:
@@ -256,7 +274,7 @@ def load_jsonl(path: str | Path) -> list[Record]:
 
 
 def load_tofu_json(path: str | Path) -> list[Record]:
-    """Load a TOFU-format JSON list of {question, answer, ...}. TOFU has no span annotations."""
+    """Load a TOFU-format JSON list of {question, answer, ...}; a row's `subject` becomes `name` spans."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file.")
@@ -319,6 +337,82 @@ def load_dataset_dir(path: str | Path) -> Dataset:
     return Dataset(name=path.name, forget=forget, retain=retain, holdout=holdout)
 
 
+def is_spans_dir(path: Path) -> bool:
+    """A Hugging Face `datasets` folder (`save_to_disk`), the format of the published TOFU span annotations."""
+    return path.is_dir() and (path / "dataset_info.json").is_file() and (path / "state.json").is_file()
+
+
+def load_spans_dir(path: str | Path) -> list[Record]:
+    """A `datasets` folder whose rows have `question`, `answer` and `target_words`, a JSON string of
+    `[{"word", "start", "end"}]` character offsets into the answer (the TOFU annotations of arXiv 2506.03142):
+    each target word becomes a `fact` span (overlapping ones, e.g. "Kazakhstan" inside "Kazakhstan Echoes", as their
+    union). Annotations whose text does not match the answer at their offsets are dropped with one warning counting
+    them. Arrow files only: nothing is unpickled."""
+    import datasets
+
+    path = Path(path)
+    rows = datasets.load_from_disk(str(path))
+    missing = {"question", "answer", "target_words"} - set(rows.column_names)
+    if missing:
+        raise DataError(f"{path}: a span folder's rows need {sorted(missing)} (has {rows.column_names}).")
+    records, dropped = [], 0
+    for k, row in enumerate(rows):
+        where = f"{path}, row {k + 1}"
+        words = _parse_json(row["target_words"] or "[]", where)
+        if not isinstance(words, list):
+            raise DataError(f"{where}: 'target_words' must be a JSON list of {{'word', 'start', 'end'}} objects.")
+        matched = [w for w in words if _matches(w, row["answer"])]
+        dropped += len(words) - len(matched)
+        obj = {k: v for k, v in row.items() if k not in ("target_words", "common_words")}
+        spans = [{"start": a, "end": b, "label": "fact"} for a, b in _union(matched)]
+        records.append(record_from_dict({**obj, "forget_spans": spans}, str(path), index=k, row=k + 1))
+    if dropped:
+        warnings.warn(
+            f"{path}: dropped {dropped} target_words annotation(s) whose text does not match the answer at their "
+            "offsets; their records are kept with the remaining spans.",
+            stacklevel=2,
+        )
+    _check_unique_ids(records, str(path), [f"row {k + 1}" for k in range(len(records))])
+    return records
+
+
+def _matches(word: object, answer: str) -> bool:
+    """A target_words entry whose `word` is the answer's text at its [start, end) offsets."""
+    if not (isinstance(word, dict) and _is_int(word.get("start")) and _is_int(word.get("end"))):
+        return False
+    return 0 <= word["start"] < word["end"] <= len(answer) and answer[word["start"] : word["end"]] == word.get("word")
+
+
+def _union(words: list[dict]) -> list[tuple[int, int]]:
+    """The [start, end) ranges of the words, overlapping ones merged."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted((w["start"], w["end"]) for w in words):
+        if out and start < out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+UTILITY_SETS = ("real_authors_perturbed", "world_facts_perturbed", "retain_perturbed")  # TOFU's file/split names
+
+
+def load_utility_sets(spec: str) -> dict[str, list[Record]]:
+    """TOFU's model-utility sets by name: 'tofu' loads them from the hub; a folder holds them as TOFU JSON files
+    (`real_authors_perturbed.json`, `world_facts_perturbed.json`, optional `retain_perturbed.json`; without it the
+    job's retain set is used)."""
+    if spec == "tofu":
+        return {name: load_hub_tofu(name) for name in UTILITY_SETS}
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise DataError(f"utility_data {spec!r}: not 'tofu' or a folder of TOFU *_perturbed.json files.")
+    for required in UTILITY_SETS[:2]:
+        if not (folder / f"{required}.json").is_file():
+            raise DataError(f"{folder}: missing {required}.json (TOFU's split of that name, as a JSON list).")
+    files = {name: folder / f"{name}.json" for name in UTILITY_SETS}
+    return {name: load_tofu_json(path) for name, path in files.items() if path.is_file()}
+
+
 def demo_data_dir() -> Path:
     return ASSETS / "demo_world"
 
@@ -338,17 +432,31 @@ def load_data(spec: str, retain_spec: str | None = None) -> Dataset:
         )
         return Dataset(name=spec, forget=load_hub_tofu(forget_name), retain=load_hub_tofu(retain_name))
     path = Path(spec)
-    if path.is_dir():
-        return load_dataset_dir(path)
-    loader = {".json": load_tofu_json, ".jsonl": load_jsonl}.get(path.suffix)
-    if loader is not None:
-        forget = loader(path)
+    if is_spans_dir(path):
+        forget = load_spans_dir(path)
         if not forget:
             raise DataError(f"{path}: the forget set is empty; add at least one record.")
-        return Dataset(name=path.stem, forget=forget, retain=loader(retain_spec) if retain_spec else [])
+        return Dataset(name=path.name, forget=forget, retain=_load_file(Path(retain_spec)) if retain_spec else [])
+    if path.is_dir():
+        return load_dataset_dir(path)
+    if path.suffix in LOADERS:
+        forget = _load_file(path)
+        if not forget:
+            raise DataError(f"{path}: the forget set is empty; add at least one record.")
+        return Dataset(name=path.stem, forget=forget, retain=_load_file(Path(retain_spec)) if retain_spec else [])
     raise DataError(
-        f"{spec!r}: not 'demo', a dataset folder (forget.jsonl + retain.jsonl), a TOFU .json file or a .jsonl file."
+        f"{spec!r}: not 'demo', a dataset folder (forget.jsonl + retain.jsonl), a `datasets` folder with "
+        "target_words, a TOFU .json file or a .jsonl file."
     )
+
+
+LOADERS = {".json": load_tofu_json, ".jsonl": load_jsonl}
+
+
+def _load_file(path: Path) -> list[Record]:
+    if path.suffix not in LOADERS:
+        raise DataError(f"{path}: a retain set is a TOFU .json or a .jsonl file.")
+    return LOADERS[path.suffix](path)
 
 
 def save_dataset_dir(dataset: Dataset, path: str | Path) -> None:
@@ -385,6 +493,11 @@ class EncodedSample:
     @property
     def answer_token_ids(self) -> list[int]:
         return self.input_ids[self.prompt_length :]
+
+    @property
+    def content_mask(self) -> list[bool]:
+        """True on answer tokens that cover answer text; False on EOS and other special tokens (zero-width offsets)."""
+        return [e > s for s, e in self.answer_offsets]
 
 
 def format_prompt(question: str, tokenizer=None, chat_template: bool = False) -> str:

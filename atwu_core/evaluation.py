@@ -1,5 +1,5 @@
-"""What a finished job is judged by: answer quality before and after, and how its scores and its realised
-forgetting line up with the ground-truth spans (metrics.json)."""
+"""What a finished job is judged by: answer quality before and after, which facts remain, and how its scores and its
+realised forgetting line up with the ground-truth spans (metrics.json)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from atwu_core import metrics, models
+from atwu_core import facts, metrics, models
 from atwu_core.config import JobConfig
-from atwu_core.data import EncodedSample, Record
+from atwu_core.data import EncodedSample, Record, encode_records, load_utility_sets
+from atwu_core.generation import greedy_answers
 from atwu_core.records import StepRecord, TokenValues
 
 Progress = Callable[[int, int], None]  # (samples done, samples in all)
 CHUNK = 16  # samples per progress report: metrics.quality's own batch size, so reporting costs no speed
 MEANS = ("prob", "rouge_l", "exact", "extraction_strength")  # metrics.quality's per-sample means
+Answers = dict[str, tuple[list[dict], list[str]]]  # split -> (metrics.answer_stats per sample, greedy answers)
+TRUTH_RATIO_FORM = {"forget": "forget"}  # every other split is judged like TOFU's retain-like splits
 
 
 class Split:
@@ -35,10 +38,11 @@ def quality(
     config: JobConfig,
     progress: Progress,
     memo_key: str | None = None,
-) -> dict[str, dict]:
-    """`metrics.quality` per split under `model`. With `memo_key` the result is kept on the loaded model: its
-    weights never change (jobs train an adapter or a copy), so every later job skips it."""
-    total, done, out = sum(len(s.samples) for s in splits), 0, {}
+) -> tuple[dict[str, dict], Answers]:
+    """`metrics.quality_and_answers` per split under `model`: the summaries, and the per-sample details of the
+    splits computed now. With `memo_key` a summary is kept on the loaded model: its weights never change (jobs
+    train an adapter or a copy), so every later job skips it (and gets no details for it)."""
+    total, done, out, answers = sum(len(s.samples) for s in splits), 0, {}, {}
     for split in splits:
         key = (
             (
@@ -47,49 +51,58 @@ def quality(
                 json.dumps([asdict(r) for r in split.records], sort_keys=True),
                 config.max_length,
                 config.chat_template,
+                config.max_new_tokens,
             )
             if memo_key
             else None
         )
         if key is None or key not in loaded.memo:
-            result = split_quality(
-                model, loaded.tokenizer, split, config.chat_template, lambda n, done=done: progress(done + n, total)
+            result, stats, generated = split_quality(
+                model, loaded.tokenizer, split, config, lambda n, done=done: progress(done + n, total)
             )
+            answers[split.name] = (stats, generated)
             if key is not None:
                 loaded.memo[key] = result
         out[split.name] = copy.deepcopy(loaded.memo[key]) if key is not None else result
         done += len(split.samples)
         progress(done, total)
-    return out
+    return out, answers
 
 
 def split_quality(
     model: torch.nn.Module,
     tokenizer,
     split: Split,
-    chat_template: bool,
+    config: JobConfig,
     progress: Callable[[int], None],
     chunk: int = CHUNK,
-) -> dict:
-    """`metrics.quality` of a split, computed `chunk` samples at a time with `progress(samples done)` after each (an
-    evaluation of many samples is minutes on a CPU), merged into the whole split's result: the per-sample means
-    weighted by sample count, the truth ratios concatenated and their mean taken."""
-    parts = []
+) -> tuple[dict, list[dict], list[str]]:
+    """`metrics.quality_and_answers` of a split, computed `chunk` samples at a time with `progress(samples done)`
+    after each (an evaluation of many samples is minutes on a CPU), merged into the whole split's result: the
+    per-sample means weighted by sample count, the truth ratios concatenated and reported in the split's form
+    (`TRUTH_RATIO_FORM`), the per-sample stats and greedy answers concatenated."""
+    form = TRUTH_RATIO_FORM.get(split.name, "retain")
+    parts, stats, generated = [], [], []
     for start in range(0, len(split.samples), chunk):
         end = start + chunk
-        parts.append(
-            metrics.quality(
-                model, tokenizer, split.records[start:end], split.samples[start:end], chat_template=chat_template
-            )
-        )
+        part, part_stats, part_answers = metrics.quality_and_answers(
+            model, tokenizer, split.records[start:end], split.samples[start:end], chat_template=config.chat_template,
+            truth_ratio_form=form, max_new_tokens=config.max_new_tokens,
+        )  # fmt: skip
+        parts.append(part)
+        stats += part_stats
+        generated += part_answers
         progress(min(end, len(split.samples)))
     n = sum(part["n"] for part in parts)
     out = {"n": n} | {key: sum(part[key] * part["n"] for part in parts) / n for key in MEANS}
+    memorized = [s["exact_memorization"] for s in stats if s["exact_memorization"] is not None]
+    out["exact_memorization"] = float(np.mean(memorized)) if memorized else None
     ratios = [r for part in parts for r in part.get("truth_ratios", [])]
     if ratios:
-        out["truth_ratio"] = float(np.mean(ratios))
+        out["truth_ratio"] = metrics.TRUTH_RATIO_FORMS[form](ratios)
+        out["truth_ratio_form"] = form
         out["truth_ratios"] = ratios
-    return out
+    return out, stats, generated
 
 
 def judge(
@@ -100,25 +113,94 @@ def judge(
     final_probs: TokenValues,
     steps: Sequence[StepRecord],
     samples: Sequence[EncodedSample],
+    config: JobConfig,
 ) -> dict:
-    """metrics.json: alignment of the final scores, realised forgetting, their trajectories, and quality."""
+    """metrics.json: alignment of the final scores, realised forgetting (ranking and magnitude), their
+    trajectories, and quality; pools and the strong-drop threshold follow `config`."""
+    pools = {"special_tokens": config.pool_special_tokens}
     out: dict = {
-        "alignment": metrics.alignment(final_scores, samples),
-        "forgetting": metrics.forgetting(probs_before, final_probs, samples),
-        "trajectory": metrics.trajectory(steps, probs_before, samples),
+        "alignment": metrics.alignment(final_scores, samples, **pools),
+        "forgetting": metrics.forgetting(probs_before, final_probs, samples, drop_nats=config.drop_nats, **pools),
+        "trajectory": metrics.trajectory(steps, probs_before, samples, drop_nats=config.drop_nats, **pools),
     }
     for name in after or {}:
         out[name] = {"before": before[name], "after": after[name]}
     return out
 
 
-def forget_quality(config: JobConfig, truth_ratios: list[float], forget: list[Record]) -> float:
-    """TOFU's forget quality: KS test of our truth ratios against a retain-only model's on the same forget set."""
+def splits(
+    config: JobConfig,
+    forget: tuple[list[Record], list[EncodedSample]],
+    retain: tuple[list[Record], list[EncodedSample]],
+) -> list[Split]:
+    """The forget and retain splits judged before and after (records with their encodings), capped at
+    `eval_max_samples`; a split without samples is left out."""
+    return [
+        Split(name, records, samples, config.eval_max_samples)
+        for name, (records, samples) in (("forget", forget), ("retain", retain))
+        if samples
+    ]
+
+
+def after_extras(
+    config: JobConfig,
+    model: torch.nn.Module,
+    tokenizer,
+    after: dict[str, dict],
+    answers: Answers,
+    forget_split: Split,
+    forget: list[Record],
+    probs_before: TokenValues,
+) -> dict:
+    """The final model's `facts` (over the judged forget split), and TOFU's `forget_quality` and `model_utility`
+    where their inputs (a retain model, utility sets) are given."""
+    stats, generated = answers[forget_split.name]
+    asked = [r for r in forget_split.records if r.forget_spans and r.paraphrased_question]
+    paraphrased = _answers_to(model, tokenizer, [Record(r.id, r.paraphrased_question, r.answer) for r in asked], config)
+    out = {
+        "facts": facts.facts(forget_split.records, forget_split.samples, generated, stats, probs_before, paraphrased)
+    }
+    if config.retain_model and after["forget"].get("truth_ratios"):
+        out["forget_quality"] = forget_quality(config, model, tokenizer, forget)
+    if config.utility_data:
+        out["model_utility"] = model_utility(config, model, tokenizer, after.get("retain"))
+    return out
+
+
+def _answers_to(model: torch.nn.Module, tokenizer, records: list[Record], config: JobConfig) -> dict[str, str]:
+    """Greedy answers (id -> text) to the records' questions, prompted as the job's data was."""
+    if not records:
+        return {}
+    samples = encode_records(records, tokenizer, config.max_length, config.chat_template)
+    texts = greedy_answers(model, tokenizer, samples, max_new_tokens=config.max_new_tokens)
+    return {r.id: t for r, t in zip(records, texts, strict=True)}
+
+
+def forget_quality(config: JobConfig, model: torch.nn.Module, tokenizer, forget: list[Record]) -> dict:
+    """TOFU's forget quality: KS test of the unlearned model's truth ratios against a retain-only model's, on the
+    whole forget split (TOFU's) or its first `forget_quality_max_samples` records; `n` says how many."""
+    records = forget[: config.forget_quality_max_samples]
+    ratios = metrics.truth_ratios(model, tokenizer, records, chat_template=config.chat_template)
     retain_model = models.load_model(config.retain_model, device=config.device, dtype=config.dtype)
-    ratios = metrics.truth_ratios(
-        retain_model.model,
-        retain_model.tokenizer,
-        forget[: config.eval_max_samples],
-        chat_template=config.chat_template,
+    reference = metrics.truth_ratios(
+        retain_model.model, retain_model.tokenizer, records, chat_template=config.chat_template
     )
-    return metrics.forget_quality(truth_ratios, ratios)
+    return {"value": metrics.forget_quality(ratios, reference), "n": len(ratios)}
+
+
+def model_utility(config: JobConfig, model: torch.nn.Module, tokenizer, retain_after: dict | None) -> dict:
+    """TOFU's model utility from `config.utility_data`: the 9 values and their harmonic mean (`value`, None with a
+    `why` when the retain set has no paraphrased and perturbed answers to give its truth ratio)."""
+    sets = load_utility_sets(config.utility_data)
+    options = {"chat_template": config.chat_template, "max_new_tokens": config.max_new_tokens}
+    if "retain_perturbed" in sets:
+        records = sets.pop("retain_perturbed")
+        samples = encode_records(records, tokenizer, config.max_length, config.chat_template)
+        retain_after = metrics.quality(model, tokenizer, records, samples, truth_ratio_form="retain", **options)
+    parts = {name: metrics.utility_set_quality(model, tokenizer, records, **options) for name, records in sets.items()}
+    if not retain_after or "truth_ratio" not in retain_after:
+        why = "the retain set has no paraphrased and perturbed answers; give retain_perturbed.json beside the sets"
+        return {"value": None, "why": why, "parts": parts}
+    parts["retain"] = {k: retain_after[k] for k in ("n", "prob", "rouge_l", "truth_ratio")}
+    values = {f"{name}.{key}": part[key] for name, part in parts.items() for key in ("prob", "rouge_l", "truth_ratio")}
+    return {"value": metrics.model_utility(values), "parts": parts}

@@ -78,10 +78,15 @@ def percentile_range(values: Iterable[float | None], lo: float = 2.0, hi: float 
     return (low, high) if high > low else (low - 0.5e-3, low + 0.5e-3)
 
 
-def symmetric_range(values: Iterable[float | None], q: float = 98.0) -> tuple[float, float]:
-    """A range centred on zero for signed changes: ± the q-th percentile of |value|."""
+CHANGE_FLOOR = 1.0  # nats: a Δ log p colour scale spans at least ± this, so ±0.001 is not drawn like −10
+
+
+def symmetric_range(
+    values: Iterable[float | None], q: float = 98.0, floor: float = CHANGE_FLOOR
+) -> tuple[float, float]:
+    """A range centred on zero for signed changes: ± the q-th percentile of |value|, at least ± `floor`."""
     finite = np.abs([v for v in values if v is not None and math.isfinite(v)])
-    bound = float(np.percentile(finite, q)) if finite.size else 1.0
+    bound = max(float(np.percentile(finite, q)) if finite.size else 0.0, floor)
     return -(bound or 1.0), bound or 1.0
 
 
@@ -182,6 +187,73 @@ def span_label_table(snap: RunSnapshot) -> list[dict]:
         }
         for label, cell in scores.items()
     ]
+
+
+NOT_RECORDED = "not recorded"  # what a run folder written before a block existed shows for it
+
+
+def headline(metrics: dict) -> dict[str, object]:
+    """A run's headline numbers by display name: score alignment, realised forgetting as ranking and magnitude,
+    and facts still said. Blocks an older run lacks read NOT_RECORDED; `meaningful` False means the forgetting
+    ranking numbers rank noise (shown greyed)."""
+    align, forgot, facts = metrics.get("alignment") or {}, metrics.get("forgetting") or {}, metrics.get("facts")
+    magnitude = "meaningful" in forgot
+    value = lambda block, key, present: block.get(key) if present else NOT_RECORDED  # noqa: E731
+    return {
+        "score AUROC": align.get("auroc"),
+        "score AUPRC": align.get("auprc"),
+        "score P@k": align.get("precision_at_k"),
+        "forgetting AUROC": forgot.get("auroc"),
+        "span share": forgot.get("span_share"),
+        "mean ΔNLL span": value(forgot, "mean_increase_span", magnitude),
+        "mean ΔNLL other": value(forgot, "mean_increase_other", magnitude),
+        "span tokens fell > drop": value(forgot, "strong_drop_share", magnitude),
+        "meaningful": value(forgot, "meaningful", magnitude),
+        "leak rate": value(facts or {}, "leak_rate", facts is not None),
+        "extractable rate": value(facts or {}, "extractable_rate", facts is not None),
+    }
+
+
+RANKING = ("forgetting AUROC", "span share")  # greyed where `meaningful` is False
+
+
+def facts_line(metrics: dict) -> str:
+    """ "still said: 4 of 60 spans (name 3/30, birthplace 1/5, …)", or that the run did not record facts."""
+    facts = metrics.get("facts")
+    if facts is None:
+        return f"still said: {NOT_RECORDED}"
+    labels = ", ".join(f"{k} {v['leaked']}/{v['spans']}" for k, v in facts["per_label"].items())
+    return f"still said: {facts['n_leaked']} of {facts['n_spans']} spans" + (f" ({labels})" if labels else "")
+
+
+def fact_label_rows(metrics: dict) -> list[dict]:
+    """Per span label: spans, how many the greedy answers still say, how many stay greedily extractable."""
+    per_label = (metrics.get("facts") or {}).get("per_label") or {}
+    return [
+        {
+            "label": label,
+            "spans": c["spans"],
+            "still said": c["leaked"],
+            "leak rate": c["leak_rate"],
+            "extractable": c["extractable"],
+            "extractable rate": c["extractable_rate"],
+        }
+        for label, c in per_label.items()
+    ]
+
+
+def span_verdicts(metrics: dict, sample_id: str) -> list[dict] | None:
+    """One sample's span verdicts from `facts` (None when the run did not record facts for it)."""
+    return (((metrics.get("facts") or {}).get("per_sample") or {}).get(sample_id) or {}).get("spans")
+
+
+def leaked_token_mask(metrics: dict, sample: SampleRecord) -> list[bool] | None:
+    """Per answer token: it lies in a span the final model still says (None without recorded facts)."""
+    verdicts = span_verdicts(metrics, sample.record_id)
+    if verdicts is None or not sample.offsets:
+        return None
+    leaked = [(v["start"], v["end"]) for v in verdicts if v["leaked"]]
+    return [any(s < end and e > start for start, end in leaked) for s, e in sample.offsets]
 
 
 def _nan_none(value: float | None) -> float | None:

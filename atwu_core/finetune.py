@@ -115,7 +115,7 @@ def score_samples(
     """Per-sample exact match (teacher-forced argmax equals every answer token) and the mean answer-token loss."""
     stats = answer_stats(model, samples, pad_id, batch_size)
     nll = [-lp for s in stats for lp in s["token_logprobs"]]
-    return [s["extraction_strength"] == 1.0 for s in stats], sum(nll) / max(1, len(nll))
+    return [all(s["token_correct"]) for s in stats], sum(nll) / max(1, len(nll))
 
 
 # --------------------------------------------------------------------------------------------- the training loop

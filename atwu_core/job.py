@@ -198,7 +198,7 @@ class UnlearningJob:
                 cfg,
                 lambda done, total: self._phase(writer, "before", done, total),
                 memo_key="before",
-            )
+            )[0]
 
     def _finish(self, writer: RunWriter, trained: models.Trainable, before_quality: dict, train_seconds: float) -> None:
         """Final pass, checks, saved adapter and scorer, quality after, metrics.json."""
@@ -209,9 +209,9 @@ class UnlearningJob:
         self._check_trained(trained.model, final)
         self._save_model(trained.model)
         self.method.scheme.finish()
-        after = None
+        after, answers = None, {}
         if self.state == "completed":
-            after = evaluation.quality(
+            after, answers = evaluation.quality(
                 trained.model,
                 self.loaded,
                 self._splits(),
@@ -219,12 +219,13 @@ class UnlearningJob:
                 lambda done, total: self._phase(writer, "after", done, total),
             )
         self.metrics = evaluation.judge(
-            before_quality, after, self.before.probs, final.scores, final.probs, self.records, self.forget
+            before_quality, after, self.before.probs, final.scores, final.probs, self.records, self.forget, cfg
         )
-        if after and cfg.retain_model and after["forget"].get("truth_ratios"):
-            self.metrics["forget_quality"] = evaluation.forget_quality(
-                cfg, after["forget"]["truth_ratios"], self.dataset.forget
-            )
+        if after:
+            self.metrics |= evaluation.after_extras(
+                cfg, trained.model, self.loaded.tokenizer, after, answers, self._splits()[0], self.dataset.forget,
+                self.before.probs,
+            )  # fmt: skip
         seconds = self.step_seconds
         self._lap()
         phases = dict(self.status.phase_seconds)
@@ -296,15 +297,7 @@ class UnlearningJob:
         )
 
     def _splits(self) -> list[evaluation.Split]:
-        cap = self.config.eval_max_samples
-        return [
-            evaluation.Split(name, records, samples, cap)
-            for name, records, samples in (
-                ("forget", self.dataset.forget, self.forget),
-                ("retain", self.dataset.retain, self.retain),
-            )
-            if samples
-        ]
+        return evaluation.splits(self.config, (self.dataset.forget, self.forget), (self.dataset.retain, self.retain))
 
     def _trainable(self) -> contextlib.AbstractContextManager[models.Trainable]:
         cfg = self.config

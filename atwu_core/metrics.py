@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from rouge_score import rouge_scorer
-from scipy.stats import ks_2samp, rankdata
+from scipy.stats import hmean, ks_2samp, rankdata
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from atwu_core import losses
@@ -42,36 +42,49 @@ def per_token_nll(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> 
 
 
 def extraction_strength(correct: Sequence[bool]) -> float:
-    """ES = 1 - k/|y|, k the shortest answer prefix after which every teacher-forced argmax is right."""
+    """open-unlearning's ES (src/evals/metrics/memorization.py): 1 - k/|y|, k the first position from which every
+    teacher-forced argmax is right; the caller leaves EOS out, and k stops at |y| - 1, so ES is at least 1/|y|."""
     n = len(correct)
-    suffix = next((j for j, ok in enumerate(reversed(correct)) if not ok), n)  # length of the all-correct tail
-    return 1.0 - (n - suffix) / n
+    if n == 0:
+        return 0.0  # open-unlearning's value for an answer without scored tokens
+    tail = next((j for j, ok in enumerate(reversed(correct)) if not ok), n)  # length of the all-correct tail
+    return 1.0 - min(n - tail, n - 1) / n
+
+
+def exact_memorization(correct: Sequence[bool]) -> float | None:
+    """open-unlearning's `exact_memorization` (memorization.py): the share of answer tokens (EOS left out by the
+    caller) that are the teacher-forced argmax."""
+    return float(np.mean(correct)) if len(correct) else None
 
 
 def answer_stats(
     model: torch.nn.Module, samples: Sequence[EncodedSample], pad_id: int, batch_size: int = 16
 ) -> list[dict]:
-    """Teacher-forced scores per sample, in input order: `prob` (exp of minus the mean answer-token NLL),
-    `extraction_strength`, and `token_logprobs` (log p of each answer token, for before/after views), plus its `id`.
-    Batches hold samples of similar length: less padding to pay for."""
+    """Teacher-forced scores per sample, in input order: `prob` (exp of minus the mean answer-token NLL, EOS
+    included as in the references), `extraction_strength` and `exact_memorization` (EOS left out, as
+    open-unlearning does), `token_logprobs` (log p of each answer token) and `token_correct` (each answer token is
+    the argmax), plus its `id`. Batches hold samples of similar length: less padding to pay for."""
     stats: list[dict | None] = [None] * len(samples)
     order = sorted(range(len(samples)), key=lambda k: len(samples[k].input_ids))
     with evaluating(model):
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             batch = collate([samples[k] for k in rows], pad_id)
-            logits = _logits(model, batch)
-            nll = losses.token_nll(logits, batch["labels"].to(logits.device))[0].cpu()
-            labels = batch["labels"][:, 1:]
-            correct = logits[:, :-1].argmax(-1).cpu() == labels
+            logits = _logits(model, batch)  # [B, L, V]
+            nll = losses.token_nll(logits, batch["labels"].to(logits.device))[0].cpu()  # [B, L-1]
+            labels = batch["labels"][:, 1:]  # [B, L-1]
+            correct = logits[:, :-1].argmax(-1).cpu() == labels  # [B, L-1]
             for row, k in enumerate(rows):
                 answer = labels[row] != IGNORE_INDEX
-                row_nll = nll[row][answer]
+                row_nll, row_correct = nll[row][answer], correct[row][answer].tolist()
+                scored = row_correct if samples[k].content_mask[-1] else row_correct[:-1]  # EOS left out
                 stats[k] = {
                     "id": samples[k].record_id,
                     "prob": float(torch.exp(-row_nll.mean())),
-                    "extraction_strength": extraction_strength(correct[row][answer].tolist()),
+                    "extraction_strength": extraction_strength(scored),
+                    "exact_memorization": exact_memorization(scored),
                     "token_logprobs": (-row_nll).tolist(),
+                    "token_correct": row_correct,
                 }
     return stats
 
@@ -79,6 +92,7 @@ def answer_stats(
 # --------------------------------------------------------------------------------------------- answer quality
 
 _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)  # TOFU's setting
+MAX_NEW_TOKENS = 200  # TOFU's and open-unlearning's generation limit
 
 
 def _normalise(text: str) -> str:
@@ -90,17 +104,31 @@ def quality(
     tokenizer,
     records: Sequence[Record],
     samples: Sequence[EncodedSample],
+    **options,
+) -> dict:
+    """`quality_and_answers` without the per-sample details."""
+    return quality_and_answers(model, tokenizer, records, samples, **options)[0]
+
+
+def quality_and_answers(
+    model: torch.nn.Module,
+    tokenizer,
+    records: Sequence[Record],
+    samples: Sequence[EncodedSample],
     *,
     max_samples: int | None = None,
     batch_size: int = 16,
     chat_template: bool = False,
-) -> dict:
-    """Mean `prob`, `rouge_l` (recall of the greedy answer against the answer), `exact` (whitespace-normalised
-    greedy exact match) and `extraction_strength` over the first `max_samples` records; plus `truth_ratio`
-    and the per-record `truth_ratios` (for `forget_quality`) over those with paraphrased and perturbed answers.
+    truth_ratio_form: str = "forget",
+    max_new_tokens: int = MAX_NEW_TOKENS,
+) -> tuple[dict, list[dict], list[str]]:
+    """(summary, `answer_stats` per sample, greedy answers) over the first `max_samples` records.
 
-    `records[i]` must be the record `samples[i]` was encoded from; `chat_template` must match that encoding
-    (the paraphrased and perturbed answers are encoded the same way, on the same prompt).
+    The summary: mean `prob`, `rouge_l` (recall of the greedy answer against the answer), `exact`
+    (whitespace-normalised greedy exact match), `extraction_strength` and `exact_memorization`; over the records
+    with paraphrased and perturbed answers, the per-record `truth_ratios` (R, for `forget_quality`) and
+    `truth_ratio` in the reference's reported form for the split (`truth_ratio_form`: "forget" or "retain").
+    `records[i]` must be the record `samples[i]` was encoded from; `chat_template` must match that encoding.
     """
     if len(records) != len(samples) or any(r.id != s.record_id for r, s in zip(records, samples)):
         raise ValueError("quality: records and samples must be the same records in the same order.")
@@ -109,51 +137,138 @@ def quality(
         raise ValueError("quality: no samples to evaluate.")
     pad = pad_token_id(tokenizer)
     stats = answer_stats(model, samples, pad, batch_size)
-    generated = greedy_answers(model, tokenizer, samples, batch_size=batch_size)
+    generated = greedy_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    memorized = [s["exact_memorization"] for s in stats if s["exact_memorization"] is not None]
     result = {
         "n": len(samples),
         "prob": float(np.mean([s["prob"] for s in stats])),
         "rouge_l": float(np.mean([_ROUGE.score(r.answer, g)["rougeL"].recall for r, g in zip(records, generated)])),
         "exact": float(np.mean([_normalise(g) == _normalise(r.answer) for r, g in zip(records, generated)])),
         "extraction_strength": float(np.mean([s["extraction_strength"] for s in stats])),
+        "exact_memorization": float(np.mean(memorized)) if memorized else None,
     }
     ratios = truth_ratios(model, tokenizer, records, batch_size=batch_size, chat_template=chat_template)
     if ratios:
-        result["truth_ratio"] = float(np.mean(ratios))
+        result["truth_ratio"] = TRUTH_RATIO_FORMS[truth_ratio_form](ratios)
+        result["truth_ratio_form"] = truth_ratio_form
         result["truth_ratios"] = ratios
-    return result
+    return result, stats, generated
 
 
-def truth_ratios(
-    model: torch.nn.Module, tokenizer, records: Sequence[Record], *, batch_size: int = 16, chat_template: bool = False
-) -> list[float]:
-    """TOFU's truth ratio per record with a paraphrased and at least one perturbed answer:
-    R = mean over perturbed answers of P(perturbed)^(1/len) / P(paraphrased)^(1/len), all on the record's prompt.
-    R < 1: the model prefers the true (paraphrased) answer."""
-    usable = [r for r in records if r.paraphrased_answer and r.perturbed_answer]
+def truth_ratio(base_loss: float, perturbed_losses: Sequence[float]) -> float:
+    """TOFU's truth ratio of one record (evaluate_util.py, aggregate_eval_stat.py; open-unlearning's truth_ratio):
+    the perturbed answers' mean token losses averaged, then R = exp(base loss - that average), i.e. the geometric
+    mean over perturbed answers of P(perturbed)^(1/len) / P(paraphrased)^(1/len). R < 1: the true answer is
+    preferred."""
+    return float(np.exp(base_loss - np.mean(perturbed_losses)))
+
+
+def truth_ratio_forget_form(ratios: Sequence[float]) -> float:
+    """TOFU's reported truth ratio on a forget split (aggregate_eval_stat.py; open-unlearning's
+    `closer_to_1_better`): mean of min(R, 1/R); 1 = the model no longer tells true from perturbed."""
+    r = np.asarray(ratios, dtype=float)
+    return float(np.mean(np.minimum(r, 1 / r)))
+
+
+def truth_ratio_retain_form(ratios: Sequence[float]) -> float:
+    """TOFU's reported truth ratio on retain-like splits (aggregate_eval_stat.py; open-unlearning's `true_better`):
+    mean of max(0, 1 - R); higher = the true answer still preferred."""
+    return float(np.mean(np.maximum(0.0, 1 - np.asarray(ratios, dtype=float))))
+
+
+TRUTH_RATIO_FORMS = {"forget": truth_ratio_forget_form, "retain": truth_ratio_retain_form}
+
+
+def _option_losses(
+    model: torch.nn.Module,
+    tokenizer,
+    records: Sequence[Record],
+    *,
+    base: str,
+    batch_size: int,
+    chat_template: bool,
+) -> list[tuple[float, list[float]]]:
+    """(mean token loss of the base answer, those of the perturbed answers) per record that has both, all on the
+    record's prompt. `base`: "paraphrased" (TOFU's forget and retain) or "answer" (real authors, world facts)."""
+    usable = [r for r in records if r.perturbed_answer and (base == "answer" or r.paraphrased_answer)]
     if not usable:
         return []
-    paraphrased = [Record(r.id, r.question, r.paraphrased_answer) for r in usable]
+    bases = [Record(r.id, r.question, r.answer if base == "answer" else r.paraphrased_answer) for r in usable]
     perturbed = [
         Record(f"{r.id}/perturbed{j}", r.question, p) for r in usable for j, p in enumerate(r.perturbed_answer)
     ]
-    encoded = encode_records(paraphrased + perturbed, tokenizer, chat_template=chat_template)
+    encoded = encode_records(bases + perturbed, tokenizer, chat_template=chat_template)
     # in log space: on a collapsed model the probabilities underflow to 0 and their ratio would be 0/0
-    logps = [
-        float(np.mean(s["token_logprobs"])) for s in answer_stats(model, encoded, pad_token_id(tokenizer), batch_size)
+    mean_losses = [
+        -float(np.mean(s["token_logprobs"])) for s in answer_stats(model, encoded, pad_token_id(tokenizer), batch_size)
     ]
-    para_logps, pert_logps = logps[: len(usable)], iter(logps[len(usable) :])
-    return [
-        float(np.mean([np.exp(next(pert_logps) - para) for _ in r.perturbed_answer]))
-        for r, para in zip(usable, para_logps)
-    ]
+    base_losses, pert_losses = mean_losses[: len(usable)], iter(mean_losses[len(usable) :])
+    return [(b, [next(pert_losses) for _ in r.perturbed_answer]) for r, b in zip(usable, base_losses)]
+
+
+def truth_ratios(
+    model: torch.nn.Module,
+    tokenizer,
+    records: Sequence[Record],
+    *,
+    batch_size: int = 16,
+    chat_template: bool = False,
+    base: str = "paraphrased",
+) -> list[float]:
+    """`truth_ratio` per record with a base (paraphrased, or the answer) and at least one perturbed answer."""
+    options = _option_losses(model, tokenizer, records, base=base, batch_size=batch_size, chat_template=chat_template)
+    return [truth_ratio(b, p) for b, p in options]
+
+
+def option_probability(answer_loss: float, perturbed_losses: Sequence[float]) -> float:
+    """TOFU's probability on real authors and world facts (aggregate_eval_stat.py): P(answer) / (P(answer) +
+    sum of P(perturbed)), each P = exp(-mean token loss)."""
+    true = np.exp(-answer_loss)
+    return float(true / (true + np.sum(np.exp(-np.asarray(perturbed_losses, dtype=float)))))
+
+
+def utility_set_quality(
+    model: torch.nn.Module,
+    tokenizer,
+    records: Sequence[Record],
+    *,
+    batch_size: int = 16,
+    chat_template: bool = False,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+) -> dict:
+    """TOFU's three values on a real-authors or world-facts set: `prob` (`option_probability`), `rouge_l` and
+    `truth_ratio` (retain form, the answer as the base)."""
+    records = [r for r in records if r.perturbed_answer]
+    if not records:
+        raise ValueError("a model-utility set needs records with perturbed answers.")
+    options = _option_losses(
+        model, tokenizer, records, base="answer", batch_size=batch_size, chat_template=chat_template
+    )
+    samples = encode_records(list(records), tokenizer, chat_template=chat_template)
+    generated = greedy_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return {
+        "n": len(records),
+        "prob": float(np.mean([option_probability(b, p) for b, p in options])),
+        "rouge_l": float(np.mean([_ROUGE.score(r.answer, g)["rougeL"].recall for r, g in zip(records, generated)])),
+        "truth_ratio": truth_ratio_retain_form([truth_ratio(b, p) for b, p in options]),
+    }
+
+
+def model_utility(values: Mapping[str, float]) -> float:
+    """TOFU's model utility (aggregate_eval_stat.py; open-unlearning's `hm_aggregate`): the harmonic mean of
+    probability, ROUGE-L recall and truth ratio (retain form) on retain, real authors and world facts."""
+    if len(values) != 9:
+        raise ValueError(f"model utility needs its 9 values, got {len(values)}: {sorted(values)}.")
+    return float(hmean(list(values.values())))
 
 
 def forget_quality(truth_ratios: Sequence[float], reference_truth_ratios: Sequence[float]) -> float:
-    """TOFU's forget quality: the KS-test p-value of the truth ratios against a retain-only reference model's."""
+    """TOFU's forget quality (aggregate_eval_stat.py; open-unlearning's `ks_test`): the KS-test p-value of the
+    per-record ratios P(paraphrased)/P(perturbed) = 1/R against a retain-only reference model's."""
     if not truth_ratios or not reference_truth_ratios:
         raise ValueError("forget_quality needs truth ratios from both models.")
-    return float(ks_2samp(truth_ratios, reference_truth_ratios).pvalue)
+    inverse = lambda r: 1 / np.asarray(r, dtype=float)  # noqa: E731
+    return float(ks_2samp(inverse(truth_ratios), inverse(reference_truth_ratios)).pvalue)
 
 
 # --------------------------------------------------------------------------------------------- alignment
@@ -172,14 +287,18 @@ def _checked(weights: Sequence[float], sample: EncodedSample) -> np.ndarray:
 
 
 def _scored(
-    weights: Mapping[str, Sequence[float]], samples: Sequence[EncodedSample]
+    weights: Mapping[str, Sequence[float]], samples: Sequence, special_tokens: bool = False
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(id, scores, labels) for each sample with ground truth and weights; samples without weights are left out."""
-    return [
-        (s.record_id, _checked(weights[s.record_id], s), np.asarray(s.span_mask, dtype=bool))
-        for s in samples
-        if s.has_ground_truth and s.record_id in weights
-    ]
+    """(id, scores, labels) for each sample with ground truth and weights; samples without weights are left out.
+    EOS and other special tokens (no answer text) are left out of the pool unless `special_tokens`: they are never
+    in a span, so they would count as always-negative tokens."""
+    out = []
+    for s in samples:
+        if s.has_ground_truth and s.record_id in weights:
+            scores, labels = _checked(weights[s.record_id], s), np.asarray(s.span_mask, dtype=bool)
+            keep = np.ones(len(labels), dtype=bool) if special_tokens else np.asarray(s.content_mask, dtype=bool)
+            out.append((s.record_id, scores[keep], labels[keep]))
+    return out
 
 
 def precision_at_k(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -202,10 +321,13 @@ def _separation(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | Non
     }
 
 
-def alignment(weights: Mapping[str, Sequence[float]], samples: Sequence[EncodedSample]) -> dict:
+def alignment(
+    weights: Mapping[str, Sequence[float]], samples: Sequence[EncodedSample], *, special_tokens: bool = False
+) -> dict:
     """How well token weights single out the ground-truth span tokens: pooled `auroc`, `auprc`, `precision_at_k`
-    (None when the pool has one class), `n_tokens`, `n_positive`, `n_samples`, and the same three per sample."""
-    scored = _scored(weights, samples)
+    (None when the pool has one class), `n_tokens`, `n_positive`, `n_samples`, and the same three per sample.
+    The pool leaves out EOS and special tokens unless `special_tokens`."""
+    scored = _scored(weights, samples, special_tokens)
     scores = np.concatenate([s for _, s, _ in scored]) if scored else np.zeros(0)
     labels = np.concatenate([y for _, _, y in scored]) if scored else np.zeros(0, dtype=bool)
     return {
@@ -218,11 +340,11 @@ def alignment(weights: Mapping[str, Sequence[float]], samples: Sequence[EncodedS
 
 
 def alignment_curves(
-    weights: Mapping[str, Sequence[float]], samples: Sequence[EncodedSample]
+    weights: Mapping[str, Sequence[float]], samples: Sequence[EncodedSample], *, special_tokens: bool = False
 ) -> dict[str, list[float]]:
-    """Pooled ROC (`fpr`, `tpr`) and precision-recall (`precision`, `recall`) points for charts; empty lists
-    when the pooled tokens have only one class."""
-    scored = _scored(weights, samples)
+    """Pooled ROC (`fpr`, `tpr`) and precision-recall (`precision`, `recall`) points for charts (the pool of
+    `alignment`); empty lists when the pooled tokens have only one class."""
+    scored = _scored(weights, samples, special_tokens)
     labels = np.concatenate([y for _, _, y in scored]) if scored else np.zeros(0, dtype=bool)
     if labels.all() or not labels.any():
         return {"fpr": [], "tpr": [], "precision": [], "recall": []}
@@ -239,49 +361,92 @@ def nll_increase(probs_before: Sequence[float], probs_after: Sequence[float]) ->
     return np.log(before) - np.log(after)
 
 
+DROP_NATS = 1.0  # a span token counts as strongly forgotten when its log-probability fell by more than this
+MEANINGFUL_SHARE = 0.1  # forgetting is meaningful when at least this share of span tokens fell by more than that
+
+
+def _magnitude(delta: np.ndarray, labels: np.ndarray, drop_nats: float) -> dict:
+    """Mean NLL increase on span and other tokens, and the share of span tokens whose log p fell by > drop_nats."""
+    span, other = delta[labels], delta[~labels]
+    return {
+        "mean_increase_span": float(span.mean()) if span.size else None,
+        "mean_increase_other": float(other.mean()) if other.size else None,
+        "strong_drop_share": float((span > drop_nats).mean()) if span.size else None,
+    }
+
+
 def forgetting(
-    probs_before: Mapping[str, Sequence[float]], probs_after: Mapping[str, Sequence[float]], samples: Sequence
+    probs_before: Mapping[str, Sequence[float]],
+    probs_after: Mapping[str, Sequence[float]],
+    samples: Sequence,
+    *,
+    special_tokens: bool = False,
+    drop_nats: float = DROP_NATS,
 ) -> dict:
     """Which tokens the job actually forgot, judged against the spans: `auroc`/`auprc`/`precision_at_k` of each
-    token's NLL increase, and `span_share` = sum over span tokens of max(increase, 0) / the same over all tokens.
-    Defined for every method, including those whose scores are uniform."""
+    token's NLL increase and `span_share` = sum over span tokens of max(increase, 0) / the same over all tokens
+    (ranking), beside the magnitude: `mean_increase_span`/`_other` (nats) and `strong_drop_share` (span tokens
+    whose log p fell by more than `drop_nats`). `meaningful`: strong_drop_share >= MEANINGFUL_SHARE; when false
+    the span tokens barely moved and the ranking numbers rank noise. Defined for every method."""
     deltas = {sid: nll_increase(probs_before[sid], probs_after[sid]) for sid in probs_after if sid in probs_before}
-    scored = _scored(deltas, samples)
+    scored = _scored(deltas, samples, special_tokens)
+    rule = {"drop_nats": drop_nats, "meaningful_rule": f"strong_drop_share >= {MEANINGFUL_SHARE}"}
     if not scored:
-        return {"auroc": None, "auprc": None, "precision_at_k": None, "span_share": None, "per_sample": {}}
+        return {
+            "auroc": None, "auprc": None, "precision_at_k": None, "span_share": None, "mean_increase_span": None,
+            "mean_increase_other": None, "strong_drop_share": None, "meaningful": False, **rule, "per_sample": {},
+        }  # fmt: skip
     delta = np.concatenate([d for _, d, _ in scored])
     labels = np.concatenate([y for _, _, y in scored])
     gain = np.maximum(delta, 0.0)
+    magnitude = _magnitude(delta, labels, drop_nats)
+    share = magnitude["strong_drop_share"]
     return {
         **_separation(delta, labels),
         "span_share": float(gain[labels].sum() / gain.sum()) if gain.sum() > 0 else None,
-        "mean_increase_span": float(delta[labels].mean()) if labels.any() else None,
-        "mean_increase_other": float(delta[~labels].mean()) if (~labels).any() else None,
+        **magnitude,
+        "meaningful": share is not None and share >= MEANINGFUL_SHARE,
+        **rule,
         "per_sample": {sid: {**_separation(d, y), "mean_increase": float(d.mean())} for sid, d, y in scored},
     }
 
 
-def trajectory(steps: Sequence, probs_before: Mapping[str, Sequence[float]] | None, samples: Sequence) -> dict:
+def trajectory(
+    steps: Sequence,
+    probs_before: Mapping[str, Sequence[float]] | None,
+    samples: Sequence,
+    *,
+    special_tokens: bool = False,
+    drop_nats: float = DROP_NATS,
+) -> dict:
     """Alignment against step: for each step record, over the samples in that step's batch, the AUROC of the
-    recorded scores and of the NLL increase so far, and the mean score inside and outside the spans."""
-    out: dict[str, list] = {
-        k: [] for k in ("step", "score_auroc", "forgetting_auroc", "score_in_span", "score_out_span")
-    }
+    recorded scores and of the NLL increase so far, the magnitude of that increase (`forgetting`'s), and the mean
+    score inside and outside the spans."""
+    keys = ("step", "score_auroc", "forgetting_auroc", "score_in_span", "score_out_span")
+    out: dict[str, list] = {k: [] for k in keys + ("mean_increase_span", "mean_increase_other", "strong_drop_share")}
     for rec in steps:
-        scored = _scored(rec.scores, samples)
+        scored = _scored(rec.scores, samples, special_tokens)
         if not scored:
             continue
         scores = np.concatenate([s for _, s, _ in scored])
         labels = np.concatenate([y for _, _, y in scored])
-        forgot = None
+        forgot = {"mean_increase_span": None, "mean_increase_other": None, "strong_drop_share": None}
+        forgot_auroc = None
         if probs_before is not None:
             deltas = {sid: nll_increase(probs_before[sid], p) for sid, p in rec.probs.items() if sid in probs_before}
-            forgot = alignment(deltas, samples)["auroc"]
+            pooled = _scored(deltas, samples, special_tokens)
+            if pooled:
+                delta = np.concatenate([d for _, d, _ in pooled])
+                delta_labels = np.concatenate([y for _, _, y in pooled])
+                forgot_auroc = _separation(delta, delta_labels)["auroc"]
+                forgot = _magnitude(delta, delta_labels, drop_nats)
         out["step"].append(rec.step)
         out["score_auroc"].append(_separation(scores, labels)["auroc"])
-        out["forgetting_auroc"].append(forgot)
+        out["forgetting_auroc"].append(forgot_auroc)
         out["score_in_span"].append(float(scores[labels].mean()) if labels.any() else None)
         out["score_out_span"].append(float(scores[~labels].mean()) if (~labels).any() else None)
+        for key, value in forgot.items():
+            out[key].append(value)
     return out
 
 

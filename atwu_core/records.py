@@ -57,6 +57,12 @@ class SampleRecord:
             sample.has_ground_truth,
         )
 
+    @property
+    def content_mask(self) -> list[bool]:
+        """True on tokens that cover answer text, False on EOS and special tokens; all True for old runs without
+        offsets."""
+        return [e > s for s, e in self.offsets] if self.offsets else [True] * len(self.span_mask)
+
     def to_json(self) -> dict:
         out = asdict(self)
         out["id"] = out.pop("record_id")

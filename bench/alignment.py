@@ -37,6 +37,7 @@ from common import (
     cache_note,
     command_line,
     environment_line,
+    leak_by_label_table,
     load_world,
     lookup,
     markdown_table,
@@ -166,6 +167,8 @@ COLUMNS: tuple[tuple[str, Callable[[dict], float | None]], ...] = (
     ("score AUROC ↑", metric("alignment.auroc")),
     ("forgetting AUROC ↑", metric("forgetting.auroc")),
     ("span share ↑", metric("forgetting.span_share")),
+    ("ΔNLL span ↑", metric("forgetting.mean_increase_span")),
+    ("leak rate ↓", metric("facts.leak_rate")),
     ("forget exact ↓", metric("forget.after.exact")),
     ("retain exact ↑", metric("retain.after.exact")),
     ("retain kept ↑", retain_kept),
@@ -197,7 +200,7 @@ def world_table(results: list[JobResult], variants: list[str]) -> str:
     """One row per variant, mean ± std over seeds; the first row is the model before unlearning."""
     before = next((r.metrics for r in results if "forget" in r.metrics), {})
     before_row = (
-        ["(before)", ""] + ["–"] * 3 + [mean_std([lookup(before, f"{s}.before.exact")]) for s in ("forget", "retain")]
+        ["(before)", ""] + ["–"] * 5 + [mean_std([lookup(before, f"{s}.before.exact")]) for s in ("forget", "retain")]
     )
     rows = [before_row + ["1.000", "", ""]]
     for v in variants:
@@ -444,8 +447,9 @@ def report(
         (
             "Score AUROC = the final token scores against the span tokens (uniform-weight methods: 0.5 by "
             "construction); forgetting AUROC = each answer token's NLL increase (after vs before) against the spans; "
-            "span share = the span tokens' share of the positive NLL increase; retain kept = retain exact after / "
-            "before. Mean ± std over seeds. A tuning world is marked and excluded from the targets."
+            "span share = the span tokens' share of the positive NLL increase; ΔNLL span = its mean size on span "
+            "tokens (nats); leak rate = share of span texts still in the final greedy answers; retain kept = retain "
+            "exact after / before. Mean ± std over seeds. A tuning world is marked and excluded from the targets."
         ),
         variants_table(variants, set(presets.values())),
     ]
@@ -463,6 +467,9 @@ def report(
             mark = f" — tuning world ({TUNING_WORLDS[w]}), not held-out" if not held_out(w) else " — held-out"
             table = world_table(by_world[w], variants) if by_world[w] else "No job on this world has finished yet."
             parts.append(f"#### World `{w}`{mark}\n\n{notes[w]}\n\n{table}")
+            by_label = leak_by_label_table(by_world[w], variants)
+            if by_label:
+                parts.append(f"Facts still said after unlearning, per span label (`{w}`):\n\n{by_label}")
         targets = targets_table(by_world, model, variants)
         if targets:
             parts.append(f"#### Targets on the {model} model (issue 10; bold: the targeted presets)\n\n{targets}")

@@ -113,6 +113,20 @@ def mean_or_none(values: Iterable[float | None]) -> float | None:
     return statistics.mean(vals) if vals else None
 
 
+def leak_by_label_table(results: list, methods: list[str]) -> str:
+    """Leak rate (share of spans still said in the final greedy answers) per method and span label, mean ± std over
+    seeds; empty when no job recorded facts."""
+    labels = sorted({label for r in results for label in ((r.metrics.get("facts") or {}).get("per_label") or {})})
+    if not labels:
+        return ""
+    rows = [
+        [m] + [mean_std(lookup(r.metrics, f"facts.per_label.{label}.leak_rate") for r in results if r.method == m)
+               for label in labels]
+        for m in methods
+    ]  # fmt: skip
+    return markdown_table(["method", *(f"{label} leak ↓" for label in labels)], rows)
+
+
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])

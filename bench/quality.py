@@ -34,6 +34,7 @@ from common import (
     cache_note,
     command_line,
     environment_line,
+    leak_by_label_table,
     load_world,
     lookup,
     markdown_table,
@@ -57,6 +58,9 @@ COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("retain exact ↑", "retain.after.exact", False),
     ("retain ROUGE-L ↑", "retain.after.rouge_l", False),
     ("retain prob ↑", "retain.after.prob", False),
+    ("leak rate ↓", "facts.leak_rate", True),
+    ("extractable ↓", "facts.extractable_rate", True),
+    ("ΔNLL span ↑", "forgetting.mean_increase_span", False),
     ("AUROC ↑", "alignment.auroc", False),
     ("AUPRC ↑", "alignment.auprc", False),
     ("wall s", "bench.wall_seconds", True),
@@ -391,8 +395,11 @@ def report(
             f"LoRA; job seeds 0–{mode.seeds - 1} on `{first}` and 0–{mode.other_seeds - 1} on the other worlds (the "
             "job seed sets LoRA's init and the batch order); mean ± std over seeds. Quality is evaluated on up to "
             f"{eval_cap_text(mode, presets)} records per split: `exact` = the greedy answer equals the answer, "
-            "`ROUGE-L` = recall of the greedy answer, `prob` = exp(-mean answer-token NLL). Alignment = the final "
-            "token weights against the ground-truth span tokens. `wall s` = the whole job, evaluation included; "
+            "`ROUGE-L` = recall of the greedy answer, `prob` = exp(-mean answer-token NLL), `leak rate` = share of "
+            "span texts still in the greedy answers (up to 200 new tokens), `extractable` = share of spans whose "
+            "every token is still the teacher-forced top-1, `ΔNLL span` = mean rise in span-token NLL (nats). "
+            "Alignment = the final token weights against the ground-truth span tokens. `wall s` = the whole job, "
+            "evaluation included; "
             "`n` = seeds that finished."
         ),
     ]
@@ -402,6 +409,9 @@ def report(
             parts.append("No job on this world has finished yet; `python bench/quality.py` runs (or resumes) them.")
         elif name in by_world:
             parts.append(quality_table(by_world[name], methods))
+            by_label = leak_by_label_table(by_world[name], methods)
+            if by_label:
+                parts.append(f"Facts still said after unlearning, per span label (`{name}`):\n\n{by_label}")
             standing = atwu_standing(by_world[name], methods)
             if standing:
                 parts.append(

@@ -30,6 +30,7 @@ from app.exports import build, fingerprint
 from app.report import SAMPLE_CAP, unpack
 from app.run_views import CHANGE
 from app.state import jobs
+from atwu_core import explore
 from atwu_core.config import METADATA_KEYS, METHODS
 from atwu_core.models import DEMO_MODEL
 from atwu_core.records import Status
@@ -164,12 +165,22 @@ def test_run_completes_with_metrics(completed_run: str) -> None:
 def test_results_card(completed_run: str) -> None:
     at = run_page(completed_run)
     metrics = {m.label: m for m in at.metric}
-    assert list(metrics) == ["score AUROC", "score AUPRC", "score P@k", "forgetting AUROC", "span share"]
     expected = RunReader(completed_run).metrics
+    forgot, facts = expected["forgetting"], expected["facts"]
+    ranking = ["forgetting AUROC", "span share"] if forgot["meaningful"] else []  # else greyed text, not metrics
+    magnitude = ["mean ΔNLL span", "mean ΔNLL other", "span tokens fell > drop", "leak rate", "extractable rate"]
+    assert list(metrics) == ["score AUROC", "score AUPRC", "score P@k", *ranking, *magnitude]
     assert metrics["score AUROC"].value == f"{expected['alignment']['auroc']:.3f}"
-    assert metrics["forgetting AUROC"].value == f"{expected['forgetting']['auroc']:.3f}"
+    assert metrics["mean ΔNLL span"].value == f"{forgot['mean_increase_span']:.3f}"
+    assert metrics["leak rate"].value == f"{facts['leak_rate']:.3f}"
     assert all(m.help for m in metrics.values())
-    quality = pd.DataFrame(at.dataframe[0].value)
+    text = " ".join(m.value for m in at.markdown)
+    assert f"still said: {facts['n_leaked']} of {facts['n_spans']} spans" in text
+    if not forgot["meaningful"]:
+        assert f"**{forgot['auroc']:.3f}**" in text and "not meaningful" in text
+    by_label = table(at, "still said")
+    assert by_label["spans"].sum() == facts["n_spans"] and by_label["still said"].sum() == facts["n_leaked"]
+    quality = table(at, "set")
     assert set(quality["set"]) == {"forget", "retain"} and {"exact", "rouge_l", "prob"} <= set(quality["metric"])
     at.button(key="run_to_compare").click().run()
     assert not at.exception and not at.error, (at.exception, errors(at))
@@ -190,6 +201,15 @@ def test_forgetting_heatmap_beside_scores(completed_run: str) -> None:
     assert change["z"][-1] != change["z"][0]  # the model changed by the final pass
     assert fig["layout"]["xaxis"]["side"] == "top" and fig["layout"]["xaxis"]["tickangle"] == 0
     assert score["y"][-1] == "final" and len(score["z"]) == len(change["z"])
+    # tokens of spans the final model still says are marked on the token axis
+    snap = RunReader(completed_run).snapshot()
+    sample = snap.sample_index[fig["layout"]["title"]["text"].split(":")[0]]
+    leaked = explore.leaked_token_mask(snap.metrics, sample)
+    marked = [t.endswith("<sup>●</sup>") for t in fig["layout"]["xaxis"]["ticktext"]]
+    if leaked is None:  # this sample was not among the judged records: nothing to mark
+        assert not any(marked)
+    else:
+        assert marked == leaked and "still said" in fig["layout"]["xaxis2"]["title"]["text"]
     assert any(t.startswith("␣") for t in fig["layout"]["xaxis2"]["ticktext"])  # leading spaces visible
     at.radio(key="run_view_quantity").set_value("loss weight").run()
     weighted = chart(at, "what was scored (top)")
@@ -208,6 +228,9 @@ def test_alignment_over_time(completed_run: str) -> None:
     steps = RunReader(completed_run).snapshot().metrics["trajectory"]["step"]
     assert lines[0]["x"] == steps
     assert {t["line"]["color"] for t in lines} == {run_colour(completed_run)}
+    traj = RunReader(completed_run).snapshot().metrics["trajectory"]
+    size = f"mean ΔNLL on span tokens {traj['mean_increase_span'][-1]:.3f} nats"
+    assert any(size in c.value for c in at.caption)  # the ranking's magnitude beside it
     second = copy_run(completed_run, "second-copy")
     compare = on_page(app(), "compare")
     compare.multiselect(key="compare_runs").set_value([completed_run, second]).run()
@@ -351,6 +374,10 @@ def test_compare_shows_alignment(completed_run: str) -> None:
     at.multiselect(key="compare_runs").set_value([completed_run]).run()
     frame = table(at, "span share")
     assert 0.0 <= frame["score AUROC"].iloc[0] <= 1.0 and 0.0 <= frame["forgetting AUROC"].iloc[0] <= 1.0
+    metrics = RunReader(completed_run).metrics
+    assert frame["leak rate"].iloc[0] == pytest.approx(metrics["facts"]["leak_rate"])
+    assert frame["mean ΔNLL span"].iloc[0] == pytest.approx(metrics["forgetting"]["mean_increase_span"])
+    assert frame["meaningful"].iloc[0] == ("yes" if metrics["forgetting"]["meaningful"] else "no")
     at.segmented_control(key="per_sample_number").set_value("precision_at_k").run()
     assert any(str(d.value.index.name).startswith("sample (precision@k") for d in at.dataframe)
     high_out, low_in = [d.value["score"].tolist() for d in at.dataframe if "rank percentile" in d.value.columns]
@@ -447,6 +474,9 @@ def test_query_before_after(completed_run: str) -> None:
     at.button(key="scorer_go").click().run()
     assert [i.value for i in at.info][: len(answers)] == answers and at.get("plotly_chart")  # kept while scoring
     assert any("scorer output g" in h.proto.body for h in at.get("html"))
+    verdicts = table(at, "verdict")  # the first forget question's spans, as the run recorded them
+    recorded = RunReader(completed_run).metrics["facts"]["per_sample"][RunReader(completed_run).samples[0].record_id]
+    assert verdicts["verdict"].tolist() == ["still said" if v["leaked"] else "not said" for v in recorded["spans"]]
     at.radio(key="query_kind").set_value("Type a prompt").run()
     at.button(key="query_go").click().run()
     assert "Type a prompt" in errors(at)
@@ -491,6 +521,7 @@ def test_runs_exports(completed_run: str) -> None:
     assert {r["sample_id"] for r in rows if r["step"] == "final"} == {s.record_id for s in snap.samples}
     report = build(completed_run, "html", stamp).decode()
     assert len(report.encode()) < 2_000_000 and "score AUROC" in report
+    assert "still said:" in report and "mean ΔNLL span" in report and "leak rate" in report
     blocks = dict(re.findall(r"<script type='text/plain' id='(\w+)'>(.*?)</script>", report, re.DOTALL))
     assert unpack(blocks["plotlyjs"]) == get_plotlyjs()  # plotly.js inlined once, packed
     figures = json.loads(unpack(blocks["figures"]))["figures"]

@@ -46,8 +46,12 @@ def test_run_shows_results_and_both_heatmaps(tmp_path: Path) -> None:
         wait_finished(page, timeout=300_000)
         card = page.locator(".st-key-results_run")
         card.get_by_text("forgetting AUROC").first.wait_for(timeout=60_000)
+        card.get_by_text("extractable rate").first.wait_for(timeout=60_000)  # the card's last row of numbers
         charts_drawn(page)
         assert card.get_by_text("score AUROC").count() >= 1
+        # facts still said and the forgetting's magnitude, beside its ranking
+        assert card.get_by_text(re.compile(r"still said: \d+ of \d+ spans")).count() >= 1
+        assert card.get_by_text("leak rate").count() >= 1 and card.get_by_text("mean ΔNLL span").count() >= 1
         assert card.get_by_role("button", name=re.compile("Compare this run")).count() == 1
         figure = page.locator(".js-plotly-plot", has_text="what was scored (top)")
         assert figure.locator(".heatmaplayer").count() == 2  # score and log-probability change

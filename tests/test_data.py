@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,37 @@ def test_tofu_json_loads_with_perturbations():
     records = load_tofu_json(SHARED_TOFU / "forget01.json")
     assert len(records) == 40
     assert all(r.paraphrased_answer and r.perturbed_answer for r in records)
-    assert not any(r.forget_spans for r in records)  # TOFU has no span annotations
+    # TOFU's `subject` becomes a `name` span wherever it occurs in the answer
+    raw = json.loads((SHARED_TOFU / "forget01.json").read_text())
+    for record, row in zip(records, raw, strict=True):
+        said = [record.answer[s.start : s.end] for s in record.forget_spans]
+        assert said == [row["subject"]] * record.answer.count(row["subject"])
+        assert all(s.label == "name" for s in record.forget_spans)
+    assert sum(bool(r.forget_spans) for r in records) > 30
+
+
+SPANS_FIXTURE = Path(__file__).parent / "fixtures" / "tofu_spans"
+SHARED_SPANS = SHARED_TOFU.parent / "tofu-spans"
+
+
+def test_a_datasets_folder_with_target_words_loads_as_fact_spans():
+    with pytest.warns(UserWarning, match="dropped 1 target_words annotation"):
+        world = load_data(str(SPANS_FIXTURE))
+    assert world.name == "tofu_spans" and len(world.forget) == 3 and world.retain == []
+    texts = [[(r.answer[s.start : s.end], s.label) for s in r.forget_spans] for r in world.forget]
+    # "Poetry" is annotated at offsets that hold " for P": dropped, its record kept with the other span
+    assert texts == [[("florist", "fact"), ("Dunmere", "fact")], [("Harrow Prize", "fact")], []]
+
+
+@pytest.mark.skipif(not SHARED_SPANS.is_dir(), reason="../shared/data/tofu-spans is not present (fresh clone)")
+def test_the_published_tofu_span_folders_load_whole():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every forget10 annotation matches its answer: nothing dropped
+        world = load_data(str(SHARED_SPANS / "forget10_with_common_words_gpt"))
+    assert len(world.forget) == 400
+    # 1,163 annotations; one ("Kazakhstan") lies inside another ("Kazakhstan Echoes") and merges into it
+    assert sum(len(r.forget_spans) for r in world.forget) == 1162
+    assert sum(not r.forget_spans for r in world.forget) == 12
 
 
 # ------------------------------------------------------------------------------------------ spans -> tokens

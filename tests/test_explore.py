@@ -86,6 +86,9 @@ def test_colour_ranges() -> None:
     assert lo == pytest.approx(0.3) and hi == pytest.approx(0.7)  # the outlier saturates
     assert explore.percentile_range([0.5, 0.5])[1] > 0.5 and explore.percentile_range([]) == (0.0, 1.0)
     assert explore.symmetric_range([-2.0, 1.0, None]) == pytest.approx((-1.98, 1.98))
+    # a floor: changes of a thousandth of a nat are not stretched over the whole colour scale
+    assert explore.symmetric_range([-0.001, 0.002]) == (-1.0, 1.0)
+    assert explore.symmetric_range([-0.001, 0.002], floor=0.01) == (-0.01, 0.01)
 
 
 def test_disagreement_tables_match_their_headings() -> None:
@@ -197,3 +200,24 @@ def test_rename_tag_delete(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     with pytest.raises(FileNotFoundError):
         explore.delete_run(tmp_path / "other")  # never deletes a folder that is not a run
+
+
+def test_leaked_spans_mark_their_tokens_and_old_runs_read_not_recorded():
+    tokens = ["Mator", " Wynton", " was", " born", " in", " Ulmholm", "."]
+    sample = SampleRecord(
+        "r0", "Where?", "Mator Wynton was born in Ulmholm.", tokens,
+        [5, 6, 7, 8, 9, 10, 11], [(0, 5), (5, 12), (12, 16), (16, 21), (21, 24), (24, 32), (32, 33)],
+        [True, True, False, False, False, True, False], ["name", "name", None, None, None, "birthplace", None], True,
+    )  # fmt: skip
+    spans = [
+        {"start": 0, "end": 12, "label": "name", "leaked": False},
+        {"start": 25, "end": 32, "label": "birthplace", "leaked": True},
+    ]
+    metrics = {"facts": {"per_sample": {"r0": {"spans": spans}}, "n_leaked": 1, "n_spans": 2,
+               "per_label": {"birthplace": {"leaked": 1, "spans": 1}, "name": {"leaked": 0, "spans": 1}}}}  # fmt: skip
+    assert explore.leaked_token_mask(metrics, sample) == [False, False, False, False, False, True, False]
+    assert explore.facts_line(metrics) == "still said: 1 of 2 spans (birthplace 1/1, name 0/1)"
+    assert explore.leaked_token_mask({}, sample) is None
+    old = explore.headline({"alignment": {"auroc": 0.7}, "forgetting": {"auroc": 0.8, "span_share": 0.9}})
+    assert old["leak rate"] == old["mean ΔNLL span"] == old["meaningful"] == explore.NOT_RECORDED
+    assert old["forgetting AUROC"] == 0.8 and explore.facts_line({}) == "still said: not recorded"

@@ -166,11 +166,15 @@ def test_answer_stats_and_extraction_strength_on_hand_made_errors(wired, tokeniz
         )
 
     # at position 2 the stranger is mispredicted, and from it the model predicts token 0, not answer token 3:
-    # the answer is right from position 4 on, so the shortest prefix after which all is right is 4 tokens
+    # the answer is right from position 4 on, so the shortest prefix after which all is right is 4 tokens.
+    # open-unlearning's ES and EM leave EOS (the last answer token) out: |y| = n - 1, and a missed EOS costs nothing
     cases = [sample, corrupt(2, "middle"), corrupt(n - 1, "last"), corrupt(0, "first")]
     stats = answer_stats(model, cases, tokenizer.pad_token_id, batch_size=3)
     assert [s["id"] for s in stats] == ["r0", "middle", "last", "first"]
-    assert [s["extraction_strength"] for s in stats] == pytest.approx([1.0, 1 - 4 / n, 0.0, 1 - 2 / n])
+    y = n - 1
+    assert [s["extraction_strength"] for s in stats] == pytest.approx([1.0, 1 - 4 / y, 1.0, 1 - 2 / y])
+    assert [s["exact_memorization"] for s in stats] == pytest.approx([1.0, (y - 2) / y, 1.0, (y - 2) / y])
+    assert stats[2]["token_correct"] == [True] * (n - 1) + [False]
     assert stats[0]["prob"] == pytest.approx(p_wired(len(tokenizer)), rel=1e-4)
     assert len(stats[0]["token_logprobs"]) == n
     # the stranger's own token and the one after it are the unlikely ones
@@ -190,7 +194,15 @@ def test_quality_of_the_wired_model_is_known_exactly(wired, tokenizer) -> None:
     model, sample = wired
     result = quality(model, tokenizer, [RECORD], [sample])
     assert result == pytest.approx(
-        {"n": 1, "prob": p_wired(len(tokenizer)), "rouge_l": 1.0, "exact": 1.0, "extraction_strength": 1.0}, rel=1e-4
+        {
+            "n": 1,
+            "prob": p_wired(len(tokenizer)),
+            "rouge_l": 1.0,
+            "exact": 1.0,
+            "extraction_strength": 1.0,
+            "exact_memorization": 1.0,
+        },
+        rel=1e-4,
     )
     with pytest.raises(ValueError, match="same order"):
         quality(model, tokenizer, [replace(RECORD, id="other")], [sample])
@@ -203,10 +215,16 @@ def test_truth_ratio_compares_perturbed_with_paraphrased_answers(wired, tokenize
     wrong = replace(
         RECORD, paraphrased_answer=RECORD.answer, perturbed_answer=[RECORD.answer, "Ada Quill lives nowhere."]
     )
+    only_wrong = replace(wrong, perturbed_answer=["Ada Quill lives nowhere."])
     assert quality(model, tokenizer, [tied], [sample])["truth_ratios"] == [pytest.approx(1.0)]
     result = quality(model, tokenizer, [wrong], [sample])
-    assert 0.5 < result["truth_ratio"] < 0.75  # (1 + a small probability) / 2
-    assert result["truth_ratios"] == [result["truth_ratio"]]
+    (r_wrong,) = quality(model, tokenizer, [only_wrong], [sample])["truth_ratios"]
+    assert r_wrong < 0.1
+    # TOFU's geometric form: the perturbed answers' losses are averaged before exponentiating (sqrt(1 * r_wrong)),
+    # not their ratios averaged ((1 + r_wrong) / 2)
+    assert result["truth_ratios"] == [pytest.approx(math.sqrt(r_wrong), rel=1e-5)]
+    assert result["truth_ratio"] == pytest.approx(math.sqrt(r_wrong), rel=1e-5)  # forget form: min(R, 1/R) = R
+    assert result["truth_ratio_form"] == "forget"
 
 
 # --------------------------------------------------------------------------------------------- demo model
@@ -233,7 +251,7 @@ def test_greedy_exact_match_is_teacher_forced_all_argmax_correct(demo) -> None:
     samples = encode_records(records, tokenizer)
     answers = greedy_answers(model, tokenizer, samples, batch_size=6)  # mixed prompt lengths in a left-padded batch
     exact = [" ".join(a.split()) == r.answer for a, r in zip(answers, records)]
-    all_correct = [s["extraction_strength"] == 1.0 for s in answer_stats(model, samples, tokenizer.pad_token_id, 5)]
+    all_correct = [all(s["token_correct"]) for s in answer_stats(model, samples, tokenizer.pad_token_id, 5)]
     assert exact == all_correct
     assert any(exact) and not all(exact)
     assert answers == greedy_answers(model, tokenizer, samples, batch_size=1)  # padding changes nothing

@@ -17,6 +17,7 @@ from atwu_core.run_table import run_colour, run_id
 from atwu_core.runs import RunReader, RunSnapshot, list_runs
 
 NUMBERS = {"auroc": "AUROC", "auprc": "AUPRC", "precision_at_k": "precision@k"}
+COMPARE_LEFT_OUT = ("mean ΔNLL other", "span tokens fell > drop", "extractable rate")  # on each run's results card
 
 
 def scaled(row: list[float]) -> list[float]:
@@ -25,22 +26,27 @@ def scaled(row: list[float]) -> list[float]:
 
 
 def summary(snap: RunSnapshot) -> dict:
-    """A run's headline numbers: from metrics.json once finished, else recomputed from its latest records."""
-    metrics = snap.metrics or {}
-    align = metrics.get("alignment") or alignment(snap.latest("scores"), snap.samples)
-    forgot = metrics.get("forgetting") or (
-        forgetting(snap.before.probs, snap.latest("probs"), snap.samples) if snap.before else {}
-    )
+    """A run's headline numbers (`explore.headline`): from metrics.json once finished, else recomputed from its
+    latest records. What the run did not record is blank, and `meaningful` says so in words."""
+    metrics = dict(snap.metrics or {})
+    metrics.setdefault("alignment", alignment(snap.latest("scores"), snap.samples))
+    if "forgetting" not in metrics and snap.before:
+        metrics["forgetting"] = forgetting(snap.before.probs, snap.latest("probs"), snap.samples)
+    values = {k: v for k, v in explore.headline(metrics).items() if k not in COMPARE_LEFT_OUT}
+    meaningful = values.pop("meaningful")
     after = lambda split: ((metrics.get(split) or {}).get("after") or {}).get("exact")  # noqa: E731
     return {
-        "score AUROC": align.get("auroc"),
-        "score AUPRC": align.get("auprc"),
-        "score P@k": align.get("precision_at_k"),
-        "forgetting AUROC": forgot.get("auroc"),
-        "span share": forgot.get("span_share"),
+        **{k: None if v == explore.NOT_RECORDED else v for k, v in values.items()},
+        "meaningful": {True: "yes", False: "no"}.get(meaningful, explore.NOT_RECORDED),
         "forget exact after": after("forget"),
         "retain exact after": after("retain"),
     }
+
+
+def greyed(row: pd.Series) -> list[str]:
+    """Grey the ranking numbers of a run whose forgetting is not meaningful."""
+    grey = row.get("meaningful") == "no"
+    return ["color: #9aa0aa" if grey and col in explore.RANKING else "" for col in row.index]
 
 
 st.title("Compare")
@@ -81,20 +87,25 @@ if running:
 st.subheader("Alignment and forgetting")
 table = pd.DataFrame([{"run": names[d], "state": snaps[d].status.state, **summary(snaps[d])} for d in chosen])
 st.dataframe(
-    table,
+    table.style.apply(greyed, axis=1),
     hide_index=True,
     key="compare_table",
     column_config={  # pixel widths: every column fits a 1280 px window beside the sidebar
         "run": st.column_config.TextColumn(width=170),
         "state": st.column_config.TextColumn(width=80),
+        "meaningful": st.column_config.TextColumn("meaningful", help=METRIC_HELP["meaningful"], width=76),
         **{
             col: st.column_config.NumberColumn(
                 col, help=METRIC_HELP[col.split(" ")[1] if "exact" in col else col], format="%.3f", width=76
             )
             for col in table.columns
-            if col not in ("run", "state")
+            if col not in ("run", "state", "meaningful")
         },
     },
+)
+st.caption(
+    "Forgetting AUROC and span share rank where the probability drop landed; beside them its size (mean ΔNLL on "
+    "span tokens) and the facts still said (leak rate). Greyed: not meaningful (span tokens barely moved)."
 )
 if len(chosen) > 1:
     diff = explore.config_diff({names[d]: snaps[d].config for d in chosen})

@@ -11,7 +11,7 @@ from app.components.curves import token_bars
 from app.components.token_chips import token_chips_html
 from app.run_views import run_label
 from atwu_core.data import EncodedSample, Record, encode_record
-from atwu_core.explore import percentile_range
+from atwu_core.explore import NOT_RECORDED, percentile_range, span_verdicts
 from atwu_core.generation import greedy_answer, pad_token_id
 from atwu_core.metrics import answer_stats
 from atwu_core.models import adapter_enabled
@@ -102,6 +102,30 @@ def kept(name: str, inputs: tuple, result: dict | None = None) -> dict | None:
         st.session_state[name] = (inputs, result)
     stored = st.session_state.get(name)
     return stored[1] if stored is not None and stored[0] == inputs else None
+
+
+def span_verdict_table(reader: RunReader, sample_id: str) -> None:
+    """The run's recorded verdict on each span of a forget question (its final model's greedy answer, at the
+    answer limit the job used), or that the run did not record one."""
+    verdicts = span_verdicts(reader.metrics or {}, sample_id)
+    st.markdown("**Facts of this answer** (the job's final model, recorded at its end)")
+    if verdicts is None:
+        st.caption(f"Span verdicts: {NOT_RECORDED} (the run predates them or did not finish its evaluation).")
+        return
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "span": [v["text"] for v in verdicts],
+                "label": [v["label"] for v in verdicts],
+                "verdict": ["still said" if v["leaked"] else "not said" for v in verdicts],
+                "extractable": [v["extractable"] for v in verdicts],
+                "log p before": [v["logprob_before"] for v in verdicts],
+                "log p after": [v["logprob_after"] for v in verdicts],
+            }
+        ),
+        hide_index=True,
+        key="query_span_verdicts",
+    )
 
 
 def scorer_scores(run_dir: str, snapshot: str, question: str, text: str, through: str) -> tuple[EncodedSample, list]:
@@ -231,5 +255,7 @@ if st.button("Answer", type="primary", key="query_go"):
 answered = kept("query_result", (run_dir, prompt, reference, max_new), answered)
 if answered is not None:
     show_answer(answered)
+if kind == "Forget question":
+    span_verdict_table(reader, reader.samples[pick].record_id)
 st.divider()
 scorer_view(run_dir)

@@ -22,6 +22,7 @@ JOB_SETTINGS = {  # integer JobConfig fields worth changing from the app
     "lora_layers": "LoRA on the top N decoder blocks only (empty: all); backpropagation stops below them.",
     "max_length": "Longest prompt + answer in tokens; longer samples are truncated.",
     "eval_max_samples": "Forget and retain samples scored before/after at the end (fewer = faster finish).",
+    "max_new_tokens": "Greedy answers stop at EOS or after this many new tokens (200: TOFU's and open-unlearning's).",
 }
 
 

@@ -85,14 +85,18 @@ def token_heatmaps(
     probs: list[list[float | None]] | None = None,
     probs_before: list[float | None] | None = None,
     row_title: str = "training step",
+    leaked_mask: list[bool] | None = None,
 ) -> go.Figure:
-    """Panels stacked on one token axis (labels horizontal and dark, above and below; span tokens bold red);
-    every hover names the row, the token, each panel's value and, when given, the token's probability."""
+    """Panels stacked on one token axis (labels horizontal and dark, above and below; span tokens bold red,
+    tokens of spans the final model still says marked ●); every hover names the row, the token, each panel's
+    value and, when given, the token's probability."""
     labels = [token_label(t) for t in tokens]
     ticktext = [
         f"<b><span style='color:{SPAN_INK}'>{lab}</span></b>" if span_mask and span_mask[k] else lab
         for k, lab in enumerate(labels)
     ]
+    if leaked_mask:
+        ticktext = [f"{t}<sup>●</sup>" if leaked_mask[k] else t for k, t in enumerate(ticktext)]
     xs = list(range(len(tokens)))
     ys = [str(r) for r in rows]
     per_panel = max(150, min(300, 60 + 9 * len(rows)))
@@ -149,7 +153,8 @@ def token_heatmaps(
         tickvals=xs, ticktext=ticktext, tickangle=angle, tickfont={"color": INK, "size": 13}, showticklabels=True
     )
     fig.update_xaxes(side="top", row=1, col=1)
-    fig.update_xaxes(title={"text": "answer token (bold red = ground-truth span)"}, row=len(panels), col=1)
+    axis = "answer token (bold red = ground-truth span" + ("; ● = still said after unlearning)" if leaked_mask else ")")
+    fig.update_xaxes(title={"text": axis}, row=len(panels), col=1)
     fig.update_layout(
         title={"text": title}, showlegend=False, height=height, margin={"l": 70, "r": 20, "t": 110, "b": 70}
     )

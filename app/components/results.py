@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from atwu_core.explore import chance_levels
+from atwu_core.explore import NOT_RECORDED, RANKING, chance_levels, fact_label_rows, facts_line, headline
 
 # Shown as help wherever these numbers appear (results card, Compare, Runs).
 METRIC_HELP = {
@@ -16,28 +16,86 @@ METRIC_HELP = {
     "did the probability drop land on the spans?",
     "span share": "Share of the total probability drop (summed positive log-probability decrease) that fell on span "
     "tokens.",
+    "mean ΔNLL span": "Magnitude: mean rise in NLL (nats) of span tokens, log p before − log p after.",
+    "mean ΔNLL other": "Magnitude: mean rise in NLL (nats) of the other answer tokens (EOS and special tokens "
+    "left out).",
+    "span tokens fell > drop": "Share of span tokens whose log-probability fell by more than drop_nats (1 nat by "
+    "default). Forgetting is meaningful when it is at least 0.1; otherwise the span tokens barely moved and "
+    "forgetting AUROC and span share (greyed) rank noise.",
+    "meaningful": "Whether the span tokens moved enough (share fallen > drop_nats ≥ 0.1) for the ranking to mean "
+    "anything.",
+    "leak rate": "Share of ground-truth spans whose text is still in the final model's greedy answer (case- and "
+    "whitespace-normalised): the facts still said.",
+    "extractable rate": "Share of spans still greedily extractable: under teacher forcing from the reference prefix "
+    "every span token is the model's top-1.",
     "exact": "Share of greedy answers equal to the reference answer (forget: lower = forgotten; retain: keep it high).",
     "rouge_l": "ROUGE-L recall of the greedy answer against the reference answer.",
     "prob": "Probability of the reference answer under teacher forcing (geometric mean per token).",
-    "truth_ratio": "TOFU truth ratio: P(perturbed) / P(paraphrased) answer; near 1 = the model no longer prefers "
-    "the true answer.",
-    "extraction_strength": "1 − (shortest prefix after which the model completes the answer itself) / length: "
-    "1 = fully extractable.",
+    "truth_ratio": "TOFU truth ratio, R = geometric mean of P(perturbed)/P(paraphrased) per token; reported as "
+    "TOFU does: forget = mean(min(R, 1/R)) (1 = no longer told apart), retain = mean(max(0, 1 − R)) (higher = kept).",
+    "extraction_strength": "open-unlearning's extraction strength: 1 − (shortest prefix after which the model "
+    "completes the answer itself) / length, EOS left out, at least 1/length.",
+    "exact_memorization": "open-unlearning's exact memorization: share of answer tokens (EOS left out) that are the "
+    "teacher-forced top-1.",
 }
-QUALITY = ("exact", "rouge_l", "prob", "truth_ratio", "extraction_strength")
+QUALITY = ("exact", "rouge_l", "prob", "truth_ratio", "extraction_strength", "exact_memorization")
 LINKS = (("Compare this run", "compare", ":material/insights:"), ("Query this run", "query", ":material/chat:"))
 
 
 def _fmt(value: object) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
+    if value == NOT_RECORDED:
+        return NOT_RECORDED
+    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
 
 
-# Which way each number should move: forgotten on the forget set, kept on the retain set (the truth ratio,
-# P(perturbed) / P(paraphrased), rises towards 1 as the true answer stops being preferred).
-BETTER = {
-    "forget": {"exact": "↓", "rouge_l": "↓", "prob": "↓", "truth_ratio": "↑", "extraction_strength": "↓"},
-    "retain": {"exact": "↑", "rouge_l": "↑", "prob": "↑", "truth_ratio": "↓", "extraction_strength": "↑"},
+# Which way each magnitude and fact number should move for a job that forgets its spans and nothing else.
+DIRECTION = {
+    "mean ΔNLL span": "↑",
+    "mean ΔNLL other": "↓",
+    "span tokens fell > drop": "↑",
+    "leak rate": "↓",
+    "extractable rate": "↓",
 }
+
+
+def ranking_chances(metrics: dict) -> dict[str, float | None]:
+    """Each ranking number's chance level, by display name."""
+    chance = chance_levels(metrics)
+    return {
+        "score AUROC": chance["auroc"],
+        "score AUPRC": chance["auprc"],
+        "score P@k": chance["precision_at_k"],
+        "forgetting AUROC": chance["auroc"],
+        "span share": chance["span_share"],
+    }
+
+
+def _numbers(values: dict, names: tuple[str, ...], greyed: bool, chance: dict[str, float | None]) -> None:
+    """One st.metric per name with the direction that is better (and chance, for ranking numbers); ranking
+    numbers are greyed (with why) when the forgetting is not meaningful."""
+    for col, name in zip(st.columns(len(names)), names, strict=True):
+        if greyed and name in RANKING:
+            col.markdown(
+                f":gray[{name}]  \n:gray[**{_fmt(values[name])}**]  \n:gray[not meaningful]", help=METRIC_HELP[name]
+            )
+            continue
+        delta = f"↑ better · chance {_fmt(chance[name])}" if name in chance else f"{DIRECTION[name]} better"
+        col.metric(name, _fmt(values[name]), delta=delta, delta_color="off", delta_arrow="off", help=METRIC_HELP[name])
+
+
+# Which way each number should move: forgotten on the forget set, kept on the retain set (the truth ratio in
+# TOFU's reported forms: forget mean(min(R, 1/R)) rises towards 1 as the true answer stops being preferred,
+# retain mean(max(0, 1 - R)) stays high while it is still preferred).
+BETTER = {
+    "forget": {
+        "exact": "↓", "rouge_l": "↓", "prob": "↓", "truth_ratio": "↑", "extraction_strength": "↓",
+        "exact_memorization": "↓",
+    },
+    "retain": {
+        "exact": "↑", "rouge_l": "↑", "prob": "↑", "truth_ratio": "↑", "extraction_strength": "↑",
+        "exact_memorization": "↑",
+    },
+}  # fmt: skip
 
 
 def quality_rows(metrics: dict) -> list[dict]:
@@ -68,25 +126,21 @@ def results_card(metrics: dict | None, run_dir: str, *, key: str) -> None:
         if not metrics:
             st.info("No results: the run did not reach its evaluation.")
             return
-        align, forgot = metrics.get("alignment") or {}, metrics.get("forgetting") or {}
-        chance = chance_levels(metrics)
-        cols = st.columns(5)
-        numbers = [
-            ("score AUROC", align.get("auroc"), chance["auroc"]),
-            ("score AUPRC", align.get("auprc"), chance["auprc"]),
-            ("score P@k", align.get("precision_at_k"), chance["precision_at_k"]),
-            ("forgetting AUROC", forgot.get("auroc"), chance["auroc"]),
-            ("span share", forgot.get("span_share"), chance["span_share"]),
-        ]
-        for col, (name, value, level) in zip(cols, numbers, strict=False):
-            col.metric(
-                name,
-                _fmt(value),
-                delta=f"↑ better · chance {_fmt(level)}",
-                delta_color="off",
-                delta_arrow="off",
-                help=METRIC_HELP[name],
+        values, chance = headline(metrics), ranking_chances(metrics)
+        greyed = values["meaningful"] is False
+        _numbers(values, ("score AUROC", "score AUPRC", "score P@k"), greyed, chance)
+        st.markdown("**Realised forgetting**: ranking beside magnitude")
+        _numbers(values, ("forgetting AUROC", "span share", "mean ΔNLL span", "mean ΔNLL other"), greyed, chance)
+        _numbers(values, ("span tokens fell > drop", "leak rate", "extractable rate"), greyed, chance)
+        if greyed:
+            st.caption(
+                ":gray[Not meaningful: fewer than 10% of span tokens lost more than drop_nats of log-probability, "
+                "so forgetting AUROC and span share rank changes too small to matter.]"
             )
+        st.markdown(f"**Facts** — {facts_line(metrics)}")
+        label_rows = fact_label_rows(metrics)
+        if label_rows:
+            st.dataframe(label_rows, hide_index=True, key=f"facts_{key}")
         rows = quality_rows(metrics)
         if rows:
             st.dataframe(
