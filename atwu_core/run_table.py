@@ -44,6 +44,24 @@ def run_colour(run_dir: str | Path) -> str:
     return RUN_PALETTE[int.from_bytes(digest[:4], "big") % len(RUN_PALETTE)]
 
 
+def run_colours(run_dirs: Sequence[str | Path]) -> dict[str, str]:
+    """Colours for runs shown together (run id -> colour): each run's own `run_colour`, except that a run whose colour
+    an earlier-listed run already took gets the next free one, so runs on one chart never share a colour (up to the
+    palette's size). A run alone, or among runs it does not collide with, keeps its colour from every other page."""
+    out: dict[str, str] = {}
+    for run_dir in run_dirs:
+        colour = run_colour(run_dir)
+        if colour in out.values() and len(out) < len(RUN_PALETTE):
+            start = RUN_PALETTE.index(colour)
+            colour = next(
+                c
+                for k in range(len(RUN_PALETTE))
+                if (c := RUN_PALETTE[(start + k) % len(RUN_PALETTE)]) not in out.values()
+            )
+        out[run_id(run_dir)] = colour
+    return out
+
+
 def settings_label(config: dict) -> str:
     """What a run shares with its other seeds: its rerun command without `--seed` (flags, then only the
     settings that differ from its preset)."""

@@ -34,7 +34,7 @@ from atwu_core import explore
 from atwu_core.config import METADATA_KEYS, METHODS
 from atwu_core.models import DEMO_MODEL
 from atwu_core.records import Status
-from atwu_core.run_table import run_colour
+from atwu_core.run_table import run_colour, run_colours
 from atwu_core.runs import RunReader, list_runs, wait_for_state
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
@@ -247,9 +247,12 @@ def test_alignment_over_time(completed_run: str) -> None:
         "score outside": "dot",
     }
     roc = chart(compare, "ROC")
+    colours = run_colours([completed_run, second])
+    assert len(set(colours.values())) == 2  # two runs shown together never share a colour
     for d in (completed_run, second):  # each run in its one colour on every chart
-        assert {t["line"]["color"] for t in runs if t["legendgroup"].startswith(Path(d).name)} == {run_colour(d)}
-        assert [t["line"]["color"] for t in roc["data"] if t["name"].startswith(Path(d).name)] == [run_colour(d)]
+        colour = colours[Path(d).name]
+        assert {t["line"]["color"] for t in runs if t["legendgroup"].startswith(Path(d).name)} == {colour}
+        assert [t["line"]["color"] for t in roc["data"] if t["name"].startswith(Path(d).name)] == [colour]
 
 
 def test_corpus_view(completed_run: str) -> None:

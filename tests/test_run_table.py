@@ -32,6 +32,15 @@ def test_run_colour_is_one_per_run() -> None:
     assert len(many) > 5  # spread over the palette, not one colour
 
 
+def test_runs_shown_together_never_share_a_colour() -> None:
+    ids = [f"run-{k}" for k in range(50)]
+    first = ids[0]
+    twin = next(i for i in ids[1:] if run_table.run_colour(i) == run_table.run_colour(first))  # a hash collision
+    together = run_table.run_colours([first, twin])
+    assert together[first] == run_table.run_colour(first) and together[twin] != together[first]
+    assert len(set(run_table.run_colours(ids[: len(run_table.RUN_PALETTE)]).values())) == len(run_table.RUN_PALETTE)
+
+
 def test_groups_by_settings_except_seed_and_by_tag(tmp_path: Path) -> None:
     write_run(tmp_path, "s0", 0, 0.70, ["base"])
     write_run(tmp_path, "s1", 1, 0.80, ["base", "keep"])

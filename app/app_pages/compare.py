@@ -13,7 +13,7 @@ from app.components.results import METRIC_HELP
 from app.run_views import run_label, trajectories
 from atwu_core import explore
 from atwu_core.metrics import alignment, alignment_curves, forgetting
-from atwu_core.run_table import run_colour, run_id
+from atwu_core.run_table import run_colours, run_id
 from atwu_core.runs import RunReader, RunSnapshot, list_runs
 
 NUMBERS = {"auroc": "AUROC", "auprc": "AUPRC", "precision_at_k": "precision@k"}
@@ -77,7 +77,8 @@ if not chosen:
 
 snaps = {d: RunReader(d).snapshot() for d in chosen}
 names = {d: run_label(d, snaps[d].config) for d in chosen}
-colours = {names[d]: run_colour(d) for d in chosen}  # each run's one colour, on every chart
+shown = run_colours(chosen)  # each run's one colour, unless two runs shown together would share it
+colours = {names[d]: shown[run_id(d)] for d in chosen}
 running = [names[d] for d in chosen if not snaps[d].status.finished]
 if running:
     st.warning(
