@@ -27,6 +27,27 @@ def _finite(obj):
     return obj
 
 
+def read_json(path: Path, max_bytes: int) -> object:
+    """A JSON file read only if it is at most `max_bytes` (checked before reading, so a huge file costs
+    nothing); every failure is a ValueError naming the file. None when the file does not exist."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ValueError(f"{path}: {size} bytes, over the {max_bytes}-byte limit for this file.")
+        with path.open("rb") as fh:
+            data = fh.read(max_bytes + 1)  # the file may have grown since stat
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err}).") from None
+    if len(data) > max_bytes:
+        raise ValueError(f"{path}: over the {max_bytes}-byte limit for this file.")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: not readable JSON ({err}).") from None
+
+
 def json_line(data: object) -> str:
     """One compact JSON line (NaN/inf as null), as records.jsonl holds them."""
     return json.dumps(_finite(data), separators=(",", ":")) + "\n"

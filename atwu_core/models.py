@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from atwu_core import adapters
 from atwu_core.files import ASSETS
 
 # peft (0.21) reads `model.is_gradient_checkpointing`, which transformers 5 deprecates: a FutureWarning on every
@@ -51,6 +52,7 @@ class LoadedModel:
     # results that depend only on the loaded weights, which jobs never change (they train an adapter or a copy):
     # e.g. the "before" evaluation, computed once per model and data instead of once per job
     memo: dict = field(default_factory=dict, repr=False)
+    adapter: str | Path | None = None  # a knowledge adapter merged at load (`load_model(adapter=…)`), for reloads
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -159,7 +161,7 @@ def load_model(
         dtype=str(torch_dtype).replace("torch.", ""),
         vocab_size=int(config.vocab_size),
     )
-    return LoadedModel(model=model, tokenizer=tokenizer, info=info)
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info, adapter=adapter)
 
 
 def _hub_reachable() -> bool:
@@ -274,8 +276,13 @@ def _merge_adapter(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:
     from safetensors import SafetensorError
 
     try:
-        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        config = adapters.lora_config(adapter)
+        adapters.check_weight_keys(adapter)
+    except adapters.AdapterError as err:
+        raise ModelLoadError(str(err)) from None
+    try:
+        return PeftModel.from_pretrained(model, str(adapter), config=config).merge_and_unload()
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
         raise ModelLoadError(f"{adapter}: not a usable LoRA adapter for this model ({_first_line(err)}).") from None
 
 
@@ -364,29 +371,56 @@ def reference_model(model) -> Iterator[PreTrainedModel]:
 @contextlib.contextmanager
 def adapter_enabled(loaded: LoadedModel, run_dir: str | Path) -> Iterator[PreTrainedModel]:
     """The unlearned model of a run: the loaded model with that run's adapter, removed again on exit
-    (or, for a --full run, its saved model)."""
+    (or, for a --full run, its saved model). The adapter is untrusted (`atwu_core.adapters`): only plain LoRA
+    loads, whatever fails takes the injected layers out again, and the base weights' digest is compared before
+    and after; a changed model is reloaded and the call fails saying so."""
     from peft import PeftModel
-    from safetensors import SafetensorError
 
     adapter, full = Path(run_dir) / "adapter", Path(run_dir) / "model"
     if (full / "config.json").is_file():
         yield load_model(str(full), device=loaded.info.device, dtype=loaded.info.dtype).model
         return
-    if not (adapter / "adapter_config.json").is_file():
+    if not (adapter / adapters.CONFIG_FILE).is_file():
         raise ModelLoadError(f"{run_dir}: no adapter or model saved in this run (it may have failed before saving).")
+    try:
+        config = adapters.lora_config(adapter)
+        adapters.check_weight_keys(adapter)
+    except adapters.AdapterError as err:
+        raise ModelLoadError(str(err)) from None
     with loaded.lock:
+        before = adapters.weights_digest(loaded.model)
         try:
-            peft_model = PeftModel.from_pretrained(loaded.model, str(adapter))
-        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+            peft_model = PeftModel.from_pretrained(loaded.model, str(adapter), config=config)
+            peft_model.eval()
+            adapters.check_finite(peft_model, adapter)
+        except BaseException as err:
             _strip_lora_layers(loaded.model)
+            _check_unchanged(loaded, before, adapter)
+            if not isinstance(err, Exception):
+                raise
+            if isinstance(err, adapters.AdapterError):
+                raise ModelLoadError(str(err)) from None
             raise ModelLoadError(
                 f"{adapter}: not a usable LoRA adapter for {loaded.info.name!r} ({_first_line(err)})."
             ) from None
-        peft_model.eval()
         try:
             yield peft_model
         finally:
             loaded.model = detach_lora(peft_model)
+            _check_unchanged(loaded, before, adapter)
+
+
+def _check_unchanged(loaded: LoadedModel, before: str, adapter: Path) -> None:
+    """Fail loudly, with the shared model reloaded, if an adapter left the base weights changed."""
+    if adapters.weights_digest(loaded.model) == before:
+        return
+    fresh = load_model(loaded.info.name, device=loaded.info.device, dtype=loaded.info.dtype, adapter=loaded.adapter)
+    loaded.model = fresh.model
+    loaded.memo.clear()
+    raise ModelLoadError(
+        f"{adapter}: the base model's weights changed while this adapter was loaded; "
+        f"{loaded.info.name!r} was reloaded from its source, so later answers and jobs use the original."
+    )
 
 
 @dataclass

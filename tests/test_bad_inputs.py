@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -17,13 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import constants
+from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertForMaskedLM, T5Config
 
 from atwu_core import cli
+from atwu_core.adapters import weights_digest
 from atwu_core.data import MAX_LINE_BYTES, MAX_TEXT_CHARS, Dataset, Record, encode_records, load_jsonl
 from atwu_core.finetune import finetune, score_samples
 from atwu_core.generation import pad_token_id
-from atwu_core.models import DEMO_MODEL, adapter_enabled, attach_lora, detach_lora
+from atwu_core.models import DEMO_MODEL, ModelLoadError, adapter_enabled, attach_lora, detach_lora
 
 REPO = Path(__file__).resolve().parent.parent
 RECORD = {"id": "r1", "question": "Where was Lorin Vask born?", "answer": "Lorin Vask was born in Tessaly."}
@@ -281,19 +285,105 @@ def test_cli_finetune_model_without_lora(tmp_path, capsys):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
-# ------------------------------------------------------------------------------------------ adapters (item 17)
+# -------------------------------------------------------------------------------------- adapters (item 17; issue 24)
 
 
-def test_failed_adapter_load_leaves_the_shared_model_plain(demo_loaded, tmp_path):
-    lora = attach_lora(demo_loaded.model, 2, 4, "all-linear")
-    lora.save_pretrained(tmp_path / "adapter")
-    demo_loaded.model = detach_lora(lora)
-    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(Exception, match="adapter_model|adapter: not a usable LoRA adapter"):
+def _saved_adapter(loaded, folder: Path) -> Path:
+    """A real LoRA adapter of the demo model, saved as a job saves one (B initialised to zero: a no-op)."""
+    lora = attach_lora(loaded.model, 2, 4, "all-linear")
+    lora.save_pretrained(folder / "adapter")
+    loaded.model = detach_lora(lora)
+    return folder / "adapter"
+
+
+def _edit_config(adapter: Path, **changes) -> None:
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _add_tensor(adapter: Path, key: str, value: torch.Tensor) -> None:
+    path = adapter / "adapter_model.safetensors"
+    tensors = load_file(path)
+    save_file({**tensors, key: value}, path)
+
+
+def _nan_adapter(adapter: Path) -> None:
+    path = adapter / "adapter_model.safetensors"
+    save_file({k: torch.full_like(v, math.nan) for k, v in load_file(path).items()}, path)
+
+
+def _wrong_shape(adapter: Path) -> None:
+    path = adapter / "adapter_model.safetensors"
+    save_file({k: torch.zeros(v.shape[0] + 1, v.shape[1]) for k, v in load_file(path).items()}, path)
+
+
+def _bin_only(adapter: Path) -> None:
+    (adapter / "adapter_model.safetensors").unlink()
+    (adapter / "adapter_model.bin").write_bytes(b"\x80\x04not really a pickle")
+
+
+HEAD = "base_model.model.lm_head.weight"
+CRAFTED_ADAPTERS = {  # each rewrote or kept base weights, or left LoRA layers injected, before issue 24
+    "olora init": (lambda a: _edit_config(a, init_lora_weights="olora"), "init_lora_weights 'olora'"),
+    "pissa init": (lambda a: _edit_config(a, init_lora_weights="pissa"), "init_lora_weights 'pissa'"),
+    "modules_to_save lm_head": (
+        lambda a: (_edit_config(a, modules_to_save=["lm_head"]), _add_tensor(a, HEAD, torch.zeros(512, 128))),
+        "modules_to_save",
+    ),
+    "modules_to_save key missing": (lambda a: _edit_config(a, modules_to_save=["lm_head"]), "modules_to_save"),
+    "bias all": (lambda a: _edit_config(a, bias="all"), "bias = 'all'"),
+    "not LoRA": (lambda a: _edit_config(a, peft_type="IA3"), "peft_type 'IA3'"),
+    "layer_replication": (lambda a: _edit_config(a, layer_replication=[[0, 1]]), "layer_replication"),
+    "unknown setting": (lambda a: _edit_config(a, BOGUS=1), "unknown setting 'BOGUS'"),
+    "config not an object": (lambda a: (a / "adapter_config.json").write_text("[1]"), "not a JSON object"),
+    "config too big": (
+        lambda a: (a / "adapter_config.json").write_text(" " * (2 << 20) + "{}"),
+        "over the 1048576-byte limit",
+    ),
+    "base tensor in the weights": (
+        lambda a: _add_tensor(a, "base_model.model.model.embed_tokens.weight", torch.zeros(512, 128)),
+        "not LoRA weights",
+    ),
+    "pickle only": (_bin_only, "adapter_model.bin is a pickle"),
+    "garbage weights": (
+        lambda a: (a / "adapter_model.safetensors").write_bytes(b"garbage"),
+        "not a readable safetensors",
+    ),
+    "wrong shapes": (_wrong_shape, "not a usable LoRA adapter"),
+    "NaN weights": (_nan_adapter, "NaN or infinite"),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED_ADAPTERS))
+def test_a_crafted_adapter_is_refused_and_leaves_the_shared_model_untouched(case, demo_loaded, tmp_path):
+    craft, message = CRAFTED_ADAPTERS[case]
+    adapter = _saved_adapter(demo_loaded, tmp_path)
+    craft(adapter)
+    model_before, digest = demo_loaded.model, weights_digest(demo_loaded.model)
+    with pytest.raises(ModelLoadError, match=re.escape(message)) as err:
         with adapter_enabled(demo_loaded, tmp_path):
             pass
+    assert "adapter" in str(err.value) and "reloaded" not in str(err.value)
+    assert demo_loaded.model is model_before and weights_digest(demo_loaded.model) == digest
     assert not [name for name, _ in demo_loaded.model.named_modules() if "lora_" in name]
     assert not hasattr(demo_loaded.model, "peft_config")
+
+
+def test_a_plain_adapter_still_loads(demo_loaded, tmp_path):
+    _saved_adapter(demo_loaded, tmp_path)
+    with adapter_enabled(demo_loaded, tmp_path) as model:
+        assert [name for name, _ in model.named_modules() if "lora_A" in name]
+    assert not [name for name, _ in demo_loaded.model.named_modules() if "lora_" in name]
+
+
+def test_base_weights_changed_under_an_adapter_fail_loudly_and_are_reloaded(demo_loaded, tmp_path):
+    """The digest is the last line of defence for whatever the allowlist misses: here the change is made by hand."""
+    _saved_adapter(demo_loaded, tmp_path)
+    digest = weights_digest(demo_loaded.model)
+    with pytest.raises(ModelLoadError, match="weights changed while this adapter was loaded.*reloaded"):
+        with adapter_enabled(demo_loaded, tmp_path) as model:
+            model.get_output_embeddings().weight.data.add_(1.0)  # the tied head: the embeddings too
+    assert weights_digest(demo_loaded.model) == digest
 
 
 # ------------------------------------------------------------------------------------------ the app (item 1)
