@@ -14,10 +14,92 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 
 from atwu_core.data import EncodedSample, Record
 
 TokenValues = dict[str, list[float]]  # sample id -> one value per answer token
+MAX_PID = 1 << 22  # Linux's largest possible pid (PID_MAX_LIMIT): anything above is not a process
+MAX_COUNT = 1 << 40  # steps, samples, tokens: far above any job, far below what breaks arithmetic
+MAX_NAME = 1000  # characters in a run name, a tag, a host, a state or a phase
+
+
+class RecordError(ValueError):
+    """A run-folder file holds a field of the wrong type or range; the message names the field (the reader adds
+    the file). Run folders travel between people, so every value is checked before a view uses it."""
+
+
+def _fail(key: str, what: str, value: object) -> RecordError:
+    return RecordError(f"field {key!r} must be {what}, got {_short(value)}")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int(data: dict, key: str, default: int | None = 0, lo: int = 0, hi: int = MAX_COUNT) -> int | None:
+    value = data.get(key, default)
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _fail(key, f"an integer from {lo} to {hi}", value)
+    return value
+
+
+def _number(data: dict, key: str, default: float = 0.0) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(key, "a number", value)
+    return float(value)
+
+
+def _text(data: dict, key: str, default: str | None = "", limit: int | None = MAX_NAME) -> str | None:
+    value = data.get(key, default)
+    if value is None and default is None:
+        return None
+    if not isinstance(value, str) or (limit is not None and len(value) > limit):
+        raise _fail(key, "a string" + (f" of at most {limit} characters" if limit else ""), value)
+    return value
+
+
+def _list(data: dict, key: str, ok, what: str, default: list | None = None) -> list:
+    value = data.get(key, default)
+    if not isinstance(value, list) or not all(ok(v) for v in value):
+        raise _fail(key, f"a list of {what}", value)
+    return value
+
+
+def _is_number(v: object) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _optional_number(value: object, key: str) -> None:
+    if not _is_number(value):
+        raise _fail(key, "a number or null", value)
+
+
+def _numbers_map(data: dict, key: str) -> dict[str, float | None]:
+    value = data.get(key, {})
+    if not isinstance(value, dict) or not all(isinstance(k, str) and _is_number(v) for k, v in value.items()):
+        raise _fail(key, "an object of numbers", value)
+    return value
+
+
+def _token_values(data: dict, key: str) -> TokenValues:
+    """{sample id: [number or null per token]}: every value checked (a view does arithmetic on them)."""
+    value = data.get(key, {})
+    if not isinstance(value, dict) or not all(
+        isinstance(sid, str) and isinstance(v, list) and all(map(_is_number, v)) for sid, v in value.items()
+    ):
+        raise _fail(key, "an object of {sample id: [numbers]}", value)
+    return value
+
+
+def _object(data: object, what: str) -> dict:
+    if not isinstance(data, dict):
+        raise RecordError(f"{what} is not a JSON object (it holds a {type(data).__name__})")
+    return data
 
 
 def _sig(values: TokenValues, digits: int = 5) -> TokenValues:
@@ -70,18 +152,37 @@ class SampleRecord:
         return out
 
     @classmethod
-    def from_json(cls, data: dict) -> SampleRecord:
-        mask = [bool(m) for m in data["span_mask"]]
+    def from_json(cls, data: object) -> SampleRecord:
+        data = _object(data, "a sample")
+        tokens = _list(data, "tokens", lambda t: isinstance(t, str), "strings")
+        mask = _list(data, "span_mask", lambda m: m in (0, 1), "0/1 flags")
+        labels = data.get("span_labels") or [("forget" if m else None) for m in mask]
+        labels = _list({"span_labels": labels}, "span_labels", lambda v: v is None or isinstance(v, str), "labels")
+        offsets = _list(
+            data,
+            "offsets",
+            lambda o: isinstance(o, list) and len(o) == 2 and all(isinstance(x, int) for x in o),
+            "[start, end] pairs",
+            [],
+        )
+        for key, values in (("span_mask", mask), ("span_labels", labels)):
+            if len(values) != len(tokens):
+                raise RecordError(f"field {key!r} has {len(values)} entries for {len(tokens)} tokens")
+        ground_truth = data.get("has_ground_truth", any(mask))
+        if not isinstance(ground_truth, bool):
+            raise _fail("has_ground_truth", "true or false", ground_truth)
+        if not isinstance(data.get("id"), str):
+            raise _fail("id", "a string", data.get("id"))
         return cls(
             record_id=data["id"],
-            question=data.get("question", ""),
-            answer=data.get("answer", ""),
-            tokens=list(data["tokens"]),
-            token_ids=list(data.get("token_ids", [])),
-            offsets=[tuple(o) for o in data.get("offsets", [])],
-            span_mask=mask,
-            span_labels=data.get("span_labels") or [("forget" if m else None) for m in mask],
-            has_ground_truth=bool(data.get("has_ground_truth", any(mask))),
+            question=_text(data, "question", limit=None),
+            answer=_text(data, "answer", limit=None),
+            tokens=list(tokens),
+            token_ids=list(_list(data, "token_ids", lambda i: isinstance(i, int), "integers", [])),
+            offsets=[tuple(o) for o in offsets],
+            span_mask=[bool(m) for m in mask],
+            span_labels=list(labels),
+            has_ground_truth=ground_truth,
         )
 
 
@@ -96,7 +197,7 @@ class BeforeRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> BeforeRecord:
-        return cls(data["probs"])
+        return cls(_token_values(data, "probs"))
 
 
 def _token_maps_json(record: StepRecord | FinalRecord) -> dict:
@@ -105,7 +206,8 @@ def _token_maps_json(record: StepRecord | FinalRecord) -> dict:
 
 def _token_maps(data: dict) -> tuple[TokenValues, TokenValues, TokenValues]:
     """(scores, loss_weights, probs) of a step or final line; `weights` held the scores before records.py."""
-    return data.get("scores", data.get("weights", {})), data.get("loss_weights", {}), data.get("probs", {})
+    scores = _token_values(data, "scores" if "scores" in data else "weights")
+    return scores, _token_values(data, "loss_weights"), _token_values(data, "probs")
 
 
 @dataclass
@@ -131,8 +233,10 @@ class StepRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> StepRecord:
-        head = (data["step"], data.get("elapsed", 0.0), data.get("losses", {}), data.get("lrs", {}))
-        return cls(*head, data.get("tokens", 0), *_token_maps(data))
+        if "step" not in data:
+            raise RecordError("field 'step' is missing")
+        head = (_int(data, "step"), _number(data, "elapsed"), _numbers_map(data, "losses"), _numbers_map(data, "lrs"))
+        return cls(*head, _int(data, "tokens"), *_token_maps(data))
 
 
 @dataclass
@@ -149,7 +253,7 @@ class FinalRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> FinalRecord:
-        return cls(data.get("step", 0), *_token_maps(data))
+        return cls(_int(data, "step"), *_token_maps(data))
 
 
 # reference: the loaded model's NLL on every forget token (one forward over the forget set, as the final pass is)
@@ -177,19 +281,73 @@ class Status:
 
     @classmethod
     def from_json(cls, data: object) -> Status:
-        if not isinstance(data, dict) or "state" not in data:
-            raise ValueError("status.json is not a status object")
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        if "phase" not in data:  # written before phases existed
-            known["phase"] = "training" if data["state"] == "running" else "done"
-        return cls(**known)
+        data = _object(data, "the file")
+        if "state" not in data:
+            raise RecordError("field 'state' is missing")
+        phase = data.get("phase") or ("training" if data["state"] == "running" else "done")  # before phases existed
+        updated = _text(data, "updated", None)
+        if updated is not None:
+            try:
+                datetime.fromisoformat(updated)
+            except ValueError:
+                raise _fail("updated", "an ISO date and time", updated) from None
+        return cls(
+            state=_text(data, "state"),
+            steps_done=_int(data, "steps_done"),
+            steps_total=_int(data, "steps_total"),
+            phase=_text({"phase": phase}, "phase"),
+            phase_done=_int(data, "phase_done"),
+            phase_total=_int(data, "phase_total"),
+            error=_text(data, "error", None, limit=100_000),
+            updated=updated,
+            pid=_int(data, "pid", None, lo=1, hi=MAX_PID),
+            host=_text(data, "host", None),
+        )
 
     @property
     def finished(self) -> bool:
         return self.state not in ("running", "unknown")
 
 
-def parse_line(data: dict) -> BeforeRecord | StepRecord | FinalRecord | None:
-    """One records.jsonl line as its record (None for a type this version does not know)."""
-    kind = {"before": BeforeRecord, "step": StepRecord, "final": FinalRecord}.get(data.get("type"))
+def parse_line(data: object) -> BeforeRecord | StepRecord | FinalRecord | None:
+    """One records.jsonl line as its record (None for a type this version does not know); RecordError names the
+    field that is wrong."""
+    kind = _object(data, "a record").get("type")
+    kind = {"before": BeforeRecord, "step": StepRecord, "final": FinalRecord}.get(kind if isinstance(kind, str) else "")
     return kind.from_json(data) if kind is not None else None
+
+
+def check_config(data: object) -> dict:
+    """config.json as the views read it: the fields they show or use typed (the job's own settings are checked
+    by `JobConfig` when a run is redone). Returns the same dict."""
+    data = _object(data, "the file")
+    for key in ("method", "model", "name", "data", "preset", "created", "retain_data"):
+        _text(data, key, None)
+    _list(data, "tags", lambda t: isinstance(t, str) and len(t) <= MAX_NAME, "short strings", [])
+    return data
+
+
+METRIC_FIELDS = {  # the numbers views read from metrics.json, per section
+    "alignment": ("auroc", "auprc", "precision_at_k"),
+    "forgetting": ("auroc", "auprc", "span_share"),
+    "timing": ("total_seconds", "mean_step_seconds", "tokens_per_second", "peak_memory_mb", "steps"),
+}
+QUALITY_FIELDS = ("exact", "rouge_l", "prob", "truth_ratio", "extraction_strength")
+
+
+def check_metrics(data: object) -> dict:
+    """metrics.json as the views read it: every number they show is a number or null, every section an object.
+    Returns the same dict."""
+    data = _object(data, "the file")
+    for section, keys in METRIC_FIELDS.items():
+        block = _object(data.get(section) or {}, f"field {section!r}")
+        for key in keys:
+            _optional_number(block.get(key), f"{section}.{key}")
+    for split in ("forget", "retain"):
+        block = _object(data.get(split) or {}, f"field {split!r}")
+        for when in ("before", "after"):
+            quality = _object(block.get(when) or {}, f"field '{split}.{when}'")
+            for key in QUALITY_FIELDS:
+                _optional_number(quality.get(key), f"{split}.{when}.{key}")
+    _optional_number(data.get("forget_quality"), "forget_quality")
+    return data

@@ -7,17 +7,30 @@ are the typed records of `atwu_core.records`; this module only moves them to and
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from atwu_core.files import FILE_MODE, json_line, write_json_atomic
-from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord, TokenValues, parse_line
+from atwu_core.files import FILE_MODE, json_line, read_json, write_json_atomic
+from atwu_core.records import (
+    BeforeRecord,
+    FinalRecord,
+    RecordError,
+    SampleRecord,
+    Status,
+    StepRecord,
+    TokenValues,
+    check_config,
+    check_metrics,
+    parse_line,
+)
 
 
 def runs_root() -> Path:
@@ -131,38 +144,118 @@ class RunSnapshot:
         return out
 
 
+MAX_JSON_BYTES = {  # per run-folder file: far above what a job writes, far below what stalls a page
+    "config.json": 1 << 20,
+    "status.json": 64 << 10,
+    "samples.json": 256 << 20,
+    "metrics.json": 64 << 20,
+}
+MAX_RECORD_LINE = 64 << 20  # one records.jsonl line (a final pass over 400 long samples is ~10 MB)
+READ_CHUNK = 1 << 20
+
+
+class RecordLog:
+    """records.jsonl parsed incrementally: each `update()` reads only the bytes appended since the last one
+    (a live view of a long job parses each line once), in chunks, holding at most one line of MAX_RECORD_LINE
+    bytes. A line that is not a valid record, refers to an unknown sample, or has a token list of the wrong
+    length is skipped and counted; a trailing line without its newline is still being written and waits for the
+    next update. A file that shrank or was replaced is read again from its start."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._reset(None)
+
+    def _reset(self, identity: tuple[int, int] | None) -> None:
+        self.identity, self.offset, self.skipped = identity, 0, 0
+        self.before: BeforeRecord | None = None
+        self.steps: list[StepRecord] = []
+        self.final: FinalRecord | None = None
+
+    def update(self, lengths: dict[str, int]) -> None:
+        """Parse what was appended; `lengths` is each sample's token count (from samples.json)."""
+        with self._lock:
+            try:
+                fh = self.path.open("rb")
+            except FileNotFoundError:
+                self._reset(None)
+                return
+            with fh:
+                st = os.fstat(fh.fileno())
+                if (st.st_dev, st.st_ino) != self.identity or st.st_size < self.offset:
+                    self._reset((st.st_dev, st.st_ino))
+                fh.seek(self.offset)
+                self._read(fh, lengths)
+
+    def _read(self, fh: io.BufferedReader, lengths: dict[str, int]) -> None:
+        pos, line, dropping = self.offset, bytearray(), False  # dropping: inside a line over MAX_RECORD_LINE
+        while chunk := fh.read(READ_CHUNK):
+            start = 0
+            while (end := chunk.find(b"\n", start)) != -1:
+                if dropping or len(line) + end - start > MAX_RECORD_LINE:
+                    self.skipped += 1
+                else:
+                    line += chunk[start:end]
+                    self._add(bytes(line), lengths)
+                self.offset = pos + end + 1
+                line, dropping, start = bytearray(), False, end + 1
+            if not dropping:
+                line += chunk[start:]
+                if len(line) > MAX_RECORD_LINE:
+                    line, dropping = bytearray(), True
+            pos += len(chunk)
+
+    def _add(self, line: bytes, lengths: dict[str, int]) -> None:
+        try:
+            record = parse_line(json.loads(line.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, RecordError):
+            self.skipped += 1
+            return
+        if record is None:
+            return
+        before = isinstance(record, BeforeRecord)
+        maps = [record.probs] if before else [record.scores, record.loss_weights, record.probs]
+        if any(lengths.get(sid) != len(v) for values in maps for sid, v in values.items()):
+            self.skipped += 1
+        elif before:
+            self.before = self.before or record
+        elif isinstance(record, StepRecord):
+            self.steps.append(record)
+        else:
+            self.final = self.final or record
+
+
 class RunReader:
-    """Reopen a run folder, finished or still running. Each call re-reads the files; `snapshot()` reads them once."""
+    """Reopen a run folder, finished or still running. Every file is parsed into its typed record with sizes,
+    types and ranges checked (run folders travel between people); an error is a ValueError naming the file and
+    the field. Each call re-reads the files; `snapshot()` reads them once."""
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
         if not (self.dir / "config.json").is_file():
             raise FileNotFoundError(f"{self.dir}: not a run folder (no config.json).")
 
-    def _json(self, name: str) -> object:
+    def _json(self, name: str, check):
         path = self.dir / name
-        if not path.is_file():
+        data = read_json(path, MAX_JSON_BYTES[name])
+        if data is None:
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not readable JSON ({err}).") from None
+            return check(data)
+        except RecordError as err:
+            raise ValueError(f"{path}: {err}.") from None
 
     @property
     def config(self) -> dict:
-        config = self._json("config.json")
-        if not isinstance(config, dict):
-            raise ValueError(f"{self.dir / 'config.json'}: not a JSON object.")
+        config = self._json("config.json", check_config)
+        if config is None:
+            raise FileNotFoundError(f"{self.dir}: not a run folder (no config.json).")
         return config
 
     @property
     def status(self) -> Status:
         """The job's status; a "running" job whose process is gone on this host reads as "interrupted"."""
-        raw = self._json("status.json")
-        try:
-            status = Status.from_json(raw) if raw is not None else Status("unknown")
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{self.dir / 'status.json'}: {err}.") from None
+        status = self._json("status.json", Status.from_json) or Status("unknown")
         if status.state == "running" and status.host == socket.gethostname() and not _alive(status.pid):
             status.state = "interrupted"
             status.error = "the process running this job ended before it finished; the records so far are kept."
@@ -170,50 +263,53 @@ class RunReader:
 
     @property
     def samples(self) -> list[SampleRecord]:
-        return [SampleRecord.from_json(s) for s in self._json("samples.json") or []]
+        return self._json("samples.json", _samples) or []
 
     @property
     def metrics(self) -> dict | None:
-        return self._json("metrics.json")
+        return self._json("metrics.json", check_metrics)
 
-    def records(self) -> tuple[list[BeforeRecord | StepRecord | FinalRecord], int]:
-        """Every complete line of records.jsonl and how many were unreadable. A trailing line without its
-        newline is still being written and is left for the next read; a bad line in the middle is skipped."""
-        path = self.dir / "records.jsonl"
-        if not path.is_file():
-            return [], 0
-        *lines, _partial = path.read_bytes().split(b"\n")
-        out, skipped = [], 0
-        for line in lines:
-            try:
-                record = parse_line(json.loads(line.decode("utf-8")))
-            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                skipped += 1
-                continue
-            if record is not None:
-                out.append(record)
-        return out, skipped
+    def records(self, log: RecordLog | None = None) -> RecordLog:
+        """records.jsonl parsed: `log` continues from where an earlier call stopped (only new lines are read)."""
+        log = log or RecordLog(self.dir / "records.jsonl")
+        log.update({s.record_id: len(s.tokens) for s in self.samples})
+        return log
 
     def step_records(self) -> list[StepRecord]:
-        return [r for r in self.records()[0] if isinstance(r, StepRecord)]
+        return self.records().steps
 
     @property
     def final(self) -> FinalRecord | None:
-        return next((r for r in self.records()[0] if isinstance(r, FinalRecord)), None)
+        return self.records().final
 
-    def snapshot(self) -> RunSnapshot:
-        records, skipped = self.records()
+    def snapshot(self, log: RecordLog | None = None) -> RunSnapshot:
+        """Every file parsed once; pass the `log` of the previous snapshot to parse only the new records."""
+        samples = self.samples
+        log = log or RecordLog(self.dir / "records.jsonl")
+        log.update({s.record_id: len(s.tokens) for s in samples})
         return RunSnapshot(
             dir=self.dir,
             config=self.config,
             status=self.status,
-            samples=self.samples,
-            before=next((r for r in records if isinstance(r, BeforeRecord)), None),
-            step_records=[r for r in records if isinstance(r, StepRecord)],
-            final=next((r for r in records if isinstance(r, FinalRecord)), None),
+            samples=samples,
+            before=log.before,
+            step_records=list(log.steps),
+            final=log.final,
             metrics=self.metrics,
-            skipped_lines=skipped,
+            skipped_lines=log.skipped,
         )
+
+
+def _samples(data: object) -> list[SampleRecord]:
+    if not isinstance(data, list):
+        raise RecordError(f"must be a list of samples, got {type(data).__name__}")
+    out = []
+    for k, item in enumerate(data):
+        try:
+            out.append(SampleRecord.from_json(item))
+        except RecordError as err:
+            raise RecordError(f"sample {k + 1}: {err}") from None
+    return out
 
 
 def _alive(pid: int | None) -> bool:
@@ -280,7 +376,7 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
                 )
             elif path.is_dir() and (path / "config.json").exists():
                 out.append({"run_dir": str(path), "name": path.name, "state": "unreadable", "error": str(err)})
-        except (OSError, ValueError, TypeError, AttributeError) as err:
+        except Exception as err:  # noqa: BLE001 - whatever one folder holds, the others are still listed
             out.append({"run_dir": str(path), "name": path.name, "state": "unreadable", "error": str(err)})
     return out
 

@@ -63,8 +63,7 @@ def test_the_reader_skips_bad_lines_and_waits_for_a_partial_one(demo_loaded, dem
     lines = path.read_bytes().split(b"\n")  # before, step 1-3, final, ""
     lines[2] = b"\xff\xfe garbage"  # step 2 is damaged: undecodable bytes
     path.write_bytes(b"\n".join(lines[:-1]) + b'\n{"type": "step", "st')  # and a line still being written
-    records, skipped = RunReader(job.run_dir).records()
-    assert skipped == 1
+    assert RunReader(job.run_dir).records().skipped == 1
     assert [r.step for r in RunReader(job.run_dir).step_records()] == [1, 3]  # what came after the bad line is kept
     assert RunReader(job.run_dir).final is not None
 
