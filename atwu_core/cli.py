@@ -57,8 +57,12 @@ def _unlearn(args: argparse.Namespace) -> int:
 
 def _print_metrics(metrics: dict) -> None:
     """The CLI summary; a block an older run folder lacks reads "not recorded"."""
-    a, f = metrics["alignment"], metrics.get("forgetting", {})
-    print(f"alignment  auroc={_fmt(a['auroc'])}  auprc={_fmt(a['auprc'])}  precision@k={_fmt(a['precision_at_k'])}")
+    a, f = metrics.get("alignment") or {}, metrics.get("forgetting") or {}
+    if a:
+        print(
+            f"alignment  auroc={_fmt(a.get('auroc'))}  auprc={_fmt(a.get('auprc'))}  "
+            f"precision@k={_fmt(a.get('precision_at_k'))}"
+        )
     if f:
         ranking = f"auroc={_fmt(f['auroc'])}  auprc={_fmt(f['auprc'])}  span_share={_fmt(f['span_share'])}"
         if "meaningful" not in f:

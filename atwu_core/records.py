@@ -330,7 +330,14 @@ def check_config(data: object) -> dict:
 METRIC_FIELDS = {  # the numbers views read from metrics.json, per section
     "alignment": ("auroc", "auprc", "precision_at_k"),
     "forgetting": ("auroc", "auprc", "span_share"),
-    "timing": ("total_seconds", "mean_step_seconds", "tokens_per_second", "peak_memory_mb", "steps"),
+    "timing": (
+        "total_seconds",
+        "training_seconds",
+        "mean_step_seconds",
+        "tokens_per_second",
+        "peak_memory_mb",
+        "steps",
+    ),
 }
 QUALITY_FIELDS = ("exact", "rouge_l", "prob", "truth_ratio", "extraction_strength")
 
@@ -349,5 +356,7 @@ def check_metrics(data: object) -> dict:
             quality = _object(block.get(when) or {}, f"field '{split}.{when}'")
             for key in QUALITY_FIELDS:
                 _optional_number(quality.get(key), f"{split}.{when}.{key}")
-    _optional_number(data.get("forget_quality"), "forget_quality")
+    quality = data.get("forget_quality")  # a number in older runs, {"value", "n"} since
+    _optional_number(quality.get("value") if isinstance(quality, dict) else quality, "forget_quality")
+    _numbers_map(_object(data.get("timing") or {}, "field 'timing'"), "phase_seconds")
     return data

@@ -200,6 +200,35 @@ CASES = {
         ["run: no metrics.json (state: failed, error: disk full)"],
     ),
     "corrupt-config": (_run_folder({"config.json": "[1", "metrics.json": "{}"}), ["config.json"]),
+    # issue 24 items 2, 3, 9: a run folder is parsed, never trusted (`atwu eval` names the file and the field)
+    "pid-overflow": (
+        _run_folder({"config.json": "{}", "status.json": '{"state": "running", "pid": 1180591620717411303424}'}),
+        ["status.json: field 'pid' must be an integer from 1 to 4194304"],
+    ),
+    "pid-string": (
+        _run_folder({"config.json": "{}", "status.json": '{"state": "running", "pid": "abc"}'}),
+        ["status.json: field 'pid'"],
+    ),
+    "updated-yesterday": (
+        _run_folder({"config.json": "{}", "status.json": '{"state": "completed", "updated": "yesterday"}'}),
+        ["status.json: field 'updated' must be an ISO date and time"],
+    ),
+    "status-huge": (
+        _run_folder({"config.json": "{}", "status.json": '{"state": "x", "error": "' + "x" * (64 << 10) + '"}'}),
+        ["status.json: 65", "over the 65536-byte limit"],
+    ),
+    "tags-not-strings": (
+        _run_folder({"config.json": '{"tags": [1, 2]}', "metrics.json": "{}"}),
+        ["config.json: field 'tags' must be a list of short strings"],
+    ),
+    "metrics-a-list": (
+        _run_folder({"config.json": "{}", "metrics.json": "[1]"}),
+        ["metrics.json: the file is not a JSON object"],
+    ),
+    "metrics-text-auroc": (
+        _run_folder({"config.json": "{}", "metrics.json": '{"alignment": {"auroc": "high"}}'}),
+        ["metrics.json: field 'alignment.auroc' must be a number or null"],
+    ),
     # items 4, 6, 10, 13: the run folder and the settings, refused before a model loads
     "out-not-a-run-folder": (_out_with_a_file, ["already holds other files; give --out a new or empty folder"]),
     "out-not-writable": (_out_through_a_file, ["cannot write the run folder"]),
@@ -239,6 +268,14 @@ def test_bad_input_is_one_line_naming_what_and_where(case, tmp_path, capfd, monk
     assert "Traceback" not in err and len(err) < 600, err
     for text in expected:
         assert text in err, err
+
+
+def test_eval_prints_what_a_partial_metrics_file_holds(tmp_path, capsys):
+    """A metrics.json without `alignment` (a run cut short, or an older one) is shown, not a traceback."""
+    _run_folder({"config.json": '{"method": "ga"}', "metrics.json": '{"retain": {"after": {"exact": 0.5}}}'})(tmp_path)
+    assert cli.main(["eval", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "retain  after  exact=0.500" in out and "alignment" not in out
 
 
 # ------------------------------------------------------------------------------------------ data edge cases that load

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+from pathlib import Path
 
 import pytest
 
-from atwu_core import cli
+from atwu_core import cli, runs
 from atwu_core.config import make_config
 from atwu_core.files import FILE_MODE
 from atwu_core.forward import Forward
 from atwu_core.job import JobError, UnlearningJob, run_job
 from atwu_core.methods import REGISTRY, MethodSpec, RetainParams, ga_loss, register
-from atwu_core.runs import RunReader, RunWriter, list_runs
+from atwu_core.runs import RecordLog, RunReader, RunWriter, list_runs
 from atwu_core.weighting import TokenWeights, WeightingScheme
 
 
@@ -55,6 +57,98 @@ def test_one_bad_run_folder_does_not_hide_the_others(demo_loaded, demo_world, tm
     assert runs["bad-status"]["state"] == "unreadable" and "status.json" in runs["bad-status"]["error"]
     assert runs["bad-config"]["state"] == "unreadable" and "not a JSON object" in runs["bad-config"]["error"]
     assert runs["dangling"]["state"] == "unreadable"
+
+
+@pytest.fixture(scope="module")
+def finished_run(demo_loaded, demo_world, tmp_path_factory) -> Path:
+    """One short finished run; tests copy it before they damage it."""
+    return run_job(
+        _short(steps=3), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path_factory.mktemp("f") / "r"
+    ).run_dir
+
+
+def _copy(run: Path, tmp_path: Path, name: str = "r") -> Path:
+    return Path(shutil.copytree(run, tmp_path / name))
+
+
+def _edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_crafted_run_files_are_each_listed_as_unreadable_and_hide_nothing(finished_run, tmp_path):
+    """Issue 24 items 2-3: values that crashed every page (a pid beyond 64 bits, tags that are numbers, ...)."""
+    root = tmp_path / "runs"
+    crafted = {
+        "pid": ("status.json", {"state": "running", "pid": 1180591620717411303424}, "field 'pid'"),
+        "tags": ("config.json", {"tags": [1, 2]}, "field 'tags'"),
+        "updated": ("status.json", {"updated": "yesterday"}, "field 'updated'"),
+        "steps": ("status.json", {"steps_done": "abc"}, "field 'steps_done'"),
+        "metrics": ("metrics.json", {"forget": {"after": {"exact": [1]}}}, "field 'forget.after.exact'"),
+    }
+    _copy(finished_run, root, "good")
+    for name, (file, change, _) in crafted.items():
+        _edit_json(_copy(finished_run, root, name) / file, **change)
+    runs = {os.path.basename(r["run_dir"]): r for r in list_runs(root)}
+    assert runs["good"]["state"] == "completed"
+    for name, (file, _, field) in crafted.items():
+        assert runs[name]["state"] == "unreadable" and f"{file}: {field}" in runs[name]["error"], runs[name]
+
+
+def test_a_crafted_sample_is_named_by_file_sample_and_field(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    samples = json.loads((run / "samples.json").read_text())
+    del samples[1]["span_mask"]
+    (run / "samples.json").write_text(json.dumps(samples))
+    with pytest.raises(ValueError, match=r"samples.json: sample 2: field 'span_mask' must be a list"):
+        RunReader(run).snapshot()
+
+
+def test_crafted_record_lines_are_skipped_and_counted(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    path = run / "records.jsonl"
+    step = json.loads(path.read_text().splitlines()[1])
+    sid = next(iter(step["scores"]))
+    bad = [
+        {**step, "step": "abc"},
+        {**step, "scores": "not a map"},
+        {**step, "scores": {sid: step["scores"][sid][:-1]}},  # one value short of the sample's tokens
+        {**step, "probs": {"no-such-sample": [0.5]}},
+        {**step, "losses": {"forget": "big"}},
+        [1, 2],
+    ]
+    with path.open("a") as fh:
+        fh.writelines(json.dumps(b) + "\n" for b in bad)
+    snap = RunReader(run).snapshot()
+    assert snap.skipped_lines == len(bad) and [r.step for r in snap.step_records] == [1, 2, 3]
+
+
+def test_the_live_reader_parses_only_the_new_lines(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    path = run / "records.jsonl"
+    step = json.loads(path.read_text().splitlines()[1])
+    reader, log = RunReader(run), RecordLog(path)
+    first = reader.snapshot(log)
+    assert log.offset == path.stat().st_size
+    with path.open("a") as fh:
+        fh.write(json.dumps({**step, "step": 4}) + '\n{"type": "step", "st')  # a new line, and half of another
+    second = reader.snapshot(log)
+    assert [r.step for r in second.step_records] == [1, 2, 3, 4]
+    assert second.step_records[0] is first.step_records[0]  # parsed once, not again
+    assert log.offset == path.stat().st_size - len('{"type": "step", "st')  # the partial line waits
+    path.write_text(path.read_text().split("\n", 1)[0] + "\n")  # replaced by a shorter file: read afresh
+    assert reader.snapshot(log).step_records == [] and reader.snapshot(log).before is not None
+
+
+def test_a_line_over_the_cap_is_skipped_without_holding_it(finished_run, tmp_path, monkeypatch):
+    run = _copy(finished_run, tmp_path)
+    path = run / "records.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    cap = max(len(line) for line in lines)
+    monkeypatch.setattr(runs, "MAX_RECORD_LINE", cap)
+    monkeypatch.setattr(runs, "READ_CHUNK", 97)  # lines cross chunk boundaries
+    path.write_text("".join([*lines[:2], "x" * (3 * cap) + "\n", *lines[2:]]))
+    snap = RunReader(run).snapshot()
+    assert snap.skipped_lines == 1 and [r.step for r in snap.step_records] == [1, 2, 3] and snap.final is not None
 
 
 def test_the_reader_skips_bad_lines_and_waits_for_a_partial_one(demo_loaded, demo_world, tmp_path):
