@@ -19,6 +19,7 @@ from app.components.heatmap import (
     token_heatmaps,
 )
 from app.components.token_chips import token_chips_html
+from app.untrusted import md
 from atwu_core import explore
 from atwu_core.metrics import DROP_NATS, MEANINGFUL_SHARE, trajectory
 from atwu_core.records import SampleRecord
@@ -45,6 +46,13 @@ def run_label(run_dir: str | Path, config: dict | None = None) -> str:
     return f"{name} ({config.get('method')}, {config.get('model')})" if config.get("method") else name
 
 
+def unique_names(names: dict[str, str]) -> dict[str, str]:
+    """Display names that tell runs apart (widgets and tables key on them): a name several runs share gets each
+    one's folder name."""
+    counts = {n: list(names.values()).count(n) for n in names.values()}
+    return {d: f"{n} [{Path(d).name}]" if counts[n] > 1 else n for d, n in names.items()}
+
+
 def quantity_name(config: dict, key: str) -> str:
     """The exact name of a per-token quantity for this run's method."""
     score, weight = FORMULAS.get(config.get("method"), ("uniform: 1", "uniform: 1"))
@@ -66,11 +74,11 @@ def progress_panel(snap: RunSnapshot) -> None:
     st.progress(shown.fraction, text=shown.text)
     status = snap.status
     if status.state == "failed":
-        st.error(f"The job failed: {status.error}")
+        st.error(f"The job failed: {md(status.error)}")
     elif status.state == "cancelled":
         st.warning(f"Cancelled after {_steps(status.steps_done)}.")
     elif status.state == "interrupted":
-        st.warning(f"Interrupted after {_steps(status.steps_done)}: {status.error}")
+        st.warning(f"Interrupted after {_steps(status.steps_done)}: {md(status.error)}")
     if snap.skipped_lines:
         st.warning(f"{snap.skipped_lines} unreadable line(s) in records.jsonl were skipped.")
     if snap.step_records:
@@ -196,7 +204,7 @@ def sample_view(snap: RunSnapshot, sample: SampleRecord | None, *, key: str, upt
     fig, steps, values, probs, (vmin, vmax) = drawn
     st.plotly_chart(fig, key=f"{key}_heatmap", config=MODEBAR)
     where = "Final pass" if steps[-1] == explore.FINAL else f"Step {steps[-1]}"
-    st.markdown(f"**{where}** — Q: {sample.question}")
+    st.markdown(f"**{where}** — Q: {md(sample.question)}")
     st.html(
         token_chips_html(
             sample.tokens,

@@ -7,17 +7,22 @@ refreshes neither reload a model nor lose, kill or duplicate a job (jobs themsel
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 
 import streamlit as st
 
 from atwu_core.data import Dataset, load_data
 from atwu_core.models import LoadedModel, load_model
+from atwu_core.runs import RecordLog
 from atwu_core.worker import JobQueue
 
 DEFAULT_MODEL = "demo"
 DEFAULT_DATA = "demo"
 MAX_MODELS = 2  # a 135M model is ~2 GB in fp32: keep few
+MAX_LOGS = 8  # parsed records of the runs viewed last (a 10 000-step demo run is ~0.7 GB parsed)
+_LOGS_LOCK = threading.Lock()
 
 
 class ModelRegistry:
@@ -50,6 +55,23 @@ def models() -> ModelRegistry:
 def jobs() -> JobQueue:
     """The server's job queue: jobs run one at a time in worker processes, never in the server."""
     return JobQueue()
+
+
+@st.cache_resource(show_spinner=False)
+def _record_logs() -> OrderedDict[str, RecordLog]:
+    return OrderedDict()
+
+
+def record_log(run_dir: str) -> RecordLog:
+    """The parsed records.jsonl of a run, shared by every session, so a refresh parses only the new lines; the
+    MAX_LOGS runs viewed last are kept."""
+    logs = _record_logs()
+    with _LOGS_LOCK:
+        log = logs.pop(run_dir, None) or RecordLog(Path(run_dir) / "records.jsonl")
+        logs[run_dir] = log
+        while len(logs) > MAX_LOGS:
+            logs.popitem(last=False)
+    return log
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

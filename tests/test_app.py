@@ -660,3 +660,73 @@ def test_an_old_format_run_opens_on_runs_and_compare(module_runs: Path) -> None:
         assert not at.exception, errors(at)
     finally:
         shutil.rmtree(old)
+
+
+# ------------------------------------------------------------------------------------------ crafted run folders
+
+IMAGE = "![x](http://127.0.0.1:9/pixel)"  # rendered as Markdown, every viewer's browser would fetch it
+
+
+def shown(at: AppTest) -> str:
+    """The page's error messages as the viewer reads them (Markdown escapes removed)."""
+    return re.sub(r"\\(.)", r"\1", errors(at))
+
+
+def crafted(run_dir: str, name: str, file: str, change) -> str:
+    """A copy of a finished run with one file changed by `change` (parsed JSON in, JSON out)."""
+    target = Path(copy_run(run_dir, name))
+    path = target / file
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    return str(target)
+
+
+def _drop_span_mask(samples: list) -> list:
+    return [{k: v for k, v in s.items() if k != "span_mask"} for s in samples]
+
+
+CRAFTED_RUNS = {  # issue 24 items 2, 3, 10, 12: each broke a page for every run, or rendered user Markdown
+    "crafted-pid": ("status.json", lambda s: {**s, "state": "running", "pid": 1180591620717411303424}),
+    "crafted-tags": ("config.json", lambda c: {**c, "tags": [1, 2]}),
+    "crafted-samples": ("samples.json", _drop_span_mask),
+    "crafted-no-model": ("config.json", lambda c: {k: v for k, v in c.items() if k != "model"}),
+    "crafted-image": ("config.json", lambda c: {**c, "name": IMAGE}),
+    "crafted-same-name": ("config.json", lambda c: {**c, "name": IMAGE}),
+}
+
+
+def test_a_crafted_run_is_an_error_for_that_run_and_the_page_goes_on(completed_run: str) -> None:
+    made = {name: crafted(completed_run, name, file, change) for name, (file, change) in CRAFTED_RUNS.items()}
+    try:
+        at = on_page(app(), "runs")  # opens the newest run, a crafted one
+        states = dict(zip(table(at, "state")["run"], table(at, "state")["state"], strict=True))
+        assert states["crafted-pid"] == states["crafted-tags"] == "unreadable" and "completed" in states.values()
+        at.selectbox(key="runs_pick").set_value(made["crafted-samples"]).run()
+        assert not at.exception and "samples.json: sample 1: field 'span_mask'" in shown(at), shown(at)
+
+        at = on_page(app(), "compare")
+        chosen = [completed_run, made["crafted-samples"], made["crafted-image"], made["crafted-same-name"]]
+        at.multiselect(key="compare_runs").set_value(chosen).run()
+        assert not at.exception and "field 'span_mask'" in shown(at), shown(at)
+        runs = table(at, "span share")["run"].tolist()
+        assert len(runs) == 3 and len(set(runs)) == 3  # the two runs named alike are told apart
+        captions = [c.value for c in at.caption]
+        assert not any(IMAGE in c for c in captions) and any("\\!\\[x\\]" in c for c in captions)
+
+        at = on_page(app(), "query")
+        at.selectbox(key="query_run").set_value(made["crafted-no-model"])
+        at.radio(key="query_kind").set_value("Forget question").run()
+        at.button(key="query_go").click().run()
+        assert not at.exception and "names no model" in shown(at), shown(at)
+    finally:
+        for path in made.values():
+            shutil.rmtree(path)
+
+
+def test_markdown_escaping_leaves_only_text() -> None:
+    markdown_it = pytest.importorskip("markdown_it")
+    from app.untrusted import md
+
+    hostile = f"{IMAGE} **bold** <img src=x> :red[c] $x$ [l](http://h) `c` # h\n- item"
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(md(hostile))
+    assert not any(tag in html for tag in ("<img", "<a ", "<strong", "<code", "<h1", "<li"))
+    assert html.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').count("![x]") == 1

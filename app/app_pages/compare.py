@@ -10,11 +10,12 @@ from app import links
 from app.components.curves import alignment_figure, line_figure
 from app.components.heatmap import MODEBAR, weight_heatmap
 from app.components.results import METRIC_HELP
-from app.run_views import run_label, trajectories
+from app.run_views import run_label, trajectories, unique_names
+from app.untrusted import md, snapshot
 from atwu_core import explore
 from atwu_core.metrics import alignment, alignment_curves, forgetting
 from atwu_core.run_table import run_colours, run_id
-from atwu_core.runs import RunReader, RunSnapshot, list_runs
+from atwu_core.runs import RunSnapshot, list_runs
 
 NUMBERS = {"auroc": "AUROC", "auprc": "AUPRC", "precision_at_k": "precision@k"}
 COMPARE_LEFT_OUT = ("mean ΔNLL other", "span tokens fell > drop", "extractable rate")  # on each run's results card
@@ -54,10 +55,9 @@ runs = [r for r in list_runs() if r["state"] in ("completed", "cancelled", "inte
 if not runs:
     st.info("No runs yet: start one on the Run page.")
     st.stop()
-labels = {
-    r["run_dir"]: f"{run_label(r['run_dir'], r)} · {'RUNNING (provisional)' if r['state'] == 'running' else r['state']}"
-    for r in runs
-}
+state_names = {r["run_dir"]: "RUNNING (provisional)" if r["state"] == "running" else r["state"] for r in runs}
+# widgets tell options apart by their labels: two runs named alike must not merge
+labels = unique_names({r["run_dir"]: f"{run_label(r['run_dir'], r)} · {state_names[r['run_dir']]}" for r in runs})
 default = links.runs_from_url(labels) or explore.default_selection(runs)
 focus = st.session_state.get("focus_run")
 if focus in labels and focus not in default:
@@ -75,14 +75,18 @@ if not chosen:
     st.info("Pick at least one run.")
     st.stop()
 
-snaps = {d: RunReader(d).snapshot() for d in chosen}
-names = {d: run_label(d, snaps[d].config) for d in chosen}
+snaps = {d: snap for d in chosen if (snap := snapshot(d)) is not None}  # a bad run is an error, not the page's end
+chosen = [d for d in chosen if d in snaps]
+if not chosen:
+    st.stop()
+names = unique_names({d: run_label(d, snaps[d].config) for d in chosen})
 shown = run_colours(chosen)  # each run's one colour, unless two runs shown together would share it
 colours = {names[d]: shown[run_id(d)] for d in chosen}
 running = [names[d] for d in chosen if not snaps[d].status.finished]
 if running:
     st.warning(
-        f"Still running: {', '.join(running)}. Their numbers are provisional (latest recorded scores, no evaluation)."
+        f"Still running: {md(', '.join(running))}. Their numbers are provisional (latest recorded scores, "
+        "no evaluation)."
     )
 
 st.subheader("Alignment and forgetting")
@@ -201,7 +205,7 @@ st.plotly_chart(
 st.markdown("**Where scores and spans disagree** (rank percentile: 1 = the sample's highest score, ties share a rank)")
 for d in same:
     tables = explore.disagreement_tables(scores[d][sid], index[d][sid])
-    st.caption(names[d])
+    st.caption(md(names[d]))
     if tables is None:
         st.caption("Every token of this sample has the same score: nothing is ranked, so nothing disagrees.")
         continue

@@ -12,6 +12,7 @@ import streamlit as st
 
 from app import state
 from app.components.token_chips import span_chips_html
+from app.untrusted import md
 from atwu_core.data import DataError, Dataset, Record, encode_record, load_jsonl, record_from_dict
 
 TRAILING_PUNCTUATION = ".,;:!?\"')"
@@ -138,7 +139,7 @@ SOURCES = {
 
 def preview(dataset: Dataset) -> None:
     """Summary table and the tokenised view of one forget sample with its ground truth."""
-    st.subheader(f"Current data: {state.data_label()}")
+    st.subheader(f"Current data: {md(state.data_label())}")
     cols = st.columns(3)
     cols[0].metric("Forget samples", len(dataset.forget))
     cols[1].metric("Retain samples", len(dataset.retain))
@@ -158,7 +159,7 @@ def preview(dataset: Dataset) -> None:
     try:
         tokenizer = state.current_model().tokenizer
     except Exception as err:  # noqa: BLE001 - shown; the rest of the page still works
-        st.error(f"Load a model to see the tokenisation: {err}")
+        st.error(f"Load a model to see the tokenisation: {md(err)}")
         return
     by_id = {r.id: r for r in dataset.forget}
     rid = st.selectbox("Sample", list(by_id), key="preview_sample")
@@ -166,9 +167,9 @@ def preview(dataset: Dataset) -> None:
     try:
         enc = encode_record(record, tokenizer)
     except DataError as err:
-        st.error(str(err))
+        st.error(md(err))
         return
-    st.markdown(f"**Q:** {record.question}")
+    st.markdown(f"**Q:** {md(record.question)}")
     st.html(span_chips_html(enc.answer_tokens, enc.span_mask, enc.answer_token_ids))
     st.caption(
         f"{len(enc.answer_tokens)} answer tokens with {state.model_spec()}'s tokenizer, "

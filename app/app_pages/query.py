@@ -9,7 +9,8 @@ import streamlit as st
 from app import links, state
 from app.components.curves import token_bars
 from app.components.token_chips import token_chips_html
-from app.run_views import run_label
+from app.run_views import run_label, unique_names
+from app.untrusted import isolated, md
 from atwu_core.data import EncodedSample, Record, encode_record
 from atwu_core.explore import NOT_RECORDED, percentile_range, span_verdicts
 from atwu_core.generation import greedy_answer, pad_token_id
@@ -25,6 +26,14 @@ def questions(reader: RunReader) -> dict[str, list[tuple[str, str]]]:
     forget = [(s.question, s.answer) for s in reader.samples]
     retain = [(r.question, r.answer) for r in state.current_data().retain[:200]]
     return {"Forget question": forget, "Retain question": retain}
+
+
+def run_model(run_dir: str) -> str:
+    """The model spec a run was made with (its config.json is untrusted: the field may be missing)."""
+    model = RunReader(run_dir).config.get("model")
+    if not model:
+        raise ValueError(f"{run_dir}/config.json names no model (field 'model'), so the run cannot be queried.")
+    return model
 
 
 def ask(model, tokenizer, prompt: str, sample: EncodedSample | None, max_new: int) -> tuple[str, dict | None]:
@@ -67,8 +76,8 @@ def answer(run_dir: str, prompt: str, reference: str, max_new: int) -> dict | No
     """Answers before (plain model) and after (the run's adapter); None after showing why there are none."""
     config = RunReader(run_dir).config
     try:
-        with st.spinner(f"Loading {config['model']} …"):
-            loaded = state.models().get(config["model"])
+        with st.spinner(f"Loading {md(run_model(run_dir))} …"):
+            loaded = state.models().get(run_model(run_dir))
         sample = (
             encode_record(Record(id="query", question=prompt, answer=reference), loaded.tokenizer)
             if reference.strip()
@@ -79,7 +88,7 @@ def answer(run_dir: str, prompt: str, reference: str, max_new: int) -> dict | No
             with adapter_enabled(loaded, run_dir) as model:
                 after = ask(model, loaded.tokenizer, prompt, sample, max_new)
     except Exception as err:  # noqa: BLE001 - missing adapter, model or bad input: shown, the app stays usable
-        st.error(f"Could not answer: {err}")
+        st.error(f"Could not answer: {md(err)}")
         return None
     return {"before": before, "after": after, "sample": sample}
 
@@ -88,9 +97,9 @@ def show_answer(result: dict) -> None:
     """The two answers side by side, and the reference's per-token change when there is one."""
     c1, c2 = st.columns(2)
     c1.markdown("**Before** (plain model)")
-    c1.info(result["before"][0] or "(empty answer)")
+    c1.info(md(result["before"][0]) or "(empty answer)")
     c2.markdown("**After** (with the run's adapter)")
-    c2.info(result["after"][0] or "(empty answer)")
+    c2.info(md(result["after"][0]) or "(empty answer)")
     if result["sample"] is not None:
         show_logprobs(result["sample"], result["before"][1], result["after"][1])
 
@@ -131,13 +140,14 @@ def span_verdict_table(reader: RunReader, sample_id: str) -> None:
 def scorer_scores(run_dir: str, snapshot: str, question: str, text: str, through: str) -> tuple[EncodedSample, list]:
     """The run's saved scorer's g for every token of `text` (as the answer to `question`): one forward."""
     config = RunReader(run_dir).config
-    loaded = state.models().get(config["model"])
+    loaded = state.models().get(run_model(run_dir))
     sample = encode_record(
         Record(id="any-text", question=question, answer=text),
         loaded.tokenizer,
         chat_template=bool(config.get("chat_template")),
     )
-    scorer, inp = load_scorer(run_dir, snapshot)
+    shape = loaded.model.config.get_text_config()
+    scorer, inp = load_scorer(run_dir, snapshot, hidden_size=shape.hidden_size, n_layers=shape.num_hidden_layers)
     with loaded.lock:
         if through == THROUGH[0]:
             return sample, apply_scorer(scorer, inp, loaded.model, [sample], pad_token_id(loaded.tokenizer))[0]
@@ -154,7 +164,7 @@ def score(run_dir: str, snapshot: str, question: str, text: str, through: str) -
         with st.spinner("Scoring …"):
             sample, g = scorer_scores(run_dir, snapshot, question, text, through)
     except Exception as err:  # noqa: BLE001 - missing scorer, model or bad text: shown, the app stays usable
-        st.error(f"Could not score: {err}")
+        st.error(f"Could not score: {md(err)}")
         return None
     return {"sample": sample, "g": g}
 
@@ -191,7 +201,7 @@ def scorer_view(run_dir: str) -> None:
             "Sample", range(len(records)), format_func=lambda k: records[k].question, key=f"scorer_pick_{source}"
         )
         question, text = records[pick].question, records[pick].answer
-        st.caption(f"Text: {text}")
+        st.caption(f"Text: {md(text)}")
     inputs = (run_dir, snapshot, through, question, text)
     scored = None
     if st.button("Score", key="scorer_go", type="primary"):
@@ -227,35 +237,44 @@ run_dir = st.selectbox(
     list(by_dir),
     index=start if start is not None else list(by_dir).index(focus) if focus in by_dir else 0,
     key="query_run",
-    format_func=lambda d: run_label(d, by_dir[d]),
+    format_func=unique_names({d: run_label(d, r) for d, r in by_dir.items()}).get,
 )
 links.show(run=run_id(run_dir))
-reader = RunReader(run_dir)
-kind = st.radio("Prompt", ["Type a prompt", "Forget question", "Retain question"], horizontal=True, key="query_kind")
-if kind == "Type a prompt":
-    prompt = st.text_input("Prompt", key="query_prompt")
-    reference = st.text_input(
-        "Reference answer (optional: shows per-token log-probability changes)", key="query_reference"
-    )
-else:
-    pairs = questions(reader)[kind]
-    if not pairs:
-        st.info(f"No {kind.lower()}s available.")
-        st.stop()
-    pick = st.selectbox("Question", range(len(pairs)), format_func=lambda k: pairs[k][0], key=f"query_pick_{kind}")
-    prompt, reference = pairs[pick]
-    st.caption(f"Reference answer: {reference}")
-max_new = st.slider("Max new tokens", 8, 128, 48, key="query_max_new")
-answered = None
-if st.button("Answer", type="primary", key="query_go"):
-    if not prompt.strip():
-        st.error("Type a prompt first.")
+
+
+def query(run_dir: str) -> None:
+    """Ask the run's model before and after, then its scorer."""
+    reader = RunReader(run_dir)
+    kinds = ["Type a prompt", "Forget question", "Retain question"]
+    kind = st.radio("Prompt", kinds, horizontal=True, key="query_kind")
+    if kind == "Type a prompt":
+        prompt = st.text_input("Prompt", key="query_prompt")
+        reference = st.text_input(
+            "Reference answer (optional: shows per-token log-probability changes)", key="query_reference"
+        )
     else:
-        answered = answer(run_dir, prompt, reference, max_new)
-answered = kept("query_result", (run_dir, prompt, reference, max_new), answered)
-if answered is not None:
-    show_answer(answered)
-if kind == "Forget question":
-    span_verdict_table(reader, reader.samples[pick].record_id)
-st.divider()
-scorer_view(run_dir)
+        pairs = questions(reader)[kind]
+        if not pairs:
+            st.info(f"No {kind.lower()}s available.")
+            st.stop()
+        pick = st.selectbox("Question", range(len(pairs)), format_func=lambda k: pairs[k][0], key=f"query_pick_{kind}")
+        prompt, reference = pairs[pick]
+        st.caption(f"Reference answer: {md(reference)}")
+    max_new = st.slider("Max new tokens", 8, 128, 48, key="query_max_new")
+    answered = None
+    if st.button("Answer", type="primary", key="query_go"):
+        if not prompt.strip():
+            st.error("Type a prompt first.")
+        else:
+            answered = answer(run_dir, prompt, reference, max_new)
+    answered = kept("query_result", (run_dir, prompt, reference, max_new), answered)
+    if answered is not None:
+        show_answer(answered)
+    if kind == "Forget question":
+        span_verdict_table(reader, reader.samples[pick].record_id)
+    st.divider()
+    scorer_view(run_dir)
+
+
+with isolated(run_dir):
+    query(run_dir)

@@ -9,9 +9,10 @@ import streamlit as st
 from app import links, state
 from app.components.results import results_card
 from app.run_views import progress_panel, run_detail
+from app.untrusted import isolated, md, snapshot
 from atwu_core.config import METHODS, PRESETS, ParamSpec, default_preset, make_config, method_params, resolve_params
 from atwu_core.run_table import run_id
-from atwu_core.runs import RunReader, list_runs
+from atwu_core.runs import list_runs
 
 REFRESH_S = 1.0
 JOB_SETTINGS = {  # integer JobConfig fields worth changing from the app
@@ -93,7 +94,7 @@ def start(arguments: dict) -> None:
         config = make_config(**arguments, model=state.model_spec(), data=state.data_label())
         job = state.jobs().submit(config, state.current_data())
     except Exception as err:  # noqa: BLE001 - bad settings or data: shown, the app stays usable
-        st.error(f"Could not start the job: {err}")
+        st.error(f"Could not start the job: {md(err)}")
         return
     st.session_state["run_dir"] = str(job.run_dir)
     links.show(run=run_id(job.run_dir), sample=None)  # the link names the new run from now on
@@ -110,8 +111,8 @@ def queue_panel(run_dir: str) -> bool:
     ahead = waiting.index(run_dir) + (running is not None)
     st.progress(0.0, text=f"queued · {ahead} job(s) ahead")
     st.info(
-        f"Run {Path(run_dir).name} waits its turn: jobs run one at a time"
-        + (f"; now running {running.run_dir.name}." if running else ".")
+        f"Run {md(Path(run_dir).name)} waits its turn: jobs run one at a time"
+        + (f"; now running {md(running.run_dir.name)}." if running else ".")
     )
     return True
 
@@ -124,22 +125,21 @@ def live_view(run_dir: str) -> None:
     def view() -> None:
         if queue_panel(run_dir):
             return
-        try:
-            snap = RunReader(run_dir).snapshot()
-        except FileNotFoundError:
+        if not (Path(run_dir) / "config.json").is_file():
             st.progress(0.0, text="running · starting the worker process, loading the model and data")
             return
-        except ValueError as err:
-            st.error(f"Cannot read the run folder: {err}")
+        snap = snapshot(run_dir)  # only the records appended since the last refresh are parsed
+        if snap is None:
             return
-        st.subheader(f"Run {Path(run_dir).name}")
-        progress_panel(snap)
-        if snap.status.finished:
-            results_card(snap.metrics, run_dir, key="run")
-        if not snap.step_records:
-            st.info("The first step comes once the model is loaded and evaluated before unlearning (see above).")
-        else:
-            run_detail(snap, key="run_view")
+        st.subheader(f"Run {md(Path(run_dir).name)}")
+        with isolated(run_dir):
+            progress_panel(snap)
+            if snap.status.finished:
+                results_card(snap.metrics, run_dir, key="run")
+            if not snap.step_records:
+                st.info("The first step comes once the model is loaded and evaluated before unlearning (see above).")
+            else:
+                run_detail(snap, key="run_view")
         if live and not state.jobs().tracks(run_dir):
             st.rerun(scope="app")  # the job ended: one full rerun stops the polling
 
@@ -151,7 +151,9 @@ st.markdown(
     "Unlearn the forget set from the model with one method and watch, token by token, what the method scores "
     "and what the model actually forgets."
 )
-st.caption(f"Model **{state.model_spec()}** · data **{state.data_label()}** (change them on the Model and Data pages)")
+st.caption(
+    f"Model **{md(state.model_spec())}** · data **{md(state.data_label())}** (change them on the Model and Data pages)"
+)
 arguments = settings()
 latest = state.jobs().last  # a new tab or a refresh finds the server's latest job
 current = st.session_state.get("run_dir") or (str(latest.run_dir) if latest else None)

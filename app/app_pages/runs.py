@@ -9,10 +9,11 @@ import streamlit as st
 from app import links
 from app.components.results import METRIC_HELP, results_card
 from app.exports import export_panel
-from app.run_views import progress_panel, run_detail, run_label
+from app.run_views import progress_panel, run_detail, run_label, unique_names
+from app.untrusted import isolated, md, snapshot
 from atwu_core.explore import delete_run, rename_run, tag_run
 from atwu_core.run_table import group_runs, run_id, runs_table
-from atwu_core.runs import RunReader, runs_root
+from atwu_core.runs import RunSnapshot, runs_root
 
 COLUMNS = {  # runs_table key -> column shown
     "name": "run",
@@ -109,7 +110,7 @@ def manage(run: dict) -> None:
                 rename_run(run["run_dir"], name)
                 tag_run(run["run_dir"], tags.split(","))
             except (OSError, ValueError) as err:
-                st.error(f"Could not save: {err}")
+                st.error(f"Could not save: {md(err)}")
             else:
                 st.rerun()
         sure = c3.checkbox("Yes, delete this run folder", key="runs_delete_sure")
@@ -117,10 +118,37 @@ def manage(run: dict) -> None:
             try:
                 delete_run(run["run_dir"])
             except (OSError, ValueError) as err:
-                st.error(f"Could not delete: {err}")
+                st.error(f"Could not delete: {md(err)}")
             else:
                 st.session_state.pop("runs_pick", None)
                 st.rerun()
+
+
+def reopen(snap: RunSnapshot) -> None:
+    """A run's progress, results, replay and exports."""
+    run_dir = str(snap.dir)
+    progress_panel(snap)
+    if snap.status.finished:
+        results_card(snap.metrics, run_dir, key="runs")
+    if snap.step_records and snap.samples:
+        numbers = [rec.step for rec in snap.step_records]
+        upto = (
+            st.slider(
+                "Replay up to step",
+                numbers[0],
+                numbers[-1],
+                numbers[-1],
+                key=f"runs_step_{run_dir}",
+                help="Draw the heatmaps and chips as they were at this step (the final pass shows at the last step).",
+            )
+            if len(numbers) > 1
+            else numbers[0]
+        )
+        run_detail(snap, key="runs_view", upto_step=None if upto == numbers[-1] else upto)
+    else:
+        st.info("This run recorded no steps.")
+    st.subheader("Export")
+    export_panel(run_dir, snap.config, key="runs")
 
 
 st.title("Runs")
@@ -130,7 +158,7 @@ st.caption(
 )
 runs = runs_table()
 if not runs:
-    st.info(f"No runs in {runs_root()} yet: start one on the Run page.")
+    st.info(f"No runs in {md(runs_root())} yet: start one on the Run page.")
     st.stop()
 live = any(r["state"] == "running" for r in runs)
 
@@ -155,34 +183,12 @@ run_dir = st.selectbox(
     list(by_dir),
     index=start or 0,
     key="runs_pick",
-    format_func=lambda d: f"{run_label(d, by_dir[d])} · {by_dir[d]['state']}",
+    format_func=unique_names({d: f"{run_label(d, r)} · {r['state']}" for d, r in by_dir.items()}).get,
 )
 links.show(run=run_id(run_dir))
 manage(by_dir[run_dir])
-try:
-    snap = RunReader(run_dir).snapshot()
-except (FileNotFoundError, ValueError) as err:
-    st.error(f"Cannot read {run_dir}: {err}")
+snap = snapshot(run_dir)
+if snap is None:
     st.stop()
-progress_panel(snap)
-if snap.status.finished:
-    results_card(snap.metrics, run_dir, key="runs")
-if snap.step_records and snap.samples:
-    numbers = [rec.step for rec in snap.step_records]
-    upto = (
-        st.slider(
-            "Replay up to step",
-            numbers[0],
-            numbers[-1],
-            numbers[-1],
-            key=f"runs_step_{run_dir}",
-            help="Draw the heatmaps and chips as they were at this step (the final pass shows at the last step).",
-        )
-        if len(numbers) > 1
-        else numbers[0]
-    )
-    run_detail(snap, key="runs_view", upto_step=None if upto == numbers[-1] else upto)
-else:
-    st.info("This run recorded no steps.")
-st.subheader("Export")
-export_panel(run_dir, snap.config, key="runs")
+with isolated(run_dir):
+    reopen(snap)
