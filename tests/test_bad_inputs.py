@@ -28,6 +28,7 @@ from atwu_core.data import MAX_LINE_BYTES, MAX_TEXT_CHARS, Dataset, Record, enco
 from atwu_core.finetune import finetune, score_samples
 from atwu_core.generation import pad_token_id
 from atwu_core.models import DEMO_MODEL, ModelLoadError, adapter_enabled, attach_lora, detach_lora
+from atwu_core.weighting.atwu import Scorer, ScorerError, ScorerInput, apply_scorer, load_scorer, save_scorer
 
 REPO = Path(__file__).resolve().parent.parent
 RECORD = {"id": "r1", "question": "Where was Lorin Vask born?", "answer": "Lorin Vask was born in Tessaly."}
@@ -421,6 +422,57 @@ def test_base_weights_changed_under_an_adapter_fail_loudly_and_are_reloaded(demo
         with adapter_enabled(demo_loaded, tmp_path) as model:
             model.get_output_embeddings().weight.data.add_(1.0)  # the tied head: the embeddings too
     assert weights_digest(demo_loaded.model) == digest
+
+
+# ------------------------------------------------------------------------------------------ scorers (issue 24)
+
+GOOD_SCORER = {"dim": 128, "layers": 2, "width": 16, "input": {"layer": -1, "position": "token", "norm": "none"}}
+
+
+def _scorer_meta(**changes) -> Callable[[Path], None]:
+    return lambda folder: (folder / "scorer.json").write_text(json.dumps({**GOOD_SCORER, **changes}))
+
+
+def _nan_scorer(folder: Path) -> None:
+    path = folder / "scorer.safetensors"
+    save_file({k: torch.full_like(v, math.nan) for k, v in load_file(path).items()}, path)
+
+
+CRAFTED_SCORERS = {  # each built a module sized by the file (1.4 GB, 34 s, 32 GB) or failed with a bare library message
+    "dim 2^28": (_scorer_meta(dim=1 << 28), "field 'dim' must be an integer from 1 to 65536"),
+    "layers 100000": (_scorer_meta(layers=100_000), "field 'layers' must be an integer from 1 to 16"),
+    "width text": (_scorer_meta(width="wide"), "field 'width' must be an integer"),
+    "dim missing": (lambda f: (f / "scorer.json").write_text('{"input": {}}'), "field 'dim'"),
+    "not an object": (lambda f: (f / "scorer.json").write_text("[1]"), "must be an object"),
+    "dim of another model": (_scorer_meta(dim=64), "'dim' is 64 but the model's hidden size is 128"),
+    "shape unlike the weights": (_scorer_meta(width=32), "do not match scorer.json's shape"),
+    "norm bogus": (_scorer_meta(input={"norm": "bogus"}), "field 'input.norm' must be one of"),
+    "layer 99": (_scorer_meta(input={"layer": 99}), "field 'input.layer' must be an integer from -5 to 4"),
+    "unknown input field": (_scorer_meta(input={"BOGUS": 1}), "unknown field(s) ['BOGUS']"),
+    "NaN weights": (_nan_scorer, "NaN or infinite"),
+    "garbage weights": (lambda f: (f / "scorer.safetensors").write_bytes(b"garbage"), "not a readable safetensors"),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED_SCORERS))
+def test_a_crafted_scorer_is_refused_before_it_is_built(case, demo_loaded, tmp_path):
+    save_scorer(Scorer(128, 2, 16), ScorerInput(), tmp_path / "scorer")
+    craft, message = CRAFTED_SCORERS[case]
+    craft(tmp_path / "scorer")
+    shape = demo_loaded.model.config
+    with pytest.raises(ScorerError, match=re.escape(message)) as err:
+        load_scorer(tmp_path, hidden_size=shape.hidden_size, n_layers=shape.num_hidden_layers)
+    assert "scorer" in str(err.value)
+
+
+def test_a_sound_scorer_loads_and_scores(demo_loaded, demo_world, tmp_path):
+    save_scorer(Scorer(128, 2, 16), ScorerInput(norm="rms"), tmp_path / "scorer")
+    shape = demo_loaded.model.config
+    scorer, inp = load_scorer(tmp_path, hidden_size=shape.hidden_size, n_layers=shape.num_hidden_layers)
+    samples = encode_records(demo_world.forget[:2], demo_loaded.tokenizer, 64, False)
+    g = apply_scorer(scorer, inp, demo_loaded.model, samples, pad_token_id(demo_loaded.tokenizer))
+    assert inp.norm == "rms" and [len(v) for v in g] == [len(s.answer_tokens) for s in samples]
+    assert all(v == 0.5 for row in g for v in row)  # a fresh scorer's last layer is zero: every token at 0.5
 
 
 # ------------------------------------------------------------------------------------------ the app (item 1)

@@ -14,17 +14,17 @@ fraction of sequence i's tokens with g > 0.5. Inside NPO (`atwu-npo`) the weight
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from atwu_core import losses
 from atwu_core.data import EncodedSample
-from atwu_core.files import write_json_atomic
+from atwu_core.files import read_json, write_json_atomic
 from atwu_core.forward import Forward, ForwardNeeds, batches, forward
 from atwu_core.generation import evaluating, model_device
 from atwu_core.weighting.base import PrepareContext, TokenWeights, WeightingScheme
@@ -221,20 +221,93 @@ def scorer_snapshots(run_dir: str | Path) -> list[str]:
     return names + (["scorer"] if (folder / "scorer.safetensors").is_file() else [])
 
 
+MAX_SCORER_JSON = 64 << 10
+SCORER_CAPS = {"dim": 1 << 16, "layers": 16, "width": 1 << 14}  # far above a trained scorer; bounds what a file costs
+INPUT_CHOICES = {"position": ("token", "predicting"), "norm": ("none", "rms", "l2")}
+
+
+class ScorerError(ValueError):
+    """A saved scorer that cannot be used; the message names the file and the field."""
+
+
 def load_scorer(
-    run_dir: str | Path, name: str = "scorer", device: str | torch.device = "cpu"
+    run_dir: str | Path,
+    name: str = "scorer",
+    device: str | torch.device = "cpu",
+    *,
+    hidden_size: int | None = None,
+    n_layers: int | None = None,
 ) -> tuple[Scorer, ScorerInput]:
-    """A run's saved scorer (safetensors: no pickle) on `device` (the model's), ready to apply with `apply_scorer`."""
+    """A run's saved scorer (safetensors: no pickle) on `device` (the model's), ready to apply with `apply_scorer`. The run folder is
+    untrusted: scorer.json is checked (types, caps, the model's `hidden_size` and `n_layers` when given) and
+    the weights file's header must hold exactly the tensors that shape implies, all before anything is built."""
     folder = Path(run_dir) / "scorer"
-    if not (folder / "scorer.json").is_file() or not (folder / f"{name}.safetensors").is_file():
+    meta_path, weights = folder / "scorer.json", folder / f"{name}.safetensors"
+    if not meta_path.is_file() or not weights.is_file():
         raise FileNotFoundError(
             f"{folder}: no saved scorer {name!r} (only ATWU runs save one; "
             f"saved: {', '.join(scorer_snapshots(run_dir)) or 'none'})."
         )
-    meta = json.loads((folder / "scorer.json").read_text(encoding="utf-8"))
-    scorer = Scorer(meta["dim"], meta["layers"], meta["width"])
-    scorer.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
-    return scorer.to(device).eval(), ScorerInput(**meta["input"])
+    try:
+        meta = read_json(meta_path, MAX_SCORER_JSON)
+    except ValueError as err:
+        raise ScorerError(str(err)) from None
+    shape, inp = _scorer_meta(meta, meta_path, hidden_size, n_layers)
+    expected = _scorer_shapes(*shape)
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (SafetensorError, OSError) as err:
+        raise ScorerError(f"{weights}: not a readable safetensors file ({err}).") from None
+    if found != expected:
+        raise ScorerError(f"{weights}: its tensors {found} do not match {meta_path.name}'s shape {expected}.")
+    state = load_file(str(weights))
+    if not all(torch.isfinite(t).all() for t in state.values()):
+        raise ScorerError(f"{weights}: holds NaN or infinite weights.")
+    scorer = Scorer(*shape)
+    scorer.load_state_dict(state)
+    return scorer.to(device).eval(), inp
+
+
+def _scorer_meta(
+    meta: object, path: Path, hidden_size: int | None, n_layers: int | None
+) -> tuple[tuple[int, int, int], ScorerInput]:
+    """(dim, layers, width) and the ScorerInput of a scorer.json, every field checked."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("input"), dict):
+        raise ScorerError(f"{path}: must be an object with 'dim', 'layers', 'width' and an 'input' object.")
+    shape = []
+    for key, cap in SCORER_CAPS.items():
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cap:
+            raise ScorerError(f"{path}: field {key!r} must be an integer from 1 to {cap}, got {value!r}.")
+        shape.append(value)
+    if hidden_size is not None and shape[0] != hidden_size:
+        raise ScorerError(f"{path}: field 'dim' is {shape[0]} but the model's hidden size is {hidden_size}.")
+    raw = meta["input"]
+    unknown = set(raw) - set(ScorerInput.__dataclass_fields__)
+    if unknown:
+        raise ScorerError(f"{path}: unknown field(s) {sorted(unknown)} in 'input'.")
+    layer, centre = raw.get("layer", -1), raw.get("centre", False)
+    bound = n_layers if n_layers is not None else 1 << 16
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -bound - 1 <= layer <= bound:
+        raise ScorerError(
+            f"{path}: field 'input.layer' must be an integer from {-bound - 1} to {bound}, got {layer!r}."
+        )
+    if not isinstance(centre, bool):
+        raise ScorerError(f"{path}: field 'input.centre' must be true or false, got {centre!r}.")
+    for key, choices in INPUT_CHOICES.items():
+        if raw.get(key, choices[0]) not in choices:
+            raise ScorerError(f"{path}: field 'input.{key}' must be one of {choices}, got {raw.get(key)!r}.")
+    return (shape[0], shape[1], shape[2]), ScorerInput(**raw)
+
+
+def _scorer_shapes(dim: int, layers: int, width: int) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of Scorer(dim, layers, width), without building it (Linear at every other index)."""
+    sizes = [dim] + [width] * (layers - 1) + [1]
+    out = {}
+    for k, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        out[f"net.{2 * k}.weight"], out[f"net.{2 * k}.bias"] = (b, a), (b,)
+    return out
 
 
 def apply_scorer(
