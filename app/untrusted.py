@@ -14,12 +14,12 @@ import streamlit as st
 from app import state
 from atwu_core.runs import RunReader, RunSnapshot
 
-_MARKDOWN = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character; CommonMark escapes each one
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#!|~$:])")  # what starts Markdown syntax; CommonMark escapes each
 
 
 def md(text: object) -> str:
-    """`text` as literal Markdown: every punctuation character backslash-escaped (links, images, emphasis,
-    Streamlit's `:colour[…]` and `$…$` all become plain text), newlines kept."""
+    """`text` as literal Markdown: the characters that open links, images, HTML, emphasis, code, headings,
+    tables, Streamlit's `:colour[…]`/`:material/…:` and `$…$` backslash-escaped, so all of it shows as text."""
     return _MARKDOWN.sub(r"\\\1", str(text))
 
 

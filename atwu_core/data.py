@@ -21,6 +21,8 @@ IGNORE_INDEX = -100
 # to the text (a 50 MB answer took 19 GB and 6 minutes), and no question or answer worth unlearning is this long.
 MAX_TEXT_CHARS = 20_000  # per text field (question, answer, paraphrase, each perturbed answer, id)
 MAX_LINE_BYTES = 4 * 2**20  # per JSONL line, checked before json.loads
+MAX_FORGET_STRINGS = 256  # different forget strings per record (duplicates are dropped first)
+MAX_STRING_MATCHES = 100_000  # their occurrences in one answer, all together
 
 
 class DataError(ValueError):
@@ -179,27 +181,44 @@ def _is_int(value: object) -> bool:
 
 
 def _spans_from_strings(raw: object, answer: str, where: str) -> list[Span]:
+    """The answer's characters covered by any occurrence of any forget string, as spans; linear in the answer
+    plus the occurrences (a difference array, not re-marking each occurrence), with both counts capped."""
     if not isinstance(raw, list) or not all(isinstance(s, str) and s for s in raw):
         raise DataError(f"{where}: 'forget_strings' must be a list of non-empty strings.")
-    covered = [False] * len(answer)
-    for text in raw:
+    strings = list(dict.fromkeys(raw))
+    if len(strings) > MAX_FORGET_STRINGS:
+        raise DataError(
+            f"{where}: {len(strings)} different forget strings, over the limit of {MAX_FORGET_STRINGS}; "
+            "give 'forget_spans' (character offsets) instead."
+        )
+    depth = [0] * (len(answer) + 1)  # +1 where an occurrence starts, -1 where it ends
+    matches = 0
+    for text in strings:
         start = answer.find(text)
         if start < 0:
-            raise DataError(f"{where}: forget string {text!r} does not occur in the answer {answer!r}.")
+            raise DataError(f"{where}: forget string {_preview(text)} does not occur in the answer.")
         while start >= 0:
-            covered[start : start + len(text)] = [True] * len(text)
+            depth[start] += 1
+            depth[start + len(text)] -= 1
+            matches += 1
+            if matches > MAX_STRING_MATCHES:
+                raise DataError(
+                    f"{where}: the forget strings occur more than {MAX_STRING_MATCHES} times in the answer; "
+                    "give 'forget_spans' (character offsets) instead."
+                )
             start = answer.find(text, start + 1)
-    spans, k = [], 0
-    while k < len(answer):
-        if covered[k]:
-            end = k
-            while end < len(answer) and covered[end]:
-                end += 1
-            spans.append(Span(k, end))
-            k = end
-        else:
-            k += 1
+    spans, opened = [], None
+    for k, covering in enumerate(itertools.accumulate(depth)):  # how many occurrences cover character k
+        if covering and opened is None:
+            opened = k
+        elif not covering and opened is not None:
+            spans.append(Span(opened, k))
+            opened = None
     return spans
+
+
+def _preview(text: str, limit: int = 60) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 # --------------------------------------------------------------------------------------------- loaders

@@ -24,7 +24,16 @@ from transformers import BertConfig, BertForMaskedLM, T5Config
 
 from atwu_core import cli
 from atwu_core.adapters import weights_digest
-from atwu_core.data import MAX_LINE_BYTES, MAX_TEXT_CHARS, Dataset, Record, encode_records, load_jsonl
+from atwu_core.data import (
+    MAX_FORGET_STRINGS,
+    MAX_LINE_BYTES,
+    MAX_STRING_MATCHES,
+    MAX_TEXT_CHARS,
+    Dataset,
+    Record,
+    encode_records,
+    load_jsonl,
+)
 from atwu_core.finetune import finetune, score_samples
 from atwu_core.generation import pad_token_id
 from atwu_core.models import DEMO_MODEL, ModelLoadError, adapter_enabled, attach_lora, detach_lora
@@ -201,6 +210,15 @@ CASES = {
         ["run: no metrics.json (state: failed, error: disk full)"],
     ),
     "corrupt-config": (_run_folder({"config.json": "[1", "metrics.json": "{}"}), ["config.json"]),
+    # issue 24 item 6: forget_strings bounded (de-duplicated, then capped; their occurrences capped)
+    "too-many-forget-strings": (
+        _dataset(_record(forget_strings=[f"s{k}" for k in range(MAX_FORGET_STRINGS + 1)] * 2).encode()),
+        [f"forget.jsonl, line 1: {MAX_FORGET_STRINGS + 1} different forget strings, over the limit"],
+    ),
+    "forget-strings-everywhere": (
+        _dataset(_record(answer="a" * MAX_TEXT_CHARS, forget_strings=["a" * k for k in range(1, 7)]).encode()),
+        [f"forget.jsonl, line 1: the forget strings occur more than {MAX_STRING_MATCHES} times"],
+    ),
     # issue 24 items 2, 3, 9: a run folder is parsed, never trusted (`atwu eval` names the file and the field)
     "pid-overflow": (
         _run_folder({"config.json": "{}", "status.json": '{"state": "running", "pid": 1180591620717411303424}'}),

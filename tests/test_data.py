@@ -11,6 +11,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from atwu_core.data import (
+    MAX_FORGET_STRINGS,
+    MAX_STRING_MATCHES,
     DataError,
     Record,
     Span,
@@ -63,9 +65,30 @@ def test_forget_strings_mark_every_occurrence(tmp_path):
     assert [rec.answer[s.start : s.end] for s in rec.forget_spans] == ["Vask", "Vask", "Tessaly"]
 
 
+def test_overlapping_and_repeated_forget_strings_cover_what_a_naive_marking_covers(tmp_path):
+    """Spans from the difference array equal a character-by-character marking of every occurrence."""
+    answer = "abababa cab ab xaba abab"
+    strings = ["aba", "ab", "aba", "b a", "x", "abab"]
+    covered = [False] * len(answer)
+    for text in strings:
+        for k in range(len(answer)):
+            if answer.startswith(text, k):
+                covered[k : k + len(text)] = [True] * len(text)
+    row = json.dumps({"id": "a", "question": "q?", "answer": answer, "forget_strings": strings})
+    rec = load_jsonl(_write(tmp_path / "f.jsonl", [row]))[0]
+    marked = [any(s.start <= k < s.end for s in rec.forget_spans) for k in range(len(answer))]
+    assert marked == covered
+    assert all(b.start > a.end for a, b in zip(rec.forget_spans, rec.forget_spans[1:], strict=False))  # merged
+
+
 @pytest.mark.parametrize(
     "line, message",
     [
+        (_record(forget_strings=[f"s{k}" for k in range(MAX_FORGET_STRINGS + 1)]), "different forget strings"),
+        (
+            _record(answer="a" * 20_000, forget_strings=["a" * k for k in range(1, 8)]),
+            f"occur more than {MAX_STRING_MATCHES} times",
+        ),
         ('{"id": "x", "question": "q?"', "malformed JSON"),
         ('{"id": "x", "answer": "a"}', "missing field 'question'"),
         (_record(forget_spans=[{"start": 20, "end": 99}]), "outside the answer"),
