@@ -17,11 +17,15 @@ from atwu_core.data import EncodedSample, Record, encode_records, load_utility_s
 from atwu_core.generation import greedy_answers
 from atwu_core.records import StepRecord, TokenValues
 
-Progress = Callable[[int, int], None]  # (samples done, samples in all)
+Progress = Callable[[int, int], None]  # (samples done, samples in all); may raise Cancelled to stop
 CHUNK = 16  # samples per progress report: metrics.quality's own batch size, so reporting costs no speed
 MEANS = ("prob", "rouge_l", "exact", "extraction_strength")  # metrics.quality's per-sample means
 Answers = dict[str, tuple[list[dict], list[str]]]  # split -> (metrics.answer_stats per sample, greedy answers)
 TRUTH_RATIO_FORM = {"forget": "forget"}  # every other split is judged like TOFU's retain-like splits
+
+
+class Cancelled(Exception):
+    """Raised by a progress callback to stop an evaluation between chunks (the job was cancelled)."""
 
 
 class Split:

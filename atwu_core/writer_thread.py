@@ -17,7 +17,8 @@ from atwu_core.runs import RunWriter
 
 
 class WriterThread:
-    """RunWriter's interface (`append`, `status`, `write_json`, `close`), each write done on one worker thread."""
+    """RunWriter's interface (`append`, `status`, `write_json`, `check`, `close`), each write done on one worker
+    thread."""
 
     def __init__(self, writer: RunWriter):
         self.dir = writer.dir
@@ -50,12 +51,16 @@ class WriterThread:
     def append(self, record: BeforeRecord | StepRecord | FinalRecord) -> None:
         self._put(lambda: self._writer.append(record))
 
-    def status(self, status: Status) -> None:
+    def status(self, status: Status, *, check: bool = True) -> None:
         snapshot = Status(**status.to_json())  # the loop keeps changing its Status object
-        self._put(lambda: self._writer.status(snapshot))
+        self._put(lambda: self._writer.status(snapshot, check=check))
 
-    def write_json(self, name: str, data: object) -> None:
-        self._put(lambda: self._writer.write_json(name, data))
+    def write_json(self, name: str, data: object, *, check: bool = True) -> None:
+        self._put(lambda: self._writer.write_json(name, data, check=check))
+
+    def check(self) -> None:
+        """RunWriter.check, now (it only compares the folder's identity: safe beside the thread's writes)."""
+        self._writer.check()
 
     def flush(self) -> None:
         """Wait until everything handed over is on disk; raise the first write that failed."""

@@ -89,6 +89,7 @@ def test_only_rank_zero_writes_and_prints(two_process_run):
     assert [p.name for p in run_dir.parent.iterdir()] == [run_dir.name]  # no second run folder
     lines = (run_dir / "records.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1 + STEPS + 1  # before, one per step, final: not one set per rank
-    assert not list(run_dir.parent.parent.glob("atwu-rank-*")), "the other rank's scratch folder is removed"
+    assert not list(run_dir.glob(".rank-*")), "the other rank's scratch folder (in the run folder) is removed"
+    assert not list(run_dir.parent.parent.glob("*rank-*")), "nothing in $TMPDIR"
     assert proc.stdout.count("run folder:") == 1
     assert proc.stdout.count(f"step    1/{STEPS}") == 1

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
+import signal
 import stat
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from atwu_core import cli, runs
 from atwu_core.config import make_config
 from atwu_core.files import FILE_MODE
 from atwu_core.forward import Forward
-from atwu_core.job import JobError, UnlearningJob, run_job
+from atwu_core.job import CancelToken, JobError, UnlearningJob, run_job
 from atwu_core.methods import REGISTRY, MethodSpec, RetainParams, ga_loss, register
 from atwu_core.runs import RecordLog, RunReader, RunWriter, list_runs
 from atwu_core.weighting import TokenWeights, WeightingScheme
@@ -177,8 +179,9 @@ def test_two_jobs_on_one_folder_cannot_both_write_it(demo_loaded, demo_world, tm
 
 
 def test_run_files_are_readable_by_others(demo_loaded, demo_world, tmp_path):
-    job = run_job(_short(steps=1), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
-    for name in ("config.json", "status.json", "metrics.json", "samples.json", "records.jsonl"):
+    job = run_job(_short("atwu", steps=1), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    saved = ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "scorer/scorer.safetensors")
+    for name in ("config.json", "status.json", "metrics.json", "samples.json", "records.jsonl", *saved):
         assert stat.S_IMODE((job.run_dir / name).stat().st_mode) == FILE_MODE, name
 
 
@@ -229,10 +232,10 @@ def test_a_failure_counts_only_the_steps_that_finished(failing_method, demo_load
 def test_a_full_disk_fails_the_job_and_names_the_file(monkeypatch, demo_loaded, demo_world, tmp_path):
     real = RunWriter.write_json
 
-    def write_json(self, name, data):
+    def write_json(self, name, data, **kw):
         if name == "metrics.json":
             raise OSError(28, "No space left on device", str(self.dir / name))
-        real(self, name, data)
+        real(self, name, data, **kw)
 
     monkeypatch.setattr(RunWriter, "write_json", write_json)
     with pytest.raises(JobError, match="No space left on device.*metrics.json"):
@@ -240,3 +243,90 @@ def test_a_full_disk_fails_the_job_and_names_the_file(monkeypatch, demo_loaded, 
     status = RunReader(tmp_path / "r").status
     assert status.state == "failed" and "No space left" in status.error
     assert json.loads((tmp_path / "r" / "config.json").read_text())["method"] == "ga"  # what was written is kept
+
+
+# -------------------------------------------------------------------------------------- issue 24: a job that notices
+
+
+def _stream_then(job: UnlearningJob, after_step: int, act) -> None:
+    """Run `job`, doing `act()` once step `after_step` is recorded."""
+    for record in job.stream():
+        if record.step == after_step:
+            act()
+
+
+@pytest.mark.parametrize("how", ["moved", "deleted"])
+def test_a_run_folder_moved_or_deleted_mid_job_fails_it_and_is_never_recreated(how, demo_loaded, demo_world, tmp_path):
+    run_dir, moved = tmp_path / "r", tmp_path / "moved"
+    job = UnlearningJob(_short(steps=4), loaded=demo_loaded, dataset=demo_world, run_dir=run_dir)
+    act = (lambda: run_dir.rename(moved)) if how == "moved" else (lambda: shutil.rmtree(run_dir))
+    with pytest.raises(JobError, match="was moved, deleted or replaced while the job ran"):
+        _stream_then(job, 1, act)
+    assert not run_dir.exists()  # the old path is not re-created with a partial run
+    if how == "moved":  # the moved folder holds the whole story: its steps and why the job stopped
+        status = RunReader(moved).status
+        assert status.state == "failed" and "moved" in status.error
+        steps = [r.step for r in RunReader(moved).step_records()]  # written on a thread: step 1's may have
+        assert steps in ([], [1])  # landed before the move; nothing after it did
+    assert not hasattr(demo_loaded.model, "peft_config")
+
+
+def test_a_file_too_large_for_the_disk_fails_the_job_naming_records_jsonl(demo_loaded, demo_world, tmp_path):
+    """A real write error (RLIMIT_FSIZE: EFBIG, as ENOSPC would be) on records.jsonl, not a simulated one; the
+    second failure when the file is closed does not escape."""
+    job = UnlearningJob(_short(steps=3), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    records = tmp_path / "r" / "records.jsonl"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        with pytest.raises(JobError, match=r"File too large.*records\.jsonl"):
+            _stream_then(job, 1, lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (records.stat().st_size + 1, hard)))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    status = RunReader(tmp_path / "r").status
+    assert status.state == "failed" and "records.jsonl" in status.error
+
+
+def test_a_failed_save_names_the_adapter_and_leaves_no_temp_folder(monkeypatch, demo_loaded, demo_world, tmp_path):
+    from peft import PeftModel
+
+    real = PeftModel.save_pretrained
+
+    def full_disk(self, folder, **kw):
+        real(self, folder, **kw)  # the files are half there, as on a disk that filled up
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", full_disk)
+    with pytest.raises(JobError, match=r"could not save the adapter to .*adapter: .*No space left"):
+        run_job(_short(), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.name.startswith(".")) == []
+    assert RunReader(tmp_path / "r").status.state == "failed"
+
+
+class CancelAt(CancelToken):
+    """A cancel pressed once the job reaches `phase` (what a user does from the app while it evaluates)."""
+
+    def __init__(self, job_status, phase: str):
+        super().__init__()
+        self.job_status, self.phase = job_status, phase
+
+    @property
+    def cancelled(self) -> bool:
+        return self.job_status().phase == self.phase
+
+
+@pytest.mark.parametrize("phase", ["before", "after"])
+def test_cancel_is_honoured_inside_the_evaluations(phase, demo_loaded, demo_world, tmp_path):
+    demo_loaded.memo.clear()  # the before-evaluation runs, not a remembered one
+    job = UnlearningJob(_short(eval_max_samples=40), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    job.run(CancelAt(lambda: job.status, phase))
+    status = RunReader(tmp_path / "r").status
+    assert status.state == "cancelled"
+    if phase == "before":  # stopped inside it; nothing trained
+        assert status.phase == "before" and status.phase_done < status.phase_total and status.steps_done == 0
+        assert not (tmp_path / "r" / "adapter").exists()
+    else:  # trained and kept, judged without the evaluation after
+        metrics = RunReader(tmp_path / "r").metrics
+        assert (tmp_path / "r" / "adapter").is_dir() and "alignment" in metrics and "forget" not in metrics
+    assert not hasattr(demo_loaded.model, "peft_config")

@@ -14,6 +14,7 @@ fraction of sequence i's tokens with g > 0.5. Inside NPO (`atwu-npo`) the weight
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from atwu_core import losses
 from atwu_core.data import EncodedSample
-from atwu_core.files import read_json, write_json_atomic
+from atwu_core.files import FILE_MODE, read_json, write_json_atomic
 from atwu_core.forward import Forward, ForwardNeeds, batches, forward
 from atwu_core.generation import evaluating, model_device
 from atwu_core.weighting.base import PrepareContext, TokenWeights, WeightingScheme
@@ -206,9 +207,10 @@ class ATWUScorer(WeightingScheme):
 
 def save_scorer(scorer: Scorer, inp: ScorerInput, folder: Path, name: str = "scorer") -> None:
     """`<name>.safetensors` (weights) and `scorer.json` (shape and what hidden state it reads)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(exist_ok=True)  # not parents: a vanished run folder is an error, never re-created
     tmp = folder / f".{name}.safetensors.tmp"
     save_file({k: v.detach().cpu().contiguous() for k, v in scorer.state_dict().items()}, str(tmp))
+    os.chmod(tmp, FILE_MODE)  # safetensors writes 0600
     tmp.replace(folder / f"{name}.safetensors")
     meta = {"dim": scorer.dim, "layers": scorer.layers, "width": scorer.width, "input": asdict(inp)}
     write_json_atomic(folder / "scorer.json", meta)
@@ -238,9 +240,9 @@ def load_scorer(
     hidden_size: int | None = None,
     n_layers: int | None = None,
 ) -> tuple[Scorer, ScorerInput]:
-    """A run's saved scorer (safetensors: no pickle) on `device` (the model's), ready to apply with `apply_scorer`. The run folder is
-    untrusted: scorer.json is checked (types, caps, the model's `hidden_size` and `n_layers` when given) and
-    the weights file's header must hold exactly the tensors that shape implies, all before anything is built."""
+    """A run's saved scorer (safetensors: no pickle) on `device` (the model's), ready to apply with `apply_scorer`.
+    The run folder is untrusted: scorer.json is checked (types, caps, the model's `hidden_size` and `n_layers` when
+    given) and the weights file's header must hold exactly the tensors that shape implies, before anything is built."""
     folder = Path(run_dir) / "scorer"
     meta_path, weights = folder / "scorer.json", folder / f"{name}.safetensors"
     if not meta_path.is_file() or not weights.is_file():
