@@ -7,6 +7,7 @@ into `Record`s and fails with a `DataError` that names the file, the line and wh
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import warnings
@@ -556,7 +557,13 @@ def encode_record(record: Record, tokenizer, max_length: int = 256, chat_templat
         warnings.warn(f"record {record.id!r}: {len(ids)} tokens, truncated to max_length={max_length}.", stacklevel=2)
         ids, offsets = ids[:max_length], offsets[:max_length]
     answer_offsets = [(max(s - answer_start, 0), max(e - answer_start, 0)) for s, e in offsets[first:]]
-    span_mask = [any(s < sp.end and e > sp.start for sp in record.forget_spans) for s, e in answer_offsets]
+    span_mask = [k is not None for k in span_index(answer_offsets, record.forget_spans)]
+    if record.forget_spans and not any(span_mask):
+        warnings.warn(
+            f"record {record.id!r}: max_length={max_length} cut off every ground-truth span; it counts as a sample "
+            "without ground truth (raise max_length to keep it).",
+            stacklevel=2,
+        )
     answer_tokens = [
         _readable(tokenizer, tid, record.answer, off) for tid, off in zip(ids[first:], answer_offsets, strict=True)
     ]
@@ -568,8 +575,27 @@ def encode_record(record: Record, tokenizer, max_length: int = 256, chat_templat
         answer_tokens=answer_tokens,
         answer_offsets=answer_offsets,
         span_mask=span_mask,
-        has_ground_truth=bool(record.forget_spans),
+        has_ground_truth=any(span_mask),
     )
+
+
+def span_index(offsets: list[tuple[int, int]], spans: list[Span]) -> list[int | None]:
+    """For each token's (start, end), the index of the first span it overlaps, else None. Spans that are
+    disjoint (as the loaders give them) sorted by start: the spans a token overlaps are the last ones starting
+    before its end, so one binary search per token, not a pass over every span."""
+    order = sorted(range(len(spans)), key=lambda i: spans[i].start)
+    if any(spans[a].end > spans[b].start for a, b in itertools.pairwise(order)):  # overlapping, built by hand
+        return [next((i for i, sp in enumerate(spans) if s < sp.end and e > sp.start), None) for s, e in offsets]
+    starts = [spans[i].start for i in order]
+    out: list[int | None] = []
+    for s, e in offsets:
+        k = bisect.bisect_left(starts, e) - 1  # the last span starting before e
+        hits = []
+        while k >= 0 and spans[order[k]].end > s:  # a token may cover several spans: walk back over them
+            hits.append(order[k])
+            k -= 1
+        out.append(min(hits) if hits else None)
+    return out
 
 
 def _readable(tokenizer, token_id: int, answer: str, offset: tuple[int, int]) -> str:

@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from atwu_core.data import EncodedSample, Record
+from atwu_core.data import EncodedSample, Record, span_index
 
 TokenValues = dict[str, list[float]]  # sample id -> one value per answer token
 MAX_PID = 1 << 22  # Linux's largest possible pid (PID_MAX_LIMIT): anything above is not a process
@@ -123,10 +123,8 @@ class SampleRecord:
 
     @classmethod
     def from_encoded(cls, sample: EncodedSample, record: Record) -> SampleRecord:
-        labels = [
-            next((sp.label for sp in record.forget_spans if s < sp.end and e > sp.start), None)
-            for s, e in sample.answer_offsets
-        ]
+        spans = record.forget_spans
+        labels = [spans[k].label if k is not None else None for k in span_index(sample.answer_offsets, spans)]
         return cls(
             sample.record_id,
             record.question,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from atwu_core.data import (
     load_dataset_dir,
     load_jsonl,
     load_tofu_json,
+    span_index,
 )
 
 SHARED_TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
@@ -229,3 +231,28 @@ def test_overlong_sample_truncates_with_warning():
     with pytest.warns(UserWarning, match="truncated"):
         enc = encode_record(rec, tok, max_length=40)
     assert len(enc.input_ids) == 40
+
+
+def test_a_span_cut_off_by_max_length_is_no_ground_truth_and_says_so():
+    """Issue 24 item 16: it kept has_ground_truth true with 0 span tokens, silently."""
+    tok = _byte_bpe()
+    answer = "Lorin Vask was born in a town whose name comes at the very end: Tessaly."
+    rec = Record("cut", "Where was Lorin Vask born?", answer, [Span(answer.index("Tessaly"), len(answer) - 1)])
+    with pytest.warns(UserWarning, match="cut off every ground-truth span"):
+        enc = encode_record(rec, tok, max_length=24)
+    assert not any(enc.span_mask) and enc.has_ground_truth is False
+    assert encode_record(rec, tok).has_ground_truth  # uncut, the span is there
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_span_index_agrees_with_checking_every_span(seed):
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, 400), 40))
+    spans = [Span(a, b, f"l{k}") for k, (a, b) in enumerate(zip(cuts[::2], cuts[1::2]))]
+    rng.shuffle(spans)  # disjoint, in any order
+    offsets = [(s, s + rng.randint(0, 6)) for s in range(0, 400, 3)]
+    naive = [next((i for i, sp in enumerate(spans) if s < sp.end and e > sp.start), None) for s, e in offsets]
+    assert span_index(offsets, spans) == naive
+    overlapping = [*spans, Span(0, 400)]  # built by hand, overlapping: still the first span that overlaps
+    naive = [next((i for i, sp in enumerate(overlapping) if s < sp.end and e > sp.start), None) for s, e in offsets]
+    assert span_index(offsets, overlapping) == naive
