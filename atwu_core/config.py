@@ -18,6 +18,16 @@ from atwu_core.presets import PRESETS, default_preset
 
 METHODS = REGISTRY  # the method registry, by name (`atwu methods` lists it)
 METADATA_KEYS = {"versions", "created", "model_info", "name", "tags"}  # written beside the config in config.json
+# Upper bounds far above any sensible job, so a typo (or a crafted config) fails before a model loads
+MAX_SETTING = {
+    "steps": 1_000_000,
+    "forget_batch_size": 65_536,
+    "retain_batch_size": 65_536,
+    "lora_rank": 4096,
+    "lora_alpha": 1_000_000,
+    "max_length": 1_048_576,
+}
+MAX_LR = 1.0
 
 __all__ = [
     "METHODS",
@@ -104,6 +114,10 @@ class JobConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive whole number, got {value!r}.")
+            if value > MAX_SETTING[name]:
+                raise ValueError(f"{name} must be at most {MAX_SETTING[name]}, got {value!r}.")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be a whole number from 0 to 2^63 - 1, got {self.seed!r}.")
         for name, value in (
             ("lora_layers", self.lora_layers),
             ("eval_max_samples", self.eval_max_samples),
@@ -113,6 +127,8 @@ class JobConfig:
                 raise ValueError(f"{name} must be a positive whole number or none, got {value!r}.")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {self.lr!r}.")
+        if self.lr > MAX_LR:
+            raise ValueError(f"lr must be at most {MAX_LR} (LoRA learning rates are ~1e-4 to 1e-2), got {self.lr!r}.")
         if not (isinstance(self.drop_nats, (int, float)) and math.isfinite(self.drop_nats) and self.drop_nats > 0):
             raise ValueError(f"drop_nats must be a positive number of nats, got {self.drop_nats!r}.")
         if not 0 <= self.warmup_ratio <= 1:

@@ -104,6 +104,7 @@ class UnlearningJob:
             )
         self.dataset = Dataset(dataset.name, forget, dataset.retain, dataset.holdout)
         self.loaded = loaded or models.load_model(config.model, device=config.device, dtype=config.dtype)
+        models.check_settings(self.loaded.model, config.lora_targets, config.lora_layers, config.params)
         tok = self.loaded.tokenizer
         self.forget = encode_records(forget, tok, config.max_length, config.chat_template)
         self.retain = encode_records(dataset.retain, tok, config.max_length, config.chat_template)

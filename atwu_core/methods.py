@@ -23,9 +23,11 @@ if TYPE_CHECKING:  # torch is imported when a method is built, not when the regi
     from atwu_core.weighting import WeightingScheme
 
 
-def param(default: Any, help: str, choices: tuple[str, ...] = (), minimum: float | None = None) -> Any:
-    """A method parameter: its default, one line of help, its allowed values or lower bound."""
-    return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum})
+def param(
+    default: Any, help: str, choices: tuple[str, ...] = (), minimum: float | None = None, maximum: float | None = None
+) -> Any:
+    """A method parameter: its default, one line of help, its allowed values or bounds."""
+    return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum, "maximum": maximum})
 
 
 # ----------------------------------------------------------------------------------- parameters
@@ -46,6 +48,8 @@ class MethodParams:
                 raise ValueError(f"{f.name} must be one of {', '.join(meta['choices'])}, got {value!r}.")
             if meta.get("minimum") is not None and value < meta["minimum"]:
                 raise ValueError(f"{f.name} must be at least {meta['minimum']}, got {value}.")
+            if meta.get("maximum") is not None and value > meta["maximum"]:
+                raise ValueError(f"{f.name} must be at most {meta['maximum']}, got {value}.")
 
     @property
     def alpha_used(self) -> float:
@@ -99,11 +103,17 @@ class ScorerParams(RetainParams):
     lambda_p: float = param(
         10.0, "Budget penalty: (fraction of a sequence's tokens with g > 0.5 - budget)^2.", minimum=0.0
     )
-    budget: float = param(0.2, "Target fraction of each answer's tokens selected as forget-specific.", minimum=0.0)
+    budget: float = param(
+        0.2, "Target fraction of each answer's tokens selected as forget-specific.", minimum=0.0, maximum=1.0
+    )
     lambda_2: float = param(1.0, "L2 penalty on the scorer's parameters.", minimum=0.0)
-    scorer_lr: float = param(0.05, "Scorer SGD learning rate (momentum 0.9, linear decay to 0).", minimum=1e-12)
-    scorer_layers: int = param(1, "1: a linear probe (the paper); more: an MLP with GELU between.", minimum=1)
-    scorer_width: int = param(256, "Hidden width of the MLP scorer (scorer_layers > 1).", minimum=1)
+    scorer_lr: float = param(
+        0.05, "Scorer SGD learning rate (momentum 0.9, linear decay to 0).", minimum=1e-12, maximum=10.0
+    )
+    scorer_layers: int = param(
+        1, "1: a linear probe (the paper); more: an MLP with GELU between.", minimum=1, maximum=16
+    )
+    scorer_width: int = param(256, "Hidden width of the MLP scorer (scorer_layers > 1).", minimum=1, maximum=16384)
     hidden_layer: int = param(
         -1, "Which hidden state the scorer reads: -1 = last (after the final norm), 0 = embeddings."
     )
@@ -153,11 +163,15 @@ class ATWUNPOParams(ScorerParams, NPOParams):
 @dataclass
 class TokenUnlearnParams(RetainParams):
     retain_loss: str = param("kl", "Retain objective (TokenUnlearn uses KL to the reference).", ("nll", "kl", "none"))
-    tu_a: float = param(0.5, "Importance mix: a * norm(knowledge signal) + (1-a) * norm(entropy).", minimum=0.0)
+    tu_a: float = param(
+        0.5, "Importance mix: a * norm(knowledge signal) + (1-a) * norm(entropy).", minimum=0.0, maximum=1.0
+    )
     tu_selection: str = param(
         "hard", "hard: unlearn only the top tokens; soft: weights from a softmax of the importance.", ("hard", "soft")
     )
-    tu_top_fraction: float = param(0.3, "Hard selection: fraction of each answer's tokens unlearned.", minimum=0.0)
+    tu_top_fraction: float = param(
+        0.3, "Hard selection: fraction of each answer's tokens unlearned.", minimum=0.0, maximum=1.0
+    )
     tu_temperature: float = param(0.2, "Soft weighting: softmax temperature over normalised importance.", minimum=1e-6)
     tu_base: str = param("ga", "Forget loss the weights are applied in.", ("ga", "npo"))
     npo_beta: float = param(0.1, "NPO temperature when tu_base = npo.", minimum=1e-6)

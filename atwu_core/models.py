@@ -337,6 +337,30 @@ def attach_lora(
     return get_peft_model(model, config, autocast_adapter_dtype=fp32)
 
 
+def check_settings(model: PreTrainedModel, targets: str, top_layers: int | None, params: dict) -> None:
+    """The settings whose range depends on the model, checked before anything runs on it: `lora_targets`
+    (module names it has), `lora_layers` and a scorer's `hidden_layer` (its depth)."""
+    n_layers = model.config.get_text_config().num_hidden_layers
+    if top_layers is not None and not 0 < top_layers <= n_layers:
+        raise ValueError(f"lora_layers must be between 1 and the model's {n_layers} layers, got {top_layers}.")
+    hidden = params.get("hidden_layer")
+    if hidden is not None and not -n_layers - 1 <= hidden <= n_layers:
+        raise ValueError(
+            f"hidden_layer must be between {-n_layers - 1} and {n_layers} (the model has {n_layers} layers; "
+            f"0 = embeddings, -1 = last), got {hidden}."
+        )
+    if targets != "all-linear":
+        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        wanted = [t.strip() for t in targets.split(",") if t.strip()]
+        missing = [t for t in wanted if t not in names]
+        if missing or not wanted:
+            linear = ", ".join(_linear_module_names(model))
+            raise ValueError(
+                f"lora_targets {', '.join(missing) or repr(targets)} not in the model; its linear layers are: "
+                f"{linear} (or use all-linear)."
+            )
+
+
 def _linear_module_names(model: PreTrainedModel) -> list[str]:
     """The names of the linear layers "all-linear" means: every nn.Linear except the output head."""
     head = model.get_output_embeddings()

@@ -262,6 +262,18 @@ CASES = {
     "beta-nan": (_unlearn("--set", "beta=nan"), ["beta must be a finite number"]),
     "chat-template-maybe": (_unlearn("--set", "chat_template=maybe"), ["chat_template must be bool"]),
     "set-a-flag-field": (_unlearn("--set", "method=ga"), ["set method with --method"]),
+    # issue 24 item 15: upper bounds, and the ranges that depend on the model (checked before anything runs on it)
+    "seed-beyond-64-bits": (_unlearn("--seed", str(2**64)), ["seed must be a whole number from 0 to 2^63 - 1"]),
+    "lr-huge": (_unlearn("--set", "lr=1e30"), ["lr must be at most 1.0"]),
+    "budget-not-a-fraction": (_unlearn("--set", "budget=2"), ["budget must be at most 1.0"]),
+    "scorer-lr-huge": (_unlearn("--set", "scorer_lr=1e30"), ["scorer_lr must be at most 10.0"]),
+    "steps-huge": (_unlearn("--steps", "10000000"), ["steps must be at most 1000000"]),
+    "hidden-layer-99": (_unlearn("--set", "hidden_layer=99"), ["hidden_layer must be between -5 and 4"]),
+    "lora-layers-99": (_unlearn("--set", "lora_layers=99"), ["lora_layers must be between 1 and the model's 4"]),
+    "lora-targets-bogus": (
+        _unlearn("--set", "lora_targets=bogus_proj"),
+        ["lora_targets bogus_proj not in the model; its linear layers are: down_proj"],
+    ),
     **(
         {}
         if torch.cuda.is_available()
