@@ -286,7 +286,7 @@ def tokens_csv(snap: RunSnapshot) -> str:
     if before:
         for sid, probs in before.items():
             for k, p in enumerate(probs):
-                writer.writerow(["before", sid, *_token_cells(samples.get(sid), k), "", "", p, 0.0])
+                writer.writerow(["before", _text_cell(sid), *_token_cells(samples.get(sid), k), "", "", p, 0.0])
     records = [
         *((rec.step, rec) for rec in snap.step_records),
         *([(FINAL, snap.final)] if snap.final is not None else []),
@@ -297,7 +297,8 @@ def tokens_csv(snap: RunSnapshot) -> str:
             probs = rec.probs.get(sid) or [None] * len(scores)
             change = _finite_list(-nll_increase(before[sid], _floats(probs))) if sid in before else [None] * len(scores)
             for k, score in enumerate(scores):
-                writer.writerow([step, sid, *_token_cells(samples.get(sid), k), score, weights[k], probs[k], change[k]])
+                cells = _token_cells(samples.get(sid), k)
+                writer.writerow([step, _text_cell(sid), *cells, score, weights[k], probs[k], change[k]])
     return out.getvalue()
 
 
@@ -305,7 +306,14 @@ def _token_cells(sample: SampleRecord | None, k: int) -> list:
     if sample is None or k >= len(sample.tokens):
         return [k, "", "", "", ""]
     ids = sample.token_ids
-    return [k, sample.tokens[k], ids[k] if k < len(ids) else "", int(sample.span_mask[k]), sample.span_labels[k] or ""]
+    token, label = _text_cell(sample.tokens[k]), _text_cell(sample.span_labels[k] or "")
+    return [k, token, ids[k] if k < len(ids) else "", int(sample.span_mask[k]), label]
+
+
+def _text_cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one starting like a formula (=, +, -, @, tab, CR) gets a leading
+    apostrophe (OWASP's CSV-injection rule), so an id `=HYPERLINK(…)` is not run when the file is opened."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 # ------------------------------------------------------------------------------------------ across runs

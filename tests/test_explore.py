@@ -119,6 +119,28 @@ def test_tokens_csv_has_before_every_step_and_final(snap: RunSnapshot) -> None:
     assert len([r for r in rows if r["step"] == "final"]) == 8  # every sample in the final pass
 
 
+def test_tokens_csv_keeps_formulas_as_text(tmp_path: Path) -> None:
+    """Issue 24 item 10: a crafted sample id, token or span label must not run as a spreadsheet formula."""
+    hostile = '=HYPERLINK("http://127.0.0.1:9/x","open")'
+    crafted = sample(hostile, [True, False], ["@SUM(1)", None])
+    crafted.tokens[1] = "+1"
+    scores = {hostile: [0.9, 0.1]}
+    run = RunSnapshot(
+        tmp_path,
+        {"method": "ga"},
+        Status("completed"),
+        [crafted],
+        None,
+        [],
+        FinalRecord(1, scores, scores, scores),
+        None,
+    )
+    rows = list(csv.DictReader(io.StringIO(explore.tokens_csv(run))))
+    cells = [r[key] for r in rows for key in ("sample_id", "token", "span_label") if r[key]]
+    assert cells and all(not c.startswith(("=", "+", "-", "@")) for c in cells)
+    assert rows[0]["sample_id"] == "'" + hostile and rows[1]["token"] == "'+1" and rows[0]["token"] == " t0"
+
+
 def test_default_selection_and_config_diff() -> None:
     runs = [
         {"run_dir": "r4", "method": "wga", "state": "running"},
