@@ -14,6 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.report import run_report
+from app.untrusted import md
 from atwu_core import explore
 from atwu_core.metrics import alignment
 from atwu_core.runs import RunReader
@@ -58,7 +59,7 @@ def export_panel(run_dir: str, config: dict, *, key: str) -> None:
         try:
             data = build(run_dir, what, stamp)
         except Exception as err:  # noqa: BLE001 - a broken run folder: say so instead of a dead button
-            col.error(f"{label} could not be built: {err}")
+            col.error(f"{label} could not be built: {md(err)}")
             continue
         col.download_button(
             label, data, f"{name}-{suffix}", mime, key=f"{key}_dl_{what}", on_click="ignore", icon=":material/download:"
@@ -72,4 +73,4 @@ def export_panel(run_dir: str, config: dict, *, key: str) -> None:
         st.markdown("**Rerun from the command line**")
         st.code(explore.cli_command(config), language="bash")
     except Exception as err:  # noqa: BLE001 - a config from another version: the rest of the page stays usable
-        st.error(f"Could not build the command: {err}")
+        st.error(f"Could not build the command: {md(err)}")
