@@ -97,6 +97,9 @@ def split_quality(
         stats += part_stats
         generated += part_answers
         progress(min(end, len(split.samples)))
+    unknown = {k for part in parts for k in part} - {"n", *MEANS, "truth_ratio", "truth_ratios"}
+    if unknown:  # a new quality number must say how chunks combine, not be dropped
+        raise ValueError(f"evaluation: no rule to merge {sorted(unknown)} over chunks; add it to MEANS or merge it.")
     n = sum(part["n"] for part in parts)
     out = {"n": n} | {key: sum(part[key] * part["n"] for part in parts) / n for key in MEANS}
     memorized = [s["exact_memorization"] for s in stats if s["exact_memorization"] is not None]
