@@ -103,8 +103,11 @@ class UnlearningJob:
                 "give retain data or set retain_loss=none."
             )
         self.dataset = Dataset(dataset.name, forget, dataset.retain, dataset.holdout)
+        settings = (config.lora_targets, config.lora_layers, config.params)
+        if loaded is None and (skeleton := models.model_skeleton(config.model)) is not None:
+            models.check_settings(skeleton, *settings)  # before the weights load, from config.json alone
         self.loaded = loaded or models.load_model(config.model, device=config.device, dtype=config.dtype)
-        models.check_settings(self.loaded.model, config.lora_targets, config.lora_layers, config.params)
+        models.check_settings(self.loaded.model, *settings)
         tok = self.loaded.tokenizer
         self.forget = encode_records(forget, tok, config.max_length, config.chat_template)
         self.retain = encode_records(dataset.retain, tok, config.max_length, config.chat_template)

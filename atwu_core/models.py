@@ -337,9 +337,25 @@ def attach_lora(
     return get_peft_model(model, config, autocast_adapter_dtype=fp32)
 
 
+def model_skeleton(spec: str) -> PreTrainedModel | None:
+    """The model's modules without weights (on the meta device: no memory, no file read but config.json), so
+    settings can be checked before a load; None unless its config is a local file ('demo', a folder): hub ids,
+    GGUF files and 'smollm2' are checked once loaded. Anything unreadable is left for `load_model` to report."""
+    folder = DEMO_MODEL if spec == "demo" else Path(spec).expanduser()
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        with _quiet_transformers(progress_bars=False), torch.device("meta"):
+            config = AutoConfig.from_pretrained(folder, local_files_only=True)
+            return AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 - load_model names the problem with the file
+        return None
+
+
 def check_settings(model: PreTrainedModel, targets: str, top_layers: int | None, params: dict) -> None:
     """The settings whose range depends on the model, checked before anything runs on it: `lora_targets`
-    (module names it has), `lora_layers` and a scorer's `hidden_layer` (its depth)."""
+    (module names it has), `lora_layers` and a scorer's `hidden_layer` (its depth). `model` may be a
+    `model_skeleton`."""
     n_layers = model.config.get_text_config().num_hidden_layers
     if top_layers is not None and not 0 < top_layers <= n_layers:
         raise ValueError(f"lora_layers must be between 1 and the model's {n_layers} layers, got {top_layers}.")

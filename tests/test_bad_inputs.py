@@ -146,6 +146,18 @@ def _unlearn(*argv: str) -> Callable[[Path], list[str]]:
     return lambda tmp: ["unlearn", "--out", str(tmp / "run"), *argv]
 
 
+def _unlearn_damaged(damage: Callable[[Path], None], *argv: str) -> Callable[[Path], list[str]]:
+    """`atwu unlearn --model` on a damaged copy of the demo model."""
+
+    def make(tmp: Path) -> list[str]:
+        folder = tmp / "model"
+        shutil.copytree(DEMO_MODEL, folder)
+        damage(folder)
+        return ["unlearn", "--model", str(folder), "--out", str(tmp / "run"), *argv]
+
+    return make
+
+
 def _out_with_a_file(tmp: Path) -> list[str]:
     (tmp / "model").mkdir()
     (tmp / "model" / "config.json").write_text("{}")  # someone's model folder
@@ -273,6 +285,10 @@ CASES = {
     "lora-targets-bogus": (
         _unlearn("--set", "lora_targets=bogus_proj"),
         ["lora_targets bogus_proj not in the model; its linear layers are: down_proj"],
+    ),
+    "lora-layers-before-the-weights-load": (  # the weights are corrupt: only config.json was read
+        _unlearn_damaged(_truncate, "--set", "lora_layers=99"),
+        ["lora_layers must be between 1 and the model's 4 layers"],
     ),
     **(
         {}
