@@ -242,7 +242,7 @@ def test_lora_on_the_top_layers_only_trains_those_layers(demo_loaded, demo_world
     layers = {int(n.split(".layers.")[1].split(".")[0]) for n in names}
     assert layers == {n_layers - 1}
     assert {n.split(".")[-3] for n in names} >= {"q_proj", "down_proj"}  # every linear kind, as all-linear means
-    with pytest.raises(JobError, match="lora_layers must be between 1 and"):
+    with pytest.raises(ValueError, match="lora_layers must be between 1 and"):  # refused before the job starts
         run_job(
             _short("graddiff", steps=1, lora_layers=n_layers + 1),
             loaded=demo_loaded,
