@@ -322,9 +322,8 @@ def attach_lora(
     if top_layers:
         if targets == "all-linear":  # peft only restricts layers for named targets
             targets = _linear_module_names(model)
+        check_settings(model, "all-linear", top_layers, {})
         n_layers = model.config.get_text_config().num_hidden_layers
-        if not 0 < top_layers <= n_layers:
-            raise ValueError(f"lora_layers must be between 1 and the model's {n_layers} layers, got {top_layers}.")
         layers = list(range(n_layers - top_layers, n_layers))
     config = LoraConfig(
         r=rank,
