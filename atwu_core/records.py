@@ -322,6 +322,8 @@ def check_config(data: object) -> dict:
     for key in ("method", "model", "name", "data", "preset", "created", "retain_data"):
         _text(data, key, None)
     _list(data, "tags", lambda t: isinstance(t, str) and len(t) <= MAX_NAME, "short strings", [])
+    if not isinstance(data.get("params", {}), dict):
+        raise _fail("params", "an object", data.get("params"))
     return data
 
 

@@ -87,11 +87,11 @@ def runs_table(root: str | Path | None = None) -> list[dict]:
             continue
         try:
             config = RunReader(row["run_dir"]).config
+            row["settings"] = settings_label(config)  # an unknown method or preset: that run's error only
         except (OSError, ValueError) as err:  # deleted or rewritten since it was listed
             row.update(state="unreadable", error=str(err))
             continue
         row["seed"] = config.get("seed")
-        row["settings"] = settings_label(config)
     return rows
 
 

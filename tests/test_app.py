@@ -687,6 +687,8 @@ def _drop_span_mask(samples: list) -> list:
 CRAFTED_RUNS = {  # issue 24 items 2, 3, 10, 12: each broke a page for every run, or rendered user Markdown
     "crafted-pid": ("status.json", lambda s: {**s, "state": "running", "pid": 1180591620717411303424}),
     "crafted-tags": ("config.json", lambda c: {**c, "tags": [1, 2]}),
+    "crafted-method": ("config.json", lambda c: {**c, "method": "bogus"}),
+    "crafted-params": ("config.json", lambda c: {**c, "params": [1]}),
     "crafted-samples": ("samples.json", _drop_span_mask),
     "crafted-no-model": ("config.json", lambda c: {k: v for k, v in c.items() if k != "model"}),
     "crafted-image": ("config.json", lambda c: {**c, "name": IMAGE}),
@@ -699,7 +701,8 @@ def test_a_crafted_run_is_an_error_for_that_run_and_the_page_goes_on(completed_r
     try:
         at = on_page(app(), "runs")  # opens the newest run, a crafted one
         states = dict(zip(table(at, "state")["run"], table(at, "state")["state"], strict=True))
-        assert states["crafted-pid"] == states["crafted-tags"] == "unreadable" and "completed" in states.values()
+        unreadable = ("crafted-pid", "crafted-tags", "crafted-method", "crafted-params")
+        assert {states[n] for n in unreadable} == {"unreadable"} and "completed" in states.values()
         at.selectbox(key="runs_pick").set_value(made["crafted-samples"]).run()
         assert not at.exception and "samples.json: sample 1: field 'span_mask'" in shown(at), shown(at)
 
