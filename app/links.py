@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import streamlit as st
 
+from app.untrusted import md
 from atwu_core.run_table import run_id
 
 
@@ -19,7 +20,7 @@ def run_from_url(run_dirs: Iterable[str], param: str = "run") -> str | None:
         return None
     found = next((d for d in run_dirs if run_id(d) == wanted), None)
     if found is None:
-        st.warning(f"No run named {wanted!r} here (the link's run was deleted or lives on another server).")
+        st.warning(f"No run named {md(repr(wanted))} here (the link's run was deleted or lives on another server).")
     return found
 
 

@@ -733,3 +733,13 @@ def test_markdown_escaping_leaves_only_text() -> None:
     html = markdown_it.MarkdownIt("commonmark").enable("table").render(md(hostile))
     assert not any(tag in html for tag in ("<img", "<a ", "<strong", "<code", "<h1"))
     assert html.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').count("![x]") == 1
+
+
+def test_a_crafted_link_shows_its_run_name_as_text(completed_run: str) -> None:
+    """`?run=` comes from whoever wrote the link: echoed back as Markdown it would fetch the image."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = IMAGE
+    at.run()
+    assert not at.exception, at.exception
+    warnings = [w.value for w in at.warning]
+    assert any("No run named" in w for w in warnings) and not any(IMAGE in w for w in warnings), warnings

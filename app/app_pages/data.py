@@ -183,11 +183,11 @@ source = st.radio("Source", list(SOURCES), key="data_source", horizontal=True)
 try:
     chosen = SOURCES[source]()
 except DataError as err:
-    st.error(str(err))
+    st.error(md(err))
 else:
     if chosen is not None:
         state.set_data(*chosen)
-        st.success(f"Using {chosen[1]}: {len(chosen[0].forget)} forget and {len(chosen[0].retain)} retain samples.")
+        st.success(f"Using {md(chosen[1])}: {len(chosen[0].forget)} forget and {len(chosen[0].retain)} retain samples.")
 try:
     preview(state.current_data())
 except DataError as err:
