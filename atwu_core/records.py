@@ -283,6 +283,9 @@ class Status:
         if "state" not in data:
             raise RecordError("field 'state' is missing")
         phase = data.get("phase") or ("training" if data["state"] == "running" else "done")  # before phases existed
+        seconds = _numbers_map(data, "phase_seconds")
+        if any(v is None for v in seconds.values()):
+            raise _fail("phase_seconds", "an object of numbers", seconds)
         updated = _text(data, "updated", None)
         if updated is not None:
             try:
@@ -300,6 +303,7 @@ class Status:
             updated=updated,
             pid=_int(data, "pid", None, lo=1, hi=MAX_PID),
             host=_text(data, "host", None),
+            phase_seconds=seconds,
         )
 
     @property
