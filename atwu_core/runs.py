@@ -122,7 +122,12 @@ class RunWriter:
     def write_json(self, name: str, data: object, *, check: bool = True) -> None:
         if check:
             self.check()
-        write_json_at(self._folder, name, data, self.dir / name)
+        try:
+            write_json_at(self._folder, name, data, self.dir / name)
+        except OSError:
+            if check:
+                self.check()  # the folder went while this was written: say that, not "no such file"
+            raise
 
     def status(self, status: Status, *, check: bool = True) -> None:
         """Write status.json; `check=False` writes it even into a moved folder (the job's last word)."""
@@ -135,6 +140,7 @@ class RunWriter:
             self._records.write(json_line(record.to_json()))
             self._records.flush()
         except OSError as err:
+            self.check()
             raise OSError(err.errno, err.strerror or str(err), str(self.dir / "records.jsonl")) from None
 
     def close(self) -> None:

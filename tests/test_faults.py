@@ -259,7 +259,9 @@ def _stream_then(job: UnlearningJob, after_step: int, act) -> None:
 def test_a_run_folder_moved_or_deleted_mid_job_fails_it_and_is_never_recreated(how, demo_loaded, demo_world, tmp_path):
     run_dir, moved = tmp_path / "r", tmp_path / "moved"
     job = UnlearningJob(_short(steps=4), loaded=demo_loaded, dataset=demo_world, run_dir=run_dir)
-    act = (lambda: run_dir.rename(moved)) if how == "moved" else (lambda: shutil.rmtree(run_dir))
+    trash = tmp_path / "trash"  # deleted as a file manager does: gone from its path at once, then removed
+    delete = lambda: (run_dir.rename(trash), shutil.rmtree(trash, ignore_errors=True))  # noqa: E731
+    act = (lambda: run_dir.rename(moved)) if how == "moved" else delete
     with pytest.raises(JobError, match="was moved, deleted or replaced while the job ran"):
         _stream_then(job, 1, act)
     assert not run_dir.exists()  # the old path is not re-created with a partial run
