@@ -74,10 +74,10 @@ def show_logprobs(sample: EncodedSample, before: dict, after: dict) -> None:
 
 def answer(run_dir: str, prompt: str, reference: str, max_new: int) -> dict | None:
     """Answers before (plain model) and after (the run's adapter); None after showing why there are none."""
-    config = RunReader(run_dir).config
+    spec = run_model(run_dir)
     try:
-        with st.spinner(f"Loading {md(run_model(run_dir))} …"):
-            loaded = state.models().get(run_model(run_dir))
+        with st.spinner(f"Loading {md(spec)} …"):
+            loaded = state.models().get(spec)
         sample = (
             encode_record(Record(id="query", question=prompt, answer=reference), loaded.tokenizer)
             if reference.strip()
