@@ -87,7 +87,7 @@ def _print_metrics(metrics: dict) -> None:
     for split in ("forget", "retain"):
         if split in metrics:
             for when in ("before", "after"):
-                q = metrics[split][when]
+                q = metrics[split].get(when) or {}
                 cols = "  ".join(
                     f"{k}={_fmt(q[k])}"
                     for k in ("exact", "rouge_l", "prob", "extraction_strength", "exact_memorization", "truth_ratio")

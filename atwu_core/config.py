@@ -26,6 +26,7 @@ MAX_SETTING = {
     "lora_rank": 4096,
     "lora_alpha": 1_000_000,
     "max_length": 1_048_576,
+    "max_new_tokens": 65_536,
 }
 MAX_LR = 1.0
 

@@ -20,6 +20,7 @@ from atwu_core.records import StepRecord, TokenValues
 Progress = Callable[[int, int], None]  # (samples done, samples in all); may raise Cancelled to stop
 CHUNK = 16  # samples per progress report: metrics.quality's own batch size, so reporting costs no speed
 MEANS = ("prob", "rouge_l", "exact", "extraction_strength")  # metrics.quality's per-sample means
+MERGED_APART = ("exact_memorization", "truth_ratio", "truth_ratio_form", "truth_ratios")  # merged below, by hand
 Answers = dict[str, tuple[list[dict], list[str]]]  # split -> (metrics.answer_stats per sample, greedy answers)
 TRUTH_RATIO_FORM = {"forget": "forget"}  # every other split is judged like TOFU's retain-like splits
 
@@ -97,7 +98,7 @@ def split_quality(
         stats += part_stats
         generated += part_answers
         progress(min(end, len(split.samples)))
-    unknown = {k for part in parts for k in part} - {"n", *MEANS, "truth_ratio", "truth_ratios"}
+    unknown = {k for part in parts for k in part} - {"n", *MEANS, *MERGED_APART}
     if unknown:  # a new quality number must say how chunks combine, not be dropped
         raise ValueError(f"evaluation: no rule to merge {sorted(unknown)} over chunks; add it to MEANS or merge it.")
     n = sum(part["n"] for part in parts)
