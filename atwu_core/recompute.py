@@ -14,7 +14,8 @@ from pathlib import Path
 from atwu_core import evaluation, models
 from atwu_core.config import JobConfig
 from atwu_core.data import encode_records, load_data
-from atwu_core.runs import RunReader, write_json_atomic
+from atwu_core.files import write_json_atomic
+from atwu_core.runs import RunReader
 
 
 def recompute(run_dir: str | Path, loaded: models.LoadedModel | None = None) -> dict:
