@@ -202,7 +202,8 @@ def end_if_unfinished(run_dir: Path, config: JobConfig, state: str, reason: str)
 
 def work(spec_dir: Path) -> int:
     """Run the job described in `spec_dir`; SIGTERM cancels it (the job finishes its step, then ends cancelled)."""
-    from atwu_core.job import CancelToken, UnlearningJob
+    from atwu_core.cancel import CancelToken
+    from atwu_core.job import UnlearningJob
 
     spec = json.loads((spec_dir / "job.json").read_text(encoding="utf-8"))
     config, run_dir = JobConfig.from_dict(spec["config"]), Path(spec["run_dir"])

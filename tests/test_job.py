@@ -13,8 +13,9 @@ import pytest
 import torch
 from peft import PeftModel
 
+from atwu_core.cancel import CancelToken
 from atwu_core.config import METHODS, make_config
-from atwu_core.job import CancelToken, JobError, UnlearningJob, run_job
+from atwu_core.job import JobError, UnlearningJob, run_job
 from atwu_core.records import Status
 from atwu_core.runs import RunReader, RunWriter, list_runs, wait_for_state, write_json_atomic
 
