@@ -24,7 +24,6 @@ from atwu_core.records import SampleRecord, Status
 from atwu_core.runs import RunReader, RunSnapshot, write_json_atomic
 
 FINAL = "final"
-KEYS = ("scores", "loss_weights", "probs")
 
 
 # ------------------------------------------------------------------------------------------ per sample

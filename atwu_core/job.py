@@ -30,7 +30,7 @@ from atwu_core.job_error import JobError
 from atwu_core.job_setup import set_up
 from atwu_core.optimiser import Optimiser
 from atwu_core.recorder import Progress, RunRecorder, recorder_for
-from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord, TokenValues
+from atwu_core.records import TOKEN_MAPS, BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord, TokenValues
 from atwu_core.weighting import PrepareContext, TokenWeights
 
 __all__ = ["JobError", "UnlearningJob", "run_job"]
@@ -115,11 +115,9 @@ class UnlearningJob:
                     scalars = {"forget": forget_loss, "retain": retain_loss, "total": loss, **logged}
                     losses_now, values = self._read(fw, weights, {**scalars, "grad_norm": grad_norm})
                     opt.check_finite(step, losses_now["total"], losses_now.pop("grad_norm"))
-                    scores, loss_weights, probs = values
                     record = StepRecord(
                         step=step, elapsed=time.perf_counter() - t_start, losses=losses_now,
-                        lrs={"model": opt.lr, **scheme.learning_rates()}, tokens=fw.tokens + retain_tokens,
-                        scores=scores, loss_weights=loss_weights, probs=probs,
+                        lrs={"model": opt.lr, **scheme.learning_rates()}, tokens=fw.tokens + retain_tokens, **values,
                     )  # fmt: skip
                     self.step_seconds.append(time.perf_counter() - t0)
                     self.records.append(record)
@@ -148,7 +146,9 @@ class UnlearningJob:
             self.ref_nll = answer_nll(
                 self.loaded.model, self.forget, self.pad_id, cfg.forget_batch_size, rec.progress("reference", 0)
             )
-            self.before = BeforeRecord({s.record_id: torch.exp(-n).tolist() for s, n in zip(self.forget, self.ref_nll)})
+            self.before = BeforeRecord(
+                probs={s.record_id: torch.exp(-n).tolist() for s, n in zip(self.forget, self.ref_nll)}
+            )
             rec.record(self.before)
             rec.phase("before", 0, sum(len(s.samples) for s in self._splits()), 0)
             return evaluation.quality(
@@ -238,28 +238,29 @@ class UnlearningJob:
 
     def _read(
         self, fw: Forward, weights: TokenWeights, scalars: dict[str, torch.Tensor | float]
-    ) -> tuple[dict[str, float], tuple[TokenValues, TokenValues, TokenValues]]:
+    ) -> tuple[dict[str, float], dict[str, TokenValues]]:
         """The batch's values the host needs, in one device -> host copy: the 0-dim tensors among `scalars` (floats
-        pass through), and (scores, loss weights, probabilities) per sample, answer tokens only."""
+        pass through), and the per-token record fields (`TOKEN_MAPS`) per sample, answer tokens only."""
         at = fw.positions
+        token_maps = {"scores": weights.scores, "loss_weights": weights.loss, "probs": torch.exp(-fw.nll)}  # [B, T]
         names = [k for k, v in scalars.items() if isinstance(v, torch.Tensor)]
-        per_token = torch.stack([weights.scores, weights.loss, torch.exp(-fw.nll)]).detach()[:, at.rows, at.cols]
+        per_token = torch.stack([token_maps[k] for k in TOKEN_MAPS]).detach()[:, at.rows, at.cols]  # [M, N]
         packed = torch.cat([*(scalars[k].detach().float().reshape(1) for k in names), per_token.float().flatten()])
-        flat = self._readout.read(packed)  # [len(names) + 3 N]
+        flat = self._readout.read(packed)  # [len(names) + M N]
         read = {k: v if isinstance(v, float) else flat[names.index(k)] for k, v in scalars.items()}
         ids = [self.forget[i].record_id for i in fw.sample_index]
-        n = sum(at.lengths)
-        rows = (flat[len(names) + j * n : len(names) + (j + 1) * n] for j in range(3))
-        return read, tuple(dict(zip(ids, at.split(values))) for values in rows)  # type: ignore[return-value]
+        n, m = sum(at.lengths), len(names)
+        rows = {k: flat[m + j * n : m + (j + 1) * n] for j, k in enumerate(TOKEN_MAPS)}
+        return read, {k: dict(zip(ids, at.split(values))) for k, values in rows.items()}
 
     def _final_pass(self, model: torch.nn.Module, progress: Progress) -> FinalRecord:
-        final = FinalRecord(step=self.steps_done, scores={}, loss_weights={}, probs={})
+        final = FinalRecord(step=self.steps_done, **{key: {} for key in TOKEN_MAPS})
         with evaluating(model):
             for index in batches(len(self.forget), self.config.forget_batch_size):
                 fw = self._forward(model, index)
                 _, values = self._read(fw, self.method.scheme.weigh(fw), {})
-                for target, batch_values in zip((final.scores, final.loss_weights, final.probs), values):
-                    target.update(batch_values)
+                for key, batch_values in values.items():
+                    getattr(final, key).update(batch_values)
                 progress(len(final.scores), len(self.forget))
         return final
 

@@ -38,7 +38,9 @@ class RunRecorder:
         loading_seconds: float,
         on_status: Callable[[Status], None] | None = None,
     ):
-        self.status = Status("running", 0, steps_total, phase_seconds={"loading": round(loading_seconds, 3)})
+        self.status = Status(
+            state="running", steps_total=steps_total, phase_seconds={"loading": round(loading_seconds, 3)}
+        )
         self.on_status = on_status  # told of every status write (the CLI's bars)
         self._writer = self._open(run_dir)
         self._tick = time.perf_counter()

@@ -46,15 +46,15 @@ class SampleRecord:
             for s, e in sample.answer_offsets
         ]
         return cls(
-            sample.record_id,
-            record.question,
-            record.answer,
-            sample.answer_tokens,
-            sample.answer_token_ids,
-            sample.answer_offsets,
-            sample.span_mask,
-            labels,
-            sample.has_ground_truth,
+            record_id=sample.record_id,
+            question=record.question,
+            answer=record.answer,
+            tokens=sample.answer_tokens,
+            token_ids=sample.answer_token_ids,
+            offsets=sample.answer_offsets,
+            span_mask=sample.span_mask,
+            span_labels=labels,
+            has_ground_truth=sample.has_ground_truth,
         )
 
     @property
@@ -96,16 +96,20 @@ class BeforeRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> BeforeRecord:
-        return cls(data["probs"])
+        return cls(probs=data["probs"])
+
+
+TOKEN_MAPS = ("scores", "loss_weights", "probs")  # the per-token fields of a step and a final record
 
 
 def _token_maps_json(record: StepRecord | FinalRecord) -> dict:
-    return {key: _sig(getattr(record, key)) for key in ("scores", "loss_weights", "probs")}
+    return {key: _sig(getattr(record, key)) for key in TOKEN_MAPS}
 
 
-def _token_maps(data: dict) -> tuple[TokenValues, TokenValues, TokenValues]:
-    """(scores, loss_weights, probs) of a step or final line; `weights` held the scores before records.py."""
-    return data.get("scores", data.get("weights", {})), data.get("loss_weights", {}), data.get("probs", {})
+def _token_maps(data: dict) -> dict[str, TokenValues]:
+    """The per-token maps of a step or final line (empty where an older line lacks one); `weights` held the
+    scores before records.py."""
+    return {key: data.get(key, data.get("weights", {}) if key == "scores" else {}) for key in TOKEN_MAPS}
 
 
 @dataclass
@@ -131,8 +135,14 @@ class StepRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> StepRecord:
-        head = (data["step"], data.get("elapsed", 0.0), data.get("losses", {}), data.get("lrs", {}))
-        return cls(*head, data.get("tokens", 0), *_token_maps(data))
+        return cls(
+            step=data["step"],
+            elapsed=data.get("elapsed", 0.0),
+            losses=data.get("losses", {}),
+            lrs=data.get("lrs", {}),
+            tokens=data.get("tokens", 0),
+            **_token_maps(data),
+        )
 
 
 @dataclass
@@ -149,7 +159,7 @@ class FinalRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> FinalRecord:
-        return cls(data.get("step", 0), *_token_maps(data))
+        return cls(step=data.get("step", 0), **_token_maps(data))
 
 
 # reference: the loaded model's NLL on every forget token (one forward over the forget set, as the final pass is)

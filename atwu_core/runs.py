@@ -160,7 +160,7 @@ class RunReader:
         """The job's status; a "running" job whose process is gone on this host reads as "interrupted"."""
         raw = self._json("status.json")
         try:
-            status = Status.from_json(raw) if raw is not None else Status("unknown")
+            status = Status.from_json(raw) if raw is not None else Status(state="unknown")
         except (TypeError, ValueError) as err:
             raise ValueError(f"{self.dir / 'status.json'}: {err}.") from None
         if status.state == "running" and status.host == socket.gethostname() and not _alive(status.pid):
