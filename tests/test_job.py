@@ -112,6 +112,7 @@ def test_cancel_is_honoured_within_a_step_and_leaves_everything_usable(demo_load
         UnlearningJob(make_config("atwu", steps=500), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r"),
         CancelToken(),
     )
+    assert job.state == "created"
     thread = threading.Thread(target=job.run, args=(cancel,))
     thread.start()
     wait_for_state(job.run_dir, ("running",), timeout=30)
@@ -120,7 +121,7 @@ def test_cancel_is_honoured_within_a_step_and_leaves_everything_usable(demo_load
     cancel.cancel()
     thread.join(60)
     status = RunReader(job.run_dir).status
-    assert status.state == "cancelled" and status.steps_done < 500
+    assert status.state == job.state == "cancelled" and status.steps_done < 500
     assert len(RunReader(job.run_dir).step_records()) == status.steps_done
     assert (job.run_dir / "adapter" / "adapter_config.json").is_file()
     assert "auroc" in RunReader(job.run_dir).metrics["alignment"]
