@@ -44,7 +44,9 @@ def set_up(
     tok = loaded.tokenizer
     forget = encode_records(dataset.forget, tok, config.max_length, config.chat_template)
     retain = encode_records(dataset.retain, tok, config.max_length, config.chat_template)
-    return JobSetup(run_dir, method, dataset, loaded, forget, retain, scratch)
+    return JobSetup(
+        run_dir=run_dir, method=method, dataset=dataset, loaded=loaded, forget=forget, retain=retain, scratch=scratch
+    )
 
 
 def _run_dir(config: JobConfig, run_dir: str | Path | None) -> tuple[Path, tempfile.TemporaryDirectory | None]:
