@@ -21,9 +21,10 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from app.components.curves import alignment_figure
-from app.components.results import DIRECTION, METRIC_HELP, quality_rows, ranking_chances
+from app.components.results import quality_rows
 from app.run_views import SCALES, corpus_figure, losses_figure, run_label, sample_figure, trajectories
-from atwu_core import explore
+from atwu_core import explore, headline
+from atwu_core.headline import HEADLINE
 from atwu_core.run_table import run_colour
 from atwu_core.runs import RunSnapshot
 
@@ -111,18 +112,17 @@ def run_report(snap: RunSnapshot) -> str:
     """The whole run as one HTML page (offline: no network request)."""
     title = html.escape(run_label(snap.dir, snap.config))
     metrics = snap.metrics or {}
-    values, chance = explore.headline(metrics), ranking_chances(metrics)
-    greyed = values["meaningful"] is False
-    headline = [
+    chance, greyed = headline.chances(metrics), headline.not_meaningful(metrics)
+    numbers = [
         {
-            "metric": name,
-            "value": value if not isinstance(value, bool) else ("yes" if value else "no"),
-            "better": "↑" if name in chance else DIRECTION.get(name, ""),
-            "chance": chance.get(name),
-            "meaning": ("NOT MEANINGFUL (span tokens barely moved): " if greyed and name in explore.RANKING else "")
-            + METRIC_HELP[name],
+            "metric": h.label,
+            "value": ("yes" if value else "no") if isinstance(value, bool) else value,
+            "better": h.direction,
+            "chance": chance.get(h.label),
+            "meaning": ("NOT MEANINGFUL (span tokens barely moved): " if greyed and h.ranking else "") + h.help,
         }
-        for name, value in values.items()
+        for h in HEADLINE
+        for value in [h.value(metrics)]
     ]
     figures = Figures()
     parts = [
@@ -131,7 +131,7 @@ def run_report(snap: RunSnapshot) -> str:
         f" · folder <code>{html.escape(Path(snap.dir).name)}</code></p>",
         f"<p>Rerun: <code>{html.escape(explore.cli_command(snap.config))}</code></p>",
         "<h2>Results</h2>",
-        _table(headline) if metrics else "<p>No metrics: the run did not reach its evaluation.</p>",
+        _table(numbers) if metrics else "<p>No metrics: the run did not reach its evaluation.</p>",
         f"<p><b>Facts</b>: {html.escape(explore.facts_line(metrics))}</p>" if metrics else "",
         _table(explore.fact_label_rows(metrics)),
         _table(quality_rows(metrics)),

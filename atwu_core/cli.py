@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import itertools
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from atwu_core.config import METHODS, PRESETS, default_preset, make_config, method_params, split_overrides
 from atwu_core.files import ASSETS
+from atwu_core.headline import HEADLINE, NOT_RECORDED, not_meaningful
 
 
 def _fmt(value) -> str:
@@ -56,34 +58,17 @@ def _unlearn(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict) -> None:
-    """The CLI summary; a block an older run folder lacks reads "not recorded"."""
-    a, f = metrics.get("alignment") or {}, metrics.get("forgetting") or {}
-    if a:
-        print(
-            f"alignment  auroc={_fmt(a.get('auroc'))}  auprc={_fmt(a.get('auprc'))}  "
-            f"precision@k={_fmt(a.get('precision_at_k'))}"
-        )
-    if f:
-        ranking = f"auroc={_fmt(f['auroc'])}  auprc={_fmt(f['auprc'])}  span_share={_fmt(f['span_share'])}"
-        if "meaningful" not in f:
-            print(f"forgetting {ranking}  magnitude: not recorded")
-        else:
-            note = "" if f["meaningful"] else "  (not meaningful: span tokens barely moved; ranking is noise)"
-            print(
-                f"forgetting {ranking}  mean dNLL span={_fmt(f['mean_increase_span'])} "
-                f"other={_fmt(f['mean_increase_other'])}  share fell >{f['drop_nats']:g} nat="
-                f"{_fmt(f['strong_drop_share'])}{note}"
-            )
-    facts = metrics.get("facts")
-    if facts is None:
-        print("facts      not recorded")
-    elif facts["n_spans"]:
-        labels = ", ".join(f"{k} {v['leaked']}/{v['spans']}" for k, v in facts["per_label"].items())
-        print(
-            f"facts      still said: {facts['n_leaked']} of {facts['n_spans']} spans "
-            f"(leak rate {_fmt(facts['leak_rate'])}; {labels}); extractable {facts['n_extractable']} "
-            f"(rate {_fmt(facts['extractable_rate'])})"
-        )
+    """The CLI summary: the headline numbers (`HEADLINE`) a line per metrics.json block, then quality, forget
+    quality, model utility and timing; what an older run folder lacks reads "not recorded"."""
+    for block, rows in itertools.groupby(HEADLINE, key=lambda h: h.path.split(".")[0]):
+        values = {h.path.split(".", 1)[1]: h.value(metrics) for h in rows}
+        missing = [k for k, v in values.items() if v == NOT_RECORDED]
+        cols = "  ".join(f"{k}={_fmt(v)}" for k, v in values.items() if k not in missing)
+        if missing:
+            cols += ("  " if cols else "") + (f"{', '.join(missing)}: " if cols else "") + NOT_RECORDED
+        print(f"{block:10s} {cols}")
+    if not_meaningful(metrics):
+        print("           (forgetting not meaningful: span tokens barely moved; its ranking is noise)")
     for split in ("forget", "retain"):
         if split in metrics:
             for when in ("before", "after"):

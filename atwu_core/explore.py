@@ -19,12 +19,12 @@ import numpy as np
 
 from atwu_core.config import METADATA_KEYS, make_config
 from atwu_core.files import write_json_atomic
+from atwu_core.headline import NOT_RECORDED
 from atwu_core.metrics import alignment, by_span_label, forgetting, nll_increase, rank_percentile
 from atwu_core.records import SampleRecord, Status
 from atwu_core.runs import RunReader, RunSnapshot
 
 FINAL = "final"
-KEYS = ("scores", "loss_weights", "probs")
 
 
 # ------------------------------------------------------------------------------------------ per sample
@@ -124,14 +124,6 @@ def disagreement_tables(
     return [row(i) for i in high_out], [row(i) for i in low_in]
 
 
-def chance_levels(metrics: dict) -> dict[str, float | None]:
-    """What each headline number reads for scores (or forgetting) that ignore the spans: AUROC 0.5; AUPRC,
-    precision@k and span share the share of span tokens among the judged tokens."""
-    align = metrics.get("alignment") or {}
-    share = align["n_positive"] / align["n_tokens"] if align.get("n_tokens") else None
-    return {"auroc": 0.5, "auprc": share, "precision_at_k": share, "span_share": share}
-
-
 # ------------------------------------------------------------------------------------------ whole forget set
 
 
@@ -188,34 +180,6 @@ def span_label_table(snap: RunSnapshot) -> list[dict]:
         }
         for label, cell in scores.items()
     ]
-
-
-NOT_RECORDED = "not recorded"  # what a run folder written before a block existed shows for it
-
-
-def headline(metrics: dict) -> dict[str, object]:
-    """A run's headline numbers by display name: score alignment, realised forgetting as ranking and magnitude,
-    and facts still said. Blocks an older run lacks read NOT_RECORDED; `meaningful` False means the forgetting
-    ranking numbers rank noise (shown greyed)."""
-    align, forgot, facts = metrics.get("alignment") or {}, metrics.get("forgetting") or {}, metrics.get("facts")
-    magnitude = "meaningful" in forgot
-    value = lambda block, key, present: block.get(key) if present else NOT_RECORDED  # noqa: E731
-    return {
-        "score AUROC": align.get("auroc"),
-        "score AUPRC": align.get("auprc"),
-        "score P@k": align.get("precision_at_k"),
-        "forgetting AUROC": forgot.get("auroc"),
-        "span share": forgot.get("span_share"),
-        "mean ΔNLL span": value(forgot, "mean_increase_span", magnitude),
-        "mean ΔNLL other": value(forgot, "mean_increase_other", magnitude),
-        "span tokens fell > drop": value(forgot, "strong_drop_share", magnitude),
-        "meaningful": value(forgot, "meaningful", magnitude),
-        "leak rate": value(facts or {}, "leak_rate", facts is not None),
-        "extractable rate": value(facts or {}, "extractable_rate", facts is not None),
-    }
-
-
-RANKING = ("forgetting AUROC", "span share")  # greyed where `meaningful` is False
 
 
 def facts_line(metrics: dict) -> str:

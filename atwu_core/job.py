@@ -11,55 +11,30 @@ copy with --full) and always unwraps it again, so a failed or cancelled job leav
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import shutil
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from atwu_core import distributed, evaluation, losses, metrics, models
+from atwu_core import distributed, evaluation, losses, models
+from atwu_core.cancel import CancelToken
 from atwu_core.config import JobConfig
-from atwu_core.data import Dataset, encode_records, load_data
+from atwu_core.data import Dataset
 from atwu_core.files import replace_dir, set_file_modes
 from atwu_core.forward import Forward, ForwardNeeds, answer_nll, batches, forward
 from atwu_core.generation import evaluating, model_device, pad_token_id
-from atwu_core.methods import Method, build_method
-from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord, TokenValues
-from atwu_core.runs import RANK_SCRATCH, RunWriter, check_run_dir, new_run_dir, runs_root
+from atwu_core.job_end import check_trained, judged, timing
+from atwu_core.job_error import JobError
+from atwu_core.job_setup import set_up
+from atwu_core.optimiser import Optimiser
+from atwu_core.recorder import Progress, RunRecorder, recorder_for
+from atwu_core.records import TOKEN_MAPS, BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord, TokenValues
 from atwu_core.weighting import PrepareContext, TokenWeights
-from atwu_core.writer_thread import WriterThread
 
-
-class JobError(RuntimeError):
-    """The job stopped; the run folder's status says why and keeps the records written so far."""
-
-
-class CancelToken:
-    """Set from any thread; the loop checks it before every step."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-
-def _versions() -> dict[str, str]:
-    import peft
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+__all__ = ["JobError", "UnlearningJob", "run_job"]
 
 
 class UnlearningJob:
@@ -74,44 +49,11 @@ class UnlearningJob:
         run_dir: str | Path | None = None,
     ):
         started = time.perf_counter()
-        config.validate()
-        distributed.init()  # a no-op unless torchrun / accelerate launched several processes
-        self.config = config
-        self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config.method)
-        if not distributed.is_main():  # only rank 0 writes the run folder; the others write into a scratch one
-            # inside the run folder (or the runs root when each rank picked its own name), hidden from listings,
-            # so a killed rank leaves nothing in $TMPDIR
-            home = Path(run_dir) if run_dir is not None else runs_root()
-            home.mkdir(parents=True, exist_ok=True)
-            self._scratch = tempfile.TemporaryDirectory(prefix=f"{RANK_SCRATCH}{distributed.rank()}-", dir=home)
-            self.run_dir = Path(self._scratch.name) / "run"
-        check_run_dir(self.run_dir)
-        self.method: Method = build_method(config.method, config.params)
-        dataset = dataset or load_data(config.data, config.retain_data)
-        forget = dataset.forget
-        if config.forget_ids is not None:
-            wanted = set(config.forget_ids)
-            forget = [r for r in forget if r.id in wanted]
-            if not forget:
-                raise ValueError(
-                    f"none of forget_ids {sorted(wanted)[:5]} is in the forget set "
-                    f"(its ids look like {dataset.forget[0].id!r})."
-                )
-        if self.method.alpha > 0 and not dataset.retain:
-            raise ValueError(
-                f"{config.method} uses a retain loss but the data has no retain set; "
-                "give retain data or set retain_loss=none."
-            )
-        self.dataset = Dataset(dataset.name, forget, dataset.retain, dataset.holdout)
-        settings = (config.lora_targets, config.lora_layers, config.params)
-        if loaded is None and (skeleton := models.model_skeleton(config.model)) is not None:
-            models.check_settings(skeleton, *settings)  # before the weights load, from config.json alone
-        self.loaded = loaded or models.load_model(config.model, device=config.device, dtype=config.dtype)
-        models.check_settings(self.loaded.model, *settings)
-        tok = self.loaded.tokenizer
-        self.forget = encode_records(forget, tok, config.max_length, config.chat_template)
-        self.retain = encode_records(dataset.retain, tok, config.max_length, config.chat_template)
-        self.pad_id = pad_token_id(tok)
+        setup = set_up(config, loaded, dataset, run_dir)
+        self.config, self.run_dir, self.method, self.dataset = config, setup.run_dir, setup.method, setup.dataset
+        self.loaded, self.forget, self.retain = setup.loaded, setup.forget, setup.retain
+        self._scratch = setup.scratch
+        self.pad_id = pad_token_id(self.loaded.tokenizer)
         self.steps_done = 0
         self.records: list[StepRecord] = []
         self.step_seconds: list[float] = []
@@ -119,9 +61,19 @@ class UnlearningJob:
         self._readout = HostReadout()
         self.before: BeforeRecord | None = None
         self.metrics: dict | None = None
-        self.state = "created"
+        self.recorder: RunRecorder | None = None  # made when the job starts; it holds the status (and state)
+        self.optimiser: Optimiser | None = None
         self.on_status: Callable[[Status], None] | None = None  # told of every status write (the CLI's bars)
         self._loading_seconds = time.perf_counter() - started
+
+    @property
+    def status(self) -> Status | None:
+        return self.recorder.status if self.recorder is not None else None
+
+    @property
+    def state(self) -> str:
+        """created, running, completed, cancelled or failed: the status's state, the one place it is kept."""
+        return self.recorder.status.state if self.recorder is not None else "created"
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -129,20 +81,21 @@ class UnlearningJob:
         """Run the job; yields after every step. Honours `cancel` before each step."""
         cfg, method, scheme = self.config, self.method, self.method.scheme
         cancel = cancel or CancelToken()
-        writer = WriterThread(RunWriter(self.run_dir))
-        self.status = Status("running", 0, cfg.steps, phase_seconds={"loading": round(self._loading_seconds, 3)})
-        self._tick = time.perf_counter()
-        with contextlib.closing(writer), self._outcome(writer), self.loaded.lock:
-            self._write_header(writer)
-            before_quality = self._before(writer, cancel)
+        rec = self.recorder = recorder_for(
+            distributed.is_main(), self.run_dir, cfg.steps, self._loading_seconds, self.on_status
+        )
+        with contextlib.closing(rec), self._outcome(rec), self.loaded.lock:
+            samples = [SampleRecord.from_encoded(s, r) for s, r in zip(self.forget, self.dataset.forget)]
+            rec.header(cfg, self.loaded.info, samples)
+            before_quality = self._before(rec, cancel)
             torch.manual_seed(cfg.seed)
             rng = random.Random(cfg.seed)
             with self._trainable() as trained, contextlib.ExitStack() as compiled:
                 model = trained.model
                 scheme.prepare(self._prepare_context(model))
                 params = [p for p in model.parameters() if p.requires_grad]
-                optimizer, schedule = self._optimizer(params)
-                self._phase(writer, "training", 0, cfg.steps)
+                opt = self.optimiser = Optimiser(params, cfg, self.loaded.info.dtype)
+                rec.phase("training", 0, cfg.steps, 0)
                 model.train()
                 t_start = time.perf_counter()
                 compiled.enter_context(models.compiled_blocks(model, cfg.compile))  # the training steps only
@@ -156,25 +109,26 @@ class UnlearningJob:
                     retain_loss, retain_tokens = self._retain_loss(trained, rng)
                     loss = method.gamma * forget_loss + method.alpha * retain_loss
                     # the model's update, queued without waiting for the device
-                    grad_norm = self._update(loss, params, optimizer, schedule)
+                    grad_norm = opt.update(loss)
                     # the record: losses, learning rates, this batch's scores, loss weights and probabilities, read
                     # in the step's one host sync; a non-finite loss or gradient stops the job here
                     self.steps_done = step
                     scalars = {"forget": forget_loss, "retain": retain_loss, "total": loss, **logged}
                     losses_now, values = self._read(fw, weights, {**scalars, "grad_norm": grad_norm})
-                    self._check_finite(step, losses_now["total"], losses_now.pop("grad_norm"))
-                    lrs = {"model": schedule.get_last_lr()[0], **scheme.learning_rates()}
-                    elapsed, tokens = time.perf_counter() - t_start, fw.tokens + retain_tokens
-                    record = StepRecord(step, elapsed, losses_now, lrs, tokens, *values)
+                    opt.check_finite(step, losses_now["total"], losses_now.pop("grad_norm"))
+                    record = StepRecord(
+                        step=step, elapsed=time.perf_counter() - t_start, losses=losses_now,
+                        lrs={"model": opt.lr, **scheme.learning_rates()}, tokens=fw.tokens + retain_tokens, **values,
+                    )  # fmt: skip
                     self.step_seconds.append(time.perf_counter() - t0)
                     self.records.append(record)
-                    writer.append(record)
-                    self._phase(writer, "training", step, cfg.steps)
+                    rec.record(record)
+                    rec.phase("training", step, cfg.steps, step)
                     yield record
                 compiled.close()
-                self.state = "cancelled" if distributed.any_rank(cancel.cancelled) else "completed"
-                self._finish(writer, trained, before_quality, time.perf_counter() - t_start, cancel)
-                writer.flush()
+                completed = not distributed.any_rank(cancel.cancelled)
+                self._finish(rec, trained, before_quality, time.perf_counter() - t_start, completed, cancel)
+                rec.flush()
 
     def run(self, cancel: CancelToken | None = None) -> dict | None:
         """Run to the end (no live consumer); returns the metrics (None if it stopped before them)."""
@@ -184,146 +138,82 @@ class UnlearningJob:
 
     # ------------------------------------------------------------------------------------------ phases
 
-    def _before(self, writer: RunWriter, cancel: CancelToken) -> dict:
+    def _before(self, rec: RunRecorder, cancel: CancelToken) -> dict:
         """Each forget token's NLL under the loaded model (the reference every method reads, and the baseline of
         realised forgetting), and the loaded model's quality (memoised on it)."""
         cfg = self.config
-        self._phase(writer, "reference", 0, len(self.forget))
+        rec.phase("reference", 0, len(self.forget), 0)
         with torch.profiler.record_function("atwu.before"):
             self.ref_nll = answer_nll(
-                self.loaded.model,
-                self.forget,
-                self.pad_id,
-                cfg.forget_batch_size,
-                lambda done, total: self._phase(writer, "reference", done, total),
+                self.loaded.model, self.forget, self.pad_id, cfg.forget_batch_size, rec.progress("reference", 0)
             )
-            self.before = BeforeRecord({s.record_id: torch.exp(-n).tolist() for s, n in zip(self.forget, self.ref_nll)})
-            writer.append(self.before)
-            self._phase(writer, "before", 0, sum(len(s.samples) for s in self._splits()))
+            self.before = BeforeRecord(
+                probs={s.record_id: torch.exp(-n).tolist() for s, n in zip(self.forget, self.ref_nll)}
+            )
+            rec.record(self.before)
+            rec.phase("before", 0, sum(len(s.samples) for s in self._splits()), 0)
             return evaluation.quality(
                 self.loaded.model,
                 self.loaded,
                 self._splits(),
                 cfg,
-                lambda done, total: self._evaluated(writer, cancel, "before", done, total),
+                _cancellable(rec.progress("before", 0), cancel),
                 memo_key="before",
             )[0]
 
     def _finish(
         self,
-        writer: RunWriter,
+        rec: RunRecorder,
         trained: models.Trainable,
         before_quality: dict,
         train_seconds: float,
+        completed: bool,
         cancel: CancelToken,
     ) -> None:
-        """Final pass, checks, saved adapter and scorer, quality after (a cancel stops it: the run ends cancelled
-        without it), metrics.json."""
-        cfg = self.config
-        self._phase(writer, "final", 0, len(self.forget))
-        final = self._final_pass(trained.model, lambda done, total: self._phase(writer, "final", done, total))
-        writer.append(final)
-        self._check_trained(trained.model, final)
-        writer.check()  # save_pretrained would re-create a vanished run folder's path
-        self._save_model(trained.model)
+        """Final pass, checks, saved adapter and scorer, quality after (a completed job; a cancel during it ends the
+        job cancelled, judged without it), metrics.json."""
+        model, steps, splits = trained.model, self.steps_done, self._splits()
+        rec.phase("final", 0, len(self.forget), steps)
+        final = self._final_pass(model, rec.progress("final", steps))
+        rec.record(final)
+        check_trained(model, final, self.loaded.info.vocab_size)
+        rec.check()  # save_pretrained would re-create a vanished run folder's path
+        self._save_model(model)
         self.method.scheme.finish()
-        after, answers = None, {}
-        if self.state == "completed":
+        after = None
+        if completed:
             try:
-                after, answers = evaluation.quality(
-                    trained.model,
-                    self.loaded,
-                    self._splits(),
-                    cfg,
-                    lambda done, total: self._evaluated(writer, cancel, "after", done, total),
-                )
+                progress = _cancellable(rec.progress("after", steps), cancel)
+                after = evaluation.quality(model, self.loaded, splits, self.config, progress)
             except evaluation.Cancelled:
-                self.state = "cancelled"
-        self.metrics = evaluation.judge(
-            before_quality, after, self.before.probs, final.scores, final.probs, self.records, self.forget, cfg
-        )
-        if after:
-            self.metrics |= evaluation.after_extras(
-                cfg, trained.model, self.loaded.tokenizer, after, answers, self._splits()[0], self.dataset.forget,
-                self.before.probs,
-            )  # fmt: skip
-        seconds = self.step_seconds
-        self._lap()
-        phases = dict(self.status.phase_seconds)
-        self.metrics["timing"] = {
-            "total_seconds": round(sum(phases.values()), 3),
-            "training_seconds": round(train_seconds, 3),
-            "phase_seconds": phases,
-            "mean_step_seconds": round(sum(seconds) / max(1, len(seconds)), 5),
-            "tokens_per_second": round(sum(r.tokens for r in self.records) / max(1e-9, sum(seconds)), 1),
-            "peak_memory_mb": round(metrics.peak_memory_mb(model_device(trained.model)), 1),
-            "steps": self.steps_done,
-        }
-        writer.write_json("metrics.json", self.metrics)
-        self.status.state = self.state
-        self._phase(writer, "done", 0, 0)
+                completed = False
+        self.metrics = judged(
+            self.config, self.loaded, model, splits, (self.dataset.forget, self.forget),
+            (before_quality, self.before), final, self.records, after,
+        )  # fmt: skip
+        self.metrics["timing"] = timing(rec.phase_seconds(), train_seconds, self.step_seconds, self.records, model)
+        rec.metrics(self.metrics)
+        rec.end("completed" if completed else "cancelled", steps)
 
     @contextlib.contextmanager
-    def _outcome(self, writer: RunWriter) -> Iterator[None]:
+    def _outcome(self, rec: RunRecorder) -> Iterator[None]:
         """Whatever ends the job, status.json says how: cancelled (a stopped consumer or Ctrl-C) or failed."""
         try:
             yield
         except evaluation.Cancelled:  # during the evaluation before training: nothing trained, nothing to keep
-            self._stop(writer, "cancelled", None)
+            rec.stop("cancelled", None, self.steps_done)
         except (GeneratorExit, KeyboardInterrupt) as err:
             why = "interrupted (Ctrl-C)" if isinstance(err, KeyboardInterrupt) else None
-            self._stop(writer, "cancelled", why)
+            rec.stop("cancelled", why, self.steps_done)
             raise
         except BaseException as err:
             message = str(err) if isinstance(err, JobError) else f"{type(err).__name__}: {err}"
-            self._stop(writer, "failed", message)
+            rec.stop("failed", message, self.steps_done)
             if isinstance(err, JobError):
                 raise
             raise JobError(message) from err
 
-    def _stop(self, writer: RunWriter, state: str, error: str | None) -> None:
-        self.state = state
-        self.status.state, self.status.error, self.status.steps_done = state, error, self.steps_done
-        with contextlib.suppress(OSError):  # e.g. a full disk: the original error is what the caller must see
-            writer.status(self.status, check=False)  # into the claimed folder, even if it was moved
-
-    def _evaluated(self, writer: RunWriter, cancel: CancelToken, phase: str, done: int, total: int) -> None:
-        """An evaluation's progress; stops it (evaluation.Cancelled) once any process was cancelled."""
-        if distributed.any_rank(cancel.cancelled):
-            raise evaluation.Cancelled
-        self._phase(writer, phase, done, total)
-
-    def _phase(self, writer: RunWriter, phase: str, done: int, total: int) -> None:
-        self._lap()
-        self.status.phase, self.status.phase_done, self.status.phase_total = phase, done, total
-        self.status.steps_done = self.steps_done
-        writer.status(self.status)
-        if self.on_status is not None:
-            self.on_status(self.status)
-
-    def _lap(self) -> None:
-        """Add the time since the last status write to the phase the job was in (readers calibrate ETAs on it)."""
-        now, seconds = time.perf_counter(), self.status.phase_seconds
-        seconds[self.status.phase] = round(seconds.get(self.status.phase, 0.0) + now - self._tick, 3)
-        self._tick = now
-
     # ------------------------------------------------------------------------------------------ pieces
-
-    def _write_header(self, writer: RunWriter) -> None:
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        writer.write_json(
-            "config.json",
-            {
-                **self.config.to_dict(),
-                "versions": _versions(),
-                "created": created,
-                "model_info": asdict(self.loaded.info),
-            },
-        )
-        writer.write_json(
-            "samples.json",
-            [SampleRecord.from_encoded(s, r).to_json() for s, r in zip(self.forget, self.dataset.forget)],
-        )
 
     def _splits(self) -> list[evaluation.Split]:
         return evaluation.splits(self.config, (self.dataset.forget, self.forget), (self.dataset.retain, self.retain))
@@ -342,54 +232,6 @@ class UnlearningJob:
             model, self.loaded.tokenizer, self.forget, self.dataset.forget, cfg.steps, cfg.max_length,
             cfg.chat_template, self.run_dir,
         )  # fmt: skip
-
-    def _update(
-        self, loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-        schedule: torch.optim.lr_scheduler.LambdaLR,
-    ) -> torch.Tensor:  # fmt: skip
-        """Backward (loss-scaled for a float16 model), gradients summed over processes, clipped at norm 1, one AdamW
-        step; returns the gradient norm (0-dim, on the device). Nothing here waits for the device: a non-finite loss
-        or gradient is caught on the step's read-out (`_check_finite`), after this update (the job fails then, and
-        the diverged adapter is never saved)."""
-        with torch.profiler.record_function("atwu.update"):
-            optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            distributed.all_reduce_grads(params)
-            self.scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-            self.scaler.step(optimizer)  # skipped (and the scale lowered) when float16 gradients overflowed
-            self.scaler.update()
-            schedule.step()
-            return grad_norm
-
-    def _check_finite(self, step: int, loss: float, grad_norm: float) -> None:
-        """Fail on a non-finite loss, or on non-finite gradients unless the loss scaler is there to skip them."""
-        if not math.isfinite(loss):
-            raise JobError(f"step {step}: the loss is {loss}; lower the learning rate or gamma.")
-        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
-            raise JobError(f"step {step}: the gradient norm is {grad_norm}; lower the learning rate or gamma.")
-
-    def _optimizer(
-        self, params: list[torch.nn.Parameter]
-    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-        """AdamW with linear warm-up then linear decay to 0 over the job's steps (and the loss scaler a float16
-        model needs: its LoRA weights are float32, so their gradients can be unscaled). Fused on CPU and CUDA: one
-        kernel for all parameters, its step counters on the device (the unfused one reads them on the host)."""
-        cfg = self.config
-        device, fp16 = params[0].device, self.loaded.info.dtype == "float16"
-        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16 and not cfg.full)
-        if self.scaler.is_enabled() and params[0].dtype == torch.float16:
-            raise JobError(
-                "lora_dtype=model on a float16 model: the loss scaler cannot unscale float16 LoRA gradients; "
-                "use dtype=bfloat16, or lora_dtype=float32."
-            )
-        fused = device.type in ("cpu", "cuda") or None
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
-        warmup = max(1, int(cfg.warmup_ratio * cfg.steps))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda k: min((k + 1) / warmup, max(0.0, (cfg.steps - k) / max(1, cfg.steps - warmup)))
-        )
-        return optimizer, schedule
 
     def _forward(self, model: torch.nn.Module, index: list[int]) -> Forward:
         """A forget batch's forward with what the scheme asked for, and the loaded model's NLL of the same tokens."""
@@ -419,43 +261,31 @@ class UnlearningJob:
 
     def _read(
         self, fw: Forward, weights: TokenWeights, scalars: dict[str, torch.Tensor | float]
-    ) -> tuple[dict[str, float], tuple[TokenValues, TokenValues, TokenValues]]:
+    ) -> tuple[dict[str, float], dict[str, TokenValues]]:
         """The batch's values the host needs, in one device -> host copy: the 0-dim tensors among `scalars` (floats
-        pass through), and (scores, loss weights, probabilities) per sample, answer tokens only."""
+        pass through), and the per-token record fields (`TOKEN_MAPS`) per sample, answer tokens only."""
         at = fw.positions
+        token_maps = {"scores": weights.scores, "loss_weights": weights.loss, "probs": torch.exp(-fw.nll)}  # [B, T]
         names = [k for k, v in scalars.items() if isinstance(v, torch.Tensor)]
-        per_token = torch.stack([weights.scores, weights.loss, torch.exp(-fw.nll)]).detach()[:, at.rows, at.cols]
+        per_token = torch.stack([token_maps[k] for k in TOKEN_MAPS]).detach()[:, at.rows, at.cols]  # [M, N]
         packed = torch.cat([*(scalars[k].detach().float().reshape(1) for k in names), per_token.float().flatten()])
-        flat = self._readout.read(packed)  # [len(names) + 3 N]
+        flat = self._readout.read(packed)  # [len(names) + M N]
         read = {k: v if isinstance(v, float) else flat[names.index(k)] for k, v in scalars.items()}
         ids = [self.forget[i].record_id for i in fw.sample_index]
-        n = sum(at.lengths)
-        rows = (flat[len(names) + j * n : len(names) + (j + 1) * n] for j in range(3))
-        return read, tuple(dict(zip(ids, at.split(values))) for values in rows)  # type: ignore[return-value]
+        n, m = sum(at.lengths), len(names)
+        rows = {k: flat[m + j * n : m + (j + 1) * n] for j, k in enumerate(TOKEN_MAPS)}
+        return read, {k: dict(zip(ids, at.split(values))) for k, values in rows.items()}
 
-    def _final_pass(self, model: torch.nn.Module, progress: Callable[[int, int], None]) -> FinalRecord:
-        final = FinalRecord(self.steps_done, {}, {}, {})
+    def _final_pass(self, model: torch.nn.Module, progress: Progress) -> FinalRecord:
+        final = FinalRecord(step=self.steps_done, **{key: {} for key in TOKEN_MAPS})
         with evaluating(model):
             for index in batches(len(self.forget), self.config.forget_batch_size):
                 fw = self._forward(model, index)
                 _, values = self._read(fw, self.method.scheme.weigh(fw), {})
-                for target, batch_values in zip((final.scores, final.loss_weights, final.probs), values):
-                    target.update(batch_values)
+                for key, batch_values in values.items():
+                    getattr(final, key).update(batch_values)
                 progress(len(final.scores), len(self.forget))
         return final
-
-    def _check_trained(self, model: torch.nn.Module, final: FinalRecord) -> None:
-        """Fail rather than report a destroyed model as a result: non-finite weights, or a model that gives
-        every token the same probability 1/V (what a blown-up update leaves)."""
-        if any(not torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
-            raise JobError("the trained weights are not finite (the last updates diverged); lower the learning rate.")
-        vocab = self.loaded.info.vocab_size
-        probs = [p for values in final.probs.values() for p in values]
-        if probs and all(0.5 / vocab < p < 2.0 / vocab for p in probs):
-            raise JobError(
-                f"the model collapsed: every forget token has probability ~1/{vocab} after training "
-                "(the updates diverged); lower the learning rate or gamma."
-            )
 
     def _save_model(self, model: torch.nn.Module) -> None:
         """The adapter (peft format) or, with --full, the model and tokenizer; swapped into place whole."""
@@ -470,6 +300,17 @@ class UnlearningJob:
         except Exception as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise JobError(f"could not save the {target.name} to {target}: {err}") from err
+
+
+def _cancellable(progress: Progress, cancel: CancelToken) -> Progress:
+    """An evaluation's progress that stops it (evaluation.Cancelled) once any process was cancelled."""
+
+    def report(done: int, total: int) -> None:
+        if distributed.any_rank(cancel.cancelled):
+            raise evaluation.Cancelled
+        progress(done, total)
+
+    return report
 
 
 class HostReadout:

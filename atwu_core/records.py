@@ -126,15 +126,15 @@ class SampleRecord:
         spans = record.forget_spans
         labels = [spans[k].label if k is not None else None for k in span_index(sample.answer_offsets, spans)]
         return cls(
-            sample.record_id,
-            record.question,
-            record.answer,
-            sample.answer_tokens,
-            sample.answer_token_ids,
-            sample.answer_offsets,
-            sample.span_mask,
-            labels,
-            sample.has_ground_truth,
+            record_id=sample.record_id,
+            question=record.question,
+            answer=record.answer,
+            tokens=sample.answer_tokens,
+            token_ids=sample.answer_token_ids,
+            offsets=sample.answer_offsets,
+            span_mask=sample.span_mask,
+            span_labels=labels,
+            has_ground_truth=sample.has_ground_truth,
         )
 
     @property
@@ -195,17 +195,21 @@ class BeforeRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> BeforeRecord:
-        return cls(_token_values(data, "probs"))
+        return cls(probs=_token_values(data, "probs"))
+
+
+TOKEN_MAPS = ("scores", "loss_weights", "probs")  # the per-token fields of a step and a final record
 
 
 def _token_maps_json(record: StepRecord | FinalRecord) -> dict:
-    return {key: _sig(getattr(record, key)) for key in ("scores", "loss_weights", "probs")}
+    return {key: _sig(getattr(record, key)) for key in TOKEN_MAPS}
 
 
-def _token_maps(data: dict) -> tuple[TokenValues, TokenValues, TokenValues]:
-    """(scores, loss_weights, probs) of a step or final line; `weights` held the scores before records.py."""
-    scores = _token_values(data, "scores" if "scores" in data else "weights")
-    return scores, _token_values(data, "loss_weights"), _token_values(data, "probs")
+def _token_maps(data: dict) -> dict[str, TokenValues]:
+    """The per-token maps of a step or final line, each checked (empty where an older line lacks one);
+    `weights` held the scores before records.py."""
+    old = "scores" not in data and "weights" in data
+    return {key: _token_values(data, "weights" if key == "scores" and old else key) for key in TOKEN_MAPS}
 
 
 @dataclass
@@ -233,8 +237,14 @@ class StepRecord:
     def from_json(cls, data: dict) -> StepRecord:
         if "step" not in data:
             raise RecordError("field 'step' is missing")
-        head = (_int(data, "step"), _number(data, "elapsed"), _numbers_map(data, "losses"), _numbers_map(data, "lrs"))
-        return cls(*head, _int(data, "tokens"), *_token_maps(data))
+        return cls(
+            step=_int(data, "step"),
+            elapsed=_number(data, "elapsed"),
+            losses=_numbers_map(data, "losses"),
+            lrs=_numbers_map(data, "lrs"),
+            tokens=_int(data, "tokens"),
+            **_token_maps(data),
+        )
 
 
 @dataclass
@@ -251,7 +261,7 @@ class FinalRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> FinalRecord:
-        return cls(_int(data, "step"), *_token_maps(data))
+        return cls(step=_int(data, "step"), **_token_maps(data))
 
 
 # reference: the loaded model's NLL on every forget token (one forward over the forget set, as the final pass is)

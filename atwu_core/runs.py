@@ -21,6 +21,7 @@ from pathlib import Path
 
 from atwu_core.files import json_line, read_json, write_json_at
 from atwu_core.records import (
+    TOKEN_MAPS,
     BeforeRecord,
     FinalRecord,
     RecordError,
@@ -259,7 +260,7 @@ class RecordLog:
         if record is None:
             return
         before = isinstance(record, BeforeRecord)
-        maps = [record.probs] if before else [record.scores, record.loss_weights, record.probs]
+        maps = [record.probs] if before else [getattr(record, key) for key in TOKEN_MAPS]
         if any(lengths.get(sid) != len(v) for values in maps for sid, v in values.items()):
             self.skipped += 1
         elif before:
@@ -300,7 +301,7 @@ class RunReader:
     @property
     def status(self) -> Status:
         """The job's status; a "running" job whose process is gone on this host reads as "interrupted"."""
-        status = self._json("status.json", Status.from_json) or Status("unknown")
+        status = self._json("status.json", Status.from_json) or Status(state="unknown")
         if status.state == "running" and status.host == socket.gethostname() and not _alive(status.pid):
             status.state = "interrupted"
             status.error = "the process running this job ended before it finished; the records so far are kept."

@@ -191,7 +191,7 @@ def end_if_unfinished(run_dir: Path, config: JobConfig, state: str, reason: str)
         return
     if not (run_dir / "config.json").is_file():
         write_json_atomic(run_dir / "config.json", config.to_dict())
-    ended = Status(state, error=reason)
+    ended = Status(state=state, error=reason)
     if status is not None:
         ended.steps_done, ended.steps_total, ended.phase = status.steps_done, status.steps_total, status.phase
     write_json_atomic(run_dir / "status.json", ended.to_json())
@@ -202,7 +202,8 @@ def end_if_unfinished(run_dir: Path, config: JobConfig, state: str, reason: str)
 
 def work(spec_dir: Path) -> int:
     """Run the job described in `spec_dir`; SIGTERM cancels it (the job finishes its step, then ends cancelled)."""
-    from atwu_core.job import CancelToken, UnlearningJob
+    from atwu_core.cancel import CancelToken
+    from atwu_core.job import UnlearningJob
 
     spec = json.loads((spec_dir / "job.json").read_text(encoding="utf-8"))
     config, run_dir = JobConfig.from_dict(spec["config"]), Path(spec["run_dir"])

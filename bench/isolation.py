@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 from common import environment_line, markdown_table, quiet
 
+from atwu_core.cancel import CancelToken
 from atwu_core.config import make_config
 from atwu_core.data import Dataset, encode_records, load_data
 from atwu_core.generation import greedy_answers
-from atwu_core.job import CancelToken, UnlearningJob
+from atwu_core.job import UnlearningJob
 from atwu_core.models import load_model
 from atwu_core.runs import RunReader
 from atwu_core.worker import JobQueue

@@ -301,7 +301,7 @@ def test_a_float16_model_trains_its_lora_with_a_loss_scaler(demo_world, tmp_path
     half = load_model("demo", dtype="float16")
     config = _short("graddiff", dtype="float16", steps=3)
     job = run_job(config, loaded=half, dataset=demo_world, run_dir=tmp_path / "r")
-    assert job.scaler.is_enabled() and job.scaler.get_scale() > 0
+    assert job.optimiser.scaler.is_enabled() and job.optimiser.scaler.get_scale() > 0
     assert all(math.isfinite(v) for r in job.records for v in r.losses.values())
     assert job.metrics["forget"]["after"]["prob"] < job.metrics["forget"]["before"]["prob"]  # it did train
     with pytest.raises(ValueError, match="full fine-tuning in float16"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from atwu_core import explore
+from atwu_core import explore, headline
+from atwu_core.metrics import alignment, forgetting
 from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord
 from atwu_core.runs import RunSnapshot, list_runs
 
@@ -106,9 +108,33 @@ def test_disagreement_ranks_are_tie_aware() -> None:
 
 
 def test_chance_levels() -> None:
-    chance = explore.chance_levels({"alignment": {"n_tokens": 40, "n_positive": 10}})
-    assert chance == {"auroc": 0.5, "auprc": 0.25, "precision_at_k": 0.25, "span_share": 0.25}
-    assert explore.chance_levels({})["auprc"] is None
+    chance = headline.chances({"alignment": {"n_tokens": 40, "n_positive": 10}})
+    ranking = {"score AUROC": 0.5, "score AUPRC": 0.25, "score P@k": 0.25, "forgetting AUROC": 0.5, "span share": 0.25}
+    assert chance == ranking
+    assert headline.chances({})["score AUPRC"] is None
+
+
+def test_every_headline_row_reaches_the_cli_summary_and_the_report(snap: RunSnapshot, capsys) -> None:
+    """The CLI summary and the HTML report print what `HEADLINE` holds, not lists of their own."""
+    from app.report import run_report
+    from atwu_core.cli import _print_metrics
+
+    facts = {"leak_rate": 0.25, "extractable_rate": 0.5, "n_leaked": 1, "n_spans": 4, "per_label": {}}
+    metrics = {
+        "alignment": alignment(snap.final.scores, snap.samples),
+        "forgetting": forgetting(snap.before.probs, snap.final.probs, snap.samples),
+        "facts": facts,
+    }
+    _print_metrics(metrics)
+    printed = capsys.readouterr().out
+    for h in headline.HEADLINE:
+        block, key = h.path.split(".", 1)
+        assert h.value(metrics) != headline.NOT_RECORDED and f"{key}=" in printed, h.label
+    assert "leak_rate=0.250  extractable_rate=0.500" in printed
+    snap.metrics = metrics
+    page = run_report(snap)
+    for h in headline.HEADLINE:  # a row of its own: the label in a cell, the help beside it
+        assert f"<td>{html.escape(h.label, quote=False)}</td>" in page and html.escape(h.help, quote=False) in page
 
 
 def test_tokens_csv_has_before_every_step_and_final(snap: RunSnapshot) -> None:
@@ -240,6 +266,6 @@ def test_leaked_spans_mark_their_tokens_and_old_runs_read_not_recorded():
     assert explore.leaked_token_mask(metrics, sample) == [False, False, False, False, False, True, False]
     assert explore.facts_line(metrics) == "still said: 1 of 2 spans (birthplace 1/1, name 0/1)"
     assert explore.leaked_token_mask({}, sample) is None
-    old = explore.headline({"alignment": {"auroc": 0.7}, "forgetting": {"auroc": 0.8, "span_share": 0.9}})
-    assert old["leak rate"] == old["mean ΔNLL span"] == old["meaningful"] == explore.NOT_RECORDED
+    old = headline.values({"alignment": {"auroc": 0.7}, "forgetting": {"auroc": 0.8, "span_share": 0.9}})
+    assert old["leak rate"] == old["mean ΔNLL span"] == old["meaningful"] == headline.NOT_RECORDED
     assert old["forgetting AUROC"] == 0.8 and explore.facts_line({}) == "still said: not recorded"

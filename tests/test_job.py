@@ -13,9 +13,10 @@ import pytest
 import torch
 from peft import PeftModel
 
+from atwu_core.cancel import CancelToken
 from atwu_core.config import METHODS, make_config
 from atwu_core.files import write_json_atomic
-from atwu_core.job import CancelToken, JobError, UnlearningJob, run_job
+from atwu_core.job import JobError, UnlearningJob, run_job
 from atwu_core.records import Status
 from atwu_core.runs import RunReader, RunWriter, list_runs, wait_for_state
 
@@ -112,6 +113,7 @@ def test_cancel_is_honoured_within_a_step_and_leaves_everything_usable(demo_load
         UnlearningJob(make_config("atwu", steps=500), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r"),
         CancelToken(),
     )
+    assert job.state == "created"
     thread = threading.Thread(target=job.run, args=(cancel,))
     thread.start()
     wait_for_state(job.run_dir, ("running",), timeout=30)
@@ -120,7 +122,7 @@ def test_cancel_is_honoured_within_a_step_and_leaves_everything_usable(demo_load
     cancel.cancel()
     thread.join(60)
     status = RunReader(job.run_dir).status
-    assert status.state == "cancelled" and status.steps_done < 500
+    assert status.state == job.state == "cancelled" and status.steps_done < 500
     assert len(RunReader(job.run_dir).step_records()) == status.steps_done
     assert (job.run_dir / "adapter" / "adapter_config.json").is_file()
     assert "auroc" in RunReader(job.run_dir).metrics["alignment"]

@@ -12,13 +12,13 @@ from app.components.heatmap import MODEBAR, weight_heatmap
 from app.components.results import METRIC_HELP
 from app.run_views import run_label, trajectories, unique_names
 from app.untrusted import md, snapshot
-from atwu_core import explore
+from atwu_core import explore, headline
+from atwu_core.headline import HEADLINE, NOT_RECORDED, RANKING
 from atwu_core.metrics import alignment, alignment_curves, forgetting
 from atwu_core.run_table import run_colours, run_id
 from atwu_core.runs import RunSnapshot, list_runs
 
 NUMBERS = {"auroc": "AUROC", "auprc": "AUPRC", "precision_at_k": "precision@k"}
-COMPARE_LEFT_OUT = ("mean ΔNLL other", "span tokens fell > drop", "extractable rate")  # on each run's results card
 
 
 def scaled(row: list[float]) -> list[float]:
@@ -27,18 +27,17 @@ def scaled(row: list[float]) -> list[float]:
 
 
 def summary(snap: RunSnapshot) -> dict:
-    """A run's headline numbers (`explore.headline`): from metrics.json once finished, else recomputed from its
-    latest records. What the run did not record is blank, and `meaningful` says so in words."""
+    """A run's headline numbers (the `HEADLINE` rows Compare shows): from metrics.json once finished, else
+    recomputed from its latest records. What the run did not record is blank, and `meaningful` says so in words."""
     metrics = dict(snap.metrics or {})
     metrics.setdefault("alignment", alignment(snap.latest("scores"), snap.samples))
     if "forgetting" not in metrics and snap.before:
         metrics["forgetting"] = forgetting(snap.before.probs, snap.latest("probs"), snap.samples)
-    values = {k: v for k, v in explore.headline(metrics).items() if k not in COMPARE_LEFT_OUT}
-    meaningful = values.pop("meaningful")
+    meaningful = headline.BY_LABEL["meaningful"].value(metrics)
     after = lambda split: ((metrics.get(split) or {}).get("after") or {}).get("exact")  # noqa: E731
     return {
-        **{k: None if v == explore.NOT_RECORDED else v for k, v in values.items()},
-        "meaningful": {True: "yes", False: "no"}.get(meaningful, explore.NOT_RECORDED),
+        **{h.label: None if (v := h.value(metrics)) == NOT_RECORDED else v for h in HEADLINE if h.compare},
+        "meaningful": {True: "yes", False: "no"}.get(meaningful, NOT_RECORDED),
         "forget exact after": after("forget"),
         "retain exact after": after("retain"),
     }
@@ -47,7 +46,7 @@ def summary(snap: RunSnapshot) -> dict:
 def greyed(row: pd.Series) -> list[str]:
     """Grey the ranking numbers of a run whose forgetting is not meaningful."""
     grey = row.get("meaningful") == "no"
-    return ["color: #9aa0aa" if grey and col in explore.RANKING else "" for col in row.index]
+    return ["color: #9aa0aa" if grey and col in RANKING else "" for col in row.index]
 
 
 st.title("Compare")

@@ -12,8 +12,9 @@ from app.components.token_chips import token_chips_html
 from app.run_views import run_label, unique_names
 from app.untrusted import isolated, md
 from atwu_core.data import EncodedSample, Record, encode_record
-from atwu_core.explore import NOT_RECORDED, percentile_range, span_verdicts
+from atwu_core.explore import percentile_range, span_verdicts
 from atwu_core.generation import greedy_answer, pad_token_id
+from atwu_core.headline import NOT_RECORDED
 from atwu_core.metrics import answer_stats
 from atwu_core.models import adapter_enabled
 from atwu_core.run_table import run_id

@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from atwu_core.explore import NOT_RECORDED, RANKING, chance_levels, fact_label_rows, facts_line, headline
+from atwu_core import headline
+from atwu_core.explore import fact_label_rows, facts_line
+from atwu_core.headline import HEADLINE, NOT_RECORDED
 
-# Shown as help wherever these numbers appear (results card, Compare, Runs).
+# Shown as help wherever these numbers appear (results card, Compare, Runs): the headline rows' own, then quality.
 METRIC_HELP = {
-    "score AUROC": "Chance that a random span token gets a higher final score than a random other token "
-    "(0.5 = chance, 1 = the score singles out exactly the spans).",
-    "score AUPRC": "Average precision of the final scores as detectors of span tokens (chance = share of span tokens).",
-    "score P@k": "Share of span tokens among the k highest-scored tokens, k = the number of span tokens.",
-    "forgetting AUROC": "The same AUROC for each token's realised forgetting, log p before − log p after: "
-    "did the probability drop land on the spans?",
-    "span share": "Share of the total probability drop (summed positive log-probability decrease) that fell on span "
-    "tokens.",
-    "mean ΔNLL span": "Magnitude: mean rise in NLL (nats) of span tokens, log p before − log p after.",
-    "mean ΔNLL other": "Magnitude: mean rise in NLL (nats) of the other answer tokens (EOS and special tokens "
-    "left out).",
-    "span tokens fell > drop": "Share of span tokens whose log-probability fell by more than drop_nats (1 nat by "
-    "default). Forgetting is meaningful when it is at least 0.1; otherwise the span tokens barely moved and "
-    "forgetting AUROC and span share (greyed) rank noise.",
-    "meaningful": "Whether the span tokens moved enough (share fallen > drop_nats ≥ 0.1) for the ranking to mean "
-    "anything.",
-    "leak rate": "Share of ground-truth spans whose text is still in the final model's greedy answer (case- and "
-    "whitespace-normalised): the facts still said.",
-    "extractable rate": "Share of spans still greedily extractable: under teacher forcing from the reference prefix "
-    "every span token is the model's top-1.",
+    **{h.label: h.help for h in HEADLINE},
     "exact": "Share of greedy answers equal to the reference answer (forget: lower = forgotten; retain: keep it high).",
     "rouge_l": "ROUGE-L recall of the greedy answer against the reference answer.",
     "prob": "Probability of the reference answer under teacher forcing (geometric mean per token).",
@@ -48,39 +31,17 @@ def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
 
 
-# Which way each magnitude and fact number should move for a job that forgets its spans and nothing else.
-DIRECTION = {
-    "mean ΔNLL span": "↑",
-    "mean ΔNLL other": "↓",
-    "span tokens fell > drop": "↑",
-    "leak rate": "↓",
-    "extractable rate": "↓",
-}
-
-
-def ranking_chances(metrics: dict) -> dict[str, float | None]:
-    """Each ranking number's chance level, by display name."""
-    chance = chance_levels(metrics)
-    return {
-        "score AUROC": chance["auroc"],
-        "score AUPRC": chance["auprc"],
-        "score P@k": chance["precision_at_k"],
-        "forgetting AUROC": chance["auroc"],
-        "span share": chance["span_share"],
-    }
-
-
-def _numbers(values: dict, names: tuple[str, ...], greyed: bool, chance: dict[str, float | None]) -> None:
-    """One st.metric per name with the direction that is better (and chance, for ranking numbers); ranking
-    numbers are greyed (with why) when the forgetting is not meaningful."""
-    for col, name in zip(st.columns(len(names)), names, strict=True):
-        if greyed and name in RANKING:
-            col.markdown(
-                f":gray[{name}]  \n:gray[**{_fmt(values[name])}**]  \n:gray[not meaningful]", help=METRIC_HELP[name]
-            )
+def _numbers(metrics: dict, row: int, greyed: bool, chance: dict[str, float | None]) -> None:
+    """One st.metric per headline number on this card row, with the direction that is better (and chance, for
+    ranking numbers); ranking numbers are greyed (with why) when the forgetting is not meaningful."""
+    shown = [h for h in HEADLINE if h.card == row]
+    for col, h in zip(st.columns(len(shown)), shown, strict=True):
+        value = _fmt(h.value(metrics))
+        if greyed and h.ranking:
+            col.markdown(f":gray[{h.label}]  \n:gray[**{value}**]  \n:gray[not meaningful]", help=h.help)
             continue
-        delta = f"↑ better · chance {_fmt(chance[name])}" if name in chance else f"{DIRECTION[name]} better"
-        col.metric(name, _fmt(values[name]), delta=delta, delta_color="off", delta_arrow="off", help=METRIC_HELP[name])
+        delta = f"{h.direction} better" + (f" · chance {_fmt(chance[h.label])}" if h.label in chance else "")
+        col.metric(h.label, value, delta=delta, delta_color="off", delta_arrow="off", help=h.help)
 
 
 # Which way each number should move: forgotten on the forget set, kept on the retain set (the truth ratio in
@@ -126,12 +87,11 @@ def results_card(metrics: dict | None, run_dir: str, *, key: str) -> None:
         if not metrics:
             st.info("No results: the run did not reach its evaluation.")
             return
-        values, chance = headline(metrics), ranking_chances(metrics)
-        greyed = values["meaningful"] is False
-        _numbers(values, ("score AUROC", "score AUPRC", "score P@k"), greyed, chance)
+        chance, greyed = headline.chances(metrics), headline.not_meaningful(metrics)
+        _numbers(metrics, 0, greyed, chance)
         st.markdown("**Realised forgetting**: ranking beside magnitude")
-        _numbers(values, ("forgetting AUROC", "span share", "mean ΔNLL span", "mean ΔNLL other"), greyed, chance)
-        _numbers(values, ("span tokens fell > drop", "leak rate", "extractable rate"), greyed, chance)
+        _numbers(metrics, 1, greyed, chance)
+        _numbers(metrics, 2, greyed, chance)
         if greyed:
             st.caption(
                 ":gray[Not meaningful: fewer than 10% of span tokens lost more than drop_nats of log-probability, "

@@ -1,0 +1,74 @@
+"""What a job's end adds to its records: the checks that refuse a destroyed model, and metrics.json (the judged
+scores and forgetting; with the quality after training, which the job evaluates so a cancel can stop it: facts,
+forget quality, model utility; timing)."""
+
+from __future__ import annotations
+
+import torch
+
+from atwu_core import evaluation, metrics
+from atwu_core.config import JobConfig
+from atwu_core.data import EncodedSample, Record
+from atwu_core.generation import model_device
+from atwu_core.job_error import JobError
+from atwu_core.models import LoadedModel
+from atwu_core.records import BeforeRecord, FinalRecord, StepRecord
+
+
+def check_trained(model: torch.nn.Module, final: FinalRecord, vocab: int) -> None:
+    """Fail rather than report a destroyed model as a result: non-finite weights, or a model that gives
+    every token the same probability 1/V (what a blown-up update leaves)."""
+    if any(not torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
+        raise JobError("the trained weights are not finite (the last updates diverged); lower the learning rate.")
+    probs = [p for values in final.probs.values() for p in values]
+    if probs and all(0.5 / vocab < p < 2.0 / vocab for p in probs):
+        raise JobError(
+            f"the model collapsed: every forget token has probability ~1/{vocab} after training "
+            "(the updates diverged); lower the learning rate or gamma."
+        )
+
+
+def judged(
+    config: JobConfig,
+    loaded: LoadedModel,
+    model: torch.nn.Module,
+    splits: list[evaluation.Split],
+    forget: tuple[list[Record], list[EncodedSample]],
+    before: tuple[dict, BeforeRecord],
+    final: FinalRecord,
+    records: list[StepRecord],
+    evaluated: tuple[dict, evaluation.Answers] | None,
+) -> dict:
+    """metrics.json without its timing: the final scores and forgetting judged against the spans; with `evaluated`
+    (`evaluation.quality` after training, of a completed job) also quality after, facts, forget quality and model
+    utility. `before` is (quality before, the before record)."""
+    (before_quality, before_record), (forget_records, forget_samples) = before, forget
+    after, answers = evaluated or (None, {})
+    out = evaluation.judge(
+        before_quality, after, before_record.probs, final.scores, final.probs, records, forget_samples, config
+    )
+    if after:
+        out |= evaluation.after_extras(
+            config, model, loaded.tokenizer, after, answers, splits[0], forget_records, before_record.probs
+        )
+    return out
+
+
+def timing(
+    phase_seconds: dict[str, float],
+    train_seconds: float,
+    step_seconds: list[float],
+    records: list[StepRecord],
+    model: torch.nn.Module,
+) -> dict:
+    """metrics.json's `timing`: seconds per phase and in all, the training loop's step time and throughput, and
+    the device's peak memory."""
+    return {
+        "total_seconds": round(sum(phase_seconds.values()), 3),
+        "training_seconds": round(train_seconds, 3),
+        "phase_seconds": phase_seconds,
+        "mean_step_seconds": round(sum(step_seconds) / max(1, len(step_seconds)), 5),
+        "tokens_per_second": round(sum(r.tokens for r in records) / max(1e-9, sum(step_seconds)), 1),
+        "peak_memory_mb": round(metrics.peak_memory_mb(model_device(model)), 1),
+        "steps": len(records),
+    }
