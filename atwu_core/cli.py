@@ -78,7 +78,7 @@ def _print_metrics(metrics: dict) -> None:
                     for k in ("exact", "rouge_l", "prob", "extraction_strength", "exact_memorization", "truth_ratio")
                     if k in q
                 )
-                print(f"{split:7s} {when:6s} {cols}")
+                print(f"{split:7s} {when:6s} {cols or NOT_RECORDED}")
     fq = metrics.get("forget_quality")
     if isinstance(fq, dict):
         print(f"forget quality (KS p-value vs the retain model, n={fq['n']}) = {fq['value']:.3g}")

@@ -322,7 +322,8 @@ def test_eval_prints_what_a_partial_metrics_file_holds(tmp_path, capsys):
     _run_folder({"config.json": '{"method": "ga"}', "metrics.json": '{"retain": {"after": {"exact": 0.5}}}'})(tmp_path)
     assert cli.main(["eval", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert "retain  after  exact=0.500" in out and "alignment" not in out
+    assert "retain  after  exact=0.500" in out and "retain  before not recorded" in out
+    assert "alignment  not recorded" in out and "Traceback" not in out
 
 
 # ------------------------------------------------------------------------------------------ data edge cases that load
