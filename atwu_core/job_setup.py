@@ -69,7 +69,7 @@ def _filtered(config: JobConfig, method: Method, dataset: Dataset) -> Dataset:
                 f"none of forget_ids {sorted(wanted)[:5]} is in the forget set "
                 f"(its ids look like {dataset.forget[0].id!r})."
             )
-    if method.alpha > 0 and not dataset.retain:
+    if method.retain is not None and not dataset.retain:
         raise ValueError(
             f"{config.method} uses a retain loss but the data has no retain set; "
             "give retain data or set retain_loss=none."
