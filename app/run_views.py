@@ -20,7 +20,7 @@ from app.components.heatmap import (
 )
 from app.components.token_chips import token_chips_html
 from atwu_core import explore
-from atwu_core.methods import REGISTRY
+from atwu_core.methods import method_labels
 from atwu_core.metrics import DROP_NATS, MEANINGFUL_SHARE, trajectory
 from atwu_core.records import SampleRecord
 from atwu_core.run_table import run_colour
@@ -39,12 +39,12 @@ def run_label(run_dir: str | Path, config: dict | None = None) -> str:
 
 
 def quantity_name(config: dict, key: str) -> str:
-    """The exact name of a per-token quantity for this run's method, from its registry row (a method no longer
-    registered gets the plain name)."""
-    spec = REGISTRY.get(config.get("method"))
-    if spec is None:
+    """The exact name of a per-token quantity for this run's method, from its registry row (the plain name when
+    the row cannot say)."""
+    labels = method_labels(config.get("method"), config.get("params") or {})
+    if labels is None:
         return "score" if key == "scores" else "loss weight"
-    return f"score: {spec.labels.score}" if key == "scores" else f"loss weight: {spec.labels.loss_weight}"
+    return f"score: {labels.score}" if key == "scores" else f"loss weight: {labels.loss_weight}"
 
 
 def mean_step_seconds(snap: RunSnapshot) -> float | None:

@@ -119,7 +119,7 @@ class MethodSpec:
     params: type[MethodParams]
     scheme: Callable[[Any, str], WeightingScheme]  # (params, forget objective's name) -> a fresh scheme
     objective: Callable[[Any], Objective]  # params -> the forget objective
-    labels: Labels = Labels()
+    labels: Labels | Callable[[Any], Labels] = Labels()  # or params -> labels, where a setting changes the formula
     retain: Callable[[Any], RetainLoss | None] = chosen_retain  # params -> the retain loss, None for none
 
 
@@ -140,6 +140,11 @@ def register(spec: MethodSpec) -> MethodSpec:
 ATWU_SCORE = "ATWU's scorer output g = σ(w·h + c)"
 
 
+def atwu_labels(p: ATWUParams) -> Labels:
+    weight = "g · p^(β·g)" if p.pair == "headline" else "p^(β·g)" if p.saturation == "scaled" else "g · p^β"
+    return Labels(ATWU_SCORE, weight)
+
+
 for _spec in (
     MethodSpec(
         "atwu",
@@ -147,7 +152,7 @@ for _spec in (
         ATWUParams,
         lambda p, objective: weighting.ATWUScorer(p, objective),
         lambda p: GA,
-        Labels(ATWU_SCORE, "g · p^(β·g) (headline pair), g · p^β (matched), p^(β·g) (matched, scaled)"),
+        atwu_labels,
     ),
     MethodSpec(
         "atwu-npo",
@@ -219,6 +224,18 @@ for _spec in (
     ),
 ):
     register(_spec)
+
+
+def method_labels(method: str | None, values: dict) -> Labels | None:
+    """The labels of a run's per-token values, from its method's row and parameters (`config.json`); None for a
+    method no longer registered or parameters that no longer build."""
+    spec = REGISTRY.get(method)
+    if spec is None or isinstance(spec.labels, Labels):
+        return spec.labels if spec else None
+    try:
+        return spec.labels(build_params(spec.name, values))
+    except ValueError:
+        return None
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -18,7 +18,7 @@ from atwu_core.config import make_config, split_overrides
 from atwu_core.data import DataError, Dataset, Record
 from atwu_core.forward import Forward
 from atwu_core.job import UnlearningJob, run_job
-from atwu_core.methods import REGISTRY, MethodSpec, RetainParams, ga_loss, register
+from atwu_core.methods import GA, REGISTRY, Labels, MethodSpec, RetainParams, register
 from atwu_core.records import SampleRecord
 from atwu_core.runs import RunReader, list_runs
 from atwu_core.weighting import ProbabilityWeighting, SpanMask, TokenWeights, WeightingScheme
@@ -234,12 +234,24 @@ class EveryThird(WeightingScheme):
         return TokenWeights(loss=w, scores=w)
 
 
-def test_a_scheme_registered_from_outside_runs_without_touching_the_job(demo_loaded, demo_world, tmp_path):
-    register(MethodSpec("every-third", "toy", RetainParams, lambda p: EveryThird(), ga_loss))
+def test_a_scheme_registered_from_outside_runs_without_touching_the_job_or_the_app(demo_loaded, demo_world, tmp_path):
+    """What adding a scheme costs: its file (here, the class above) and one row; the job and the app read the row."""
+    from app.run_views import QUANTITIES, SCALES, sample_figure
+
+    labels = Labels("every third answer token: 1", "1 on every third token")
+    register(MethodSpec("every-third", "toy", RetainParams, lambda p, objective: EveryThird(), lambda p: GA, labels))
     try:
         job = run_job(_short("every-third"), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+        snap = RunReader(job.run_dir).snapshot()
+        sample = snap.samples[0]
+        shown = [
+            sample_figure(snap, sample, key, SCALES[0])[0].layout.annotations[0].text for key in QUANTITIES.values()
+        ]
+        with pytest.raises(ValueError, match="'every-third' is already registered"):
+            register(MethodSpec("every-third", "again", RetainParams, lambda p, o: EveryThird(), lambda p: GA))
     finally:
         del REGISTRY["every-third"]
+    assert shown == ["score: every third answer token: 1", "loss weight: 1 on every third token"]
     first = RunReader(job.run_dir).final.scores[job.forget[0].record_id]
     assert first[:4] == [1.0, 0.0, 0.0, 1.0]
     assert job.metrics["forget"]["after"]["prob"] < job.metrics["forget"]["before"]["prob"]
