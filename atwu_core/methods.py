@@ -226,6 +226,11 @@ for _spec in (
     register(_spec)
 
 
+def written_params(method: str | None, values: dict) -> dict:
+    """A config.json's parameters in today's terms: ATWU written before `pair` existed ran the matched pair."""
+    return {**values, "pair": "matched"} if method == "atwu" and "pair" not in values else values
+
+
 def method_labels(method: str | None, values: dict) -> Labels | None:
     """The labels of a run's per-token values, from its method's row and parameters (`config.json`); None for a
     method no longer registered or parameters that no longer build."""
@@ -233,7 +238,7 @@ def method_labels(method: str | None, values: dict) -> Labels | None:
     if spec is None or isinstance(spec.labels, Labels):
         return spec.labels if spec else None
     try:
-        return spec.labels(build_params(spec.name, values))
+        return spec.labels(build_params(spec.name, written_params(method, values)))
     except ValueError:
         return None
 
@@ -330,9 +335,8 @@ class Method:
         return self.objective.loss(fw, weights.detach(), self.params)
 
 
-def build_method(name: str, values: dict) -> Method:
-    """Instantiate a method by name from resolved parameter values (see config.make_config)."""
+def build_method(name: str, params: MethodParams) -> Method:
+    """A method ready to run from its name and typed parameters (`JobConfig.params`), with a fresh scheme."""
     spec = method_spec(name)
-    params = build_params(name, values)
     objective = spec.objective(params)
     return Method(spec, params, spec.scheme(params, objective.name), objective, spec.retain(params))

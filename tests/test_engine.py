@@ -14,11 +14,11 @@ import torch
 
 from atwu_core import losses, metrics
 from atwu_core.cli import main
-from atwu_core.config import make_config, split_overrides
+from atwu_core.config import JobConfig, make_config, parse_job_value, split_overrides
 from atwu_core.data import DataError, Dataset, Record
 from atwu_core.forward import Forward
 from atwu_core.job import UnlearningJob, run_job
-from atwu_core.methods import GA, REGISTRY, Labels, MethodSpec, RetainParams, register
+from atwu_core.methods import GA, REGISTRY, ATWUParams, Labels, MethodSpec, RetainParams, register
 from atwu_core.records import SampleRecord
 from atwu_core.runs import RunReader, list_runs
 from atwu_core.weighting import ProbabilityWeighting, SpanMask, TokenWeights, WeightingScheme
@@ -283,6 +283,20 @@ def test_set_and_flags_are_one_way_to_set_a_field(monkeypatch):
         split_overrides(["chat_template=maybe"])
 
 
+def test_the_config_holds_typed_parameters_and_config_json_keeps_its_form():
+    config = make_config("atwu", "paper", {"beta": 3})
+    assert isinstance(config.params, ATWUParams) and config.params.beta == 3.0
+    written = json.loads(json.dumps(config.to_dict()))
+    assert written["params"]["beta"] == 3.0 and written["params"]["pair"] == "headline"  # the flat dict, as before
+    assert JobConfig.from_dict(written) == config
+    assert parse_job_value("eval_max_samples", "none") is None and parse_job_value("lora_layers", "3") == 3
+    assert parse_job_value("forget_ids", "a, b") == ["a", "b"] and parse_job_value("lr", "0.5") == 0.5
+    with pytest.raises(ValueError, match="eval_max_samples must be int or none, got 'many'"):
+        parse_job_value("eval_max_samples", "many")
+    with pytest.raises(ValueError, match="steps must be int, got 'none'"):
+        parse_job_value("steps", "none")
+
+
 # ------------------------------------------------------------------------------------------ old run folders
 
 
@@ -296,6 +310,8 @@ def test_an_old_format_run_folder_still_opens(tmp_path, capsys):
     assert steps == [1, 2] and rows[0] == snap.step_records[0].scores[sid]  # `weights` read as the scores
     assert snap.latest()[sid] == snap.final.scores[sid]
     assert list_runs(tmp_path / "runs")[0]["method"] == "atwu"
+    config = JobConfig.load(run_dir / "config.json")  # written before `pair`: the matched pair, typed on reading
+    assert isinstance(config.params, ATWUParams) and config.params.pair == "matched" and config.params.reward_norm
     assert main(["eval", str(run_dir)]) == 0
     assert "alignment  auroc=0.750" in capsys.readouterr().out
 
