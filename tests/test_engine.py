@@ -193,6 +193,17 @@ def test_headline_pair_weights_the_model_with_the_updated_scorer(demo_loaded, de
     assert json.loads((job.run_dir / "config.json").read_text())["params"]["pair"] == "headline"
 
 
+def test_atwu_inside_npo_gives_weights_that_sum_to_each_answers_length(demo_loaded, demo_world, tmp_path):
+    """The row's NPO objective reaches the scorer: its loss weights are g T / sum g (the GA pairs' are not)."""
+    config = _short("atwu-npo", params={"scorer_every": 1}, steps=2)
+    job = UnlearningJob(config, loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    records = list(job.stream())
+    assert all("scorer_reward" in r.losses for r in records)
+    for sid, weights in records[-1].loss_weights.items():
+        assert sum(weights) == pytest.approx(len(weights), rel=1e-3), sid
+        assert weights != pytest.approx(records[-1].scores[sid])
+
+
 def test_a_saved_scorer_reproduces_the_final_pass(demo_loaded, demo_world, tmp_path):
     from atwu_core.models import adapter_enabled
 
