@@ -21,6 +21,7 @@ from app.components.heatmap import (
 from app.components.token_chips import token_chips_html
 from app.untrusted import md
 from atwu_core import explore
+from atwu_core.methods import method_labels
 from atwu_core.metrics import DROP_NATS, MEANINGFUL_SHARE, trajectory
 from atwu_core.records import SampleRecord
 from atwu_core.run_table import run_colour
@@ -28,14 +29,6 @@ from atwu_core.runs import RunSnapshot
 
 CHANGE = "log-probability change since before training: log p − log p_before"
 QUANTITIES = {"score": "scores", "loss weight": "loss_weights"}
-# What `scores` and `loss_weights` are for each method: the names on screen say exactly what is drawn.
-FORMULAS = {
-    "atwu": ("ATWU's scorer output g = σ(w·h + c)", "g · p^β"),
-    "atwu-npo": ("ATWU's scorer output g = σ(w·h + c)", "g · T / Σg"),
-    "wga": ("p^β", "p^β"),
-    "satimp": ("p^β1 · (1 − p)^β2", "p^β1 · (1 − p)^β2"),
-    "tokenunlearn": ("importance φ", "selected / softmax weight"),
-}
 SCALES = ("per run (2nd–98th percentile)", "per sample", "fixed [0, 1]")
 
 
@@ -54,9 +47,12 @@ def unique_names(names: dict[str, str]) -> dict[str, str]:
 
 
 def quantity_name(config: dict, key: str) -> str:
-    """The exact name of a per-token quantity for this run's method."""
-    score, weight = FORMULAS.get(config.get("method"), ("uniform: 1", "uniform: 1"))
-    return f"score: {score}" if key == "scores" else f"loss weight: {weight}"
+    """The exact name of a per-token quantity for this run's method, from its registry row (the plain name when
+    the row cannot say)."""
+    labels = method_labels(config.get("method"), config.get("params") or {})
+    if labels is None:
+        return "score" if key == "scores" else "loss weight"
+    return f"score: {labels.score}" if key == "scores" else f"loss weight: {labels.loss_weight}"
 
 
 def mean_step_seconds(snap: RunSnapshot) -> float | None:

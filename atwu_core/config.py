@@ -1,19 +1,29 @@
 """Job configuration: one dataclass for everything that decides a job, checked before anything is loaded.
 
-A method's parameters live in `JobConfig.params` (a flat dict, typed by the method's parameter dataclass in
-`atwu_core.methods`) so that the CLI's `--set key=value`, the app's controls and a saved `config.json` all
-speak the same names. Defaults < preset < the user's settings.
+A method's parameters live in `JobConfig.params` as the method's typed parameter dataclass (built once, from a
+name -> value dict, in `__post_init__`); config.json holds them as that flat dict, so the CLI's `--set key=value`,
+the app's controls and a saved `config.json` all speak the same names. Defaults < preset < the user's settings.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+import types
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Union, get_args, get_origin, get_type_hints
 
 from atwu_core import presets
-from atwu_core.methods import REGISTRY, ParamSpec, build_params, method_params, method_spec
+from atwu_core.methods import (
+    REGISTRY,
+    MethodParams,
+    ParamSpec,
+    build_params,
+    method_params,
+    method_spec,
+    written_params,
+)
 from atwu_core.presets import PRESETS, default_preset
 
 METHODS = REGISTRY  # the method registry, by name (`atwu methods` lists it)
@@ -79,7 +89,15 @@ class JobConfig:
     pool_special_tokens: bool = False  # count EOS and special tokens in the alignment and forgetting pools
     drop_nats: float = 1.0  # a span token is strongly forgotten when its log p fell by more than this
     utility_data: str | None = None  # TOFU model utility sets: 'tofu' (hub) or a folder of TOFU *_perturbed.json
-    params: dict = field(default_factory=dict)
+    params: MethodParams | dict | None = None  # the method's typed parameters; a dict (or None: defaults) is built
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.params, MethodParams):
+            self.params = build_params(self.method, self.params or {})
+        elif type(self.params) is not method_spec(self.method).params:
+            raise ValueError(
+                f"{self.method} takes {method_spec(self.method).params.__name__}, not {type(self.params).__name__}."
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +107,8 @@ class JobConfig:
         known = {f.name for f in fields(cls)}
         if "reference" in data:  # the field's name before `ref` came to mean the adapter-disabled model only
             data = {**{k: v for k, v in data.items() if k != "reference"}, "retain_model": data["reference"]}
+        if isinstance(data.get("params"), dict):
+            data = {**data, "params": written_params(data.get("method"), data["params"])}
         unknown = set(data) - known - METADATA_KEYS
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(known)}")
@@ -100,9 +120,7 @@ class JobConfig:
 
     def validate(self) -> None:
         """Refuse settings that cannot work, with what to do, before any model or data is loaded."""
-        method_spec(self.method)
-        presets.preset(self.preset)
-        build_params(self.method, self.params)
+        presets.preset(self.preset)  # the method and its parameters were checked when they were built
         positive = {
             "steps": self.steps,
             "forget_batch_size": self.forget_batch_size,
@@ -181,7 +199,8 @@ def make_config(method: str = "atwu", preset: str = "demo", params: dict | None 
     if bad:
         raise ValueError(f"unknown job settings {sorted(bad)}; known: {sorted(job_fields)}.")
     job = {**presets.preset(preset).job, **{k: v for k, v in job_overrides.items() if v is not None}}
-    config = JobConfig(method=method, preset=preset, params=resolve_params(method, preset, params), **job)
+    values = {**presets.preset(preset).params.get(method, {}), **(params or {})}
+    config = JobConfig(method=method, preset=preset, params=build_params(method, values), **job)
     config.validate()
     return config
 
@@ -204,21 +223,23 @@ def split_overrides(pairs: list[str]) -> tuple[dict, dict]:
 
 
 def parse_job_value(key: str, value: str) -> object:
-    """A JobConfig field's value from text, by the field's annotation (e.g. "int | None", "list[str] | None")."""
-    kind = str(next(f.type for f in fields(JobConfig) if f.name == key))
-    if "None" in kind and value.strip().lower() in ("none", ""):
+    """A JobConfig field's value from text, by the field's type (`int | None`, `list[str] | None`, ...)."""
+    kind = get_type_hints(JobConfig)[key]
+    optional = get_origin(kind) in (Union, types.UnionType) and type(None) in get_args(kind)
+    if optional:
+        kind = next(k for k in get_args(kind) if k is not type(None))
+    if optional and value.strip().lower() in ("none", ""):
         return None
     try:
-        if kind.startswith("bool"):
+        if kind is bool:
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError
             return value.lower() in ("true", "1", "yes")
-        if kind.startswith("int"):
-            return int(value)
-        if kind.startswith("float"):
-            return float(value)
+        if kind in (int, float):
+            return kind(value)
     except ValueError:
-        raise ValueError(f"{key} must be {kind.replace(' | None', ' or none')}, got {value!r}.") from None
-    if kind.startswith("list"):
+        name = getattr(kind, "__name__", str(kind))
+        raise ValueError(f"{key} must be {name}{' or none' if optional else ''}, got {value!r}.") from None
+    if get_origin(kind) is list:
         return [v.strip() for v in value.split(",") if v.strip()]
     return value

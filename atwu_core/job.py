@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from atwu_core import distributed, evaluation, losses, models
+from atwu_core import distributed, evaluation, models
 from atwu_core.cancel import CancelToken
 from atwu_core.config import JobConfig
 from atwu_core.data import Dataset
@@ -245,19 +245,19 @@ class UnlearningJob:
         return list(range(n)) if n <= size else sorted(rng.sample(range(n), size))
 
     def _retain_loss(self, trained: models.Trainable, rng: random.Random) -> tuple[torch.Tensor, int]:
-        """The retain objective on a retain batch: NLL, or KL to the reference (`ref`), or nothing."""
-        device = model_device(trained.model)
-        if self.method.alpha == 0:
-            return torch.zeros((), device=device), 0
+        """The method's retain loss on a retain batch (with the reference's forward when it asks), or nothing."""
+        retain = self.method.retain
+        if retain is None:
+            return torch.zeros((), device=model_device(trained.model)), 0
         index = self._batch(rng, len(self.retain), self.config.retain_batch_size)
-        kl = self.method.retain_loss == "kl"
+        needs = ForwardNeeds(logprobs=retain.reference)
         with torch.profiler.record_function("atwu.retain"):
-            fw = forward(trained.model, self.retain, index, self.pad_id, ForwardNeeds(logprobs=kl))
-            if not kl:
-                return losses.masked_mean(fw.nll, fw.mask), fw.tokens
-            with torch.no_grad(), trained.ref() as ref:
-                ref_fw = forward(ref, self.retain, index, self.pad_id, ForwardNeeds(logprobs=True))
-            return losses.retain_kl(fw.logprobs, ref_fw.logprobs, fw.mask), fw.tokens
+            fw = forward(trained.model, self.retain, index, self.pad_id, needs)
+            ref_fw = None
+            if retain.reference:
+                with torch.no_grad(), trained.ref() as ref:
+                    ref_fw = forward(ref, self.retain, index, self.pad_id, needs)
+            return retain.loss(fw, ref_fw), fw.tokens
 
     def _read(
         self, fw: Forward, weights: TokenWeights, scalars: dict[str, torch.Tensor | float]

@@ -41,7 +41,7 @@ def set_up(
     check_run_dir(run_dir)
     method = build_method(config.method, config.params)
     dataset = _filtered(config, method, dataset or load_data(config.data, config.retain_data))
-    settings = (config.lora_targets, config.lora_layers, config.params)
+    settings = (config.lora_targets, config.lora_layers, getattr(config.params, "hidden_layer", None))
     if loaded is None and (skeleton := models.model_skeleton(config.model)) is not None:
         models.check_settings(skeleton, *settings)  # before the weights load, from config.json alone
     loaded = loaded or models.load_model(config.model, device=config.device, dtype=config.dtype)
@@ -78,7 +78,7 @@ def _filtered(config: JobConfig, method: Method, dataset: Dataset) -> Dataset:
                 f"none of forget_ids {sorted(wanted)[:5]} is in the forget set "
                 f"(its ids look like {dataset.forget[0].id!r})."
             )
-    if method.alpha > 0 and not dataset.retain:
+    if method.retain is not None and not dataset.retain:
         raise ValueError(
             f"{config.method} uses a retain loss but the data has no retain set; "
             "give retain data or set retain_loss=none."

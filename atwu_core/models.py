@@ -322,7 +322,7 @@ def attach_lora(
     if top_layers:
         if targets == "all-linear":  # peft only restricts layers for named targets
             targets = _linear_module_names(model)
-        check_settings(model, "all-linear", top_layers, {})
+        check_settings(model, "all-linear", top_layers, None)
         n_layers = model.config.get_text_config().num_hidden_layers
         layers = list(range(n_layers - top_layers, n_layers))
     config = LoraConfig(
@@ -351,14 +351,13 @@ def model_skeleton(spec: str) -> PreTrainedModel | None:
         return None
 
 
-def check_settings(model: PreTrainedModel, targets: str, top_layers: int | None, params: dict) -> None:
+def check_settings(model: PreTrainedModel, targets: str, top_layers: int | None, hidden: int | None) -> None:
     """The settings whose range depends on the model, checked before anything runs on it: `lora_targets`
     (module names it has), `lora_layers` and a scorer's `hidden_layer` (its depth). `model` may be a
     `model_skeleton`."""
     n_layers = model.config.get_text_config().num_hidden_layers
     if top_layers is not None and not 0 < top_layers <= n_layers:
         raise ValueError(f"lora_layers must be between 1 and the model's {n_layers} layers, got {top_layers}.")
-    hidden = params.get("hidden_layer")
     if hidden is not None and not -n_layers - 1 <= hidden <= n_layers:
         raise ValueError(
             f"hidden_layer must be between {-n_layers - 1} and {n_layers} (the model has {n_layers} layers; "

@@ -36,7 +36,7 @@ from atwu_core.forward import Forward, ForwardNeeds, forward
 from atwu_core.generation import evaluating
 from atwu_core.weighting.atwu import ScorerInput
 
-BETA = make_config("atwu", "paper").params["beta"]  # the matched reward's saturation, at the paper's value
+BETA = make_config("atwu", "paper").params.beta  # the matched reward's saturation, at the paper's value
 BUDGET = "budget (mean x)"
 CONTRAST = "headline reward - retain mean"
 INPUTS = {"raw": ScorerInput(), "centred": ScorerInput(centre=True)}

@@ -14,11 +14,11 @@ import torch
 
 from atwu_core import losses, metrics
 from atwu_core.cli import main
-from atwu_core.config import make_config, split_overrides
+from atwu_core.config import JobConfig, make_config, parse_job_value, split_overrides
 from atwu_core.data import DataError, Dataset, Record
 from atwu_core.forward import Forward
 from atwu_core.job import UnlearningJob, run_job
-from atwu_core.methods import REGISTRY, MethodSpec, RetainParams, ga_loss, register
+from atwu_core.methods import GA, REGISTRY, ATWUParams, Labels, MethodSpec, RetainParams, register
 from atwu_core.records import SampleRecord
 from atwu_core.runs import RunReader, list_runs
 from atwu_core.weighting import ProbabilityWeighting, SpanMask, TokenWeights, WeightingScheme
@@ -193,6 +193,17 @@ def test_headline_pair_weights_the_model_with_the_updated_scorer(demo_loaded, de
     assert json.loads((job.run_dir / "config.json").read_text())["params"]["pair"] == "headline"
 
 
+def test_atwu_inside_npo_gives_weights_that_sum_to_each_answers_length(demo_loaded, demo_world, tmp_path):
+    """The row's NPO objective reaches the scorer: its loss weights are g T / sum g (the GA pairs' are not)."""
+    config = _short("atwu-npo", params={"scorer_every": 1}, steps=2)
+    job = UnlearningJob(config, loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+    records = list(job.stream())
+    assert all("scorer_reward" in r.losses for r in records)
+    for sid, weights in records[-1].loss_weights.items():
+        assert sum(weights) == pytest.approx(len(weights), rel=1e-3), sid
+        assert weights != pytest.approx(records[-1].scores[sid])
+
+
 def test_a_saved_scorer_reproduces_the_final_pass(demo_loaded, demo_world, tmp_path):
     from atwu_core.models import adapter_enabled
 
@@ -234,12 +245,24 @@ class EveryThird(WeightingScheme):
         return TokenWeights(loss=w, scores=w)
 
 
-def test_a_scheme_registered_from_outside_runs_without_touching_the_job(demo_loaded, demo_world, tmp_path):
-    register(MethodSpec("every-third", "toy", RetainParams, lambda p: EveryThird(), ga_loss))
+def test_a_scheme_registered_from_outside_runs_without_touching_the_job_or_the_app(demo_loaded, demo_world, tmp_path):
+    """What adding a scheme costs: its file (here, the class above) and one row; the job and the app read the row."""
+    from app.run_views import QUANTITIES, SCALES, sample_figure
+
+    labels = Labels("every third answer token: 1", "1 on every third token")
+    register(MethodSpec("every-third", "toy", RetainParams, lambda p, objective: EveryThird(), lambda p: GA, labels))
     try:
         job = run_job(_short("every-third"), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
+        snap = RunReader(job.run_dir).snapshot()
+        sample = snap.samples[0]
+        shown = [
+            sample_figure(snap, sample, key, SCALES[0])[0].layout.annotations[0].text for key in QUANTITIES.values()
+        ]
+        with pytest.raises(ValueError, match="'every-third' is already registered"):
+            register(MethodSpec("every-third", "again", RetainParams, lambda p, o: EveryThird(), lambda p: GA))
     finally:
         del REGISTRY["every-third"]
+    assert shown == ["score: every third answer token: 1", "loss weight: 1 on every third token"]
     first = RunReader(job.run_dir).final.scores[job.forget[0].record_id]
     assert first[:4] == [1.0, 0.0, 0.0, 1.0]
     assert job.metrics["forget"]["after"]["prob"] < job.metrics["forget"]["before"]["prob"]
@@ -271,6 +294,20 @@ def test_set_and_flags_are_one_way_to_set_a_field(monkeypatch):
         split_overrides(["chat_template=maybe"])
 
 
+def test_the_config_holds_typed_parameters_and_config_json_keeps_its_form():
+    config = make_config("atwu", "paper", {"beta": 3})
+    assert isinstance(config.params, ATWUParams) and config.params.beta == 3.0
+    written = json.loads(json.dumps(config.to_dict()))
+    assert written["params"]["beta"] == 3.0 and written["params"]["pair"] == "headline"  # the flat dict, as before
+    assert JobConfig.from_dict(written) == config
+    assert parse_job_value("eval_max_samples", "none") is None and parse_job_value("lora_layers", "3") == 3
+    assert parse_job_value("forget_ids", "a, b") == ["a", "b"] and parse_job_value("lr", "0.5") == 0.5
+    with pytest.raises(ValueError, match="eval_max_samples must be int or none, got 'many'"):
+        parse_job_value("eval_max_samples", "many")
+    with pytest.raises(ValueError, match="steps must be int, got 'none'"):
+        parse_job_value("steps", "none")
+
+
 # ------------------------------------------------------------------------------------------ old run folders
 
 
@@ -284,6 +321,8 @@ def test_an_old_format_run_folder_still_opens(tmp_path, capsys):
     assert steps == [1, 2] and rows[0] == snap.step_records[0].scores[sid]  # `weights` read as the scores
     assert snap.latest()[sid] == snap.final.scores[sid]
     assert list_runs(tmp_path / "runs")[0]["method"] == "atwu"
+    config = JobConfig.load(run_dir / "config.json")  # written before `pair`: the matched pair, typed on reading
+    assert isinstance(config.params, ATWUParams) and config.params.pair == "matched" and config.params.reward_norm
     assert main(["eval", str(run_dir)]) == 0
     assert "alignment  auroc=0.750" in capsys.readouterr().out
 

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 from atwu_core import cli, runs
+from atwu_core.cancel import CancelToken
 from atwu_core.config import make_config
 from atwu_core.files import FILE_MODE
 from atwu_core.forward import Forward
-from atwu_core.job import CancelToken, JobError, UnlearningJob, run_job
-from atwu_core.methods import REGISTRY, MethodSpec, RetainParams, ga_loss, register
+from atwu_core.job import JobError, UnlearningJob, run_job
+from atwu_core.methods import GA, REGISTRY, MethodSpec, RetainParams, register
 from atwu_core.runs import RecordLog, RunReader, RunWriter, list_runs
 from atwu_core.weighting import TokenWeights, WeightingScheme
 
@@ -203,7 +204,9 @@ class FailsAt(WeightingScheme):
 @pytest.fixture
 def failing_method():
     def make(at: int, error: BaseException) -> str:
-        register(MethodSpec("fails", "a scheme that raises", RetainParams, lambda p: FailsAt(at, error), ga_loss))
+        register(
+            MethodSpec("fails", "a scheme that raises", RetainParams, lambda p, o: FailsAt(at, error), lambda p: GA)
+        )
         return "fails"
 
     yield make

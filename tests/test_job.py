@@ -164,11 +164,18 @@ def test_atomic_json_keeps_the_old_file_when_writing_fails(tmp_path):
         ({"params": {"beta": "high"}}, "beta must be a float"),
         ({"params": {"nonsense": 1}}, "has no parameter 'nonsense'"),
         ({"params": {"saturation": "cubic"}}, "saturation must be one of fixed, scaled"),
+        # settings the chosen variant ignores are refused, not silently dropped
+        ({"params": {"pair": "headline"}}, r"reward_norm=True has no effect with pair=headline"),
+        ({"params": {"pair": "headline", "reward_norm": False, "saturation": "scaled"}}, "saturation='scaled' has"),
+        ({"params": {"scorer_width": 64}}, "scorer_width=64 has no effect with scorer_layers=1"),
+        ({"method": "tokenunlearn", "params": {"tu_temperature": 0.5}}, "no effect with tu_selection=hard"),
+        ({"method": "tokenunlearn", "params": {"tu_selection": "soft", "tu_top_fraction": 0.5}}, "tu_selection=soft"),
+        ({"method": "tokenunlearn", "params": {"npo_beta": 0.2}}, "npo_beta=0.2 has no effect with tu_base=ga"),
     ],
 )
 def test_bad_parameters_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):
-        make_config("atwu", **overrides)
+        make_config(**{"method": "atwu", **overrides})
 
 
 def test_default_atwu_job_forgets_keeps_and_aligns(demo_loaded, demo_world, tmp_path):

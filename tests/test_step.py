@@ -13,7 +13,7 @@ import torch
 from atwu_core import models
 from atwu_core.config import make_config
 from atwu_core.job import JobError, UnlearningJob, run_job
-from atwu_core.methods import REGISTRY, MethodSpec, RetainParams, ga_loss, register
+from atwu_core.methods import GA, REGISTRY, MethodSpec, RetainParams, register
 from atwu_core.models import decoder_blocks, load_model
 from atwu_core.runs import RunReader, RunWriter
 from atwu_core.weighting import TokenWeights, WeightingScheme
@@ -66,7 +66,7 @@ class NaNAt(WeightingScheme):
 
 @pytest.fixture
 def nan_at_2():
-    register(MethodSpec("nan-at-2", "NaN loss from step 2", RetainParams, lambda p: NaNAt(2), ga_loss))
+    register(MethodSpec("nan-at-2", "NaN loss from step 2", RetainParams, lambda p, objective: NaNAt(2), lambda p: GA))
     yield "nan-at-2"
     REGISTRY.pop("nan-at-2", None)
 

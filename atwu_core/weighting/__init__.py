@@ -1,19 +1,23 @@
-"""Token-weighting schemes, one file each: uniform, probability heuristics, ATWU's scorer, TokenUnlearn."""
+"""Token-weighting schemes, one file each: uniform, probability heuristics, ATWU's scorer, TokenUnlearn; their
+typed parameters in `params` (torch-free). The schemes load on first use, so reading the parameters (the method
+registry, `atwu methods`) does not import torch."""
 
-from atwu_core.weighting.atwu import ATWUScorer
-from atwu_core.weighting.base import PrepareContext, TokenWeights, WeightingScheme
-from atwu_core.weighting.probability import ProbabilityWeighting
-from atwu_core.weighting.span_mask import SpanMask
-from atwu_core.weighting.token_unlearn import TokenUnlearnImportance
-from atwu_core.weighting.uniform import Uniform
+import importlib
 
-__all__ = [
-    "ATWUScorer",
-    "PrepareContext",
-    "ProbabilityWeighting",
-    "SpanMask",
-    "TokenUnlearnImportance",
-    "TokenWeights",
-    "Uniform",
-    "WeightingScheme",
-]
+_MODULES = {
+    "ATWUScorer": "atwu",
+    "PrepareContext": "base",
+    "ProbabilityWeighting": "probability",
+    "SpanMask": "span_mask",
+    "TokenUnlearnImportance": "token_unlearn",
+    "TokenWeights": "base",
+    "Uniform": "uniform",
+    "WeightingScheme": "base",
+}
+__all__ = list(_MODULES)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)

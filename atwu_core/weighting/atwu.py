@@ -15,6 +15,7 @@ fraction of sequence i's tokens with g > 0.5. Inside NPO (`atwu-npo`) the weight
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from atwu_core.files import FILE_MODE, read_json, write_json_atomic
 from atwu_core.forward import Forward, ForwardNeeds, batches, forward
 from atwu_core.generation import evaluating, model_device
 from atwu_core.weighting.base import PrepareContext, TokenWeights, WeightingScheme
+from atwu_core.weighting.params import ATWUNPOParams, ATWUParams
 
 
 @dataclass(frozen=True)
@@ -115,25 +117,49 @@ def regularisers(g: torch.Tensor, mask: torch.Tensor, budget: float) -> tuple[to
     return entropy, (selected - budget).pow(2).mean(), selected
 
 
+@dataclass(frozen=True)
+class Pair:
+    """One objective pair, chosen once per job: the model's forget-loss weights and the scorer's reward (minimised),
+    each from g [B, T] and the forward pass."""
+
+    name: str  # headline | matched | npo
+    weights: Callable[[torch.Tensor, Forward], torch.Tensor]  # (g, fw) -> [B, T], used detached
+    reward: Callable[[torch.Tensor, Forward], torch.Tensor]  # (g, fw) -> 0-dim, carries g's graph
+
+
+def objective_pair(p: ATWUParams | ATWUNPOParams, objective: str) -> Pair:
+    """The pair for the method's forget objective: inside NPO the NPO expression with live weights (no
+    saturation); inside GA the pair `p.pair` names."""
+    if objective == "npo":
+        return Pair(
+            "npo",
+            lambda g, fw: npo_weights(g, fw.mask),
+            lambda g, fw: losses.npo(fw.nll.detach(), fw.mask, npo_weights(g, fw.mask), fw.ref_nll.sum(1), p.npo_beta),
+        )
+    if objective != "ga":
+        raise ValueError(f"ATWU's scorer runs inside the ga or npo forget objective, not {objective!r}.")
+    return Pair(
+        p.pair,
+        lambda g, fw: model_weights(p.pair, g, fw.nll.detach(), fw.mask, p.beta, p.saturation),
+        lambda g, fw: scorer_reward(p.pair, g, fw.nll.detach(), fw.mask, p.beta, p.reward_norm),
+    )
+
+
 # ----------------------------------------------------------------------------------- the scheme
 
 
 class ATWUScorer(WeightingScheme):
-    """`params`: an ATWUParams or ATWUNPOParams (atwu_core.methods); `objective` "ga" or "npo"."""
+    """ATWU's scheme inside the method's forget objective ("ga" or "npo", from its registry row)."""
 
-    def __init__(self, params, objective: str = "ga"):
+    def __init__(self, params: ATWUParams | ATWUNPOParams, objective: str):
         self.p = params
-        self.objective = objective
+        self.pair = objective_pair(params, objective)
         self.input = ScorerInput(params.hidden_layer, params.hidden_position, params.hidden_norm, params.hidden_centre)
         self.needs = ForwardNeeds(hidden_layer=params.hidden_layer)
         self.scorer: Scorer | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.schedule: torch.optim.lr_scheduler.LRScheduler | None = None
         self.out_dir: Path | None = None
-
-    @property
-    def pair(self) -> str:
-        return getattr(self.p, "pair", "matched") if self.objective == "ga" else "npo"
 
     def prepare(self, ctx: PrepareContext) -> None:
         dim = ctx.model.config.get_text_config().hidden_size
@@ -148,21 +174,16 @@ class ATWUScorer(WeightingScheme):
         """g [B, T], 0 off the answer; carries the scorer's graph."""
         return torch.sigmoid(self.scorer(self.input(fw.hidden, fw.mask))) * fw.mask
 
-    def _weights(self, g: torch.Tensor, fw: Forward) -> torch.Tensor:
-        if self.objective == "npo":
-            return npo_weights(g, fw.mask)
-        return model_weights(self.pair, g, fw.nll.detach(), fw.mask, self.p.beta, self.p.saturation)
-
     def weigh(self, fw: Forward) -> TokenWeights:
         with torch.no_grad():
             g = self.scores(fw)
-        return TokenWeights(loss=self._weights(g, fw), scores=g)
+        return TokenWeights(loss=self.pair.weights(g, fw), scores=g)
 
     def step(self, fw: Forward, step: int) -> tuple[TokenWeights, dict[str, torch.Tensor]]:
         due = self.p.update == "joint" or step % self.p.scorer_every == 0
         if not due:
             return self.weigh(fw), {}
-        if self.pair == "headline":  # the scorer steps first; the model's forget term uses the updated scorer
+        if self.pair.name == "headline":  # the scorer steps first; the model's forget term uses the updated scorer
             logs = self._learn(fw)
             weights = self.weigh(fw)
         else:
@@ -173,13 +194,9 @@ class ATWUScorer(WeightingScheme):
         return weights, logs
 
     def _learn(self, fw: Forward) -> dict[str, torch.Tensor]:
-        nll, mask = fw.nll.detach(), fw.mask
         g = self.scores(fw)
-        if self.objective == "npo":  # the NPO expression with live weights, no saturation
-            reward = losses.npo(nll, mask, npo_weights(g, mask), fw.ref_nll.sum(1), self.p.npo_beta)
-        else:
-            reward = scorer_reward(self.pair, g, nll, mask, self.p.beta, self.p.reward_norm)
-        entropy, budget, selected = regularisers(g, mask, self.p.budget)
+        reward = self.pair.reward(g, fw)
+        entropy, budget, selected = regularisers(g, fw.mask, self.p.budget)
         l2 = sum(w.pow(2).sum() for w in self.scorer.parameters())
         loss = reward + self.p.lambda_e * entropy + self.p.lambda_p * budget + self.p.lambda_2 * l2
         self.optimizer.zero_grad(set_to_none=True)

@@ -17,6 +17,7 @@ from atwu_core.forward import Forward, ForwardNeeds, batches, forward
 from atwu_core.generation import evaluating, pad_token_id
 from atwu_core.losses import per_sequence
 from atwu_core.weighting.base import PrepareContext, TokenWeights, WeightingScheme
+from atwu_core.weighting.params import TokenUnlearnParams
 
 MASKED_QUESTION = "?"
 
@@ -41,7 +42,7 @@ def answer_logprobs_and_entropy(
 
 
 class TokenUnlearnImportance(WeightingScheme):
-    def __init__(self, params):
+    def __init__(self, params: TokenUnlearnParams):
         self.p = params
         self.importance: list[torch.Tensor] = []
 
