@@ -101,8 +101,10 @@ def _no_tokenizer(folder: Path) -> None:
 
 def _bert(folder: Path) -> None:
     """An encoder with an LM head loads as a "causal LM" unless the loader checks; large weights make its
-    bidirectional attention plain in a 4-token probe."""
+    bidirectional attention plain in a 4-token probe. Seeded: the probe misses some random draws (seeds 0, 2 and 4
+    of 20 leave no earlier prediction moving), so unseeded the case passed or failed with the tests run before it."""
     shutil.rmtree(folder)
+    torch.manual_seed(1)
     config = BertConfig(
         vocab_size=512,
         hidden_size=8,
