@@ -11,15 +11,13 @@ from app.components.curves import token_bars
 from app.components.token_chips import token_chips_html
 from app.run_views import run_label, unique_names
 from app.untrusted import isolated, md
-from atwu_core.data import EncodedSample, Record, encode_record
+from atwu_core import asking
+from atwu_core.data import EncodedSample
 from atwu_core.explore import percentile_range, span_verdicts
-from atwu_core.generation import greedy_answer, pad_token_id
 from atwu_core.headline import NOT_RECORDED
-from atwu_core.metrics import answer_stats
-from atwu_core.models import adapter_enabled
 from atwu_core.run_table import run_id
 from atwu_core.runs import RunReader, list_runs
-from atwu_core.weighting.atwu import apply_scorer, load_scorer, scorer_snapshots
+from atwu_core.weighting.atwu import scorer_snapshots
 
 
 def questions(reader: RunReader) -> dict[str, list[tuple[str, str]]]:
@@ -35,12 +33,6 @@ def run_model(run_dir: str) -> str:
     if not model:
         raise ValueError(f"{run_dir}/config.json names no model (field 'model'), so the run cannot be queried.")
     return model
-
-
-def ask(model, tokenizer, prompt: str, sample: EncodedSample | None, max_new: int) -> tuple[str, dict | None]:
-    """Greedy answer, and the reference answer's teacher-forced token scores when there is one."""
-    text = greedy_answer(model, tokenizer, prompt, max_new)
-    return text, answer_stats(model, [sample], pad_token_id(tokenizer))[0] if sample is not None else None
 
 
 def show_logprobs(sample: EncodedSample, before: dict, after: dict) -> None:
@@ -79,19 +71,10 @@ def answer(run_dir: str, prompt: str, reference: str, max_new: int) -> dict | No
     try:
         with st.spinner(f"Loading {md(spec)} …"):
             loaded = state.models().get(spec)
-        sample = (
-            encode_record(Record(id="query", question=prompt, answer=reference), loaded.tokenizer)
-            if reference.strip()
-            else None
-        )
-        with loaded.lock:
-            before = ask(loaded.model, loaded.tokenizer, prompt, sample, max_new)
-            with adapter_enabled(loaded, run_dir) as model:
-                after = ask(model, loaded.tokenizer, prompt, sample, max_new)
+        return asking.answers(loaded, run_dir, prompt, reference, max_new)
     except Exception as err:  # noqa: BLE001 - missing adapter, model or bad input: shown, the app stays usable
         st.error(f"Could not answer: {md(err)}")
         return None
-    return {"before": before, "after": after, "sample": sample}
 
 
 def show_answer(result: dict) -> None:
@@ -139,21 +122,12 @@ def span_verdict_table(reader: RunReader, sample_id: str) -> None:
 
 
 def scorer_scores(run_dir: str, snapshot: str, question: str, text: str, through: str) -> tuple[EncodedSample, list]:
-    """The run's saved scorer's g for every token of `text` (as the answer to `question`): one forward."""
-    config = RunReader(run_dir).config
+    """The run's saved scorer on `text`, through the model the user picked."""
     loaded = state.models().get(run_model(run_dir))
-    sample = encode_record(
-        Record(id="any-text", question=question, answer=text),
-        loaded.tokenizer,
-        chat_template=bool(config.get("chat_template")),
+    chat_template = bool(RunReader(run_dir).config.get("chat_template"))
+    return asking.scorer_scores(
+        loaded, run_dir, snapshot, question, text, after=through != THROUGH[0], chat_template=chat_template
     )
-    shape = loaded.model.config.get_text_config()
-    scorer, inp = load_scorer(run_dir, snapshot, hidden_size=shape.hidden_size, n_layers=shape.num_hidden_layers)
-    with loaded.lock:
-        if through == THROUGH[0]:
-            return sample, apply_scorer(scorer, inp, loaded.model, [sample], pad_token_id(loaded.tokenizer))[0]
-        with adapter_enabled(loaded, run_dir) as model:
-            return sample, apply_scorer(scorer, inp, model, [sample], pad_token_id(loaded.tokenizer))[0]
 
 
 def score(run_dir: str, snapshot: str, question: str, text: str, through: str) -> dict | None:
