@@ -185,10 +185,14 @@ def _check_device(device: str) -> None:
         raise ValueError(f"device={device} but MPS is not available here; use device=auto or cpu.")
 
 
-def resolve_params(method: str, preset_name: str = "demo", overrides: dict | None = None) -> dict:
+def _preset_params(method: str, preset_name: str, overrides: dict | None) -> MethodParams:
     """Defaults < preset < overrides, every value type-checked against the method's parameter dataclass."""
-    values = {**presets.preset(preset_name).params.get(method, {}), **(overrides or {})}
-    return build_params(method, values).to_dict()
+    return build_params(method, {**presets.preset(preset_name).params.get(method, {}), **(overrides or {})})
+
+
+def resolve_params(method: str, preset_name: str = "demo", overrides: dict | None = None) -> dict:
+    """The method's parameters under a preset, as a name -> value dict (where the app's controls start)."""
+    return _preset_params(method, preset_name, overrides).to_dict()
 
 
 def make_config(method: str = "atwu", preset: str = "demo", params: dict | None = None, **job_overrides) -> JobConfig:
@@ -199,8 +203,7 @@ def make_config(method: str = "atwu", preset: str = "demo", params: dict | None 
     if bad:
         raise ValueError(f"unknown job settings {sorted(bad)}; known: {sorted(job_fields)}.")
     job = {**presets.preset(preset).job, **{k: v for k, v in job_overrides.items() if v is not None}}
-    values = {**presets.preset(preset).params.get(method, {}), **(params or {})}
-    config = JobConfig(method=method, preset=preset, params=build_params(method, values), **job)
+    config = JobConfig(method=method, preset=preset, params=_preset_params(method, preset, params), **job)
     config.validate()
     return config
 
