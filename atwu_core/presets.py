@@ -6,9 +6,10 @@ settings override JobConfig's. A user's own settings override both.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from atwu_core.files import read_json
 
 
 @dataclass(frozen=True)
@@ -90,14 +91,6 @@ def _config_parameters(config: dict) -> int | None:
     return vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * inner)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8")) if path.stat().st_size < 2**20 else {}
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def default_preset(model: str) -> PresetChoice:
     """The preset for a model spec, from what the model is: its size read off config.json (a GGUF file or a hub id
     is taken as a pretrained model). Presets follow what a model is, not its name: a SmolLM2 taught into a folder of
@@ -111,7 +104,11 @@ def default_preset(model: str) -> PresetChoice:
         return PresetChoice("smollm2", "a GGUF file: a pretrained model")
     if not folder.is_dir():
         return PresetChoice("smollm2", "a hub model: a pretrained model")
-    config = _read_json(folder / "config.json")
+    try:
+        config = read_json(folder / "config.json", 2**20)
+    except ValueError:  # unreadable: no size to go by, and the reason below says so
+        config = None
+    config = config if isinstance(config, dict) else {}
     parameters = _config_parameters(config)
     if parameters is None:
         return PresetChoice("demo", f"{folder / 'config.json'} gives no model size")
