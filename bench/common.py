@@ -279,7 +279,42 @@ def tofu_world(n_retain: int, teach_steps: int) -> World | None:
     )
 
 
-WORLD_NAMES = "demo, demo-smollm2, tofu, seedN[-pP-fF] (tiny model) or smollm2-seedN[-pP-fF] (SmolLM2)"
+TOFU_SPANS_DIR = REPO.parent / "shared" / "data" / "tofu-spans" / "forget01_with_common_words_gpt"
+
+
+def smollm2_tofu_world(n_retain: int = 160, teach_steps: int = 300) -> World | None:
+    """Real text: TOFU forget01 (40 QA, its GPT-annotated fact spans) + the first `n_retain` QA of retain99, taught
+    to SmolLM2 as the synthetic SmolLM2 worlds are (cached). None when the TOFU folders are absent."""
+    retain_file = TOFU_DIR / "retain99.json"
+    if not TOFU_SPANS_DIR.is_dir() or not retain_file.is_file():
+        print(f"skipping smollm2-tofu: {TOFU_SPANS_DIR} or {retain_file} not found", file=sys.stderr)
+        return None
+    folder = CACHE / f"smollm2-tofu-forget01-retain{n_retain}-t{teach_steps}"
+    data, adapter = folder / "data", folder / "adapter"
+    if not (data / "forget.jsonl").is_file():
+        forget = load_data(str(TOFU_SPANS_DIR)).forget
+        save_dataset_dir(Dataset("tofu-spans", forget, load_tofu_json(retain_file)[:n_retain]), data)
+    if not (adapter / "adapter_config.json").is_file():
+        print(f"teaching SmolLM2 {folder.name} (~40 min on 2 CPU cores) ...", file=sys.stderr, flush=True)
+        build_demo_smollm2(adapter, data_dir=data, steps=teach_steps)
+    r = json.loads((adapter / "training_report.json").read_text(encoding="utf-8"))
+    dataset = load_dataset_dir(data)
+    return World(
+        "smollm2-tofu",
+        load_model("smollm2", adapter=adapter),
+        dataset,
+        f"SmolLM2-135M-Instruct with TOFU `forget01` ({len(dataset.forget)} QA, GPT-annotated fact spans of arXiv "
+        f"2506.03142) + the first {len(dataset.retain)} QA of `retain99` merged in, taught as `demo-smollm2` was "
+        f"for {r['steps']} steps ({r['seconds'] / 60:.0f} min): forget exact {r['forget_exact']:.2f}, retain exact "
+        f"{r['retain_exact']:.2f} (teacher-forced); `smollm2` preset",
+        (adapter, data),
+        preset=default_preset("smollm2").name,
+    )
+
+
+WORLD_NAMES = (
+    "demo, demo-smollm2, tofu, smollm2-tofu, seedN[-pP-fF] (tiny model) or smollm2-seedN[-pP-fF] (SmolLM2)"
+)
 
 
 def load_world(name: str, options: WorldOptions) -> World | None:
@@ -291,6 +326,8 @@ def load_world(name: str, options: WorldOptions) -> World | None:
         return demo_smollm2_world()
     if name == "tofu":
         return tofu_world(options.tofu_retain, options.teach_steps)
+    if name == "smollm2-tofu":
+        return smollm2_tofu_world()
     match = re.fullmatch(r"(smollm2-)?seed(\d+)(?:-p(\d+)-f(\d+))?", name)
     if not match:
         raise ValueError(f"unknown world {name!r}: use {WORLD_NAMES}.")
