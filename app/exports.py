@@ -15,7 +15,7 @@ import streamlit as st
 
 from app.report import run_report
 from app.untrusted import md
-from atwu_core import explore
+from atwu_core import explore, token_csv
 from atwu_core.metrics import alignment
 from atwu_core.runs import RunReader
 
@@ -32,7 +32,7 @@ def build(run_dir: str, what: str, stamp: tuple) -> bytes:
     """One export of a run folder as bytes (`stamp`, its fingerprint, keys the cache)."""
     snap = RunReader(run_dir).snapshot()
     if what == "csv":
-        return explore.tokens_csv(snap).encode()
+        return token_csv.tokens_csv(snap).encode()
     if what == "html":
         return run_report(snap).encode()
     metrics = snap.metrics or {

@@ -23,7 +23,7 @@ from plotly.offline import get_plotlyjs
 from app.components.curves import alignment_figure
 from app.components.results import quality_rows
 from app.run_views import SCALES, corpus_figure, losses_figure, run_label, sample_figure, trajectories
-from atwu_core import explore, headline
+from atwu_core import explore, fact_views, headline, token_views
 from atwu_core.headline import HEADLINE
 from atwu_core.run_table import run_colour
 from atwu_core.runs import RunSnapshot
@@ -132,8 +132,8 @@ def run_report(snap: RunSnapshot) -> str:
         f"<p>Rerun: <code>{html.escape(explore.cli_command(snap.config))}</code></p>",
         "<h2>Results</h2>",
         _table(numbers) if metrics else "<p>No metrics: the run did not reach its evaluation.</p>",
-        f"<p><b>Facts</b>: {html.escape(explore.facts_line(metrics))}</p>" if metrics else "",
-        _table(explore.fact_label_rows(metrics)),
+        f"<p><b>Facts</b>: {html.escape(fact_views.facts_line(metrics))}</p>" if metrics else "",
+        _table(fact_views.fact_label_rows(metrics)),
         _table(quality_rows(metrics)),
     ]
     if snap.step_records:
@@ -141,14 +141,14 @@ def run_report(snap: RunSnapshot) -> str:
         t = trajectories(snap)
         if t["step"]:
             parts.append(figures.add(alignment_figure({title: t}, {title: run_colour(snap.dir)})))
-    table = explore.corpus_table(snap)
+    table = token_views.corpus_table(snap)
     parts += ["<h2>Every forget sample</h2>"]
     if table:
         parts.append(figures.add(corpus_figure(snap, "scores", [row["sample"] for row in table])))
     parts += [
         _table(table),
         "<h3>Per span label</h3>",
-        _table(explore.span_label_table(snap)),
+        _table(token_views.span_label_table(snap)),
         "<h2>Each sample: score and log-probability change per step</h2>",
     ]
     shown = drawn_samples(snap)

@@ -20,7 +20,7 @@ from app.components.heatmap import (
 )
 from app.components.token_chips import token_chips_html
 from app.untrusted import md
-from atwu_core import explore
+from atwu_core import fact_views, progress, token_views
 from atwu_core.methods import method_labels
 from atwu_core.metrics import DROP_NATS, MEANINGFUL_SHARE, trajectory
 from atwu_core.records import SampleRecord
@@ -66,7 +66,7 @@ def mean_step_seconds(snap: RunSnapshot) -> float | None:
 def progress_panel(snap: RunSnapshot) -> None:
     """Phase-aware progress (loading, evaluating, step k/N, final pass, evaluating after) with an ETA that
     includes evaluation while the job runs, then the state's message and the loss curves."""
-    shown = explore.progress(snap.status, mean_step_seconds(snap))
+    shown = progress.progress(snap.status, mean_step_seconds(snap))
     st.progress(shown.fraction, text=shown.text)
     status = snap.status
     if status.state == "failed":
@@ -112,15 +112,15 @@ def pick_sample(samples: list[SampleRecord], key: str, recorded: list[str] = ())
 def _cut(steps: list, matrix: list, upto: int | None) -> tuple[list, list]:
     if upto is None:
         return steps, matrix
-    keep = [k for k, s in enumerate(steps) if s != explore.FINAL and s <= upto]
+    keep = [k for k, s in enumerate(steps) if s != token_views.FINAL and s <= upto]
     return [steps[k] for k in keep], [matrix[k] for k in keep]
 
 
 def _zrange(scale: str, snap: RunSnapshot, key: str, matrix: list[list[float | None]]) -> tuple[float, float]:
     if scale == SCALES[2]:
         return 0.0, 1.0
-    values = explore.run_values(snap, key) if scale == SCALES[0] else [v for row in matrix for v in row]
-    return explore.percentile_range(values, *((2.0, 98.0) if scale == SCALES[0] else (0.0, 100.0)))
+    values = token_views.run_values(snap, key) if scale == SCALES[0] else [v for row in matrix for v in row]
+    return token_views.percentile_range(values, *((2.0, 98.0) if scale == SCALES[0] else (0.0, 100.0)))
 
 
 def sample_figure(
@@ -131,25 +131,25 @@ def sample_figure(
     *,
     words: bool = False,
     upto: int | None = None,
-    change_floor: float = explore.CHANGE_FLOOR,
+    change_floor: float = token_views.CHANGE_FLOOR,
 ):
     """The steps × tokens figure of one sample: `key`'s values above the log-probability change since before
     training (its colour range at least ± `change_floor` nats), on one token axis; returns (figure, rows, values,
     probs, colour range), or None if nothing recorded."""
-    steps, values = _cut(*explore.rows(snap, sample.record_id, key), upto)
-    _, probs = _cut(*explore.rows(snap, sample.record_id, "probs"), upto)
+    steps, values = _cut(*token_views.rows(snap, sample.record_id, key), upto)
+    _, probs = _cut(*token_views.rows(snap, sample.record_id, "probs"), upto)
     if not values:
         return None
     zrange = _zrange(scale, snap, key, values)
     panels = [Panel(quantity_name(snap.config, key), values, zrange)]
-    change = explore.logprob_change(snap, sample.record_id)
+    change = token_views.logprob_change(snap, sample.record_id)
     if change is not None:
         changes = _cut(*change, upto)[1]
         panels.append(
             Panel(
                 CHANGE,
                 changes,
-                explore.symmetric_range((v for row in changes for v in row), floor=change_floor),
+                token_views.symmetric_range((v for row in changes for v in row), floor=change_floor),
                 CHANGE_COLORSCALE,
                 "Δ log p",
             )
@@ -161,7 +161,7 @@ def sample_figure(
         panels = [Panel(p.name, m[1], p.zrange, p.colorscale, p.short) for p, m in zip(panels, merged, strict=False)]
         hover_probs = None  # a word has no single token probability
     before = snap.before.probs.get(sample.record_id) if snap.before is not None and not words else None
-    leaked = explore.leaked_token_mask(snap.metrics or {}, sample) if not words else None
+    leaked = fact_views.leaked_token_mask(snap.metrics or {}, sample) if not words else None
     fig = token_heatmaps(
         steps,
         tokens,
@@ -199,7 +199,7 @@ def sample_view(snap: RunSnapshot, sample: SampleRecord | None, *, key: str, upt
         return
     fig, steps, values, probs, (vmin, vmax) = drawn
     st.plotly_chart(fig, key=f"{key}_heatmap", config=MODEBAR)
-    where = "Final pass" if steps[-1] == explore.FINAL else f"Step {steps[-1]}"
+    where = "Final pass" if steps[-1] == token_views.FINAL else f"Step {steps[-1]}"
     st.markdown(f"**{where}** — Q: {md(sample.question)}")
     st.html(
         token_chips_html(
@@ -222,7 +222,7 @@ def change_floor_control(key: str) -> float:
     return st.number_input(
         "Δ log p colour range: at least ± nats",
         min_value=0.01,
-        value=explore.CHANGE_FLOOR,
+        value=token_views.CHANGE_FLOOR,
         step=0.5,
         key=f"{key}_change_floor",
         help="Changes smaller than this are drawn pale: ±0.001 nats is not drawn like −10 nats.",
@@ -259,17 +259,17 @@ CORPUS_VALUES = {"score": "scores", "loss weight": "loss_weights", "log-probabil
 SORTS = ("score AUROC", "forgetting AUROC", "mean score in spans", "mean Δ log p in spans", "sample")
 
 
-def corpus_figure(snap: RunSnapshot, which: str, ids: list[str], change_floor: float = explore.CHANGE_FLOOR):
+def corpus_figure(snap: RunSnapshot, which: str, ids: list[str], change_floor: float = token_views.CHANGE_FLOOR):
     """The latest `which` ("scores", "loss_weights" or "change", its colour range at least ± `change_floor`
     nats) of the samples `ids`, one row each, spans outlined."""
-    latest = explore.latest_logprob_change(snap) if which == "change" else snap.latest(which)
+    latest = token_views.latest_logprob_change(snap) if which == "change" else snap.latest(which)
     index = snap.sample_index
     values = [latest.get(sid, []) for sid in ids]
     flat = [v for row in values for v in row]
     if which == "change":
-        name, zrange, scale = CHANGE, explore.symmetric_range(flat, floor=change_floor), CHANGE_COLORSCALE
+        name, zrange, scale = CHANGE, token_views.symmetric_range(flat, floor=change_floor), CHANGE_COLORSCALE
     else:
-        name, zrange, scale = quantity_name(snap.config, which), explore.percentile_range(flat), "Viridis"
+        name, zrange, scale = quantity_name(snap.config, which), token_views.percentile_range(flat), "Viridis"
     return ragged_heatmap(
         ids,
         values,
@@ -286,13 +286,13 @@ def corpus_figure(snap: RunSnapshot, which: str, ids: list[str], change_floor: f
 def corpus_view(snap: RunSnapshot, *, key: str) -> None:
     """Every forget sample at once: its latest values as one heatmap row, a table sortable by per-sample AUROC
     or forgetting, and the mean score and forgetting per span label."""
-    table = explore.corpus_table(snap)
+    table = token_views.corpus_table(snap)
     if not table:
         st.info("No sample has recorded scores yet.")
         return
     c1, c2 = st.columns(2)
     shown = c1.radio("Values", list(CORPUS_VALUES), horizontal=True, key=f"{key}_corpus_values")
-    floor = change_floor_control(f"{key}_corpus") if CORPUS_VALUES[shown] == "change" else explore.CHANGE_FLOOR
+    floor = change_floor_control(f"{key}_corpus") if CORPUS_VALUES[shown] == "change" else token_views.CHANGE_FLOOR
     order = c2.selectbox("Sort samples by", SORTS, key=f"{key}_corpus_sort")
     frame = pd.DataFrame(table).sort_values(order, ascending=order == "sample", na_position="last")
     st.plotly_chart(
@@ -302,7 +302,7 @@ def corpus_view(snap: RunSnapshot, *, key: str) -> None:
     )
     st.dataframe(frame, hide_index=True, key=f"{key}_corpus_table")
     st.markdown("**Per span label** (the spans' `label`; *outside* = tokens in no span)")
-    st.dataframe(pd.DataFrame(explore.span_label_table(snap)), hide_index=True, key=f"{key}_span_labels")
+    st.dataframe(pd.DataFrame(token_views.span_label_table(snap)), hide_index=True, key=f"{key}_span_labels")
 
 
 VIEWS = ("One sample", "Alignment over training", "Whole forget set")

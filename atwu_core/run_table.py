@@ -32,6 +32,15 @@ METRICS = {  # list_runs key -> column name (the numbers grouped)
 NO_TAG = "(no tag)"
 
 
+def default_selection(runs: Sequence[dict]) -> list[str]:
+    """The latest completed run of each method (`runs` newest first, as `list_runs` gives them)."""
+    chosen: dict[str, str] = {}
+    for run in runs:
+        if run.get("state") == "completed" and run.get("method") not in chosen:
+            chosen[run.get("method")] = run["run_dir"]
+    return list(chosen.values())
+
+
 def run_id(run_dir: str | Path) -> str:
     """A run's id: its folder name (the same whether given as a path or a name)."""
     return Path(run_dir).name

@@ -2,7 +2,8 @@
 
 Whole files are written atomically (temp file + os.replace) so a reader never sees half a file; records are
 appended one JSON line at a time and flushed, so a reader can follow a job while it runs. The files' contents
-are the typed records of `atwu_core.records`; this module only moves them to and from disk.
+are the typed records of `atwu_core.records`; this module moves them to and from disk
+and makes the few edits the app makes to a run folder (rename, tag, delete).
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from atwu_core.files import json_line, read_json, write_json_at
+from atwu_core.files import json_line, read_json, write_json_at, write_json_atomic
 from atwu_core.records import (
     TOKEN_MAPS,
     BeforeRecord,
@@ -443,3 +446,34 @@ def wait_for_state(run_dir: str | Path, states: tuple[str, ...], timeout: float)
                     return status
         time.sleep(0.05)
     raise TimeoutError(f"{run_dir} did not reach {states} within {timeout} s (now {state}).")
+
+
+# ------------------------------------------------------------------------------------------ editing runs
+
+
+def _edit_config(run_dir: str | Path, **changes: object) -> dict:
+    path = RunReader(run_dir).dir / "config.json"
+    config = {**RunReader(run_dir).config, **changes}
+    write_json_atomic(path, config)
+    return config
+
+
+def rename_run(run_dir: str | Path, name: str) -> dict:
+    """Give a run a display name (kept in its config.json; the folder keeps its name)."""
+    name = name.strip()
+    if not name:
+        raise ValueError("a run name cannot be empty.")
+    return _edit_config(run_dir, name=name)
+
+
+def tag_run(run_dir: str | Path, tags: Iterable[str]) -> dict:
+    """Set a run's tags (kept in its config.json), trimmed, without empties or repeats, in the given order."""
+    return _edit_config(run_dir, tags=list(dict.fromkeys(t.strip() for t in tags if t.strip())))
+
+
+def delete_run(run_dir: str | Path) -> None:
+    """Delete a run folder; refuses a folder that is not a run and a run whose job is still running."""
+    reader = RunReader(run_dir)  # raises on a folder without config.json: never delete anything else
+    if reader.status.state == "running":
+        raise ValueError(f"{reader.dir.name} is still running; cancel it before deleting it.")
+    shutil.rmtree(reader.dir)

@@ -30,7 +30,7 @@ from app.exports import build, fingerprint
 from app.report import SAMPLE_CAP, unpack
 from app.run_views import CHANGE
 from app.state import jobs
-from atwu_core import explore
+from atwu_core import fact_views
 from atwu_core.config import METADATA_KEYS, METHODS
 from atwu_core.models import DEMO_MODEL
 from atwu_core.records import Status
@@ -204,7 +204,7 @@ def test_forgetting_heatmap_beside_scores(completed_run: str) -> None:
     # tokens of spans the final model still says are marked on the token axis
     snap = RunReader(completed_run).snapshot()
     sample = snap.sample_index[fig["layout"]["title"]["text"].split(":")[0]]
-    leaked = explore.leaked_token_mask(snap.metrics, sample)
+    leaked = fact_views.leaked_token_mask(snap.metrics, sample)
     marked = [t.endswith("<sup>●</sup>") for t in fig["layout"]["xaxis"]["ticktext"]]
     if leaked is None:  # this sample was not among the judged records: nothing to mark
         assert not any(marked)

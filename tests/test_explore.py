@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from atwu_core import explore, headline
+from atwu_core import explore, fact_views, headline, progress, run_table, runs, token_csv, token_views
 from atwu_core.metrics import alignment, forgetting
 from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord
 from atwu_core.runs import RunSnapshot, list_runs
@@ -61,22 +61,22 @@ def snap(tmp_path: Path) -> RunSnapshot:
 
 
 def test_rows_and_logprob_change(snap: RunSnapshot) -> None:
-    steps, matrix = explore.rows(snap, "a")
+    steps, matrix = token_views.rows(snap, "a")
     assert steps == [1, "final"] and matrix[-1] == [0.9, 0.8, 0.1, 0.2]
-    steps, change = explore.logprob_change(snap, "a")
+    steps, change = token_views.logprob_change(snap, "a")
     assert steps == [1, "final"] and change[0] == pytest.approx([0, 0, 0, 0])
     assert change[1][0] == pytest.approx(math.log(0.1)) and change[1][1] == pytest.approx(0.0)
     snap.before = None
-    assert explore.logprob_change(snap, "a") is None
+    assert token_views.logprob_change(snap, "a") is None
 
 
 def test_corpus_and_span_labels(snap: RunSnapshot) -> None:
-    table = {row["sample"]: row for row in explore.corpus_table(snap)}
+    table = {row["sample"]: row for row in token_views.corpus_table(snap)}
     assert table["a"]["score AUROC"] == 1.0 and table["b"]["score AUROC"] == 1.0
     assert table["a"]["span labels"] == "name" and table["b"]["span tokens"] == 2
     assert table["a"]["mean Δ log p in spans"] == pytest.approx(math.log(0.1) / 2)
     assert table["a"]["forgetting AUROC"] == pytest.approx(0.75)  # one of the two span tokens was forgotten
-    labels = {row["span label"]: row for row in explore.span_label_table(snap)}
+    labels = {row["span label"]: row for row in token_views.span_label_table(snap)}
     assert set(labels) == {"name", "city", "outside"}
     assert labels["name"]["mean score"] == pytest.approx(0.85) and labels["outside"]["tokens"] == 4
     assert labels["city"]["mean Δ log p"] == pytest.approx(math.log(0.1) / 2)
@@ -84,27 +84,27 @@ def test_corpus_and_span_labels(snap: RunSnapshot) -> None:
 
 def test_colour_ranges() -> None:
     values = [0.3] * 50 + [0.7] * 50 + [1e6]
-    lo, hi = explore.percentile_range(values)
+    lo, hi = token_views.percentile_range(values)
     assert lo == pytest.approx(0.3) and hi == pytest.approx(0.7)  # the outlier saturates
-    assert explore.percentile_range([0.5, 0.5])[1] > 0.5 and explore.percentile_range([]) == (0.0, 1.0)
-    assert explore.symmetric_range([-2.0, 1.0, None]) == pytest.approx((-1.98, 1.98))
+    assert token_views.percentile_range([0.5, 0.5])[1] > 0.5 and token_views.percentile_range([]) == (0.0, 1.0)
+    assert token_views.symmetric_range([-2.0, 1.0, None]) == pytest.approx((-1.98, 1.98))
     # a floor: changes of a thousandth of a nat are not stretched over the whole colour scale
-    assert explore.symmetric_range([-0.001, 0.002]) == (-1.0, 1.0)
-    assert explore.symmetric_range([-0.001, 0.002], floor=0.01) == (-0.01, 0.01)
+    assert token_views.symmetric_range([-0.001, 0.002]) == (-1.0, 1.0)
+    assert token_views.symmetric_range([-0.001, 0.002], floor=0.01) == (-0.01, 0.01)
 
 
 def test_disagreement_tables_match_their_headings() -> None:
-    high_out, low_in = explore.disagreement_tables([0.99, 0.98, 0.97, 0.2], A, k=2)
+    high_out, low_in = token_views.disagreement_tables([0.99, 0.98, 0.97, 0.2], A, k=2)
     assert [r["index"] for r in high_out] == [2, 3] and high_out[0]["score"] >= high_out[1]["score"]
     assert [r["index"] for r in low_in] == [1, 0] and low_in[0]["score"] <= low_in[1]["score"]
 
 
 def test_disagreement_ranks_are_tie_aware() -> None:
-    high_out, low_in = explore.disagreement_tables([0.5, 0.5, 0.5, 0.1], A)
+    high_out, low_in = token_views.disagreement_tables([0.5, 0.5, 0.5, 0.1], A)
     # ranks 2, 3, 4 (of 1..4) shared by the three ties: all at the average rank 3, percentile (3 - 1) / 3
     assert [r["rank percentile"] for r in low_in] == pytest.approx([2 / 3, 2 / 3])
     assert [r["rank percentile"] for r in high_out] == pytest.approx([2 / 3, 0.0])
-    assert explore.disagreement_tables([1.0, 1.0, 1.0, 1.0], A) is None  # constant scores rank nothing
+    assert token_views.disagreement_tables([1.0, 1.0, 1.0, 1.0], A) is None  # constant scores rank nothing
 
 
 def test_chance_levels() -> None:
@@ -138,7 +138,7 @@ def test_every_headline_row_reaches_the_cli_summary_and_the_report(snap: RunSnap
 
 
 def test_tokens_csv_has_before_every_step_and_final(snap: RunSnapshot) -> None:
-    rows = list(csv.DictReader(io.StringIO(explore.tokens_csv(snap))))
+    rows = list(csv.DictReader(io.StringIO(token_csv.tokens_csv(snap))))
     assert {r["step"] for r in rows} == {"before", "1", "2", "final"}
     final_a = [r for r in rows if r["step"] == "final" and r["sample_id"] == "a"]
     assert len(final_a) == 4 and final_a[0]["span_label"] == "name" and float(final_a[0]["logprob_change"]) < -2
@@ -161,7 +161,7 @@ def test_tokens_csv_keeps_formulas_as_text(tmp_path: Path) -> None:
         FinalRecord(1, scores, scores, scores),
         None,
     )
-    rows = list(csv.DictReader(io.StringIO(explore.tokens_csv(run))))
+    rows = list(csv.DictReader(io.StringIO(token_csv.tokens_csv(run))))
     cells = [r[key] for r in rows for key in ("sample_id", "token", "span_label") if r[key]]
     assert cells and all(not c.startswith(("=", "+", "-", "@")) for c in cells)
     assert rows[0]["sample_id"] == "'" + hostile and rows[1]["token"] == "'+1" and rows[0]["token"] == " t0"
@@ -174,7 +174,7 @@ def test_default_selection_and_config_diff() -> None:
         {"run_dir": "r2", "method": "wga", "state": "completed"},
         {"run_dir": "r1", "method": "atwu", "state": "completed"},
     ]
-    assert explore.default_selection(runs) == ["r3", "r1"]
+    assert run_table.default_selection(runs) == ["r3", "r1"]
     diff = explore.config_diff(
         {"x": {"lr": 1e-3, "params": {"beta": 5}, "created": "t1"}, "y": {"lr": 1e-3, "params": {"beta": 2}}}
     )
@@ -201,30 +201,30 @@ def test_cli_command_reruns_the_config() -> None:
 
 
 def test_progress_is_phase_aware_and_times_every_phase_from_the_ones_seen() -> None:
-    reference = explore.progress(Status("running", 0, 10, "reference", 2, 8, phase_seconds={"reference": 1.0}), None)
+    reference = progress.progress(Status("running", 0, 10, "reference", 2, 8, phase_seconds={"reference": 1.0}), None)
     assert "reference pass over the forget set 2/8" in reference.text and 0.03 < reference.fraction < 0.08
     assert reference.eta_s == pytest.approx(3.0 + 4.0)  # 6 more at 0.5 s, then the final pass as long as this one
     assert reference.text.endswith("+ evaluation + training")
     seen = {"reference": 4.0, "before": 8.0}
-    before = explore.progress(
+    before = progress.progress(
         Status("running", 0, 10, "before", 3, 4, phase_seconds={"reference": 4.0, "before": 6.0}), None
     )
     assert "evaluating before unlearning 3/4" in before.text and 0.08 < before.fraction < 0.2
     assert before.eta_s == pytest.approx(2.0 + 4.0 + 8.0) and before.text.endswith("+ training")
-    training = explore.progress(
+    training = progress.progress(
         Status("running", 4, 10, "training", 4, 10, phase_seconds={**seen, "training": 3.0}), 0.5
     )
     assert training.eta_s == pytest.approx(6 * 0.5 + 4.0 + 8.0) and "step 4/10" in training.text
     assert "+" not in training.text.split("ETA")[1]  # every phase left is timed
-    from_status = explore.progress(
+    from_status = progress.progress(
         Status("running", 4, 10, "training", 4, 10, phase_seconds={**seen, "training": 3.0}), None
     )
     assert from_status.eta_s == pytest.approx(6 * 0.75 + 4.0 + 8.0)  # no step records: the phase's own mean
-    after = explore.progress(Status("running", 10, 10, "after", 1, 4, phase_seconds={**seen, "after": 3.0}), 0.5)
+    after = progress.progress(Status("running", 10, 10, "after", 1, 4, phase_seconds={**seen, "after": 3.0}), 0.5)
     assert after.eta_s == pytest.approx(9.0) and "evaluating after unlearning 1/4" in after.text
-    loading = explore.progress(Status("running"), None)
+    loading = progress.progress(Status("running"), None)
     assert "loading" in loading.text and "unknown" not in loading.text and loading.eta_s is None
-    over = explore.progress(Status("cancelled", 4, 10, "done", phase_seconds=seen), 0.5)
+    over = progress.progress(Status("cancelled", 4, 10, "done", phase_seconds=seen), 0.5)
     assert over.eta_s is None and "ETA" not in over.text and over.text.startswith("cancelled · step 4/10")
 
 
@@ -233,21 +233,21 @@ def test_rename_tag_delete(tmp_path: Path) -> None:
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"method": "atwu", "model": "demo"}))
     (run / "status.json").write_text(json.dumps({"state": "completed"}))
-    explore.rename_run(run, "  my run ")
-    explore.tag_run(run, ["a", " b", "", "a"])
+    runs.rename_run(run, "  my run ")
+    runs.tag_run(run, ["a", " b", "", "a"])
     [row] = list_runs(tmp_path)
     assert row["name"] == "my run" and row["tags"] == ["a", "b"]
     with pytest.raises(ValueError, match="empty"):
-        explore.rename_run(run, " ")
+        runs.rename_run(run, " ")
     (run / "status.json").write_text(json.dumps({"state": "running", "pid": None, "host": None}))
     with pytest.raises(ValueError, match="still running"):
-        explore.delete_run(run)
+        runs.delete_run(run)
     (run / "status.json").write_text(json.dumps({"state": "completed"}))
-    explore.delete_run(run)
+    runs.delete_run(run)
     assert not run.exists()
     (tmp_path / "other").mkdir()
     with pytest.raises(FileNotFoundError):
-        explore.delete_run(tmp_path / "other")  # never deletes a folder that is not a run
+        runs.delete_run(tmp_path / "other")  # never deletes a folder that is not a run
 
 
 def test_leaked_spans_mark_their_tokens_and_old_runs_read_not_recorded():
@@ -263,9 +263,9 @@ def test_leaked_spans_mark_their_tokens_and_old_runs_read_not_recorded():
     ]
     metrics = {"facts": {"per_sample": {"r0": {"spans": spans}}, "n_leaked": 1, "n_spans": 2,
                "per_label": {"birthplace": {"leaked": 1, "spans": 1}, "name": {"leaked": 0, "spans": 1}}}}  # fmt: skip
-    assert explore.leaked_token_mask(metrics, sample) == [False, False, False, False, False, True, False]
-    assert explore.facts_line(metrics) == "still said: 1 of 2 spans (birthplace 1/1, name 0/1)"
-    assert explore.leaked_token_mask({}, sample) is None
+    assert fact_views.leaked_token_mask(metrics, sample) == [False, False, False, False, False, True, False]
+    assert fact_views.facts_line(metrics) == "still said: 1 of 2 spans (birthplace 1/1, name 0/1)"
+    assert fact_views.leaked_token_mask({}, sample) is None
     old = headline.values({"alignment": {"auroc": 0.7}, "forgetting": {"auroc": 0.8, "span_share": 0.9}})
     assert old["leak rate"] == old["mean ΔNLL span"] == old["meaningful"] == headline.NOT_RECORDED
-    assert old["forgetting AUROC"] == 0.8 and explore.facts_line({}) == "still said: not recorded"
+    assert old["forgetting AUROC"] == 0.8 and fact_views.facts_line({}) == "still said: not recorded"

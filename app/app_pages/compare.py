@@ -12,10 +12,10 @@ from app.components.heatmap import MODEBAR, weight_heatmap
 from app.components.results import METRIC_HELP
 from app.run_views import run_label, trajectories, unique_names
 from app.untrusted import md, snapshot
-from atwu_core import explore, headline
+from atwu_core import explore, headline, token_views
 from atwu_core.headline import HEADLINE, NOT_RECORDED, RANKING
 from atwu_core.metrics import alignment, alignment_curves, forgetting
-from atwu_core.run_table import run_colours, run_id
+from atwu_core.run_table import default_selection, run_colours, run_id
 from atwu_core.runs import RunSnapshot, list_runs
 
 NUMBERS = {"auroc": "AUROC", "auprc": "AUPRC", "precision_at_k": "precision@k"}
@@ -57,7 +57,7 @@ if not runs:
 state_names = {r["run_dir"]: "RUNNING (provisional)" if r["state"] == "running" else r["state"] for r in runs}
 # widgets tell options apart by their labels: two runs named alike must not merge
 labels = unique_names({r["run_dir"]: f"{run_label(r['run_dir'], r)} · {state_names[r['run_dir']]}" for r in runs})
-default = links.runs_from_url(labels) or explore.default_selection(runs)
+default = links.runs_from_url(labels) or default_selection(runs)
 focus = st.session_state.get("focus_run")
 if focus in labels and focus not in default:
     default.insert(0, focus)
@@ -203,7 +203,7 @@ st.plotly_chart(
 )
 st.markdown("**Where scores and spans disagree** (rank percentile: 1 = the sample's highest score, ties share a rank)")
 for d in same:
-    tables = explore.disagreement_tables(scores[d][sid], index[d][sid])
+    tables = token_views.disagreement_tables(scores[d][sid], index[d][sid])
     st.caption(md(names[d]))
     if tables is None:
         st.caption("Every token of this sample has the same score: nothing is ranked, so nothing disagrees.")

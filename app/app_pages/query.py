@@ -13,10 +13,11 @@ from app.run_views import run_label, unique_names
 from app.untrusted import isolated, md
 from atwu_core import asking
 from atwu_core.data import EncodedSample
-from atwu_core.explore import percentile_range, span_verdicts
+from atwu_core.fact_views import span_verdicts
 from atwu_core.headline import NOT_RECORDED
 from atwu_core.run_table import run_id
 from atwu_core.runs import RunReader, list_runs
+from atwu_core.token_views import percentile_range
 from atwu_core.weighting.atwu import scorer_snapshots
 
 

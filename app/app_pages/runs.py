@@ -11,9 +11,8 @@ from app.components.results import METRIC_HELP, results_card
 from app.exports import export_panel
 from app.run_views import progress_panel, run_detail, run_label, unique_names
 from app.untrusted import isolated, md, snapshot
-from atwu_core.explore import delete_run, rename_run, tag_run
 from atwu_core.run_table import group_runs, run_id, runs_table
-from atwu_core.runs import RunSnapshot, runs_root
+from atwu_core.runs import RunSnapshot, delete_run, rename_run, runs_root, tag_run
 
 COLUMNS = {  # runs_table key -> column shown
     "name": "run",

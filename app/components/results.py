@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from atwu_core import headline
-from atwu_core.explore import fact_label_rows, facts_line
+from atwu_core.fact_views import fact_label_rows, facts_line
 from atwu_core.headline import HEADLINE, NOT_RECORDED
 
 # Shown as help wherever these numbers appear (results card, Compare, Runs): the headline rows' own, then quality.
