@@ -11,7 +11,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts app/ on the path, not the 
 
 import streamlit as st  # noqa: E402
 
-from app import state  # noqa: E402
+from app import session, state  # noqa: E402
 from app.untrusted import md  # noqa: E402
 
 PAGES = Path(__file__).resolve().parent / "app_pages"  # not "pages/": that name turns on Streamlit's v1 multipage mode
@@ -40,8 +40,8 @@ def main() -> None:
         ]
     )
     with st.sidebar:
-        st.caption(f"Model: **{md(state.model_spec())}**")
-        st.caption(f"Data: **{md(state.data_label())}**")
+        st.caption(f"Model: **{md(session.model_spec())}**")
+        st.caption(f"Data: **{md(session.data_label())}**")
         job, waiting = state.jobs().running(), len(state.jobs().waiting())
         st.caption(
             (f"Job: **running** ({md(job.run_dir.name)})" if job else "Job: idle")

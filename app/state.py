@@ -1,4 +1,5 @@
-"""Process-wide resources (loaded models, the job queue) and per-session selections.
+"""Process-wide resources: loaded models, the job queue, parsed records, datasets (a session's own choices
+are in `app.session`).
 
 Models and the job queue live in `st.cache_resource` registries so that reruns, page switches and browser
 refreshes neither reload a model nor lose, kill or duplicate a job (jobs themselves run in worker processes).
@@ -18,8 +19,6 @@ from atwu_core.models import LoadedModel, load_model
 from atwu_core.runs import RecordLog
 from atwu_core.worker import JobQueue
 
-DEFAULT_MODEL = "demo"
-DEFAULT_DATA = "demo"
 MAX_MODELS = 2  # a 135M model is ~2 GB in fp32: keep few
 MAX_LOGS = 8  # parsed records of the runs viewed last (a 10 000-step demo run is ~0.7 GB parsed)
 _LOGS_LOCK = threading.Lock()
@@ -78,33 +77,3 @@ def record_log(run_dir: str) -> RecordLog:
 def cached_data(spec: str, retain_spec: str | None = None) -> Dataset:
     """A dataset from a spec (demo, a folder, a .json/.jsonl path); DataError propagates."""
     return load_data(spec, retain_spec)
-
-
-# ------------------------------------------------------------------------------------------ per session
-
-
-def model_spec() -> str:
-    return st.session_state.setdefault("model_spec", DEFAULT_MODEL)
-
-
-def current_model(progress: Callable[[str], None] | None = None) -> LoadedModel:
-    """The session's model (the demo model unless another was chosen), loading it if needed."""
-    return models().get(model_spec(), progress)
-
-
-def current_data() -> Dataset:
-    """The session's dataset: one set on the Data page, else the demo world."""
-    if "dataset" not in st.session_state:
-        st.session_state["dataset"] = cached_data(DEFAULT_DATA)
-        st.session_state["data_label"] = DEFAULT_DATA
-    return st.session_state["dataset"]
-
-
-def set_data(dataset: Dataset, label: str) -> None:
-    """Make `dataset` the session's data; `label` is what config.json records as its source."""
-    st.session_state["dataset"] = dataset
-    st.session_state["data_label"] = label
-
-
-def data_label() -> str:
-    return st.session_state.get("data_label", DEFAULT_DATA)

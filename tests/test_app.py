@@ -23,6 +23,7 @@ import torch
 from plotly.offline import get_plotlyjs
 from streamlit.testing.v1 import AppTest
 
+from app import session
 from app.components.curves import line_figure, loss_figure, token_bars
 from app.components.heatmap import aggregate_words, token_label, weight_heatmap
 from app.components.token_chips import token_chips_html
@@ -92,7 +93,7 @@ def start_job(at: AppTest, steps: int) -> str:
         at.number_input(key=key).set_value(value)
     at.button(key="run").click().run()
     assert not at.exception and not at.error, (at.exception, errors(at))
-    return at.session_state["run_dir"]
+    return at.session_state[session.FOLLOWED_RUN]
 
 
 def finish(at: AppTest, run_dir: str, timeout: float = 240) -> Status:
@@ -141,7 +142,7 @@ def run_page(run_dir: str) -> AppTest:
     if not (DEMO_MODEL / "config.json").is_file():
         pytest.skip(f"no demo model at {DEMO_MODEL}")
     at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["run_dir"] = run_dir
+    at.session_state[session.FOLLOWED_RUN] = run_dir
     at.run()
     assert not at.exception and not at.error, (at.exception, errors(at))
     return at
@@ -184,7 +185,7 @@ def test_results_card(completed_run: str) -> None:
     assert set(quality["set"]) == {"forget", "retain"} and {"exact", "rouge_l", "prob"} <= set(quality["metric"])
     at.button(key="run_to_compare").click().run()
     assert not at.exception and not at.error, (at.exception, errors(at))
-    assert at.session_state["focus_run"] == completed_run
+    assert at.session_state[session.FOCUS_RUN] == completed_run
     assert completed_run in at.multiselect(key="compare_runs").value
     at = run_page(completed_run)
     at.button(key="run_to_query").click().run()
@@ -319,7 +320,7 @@ def test_a_second_run_waits_its_turn_and_a_refresh_finds_it(completed_run: str) 
     assert "queued · 1 job(s) ahead" in progress_text(refreshed)
     refreshed.button(key="cancel").click().run()  # cancels the queued job: it leaves the queue, nothing ran
     assert not Path(second).exists() and not jobs().waiting()
-    at.session_state["run_dir"] = first
+    at.session_state[session.FOLLOWED_RUN] = first
     at.run()
     wait_for_steps(first, 1)
     at.run()
@@ -344,7 +345,7 @@ def test_a_job_runs_while_the_server_loads_a_model_and_answers_queries(completed
     model.radio(key="model_source").set_value("Local folder or .gguf file").run()
     model.text_input(key="model_path").set_value(str(DEMO_MODEL)).run()
     model.button(key="load_model").click().run()
-    assert not model.error and model.session_state["model_spec"] == str(DEMO_MODEL)
+    assert not model.error and model.session_state[session.MODEL_SPEC] == str(DEMO_MODEL)
     query = on_page(app(), "query")  # the finished run's adapter answers while the job trains
     query.selectbox(key="query_run").set_value(completed_run)
     query.radio(key="query_kind").set_value("Forget question").run()
@@ -550,14 +551,14 @@ def test_model_page(completed_run: str) -> None:
     at.button(key="load_model").click().run()
     assert "no such file" in errors(at)
     assert not [e for box in at.get("expandable") for e in box.error]  # the reason is inline, not in the log box
-    assert at.session_state["model_spec"] == "demo"  # the previous model stays in use
+    assert at.session_state[session.MODEL_SPEC] == "demo"  # the previous model stays in use
 
 
 def test_run_page_offers_the_models_preset() -> None:
     at = app()
     assert at.selectbox(key="preset_demo").value == "demo"
     assert at.number_input(key="job_lora_layers_demo").value is None  # demo: LoRA on every block
-    at.session_state["model_spec"] = "demo-smollm2"  # chosen, not loaded: the Run page must not load it to draw
+    at.session_state[session.MODEL_SPEC] = "demo-smollm2"  # chosen, not loaded: the Run page must not load it to draw
     at.run()
     assert not at.exception, at.exception
     assert at.selectbox(key="preset_demo-smollm2").value == "smollm2"
@@ -599,7 +600,7 @@ def test_data_page_typed_sample_with_spans() -> None:
     at.pills(key="typed_words_Ada was born in Tessaly.").set_value([4]).run()
     at.button(key="use_typed").click().run()
     assert not at.error and not at.exception, errors(at)
-    record = at.session_state["dataset"].forget[0]
+    record = at.session_state[session.DATASET].forget[0]
     assert [record.answer[s.start : s.end] for s in record.forget_spans] == ["Tessaly"]
     html = " ".join(h.proto.body for h in at.get("html"))
     assert "ground truth: forget" in html
@@ -615,7 +616,7 @@ def test_upload_valid_jsonl(tmp_path: Path) -> None:
     at.run()
     at.button(key="use_upload").click().run()
     assert not at.error, errors(at)
-    assert at.session_state["data_label"] == "upload:mine.jsonl"
+    assert at.session_state[session.DATA_LABEL] == "upload:mine.jsonl"
 
 
 # ------------------------------------------------------------------------------------------ components

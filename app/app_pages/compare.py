@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import links
+from app import links, session
 from app.components.curves import alignment_figure, line_figure
 from app.components.heatmap import MODEBAR, weight_heatmap
 from app.components.results import METRIC_HELP
@@ -58,7 +58,7 @@ state_names = {r["run_dir"]: "RUNNING (provisional)" if r["state"] == "running" 
 # widgets tell options apart by their labels: two runs named alike must not merge
 labels = unique_names({r["run_dir"]: f"{run_label(r['run_dir'], r)} · {state_names[r['run_dir']]}" for r in runs})
 default = links.runs_from_url(labels) or default_selection(runs)
-focus = st.session_state.get("focus_run")
+focus = session.focus_run()
 if focus in labels and focus not in default:
     default.insert(0, focus)
 chosen = st.multiselect(

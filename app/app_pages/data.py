@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import state
+from app import session, state
 from app.components.token_chips import span_chips_html
 from app.untrusted import md
 from atwu_core.data import DataError, Dataset, Record, encode_record, load_jsonl, record_from_dict
@@ -54,13 +54,13 @@ def load_upload(upload) -> list[Record]:
 
 
 def demo_retain() -> list[Record]:
-    return state.cached_data(state.DEFAULT_DATA).retain
+    return state.cached_data(session.DEFAULT_DATA).retain
 
 
 def from_demo() -> tuple[Dataset, str] | None:
     st.caption("Fictitious people with exact ground truth: the tokens of a forget person's own facts.")
     if st.button("Use the demo world", type="primary", key="use_demo"):
-        return state.cached_data(state.DEFAULT_DATA), state.DEFAULT_DATA
+        return state.cached_data(session.DEFAULT_DATA), session.DEFAULT_DATA
     return None
 
 
@@ -139,7 +139,7 @@ SOURCES = {
 
 def preview(dataset: Dataset) -> None:
     """Summary table and the tokenised view of one forget sample with its ground truth."""
-    st.subheader(f"Current data: {md(state.data_label())}")
+    st.subheader(f"Current data: {md(session.data_label())}")
     cols = st.columns(3)
     cols[0].metric("Forget samples", len(dataset.forget))
     cols[1].metric("Retain samples", len(dataset.retain))
@@ -157,7 +157,7 @@ def preview(dataset: Dataset) -> None:
         height=220,
     )
     try:
-        tokenizer = state.current_model().tokenizer
+        tokenizer = session.current_model().tokenizer
     except Exception as err:  # noqa: BLE001 - shown; the rest of the page still works
         st.error(f"Load a model to see the tokenisation: {md(err)}")
         return
@@ -172,7 +172,7 @@ def preview(dataset: Dataset) -> None:
     st.markdown(f"**Q:** {md(record.question)}")
     st.html(span_chips_html(enc.answer_tokens, enc.span_mask, enc.answer_token_ids))
     st.caption(
-        f"{len(enc.answer_tokens)} answer tokens with {state.model_spec()}'s tokenizer, "
+        f"{len(enc.answer_tokens)} answer tokens with {session.model_spec()}'s tokenizer, "
         f"{sum(enc.span_mask)} inside ground-truth spans (highlighted, underlined)."
         + ("" if enc.has_ground_truth else " This sample has no ground truth: alignment cannot be scored.")
     )
@@ -186,9 +186,9 @@ except DataError as err:
     st.error(md(err))
 else:
     if chosen is not None:
-        state.set_data(*chosen)
+        session.set_data(*chosen)
         st.success(f"Using {md(chosen[1])}: {len(chosen[0].forget)} forget and {len(chosen[0].retain)} retain samples.")
 try:
-    preview(state.current_data())
+    preview(session.current_data())
 except DataError as err:
     st.error(f"The demo world could not be loaded: {err}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import state
+from app import session, state
 from atwu_core.models import LoadedModel
 
 SOURCES = {
@@ -40,9 +40,9 @@ def load(spec: str) -> None:
             box.update(label=f"Loaded {spec}", state="complete", expanded=False)
     if failure is not None:
         st.error(f"Could not load model {spec!r}: {failure}", icon=":material/error:")
-        st.caption(f"The model in use stays {state.model_spec()}.")
+        st.caption(f"The model in use stays {session.model_spec()}.")
         return
-    st.session_state["model_spec"] = spec
+    session.set_model_spec(spec)
     show_info(loaded)
 
 
@@ -63,9 +63,9 @@ if st.button("Load model", type="primary", key="load_model"):
     else:
         load(spec)
 else:
-    current = state.models().cached(state.model_spec())
+    current = state.models().cached(session.model_spec())
     if current is not None:
-        st.success(f"Current model: {state.model_spec()}")
+        st.success(f"Current model: {session.model_spec()}")
         show_info(current)
     else:
-        st.info(f"Current model: {state.model_spec()} (loads when first needed, or press Load model).")
+        st.info(f"Current model: {session.model_spec()} (loads when first needed, or press Load model).")

@@ -6,16 +6,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import links, state
+from app import session, state
 from app.components.curves import token_bars
 from app.components.token_chips import token_chips_html
-from app.run_views import run_label, unique_names
 from app.untrusted import isolated, md
 from atwu_core import asking
 from atwu_core.data import EncodedSample
 from atwu_core.fact_views import span_verdicts
 from atwu_core.headline import NOT_RECORDED
-from atwu_core.run_table import run_id
 from atwu_core.runs import RunReader, list_runs
 from atwu_core.token_views import percentile_range
 from atwu_core.weighting.atwu import scorer_snapshots
@@ -24,7 +22,7 @@ from atwu_core.weighting.atwu import scorer_snapshots
 def questions(reader: RunReader) -> dict[str, list[tuple[str, str]]]:
     """(question, reference answer) pairs: the run's forget samples, and the session data's retain set."""
     forget = [(s.question, s.answer) for s in reader.samples]
-    retain = [(r.question, r.answer) for r in state.current_data().retain[:200]]
+    retain = [(r.question, r.answer) for r in session.current_data().retain[:200]]
     return {"Forget question": forget, "Retain question": retain}
 
 
@@ -87,15 +85,6 @@ def show_answer(result: dict) -> None:
     c2.info(md(result["after"][0]) or "(empty answer)")
     if result["sample"] is not None:
         show_logprobs(result["sample"], result["before"][1], result["after"][1])
-
-
-def kept(name: str, inputs: tuple, result: dict | None = None) -> dict | None:
-    """A result kept in the session for the inputs that made it: pressing another button on the page reruns
-    it, and the answers stay until an input changes."""
-    if result is not None:
-        st.session_state[name] = (inputs, result)
-    stored = st.session_state.get(name)
-    return stored[1] if stored is not None and stored[0] == inputs else None
 
 
 def span_verdict_table(reader: RunReader, sample_id: str) -> None:
@@ -162,7 +151,7 @@ def scorer_view(run_dir: str) -> None:
     c1, c2 = st.columns(2)
     snapshot = c1.selectbox("Scorer", snapshots[::-1], key="scorer_snapshot", help="`scorer` = the final one.")
     through = c2.radio("Hidden states from", THROUGH, key="scorer_through")
-    data = state.current_data()
+    data = session.current_data()
     sources = {"Type a text": [], "Retain sample": data.retain[:200], "Held-out sample": data.holdout[:200]}
     source = st.radio("Text", list(sources), horizontal=True, key="scorer_source")
     if source == "Type a text":
@@ -182,7 +171,7 @@ def scorer_view(run_dir: str) -> None:
     scored = None
     if st.button("Score", key="scorer_go", type="primary"):
         scored = score(run_dir, snapshot, question, text, through)
-    scored = kept("scorer_result", inputs, scored)
+    scored = session.kept(session.SCORED, inputs, scored)
     if scored is None:
         return
     sample, g = scored["sample"], scored["g"]
@@ -205,17 +194,7 @@ finished = [r for r in list_runs() if r["state"] in ("completed", "cancelled")]
 if not finished:
     st.info("No finished run yet: run one on the Run page first.")
     st.stop()
-by_dir = {r["run_dir"]: r for r in finished}
-focus = st.session_state.get("focus_run")
-start = links.wanted("run", list(by_dir), lambda name: next((d for d in by_dir if run_id(d) == name), None))
-run_dir = st.selectbox(
-    "Run",
-    list(by_dir),
-    index=start if start is not None else list(by_dir).index(focus) if focus in by_dir else 0,
-    key="query_run",
-    format_func=unique_names({d: run_label(d, r) for d, r in by_dir.items()}).get,
-)
-links.show(run=run_id(run_dir))
+run_dir = session.run_picker("Run", finished, key="query_run")["run_dir"]
 
 
 def query(run_dir: str) -> None:
@@ -243,7 +222,7 @@ def query(run_dir: str) -> None:
             st.error("Type a prompt first.")
         else:
             answered = answer(run_dir, prompt, reference, max_new)
-    answered = kept("query_result", (run_dir, prompt, reference, max_new), answered)
+    answered = session.kept(session.ANSWERS, (run_dir, prompt, reference, max_new), answered)
     if answered is not None:
         show_answer(answered)
     if kind == "Forget question":

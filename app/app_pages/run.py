@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import links, state
+from app import links, session, state
 from app.components.results import results_card
 from app.run_views import progress_panel, run_detail
 from app.untrusted import isolated, md, snapshot
@@ -45,7 +45,7 @@ def settings() -> dict:
     c1, c2 = st.columns([2, 1])
     method = c1.selectbox("Method", list(METHODS), key="method", help="The unlearning method.")
     c1.caption(METHODS[method].description)
-    model = state.model_spec()
+    model = session.model_spec()
     chosen = default_preset(model)
     preset = c2.selectbox(
         "Preset",
@@ -91,12 +91,12 @@ def settings() -> dict:
 def start(arguments: dict) -> None:
     """Queue a job on the session's model and data (it runs in a worker process); bad settings become messages."""
     try:
-        config = make_config(**arguments, model=state.model_spec(), data=state.data_label())
-        job = state.jobs().submit(config, state.current_data())
+        config = make_config(**arguments, model=session.model_spec(), data=session.data_label())
+        job = state.jobs().submit(config, session.current_data())
     except Exception as err:  # noqa: BLE001 - bad settings or data: shown, the app stays usable
         st.error(f"Could not start the job: {md(err)}")
         return
-    st.session_state["run_dir"] = str(job.run_dir)
+    session.follow_run(str(job.run_dir))
     links.show(run=run_id(job.run_dir), sample=None)  # the link names the new run from now on
     st.rerun()  # redraw everything (the sidebar too) with the job queued or running
 
@@ -152,11 +152,12 @@ st.markdown(
     "and what the model actually forgets."
 )
 st.caption(
-    f"Model **{md(state.model_spec())}** · data **{md(state.data_label())}** (change them on the Model and Data pages)"
+    f"Model **{md(session.model_spec())}** · data **{md(session.data_label())}** "
+    "(change them on the Model and Data pages)"
 )
 arguments = settings()
 latest = state.jobs().last  # a new tab or a refresh finds the server's latest job
-current = st.session_state.get("run_dir") or (str(latest.run_dir) if latest else None)
+current = session.followed_run() or (str(latest.run_dir) if latest else None)
 if st.query_params.get("run") not in (None, run_id(current or "")):  # a link to another run opens that run
     current = links.run_from_url(r["run_dir"] for r in list_runs()) or current
 cancellable = current is not None and state.jobs().tracks(current)
@@ -174,7 +175,7 @@ if c2.button(
 ):
     st.info("Cancelling …" if state.jobs().cancel(current) else "This run's job is not running or queued.")
 if current:
-    st.session_state["run_dir"] = current
+    session.follow_run(current)
     links.show(run=run_id(current))
     live_view(current)
 else:

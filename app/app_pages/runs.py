@@ -6,14 +6,15 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import links
+from app import session
 from app.components.results import METRIC_HELP, results_card
 from app.exports import export_panel
-from app.run_views import progress_panel, run_detail, run_label, unique_names
+from app.run_views import progress_panel, run_detail, run_label
 from app.untrusted import isolated, md, snapshot
-from atwu_core.run_table import group_runs, run_id, runs_table
+from atwu_core.run_table import group_runs, runs_table
 from atwu_core.runs import RunSnapshot, delete_run, rename_run, runs_root, tag_run
 
+PICK = "runs_pick"  # the Reopen picker's widget key (dropped when its run is deleted)
 COLUMNS = {  # runs_table key -> column shown
     "name": "run",
     "tags": "tags",
@@ -119,7 +120,7 @@ def manage(run: dict) -> None:
             except (OSError, ValueError) as err:
                 st.error(f"Could not delete: {md(err)}")
             else:
-                st.session_state.pop("runs_pick", None)
+                session.forget_widget(PICK)
                 st.rerun()
 
 
@@ -172,20 +173,9 @@ table()
 readable = [r for r in runs if r["state"] != "unreadable"]
 if not readable:
     st.stop()
-by_dir = {r["run_dir"]: r for r in readable}
-focus = st.session_state.get("focus_run")
-start = links.wanted("run", list(by_dir), lambda name: next((d for d in by_dir if run_id(d) == name), None))
-if start is None and focus in by_dir:
-    start = list(by_dir).index(focus)
-run_dir = st.selectbox(
-    "Reopen",
-    list(by_dir),
-    index=start or 0,
-    key="runs_pick",
-    format_func=unique_names({d: f"{run_label(d, r)} · {r['state']}" for d, r in by_dir.items()}).get,
-)
-links.show(run=run_id(run_dir))
-manage(by_dir[run_dir])
+run = session.run_picker("Reopen", readable, key=PICK, describe=lambda d, r: f"{run_label(d, r)} · {r['state']}")
+run_dir = run["run_dir"]
+manage(run)
 snap = snapshot(run_dir)
 if snap is None:
     st.stop()

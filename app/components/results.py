@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app import session
 from atwu_core import headline
 from atwu_core.fact_views import fact_label_rows, facts_line
 from atwu_core.headline import HEADLINE, NOT_RECORDED
@@ -116,7 +117,7 @@ def results_card(metrics: dict | None, run_dir: str, *, key: str) -> None:
         with st.container(horizontal=True):  # buttons sized to their labels: never cut at 1280 px
             for label, page, icon in LINKS:
                 if st.button(label, key=f"{key}_to_{page}", icon=icon):
-                    st.session_state["focus_run"] = run_dir  # the page starts on this run
+                    session.set_focus_run(run_dir)  # the page starts on this run
                     st.switch_page(f"app_pages/{page}.py")
 
 
