@@ -11,7 +11,8 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from atwu_core import facts, metrics, models
+from atwu_core import distributed, facts, metrics, models
+from atwu_core.cancel import CancelToken
 from atwu_core.config import JobConfig
 from atwu_core.data import EncodedSample, Record, encode_records, load_utility_sets
 from atwu_core.generation import greedy_answers
@@ -27,6 +28,17 @@ TRUTH_RATIO_FORM = {"forget": "forget"}  # every other split is judged like TOFU
 
 class Cancelled(Exception):
     """Raised by a progress callback to stop an evaluation between chunks (the job was cancelled)."""
+
+
+def cancellable(progress: Progress, cancel: CancelToken) -> Progress:
+    """An evaluation's progress that stops it (Cancelled) once any process was cancelled."""
+
+    def report(done: int, total: int) -> None:
+        if distributed.any_rank(cancel.cancelled):
+            raise Cancelled
+        progress(done, total)
+
+    return report
 
 
 class Split:

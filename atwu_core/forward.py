@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import random
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -99,6 +100,11 @@ def batches(n: int, size: int) -> Iterator[list[int]]:
     """Consecutive index chunks of at most `size`: how every evaluation walks a sample list."""
     for start in range(0, n, size):
         yield list(range(start, min(start + size, n)))
+
+
+def random_batch(rng: random.Random, n: int, size: int) -> list[int]:
+    """A training batch: `size` of `n` samples drawn without replacement, in order (all of them when few)."""
+    return list(range(n)) if n <= size else sorted(rng.sample(range(n), size))
 
 
 def forward(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,16 +22,16 @@ from atwu_core import distributed, evaluation, models
 from atwu_core.cancel import CancelToken
 from atwu_core.config import JobConfig
 from atwu_core.data import Dataset
-from atwu_core.files import replace_dir, set_file_modes
-from atwu_core.forward import Forward, ForwardNeeds, answer_nll, batches, forward
+from atwu_core.forward import Forward, ForwardNeeds, answer_nll, batches, forward, random_batch
 from atwu_core.generation import evaluating, model_device, pad_token_id
-from atwu_core.job_end import check_trained, judged, timing
+from atwu_core.job_end import check_trained, judged, save_model, timing
 from atwu_core.job_error import JobError
 from atwu_core.job_setup import set_up
 from atwu_core.optimiser import Optimiser
+from atwu_core.readout import BatchReadout
 from atwu_core.recorder import Progress, RunRecorder, recorder_for
-from atwu_core.records import TOKEN_MAPS, BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord, TokenValues
-from atwu_core.weighting import PrepareContext, TokenWeights
+from atwu_core.records import TOKEN_MAPS, BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord
+from atwu_core.weighting import PrepareContext
 
 __all__ = ["JobError", "UnlearningJob", "run_job"]
 
@@ -58,7 +57,7 @@ class UnlearningJob:
         self.records: list[StepRecord] = []
         self.step_seconds: list[float] = []
         self.ref_nll: list[torch.Tensor] = []  # per forget sample: answer-token NLL under the loaded model
-        self._readout = HostReadout()
+        self._read = BatchReadout(self.forget)  # the step's one host sync
         self.before: BeforeRecord | None = None
         self.metrics: dict | None = None
         self.recorder: RunRecorder | None = None  # made when the job starts; it holds the status (and state)
@@ -102,7 +101,7 @@ class UnlearningJob:
                 while self.steps_done < cfg.steps and not distributed.any_rank(cancel.cancelled):
                     t0, step = time.perf_counter(), self.steps_done + 1
                     # forward the forget batch; the scheme weighs its tokens (and learns, if it does)
-                    fw = self._forward(model, self._batch(rng, len(self.forget), cfg.forget_batch_size))
+                    fw = self._forward(model, random_batch(rng, len(self.forget), cfg.forget_batch_size))
                     weights, logged = scheme.step(fw, step)
                     # the method's loss: gamma * forget + alpha * retain
                     forget_loss = method.forget_loss(fw, weights.loss)
@@ -157,7 +156,7 @@ class UnlearningJob:
                 self.loaded,
                 self._splits(),
                 cfg,
-                _cancellable(rec.progress("before", 0), cancel),
+                evaluation.cancellable(rec.progress("before", 0), cancel),
                 memo_key="before",
             )[0]
 
@@ -178,12 +177,12 @@ class UnlearningJob:
         rec.record(final)
         check_trained(model, final, self.loaded.info.vocab_size)
         rec.check()  # save_pretrained would re-create a vanished run folder's path
-        self._save_model(model)
+        save_model(model, self.loaded.tokenizer, self.run_dir, self.config.full)
         self.method.scheme.finish()
         after = None
         if completed:
             try:
-                progress = _cancellable(rec.progress("after", steps), cancel)
+                progress = evaluation.cancellable(rec.progress("after", steps), cancel)
                 after = evaluation.quality(model, self.loaded, splits, self.config, progress)
             except evaluation.Cancelled:
                 completed = False
@@ -240,16 +239,12 @@ class UnlearningJob:
         fw.ref_nll = fw.scatter_rows([self.ref_nll[i] for i in index])
         return fw
 
-    @staticmethod
-    def _batch(rng: random.Random, n: int, size: int) -> list[int]:
-        return list(range(n)) if n <= size else sorted(rng.sample(range(n), size))
-
     def _retain_loss(self, trained: models.Trainable, rng: random.Random) -> tuple[torch.Tensor, int]:
         """The method's retain loss on a retain batch (with the reference's forward when it asks), or nothing."""
         retain = self.method.retain
         if retain is None:
             return torch.zeros((), device=model_device(trained.model)), 0
-        index = self._batch(rng, len(self.retain), self.config.retain_batch_size)
+        index = random_batch(rng, len(self.retain), self.config.retain_batch_size)
         needs = ForwardNeeds(logprobs=retain.reference)
         with torch.profiler.record_function("atwu.retain"):
             fw = forward(trained.model, self.retain, index, self.pad_id, needs)
@@ -258,23 +253,6 @@ class UnlearningJob:
                 with torch.no_grad(), trained.ref() as ref:
                     ref_fw = forward(ref, self.retain, index, self.pad_id, needs)
             return retain.loss(fw, ref_fw), fw.tokens
-
-    def _read(
-        self, fw: Forward, weights: TokenWeights, scalars: dict[str, torch.Tensor | float]
-    ) -> tuple[dict[str, float], dict[str, TokenValues]]:
-        """The batch's values the host needs, in one device -> host copy: the 0-dim tensors among `scalars` (floats
-        pass through), and the per-token record fields (`TOKEN_MAPS`) per sample, answer tokens only."""
-        at = fw.positions
-        token_maps = {"scores": weights.scores, "loss_weights": weights.loss, "probs": torch.exp(-fw.nll)}  # [B, T]
-        names = [k for k, v in scalars.items() if isinstance(v, torch.Tensor)]
-        per_token = torch.stack([token_maps[k] for k in TOKEN_MAPS]).detach()[:, at.rows, at.cols]  # [M, N]
-        packed = torch.cat([*(scalars[k].detach().float().reshape(1) for k in names), per_token.float().flatten()])
-        flat = self._readout.read(packed)  # [len(names) + M N]
-        read = {k: v if isinstance(v, float) else flat[names.index(k)] for k, v in scalars.items()}
-        ids = [self.forget[i].record_id for i in fw.sample_index]
-        n, m = sum(at.lengths), len(names)
-        rows = {k: flat[m + j * n : m + (j + 1) * n] for j, k in enumerate(TOKEN_MAPS)}
-        return read, {k: dict(zip(ids, at.split(values))) for k, values in rows.items()}
 
     def _final_pass(self, model: torch.nn.Module, progress: Progress) -> FinalRecord:
         final = FinalRecord(step=self.steps_done, **{key: {} for key in TOKEN_MAPS})
@@ -286,53 +264,6 @@ class UnlearningJob:
                     getattr(final, key).update(batch_values)
                 progress(len(final.scores), len(self.forget))
         return final
-
-    def _save_model(self, model: torch.nn.Module) -> None:
-        """The adapter (peft format) or, with --full, the model and tokenizer; swapped into place whole."""
-        target = self.run_dir / ("model" if self.config.full else "adapter")
-        tmp = self.run_dir / f".{target.name}.tmp"
-        try:
-            model.save_pretrained(str(tmp), safe_serialization=True)
-            if self.config.full:
-                self.loaded.tokenizer.save_pretrained(str(tmp))
-            set_file_modes(tmp)
-            replace_dir(tmp, target)
-        except Exception as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise JobError(f"could not save the {target.name} to {target}: {err}") from err
-
-
-def _cancellable(progress: Progress, cancel: CancelToken) -> Progress:
-    """An evaluation's progress that stops it (evaluation.Cancelled) once any process was cancelled."""
-
-    def report(done: int, total: int) -> None:
-        if distributed.any_rank(cancel.cancelled):
-            raise evaluation.Cancelled
-        progress(done, total)
-
-    return report
-
-
-class HostReadout:
-    """Device values -> host floats in one copy: into a reused pinned buffer asynchronously on CUDA, then one wait
-    for that copy (the training step's only host sync; on the CPU a plain read)."""
-
-    def __init__(self) -> None:
-        self._buffer: torch.Tensor | None = None
-        self._done: torch.cuda.Event | None = None
-
-    def read(self, values: torch.Tensor) -> list[float]:
-        if values.device.type != "cuda":
-            return values.tolist()
-        n = values.numel()
-        if self._buffer is None or self._buffer.numel() < n:
-            self._buffer = torch.empty(2 * n, dtype=torch.float32, pin_memory=True)  # room to grow
-            self._done = torch.cuda.Event()
-        host = self._buffer[:n]
-        host.copy_(values, non_blocking=True)
-        self._done.record()
-        self._done.synchronize()
-        return host.tolist()
 
 
 def run_job(config: JobConfig, **kwargs) -> UnlearningJob:

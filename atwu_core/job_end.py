@@ -1,14 +1,19 @@
-"""What a job's end adds to its records: the checks that refuse a destroyed model, and metrics.json (the judged
+"""What a job's end adds to its run folder: the checks that refuse a destroyed model, the saved adapter (or
+model), and metrics.json (the judged
 scores and forgetting; with the quality after training, which the job evaluates so a cancel can stop it: facts,
 forget quality, model utility; timing)."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import torch
 
 from atwu_core import evaluation, metrics
 from atwu_core.config import JobConfig
 from atwu_core.data import EncodedSample, Record
+from atwu_core.files import replace_dir, set_file_modes
 from atwu_core.generation import model_device
 from atwu_core.job_error import JobError
 from atwu_core.models import LoadedModel
@@ -72,3 +77,18 @@ def timing(
         "peak_memory_mb": round(metrics.peak_memory_mb(model_device(model)), 1),
         "steps": len(records),
     }
+
+
+def save_model(model: torch.nn.Module, tokenizer, run_dir: Path, full: bool) -> None:
+    """The adapter (peft format) or, with --full, the model and tokenizer; swapped into place whole."""
+    target = run_dir / ("model" if full else "adapter")
+    tmp = run_dir / f".{target.name}.tmp"
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if full:
+            tokenizer.save_pretrained(str(tmp))
+        set_file_modes(tmp)
+        replace_dir(tmp, target)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise JobError(f"could not save the {target.name} to {target}: {err}") from err
