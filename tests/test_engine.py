@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -246,7 +247,9 @@ class EveryThird(WeightingScheme):
 
 
 def test_a_scheme_registered_from_outside_runs_without_touching_the_job_or_the_app(demo_loaded, demo_world, tmp_path):
-    """What adding a scheme costs: its file (here, the class above) and one row; the job and the app read the row."""
+    """What adding a scheme costs: its file (here, the class above) and one row; the job, the app and its HTML
+    report read the row."""
+    from app.report import run_report, unpack
     from app.run_views import QUANTITIES, SCALES, sample_figure
 
     labels = Labels("every third answer token: 1", "1 on every third token")
@@ -258,11 +261,14 @@ def test_a_scheme_registered_from_outside_runs_without_touching_the_job_or_the_a
         shown = [
             sample_figure(snap, sample, key, SCALES[0])[0].layout.annotations[0].text for key in QUANTITIES.values()
         ]
+        packed = re.search(r"<script type='text/plain' id='figures'>(.*?)</script>", run_report(snap), re.DOTALL)
+        reported = unpack(packed.group(1))  # the report's figures, as JSON
         with pytest.raises(ValueError, match="'every-third' is already registered"):
             register(MethodSpec("every-third", "again", RetainParams, lambda p, o: EveryThird(), lambda p: GA))
     finally:
         del REGISTRY["every-third"]
     assert shown == ["score: every third answer token: 1", "loss weight: 1 on every third token"]
+    assert shown[0] in reported  # the HTML report (which draws scores) names them as the app does
     first = RunReader(job.run_dir).final.scores[job.forget[0].record_id]
     assert first[:4] == [1.0, 0.0, 0.0, 1.0]
     assert job.metrics["forget"]["after"]["prob"] < job.metrics["forget"]["before"]["prob"]
