@@ -102,20 +102,32 @@ def back_edges(graph: dict[str, set[str]]) -> list[str]:
 
 
 def layer_line() -> str:
-    """The line docs/architecture.md draws."""
     return " ─ ".join([*LAYERS, APP])
 
 
+def _members(graph: dict[str, set[str]], layer: str) -> str:
+    """A layer's modules, a package's as `package/ (its modules)`."""
+
+    def shown(top: str) -> str:
+        inner = sorted(m.partition(".")[2] for m in graph if m.startswith(top + "."))
+        return f"{top}/ ({', '.join(inner)})" if inner else top
+
+    return ", ".join(shown(top) for top in sorted({m.split(".")[0] for m in graph if layer_of(m) == layer}))
+
+
+def layer_table(graph: dict[str, set[str]]) -> str:
+    """The layer line and each layer's modules, as docs/architecture.md draws them."""
+    rows = [textwrap.fill(_members(graph, layer), 116, initial_indent=f"{layer:15}", subsequent_indent=" " * 15)
+            for layer in LAYERS]  # fmt: skip
+    return "\n".join([layer_line(), "", *rows])
+
+
 def report(graph: dict[str, set[str]]) -> str:
-    """The layer line, then per layer its modules and the earlier layers they import."""
-    lines = [layer_line(), ""]
+    """The layer table, the earlier layers each layer imports, and the back-edges."""
+    lines = [layer_table(graph), "", "what each layer imports:"]
     for layer in LAYERS:
-        mods = sorted(m for m in graph if layer_of(m) == layer)
-        uses = sorted(
-            {layer_of(d) for m in mods for d in graph[m] if layer_of(d) not in (None, layer)}, key=list(LAYERS).index
-        )
-        lines.append(textwrap.fill(", ".join(mods), 120, initial_indent=f"{layer:15}", subsequent_indent=" " * 15))
-        lines.append(f"{'':14} imports: {', '.join(uses) or '(nothing of the engine)'}")
+        uses = {layer_of(d) for m in graph if layer_of(m) == layer for d in graph[m]} - {None, layer}
+        lines.append(f"{layer:15}{', '.join(sorted(uses, key=list(LAYERS).index)) or '(nothing of the engine)'}")
     problems = back_edges(graph)
     lines += ["", "back-edges: " + ("none" if not problems else ""), *(f"  {p}" for p in problems)]
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """The layer order docs/architecture.md draws holds in the source: bench/imports.py reads every engine import (ast,
-function-local ones too) and finds no import of a later layer; it finds one when a module makes it."""
+function-local ones too) and finds no import of a later layer (it finds one when a module makes it), and the doc
+draws the table it prints."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ def test_no_engine_module_imports_a_later_layer_or_the_app(bench):
     assert imports.back_edges(graph) == []
 
 
-def test_the_doc_draws_the_checked_layer_line(bench):
-    assert bench("imports").layer_line() in (ROOT / "docs" / "architecture.md").read_text()
+def test_the_doc_draws_the_layers_the_script_prints(bench):
+    imports = bench("imports")
+    assert imports.layer_table(imports.import_graph()) in (ROOT / "docs" / "architecture.md").read_text()
 
 
 def test_a_back_edge_is_found_even_inside_a_function(bench, tmp_path):
