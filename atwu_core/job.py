@@ -29,7 +29,7 @@ from atwu_core.job_error import JobError
 from atwu_core.job_setup import set_up
 from atwu_core.optimiser import Optimiser
 from atwu_core.readout import BatchReadout
-from atwu_core.recorder import Progress, RunRecorder, recorder_for
+from atwu_core.recorder import RunRecorder, recorder_for
 from atwu_core.records import TOKEN_MAPS, BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord
 from atwu_core.weighting import PrepareContext
 
@@ -254,7 +254,7 @@ class UnlearningJob:
                     ref_fw = forward(ref, self.retain, index, self.pad_id, needs)
             return retain.loss(fw, ref_fw), fw.tokens
 
-    def _final_pass(self, model: torch.nn.Module, progress: Progress) -> FinalRecord:
+    def _final_pass(self, model: torch.nn.Module, progress: evaluation.Progress) -> FinalRecord:
         final = FinalRecord(step=self.steps_done, **{key: {} for key in TOKEN_MAPS})
         with evaluating(model):
             for index in batches(len(self.forget), self.config.forget_batch_size):

@@ -9,7 +9,7 @@ from atwu_core.records import Status
 
 
 @dataclass
-class Progress:
+class ProgressBar:
     """What a progress bar shows: `fraction` of the whole job, a `text` line, and the ETA (None: unknown / over)."""
 
     fraction: float
@@ -34,13 +34,13 @@ _LIKE = {"final": "reference", "after": "before"}
 _UNKNOWN = {"before": "evaluation", "training": "training", "final": "final pass", "after": "evaluation"}
 
 
-def progress(status: Status, mean_step_s: float | None) -> Progress:
+def progress(status: Status, mean_step_s: float | None) -> ProgressBar:
     """The phase-aware progress of a job: what it is doing, how far, and (while it runs) the time left through
     every phase still to come, each timed from the job's own `phase_seconds` (a finished job gets no ETA)."""
     done, total = status.steps_done, status.steps_total
     if status.finished:
         fraction = 1.0 if status.state == "completed" else min(done / total, 1.0) if total else 0.0
-        return Progress(fraction, f"{status.state} · step {done}/{total}", None)
+        return ProgressBar(fraction, f"{status.state} · step {done}/{total}", None)
     phase, n, of = status.phase, status.phase_done, status.phase_total
     texts = {
         "loading": "loading the model and data",
@@ -57,7 +57,7 @@ def progress(status: Status, mean_step_s: float | None) -> Progress:
     left, unknown = seconds_left(status, mean_step_s)
     rate = f" · {1 / mean_step_s:.2f} steps/s" if phase == "training" and mean_step_s else ""
     eta = "" if left is None else f" · ETA {_duration(left)}" + "".join(f" + {u}" for u in unknown)
-    return Progress(min(fraction, 1.0), f"running · {texts.get(phase, phase)}{rate}{eta}", left)
+    return ProgressBar(min(fraction, 1.0), f"running · {texts.get(phase, phase)}{rate}{eta}", left)
 
 
 def seconds_left(status: Status, step_s: float | None) -> tuple[float | None, list[str]]:

@@ -13,12 +13,11 @@ from pathlib import Path
 import torch
 
 from atwu_core.config import JobConfig
+from atwu_core.evaluation import Progress
 from atwu_core.models import ModelInfo
 from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord
 from atwu_core.runs import RunWriter
 from atwu_core.writer_thread import WriterThread
-
-Progress = Callable[[int, int], None]  # (done, total) within the current phase
 
 
 def _versions() -> dict[str, str]:
