@@ -15,8 +15,10 @@ import streamlit as st
 
 from app.report import run_report
 from app.untrusted import md
-from atwu_core import explore, token_csv
+from atwu_core import token_csv
+from atwu_core.config import JobConfig
 from atwu_core.metrics import alignment
+from atwu_core.rerun import cli_command
 from atwu_core.runs import RunReader
 
 
@@ -71,6 +73,6 @@ def export_panel(run_dir: str, config: dict, *, key: str) -> None:
     )
     try:
         st.markdown("**Rerun from the command line**")
-        st.code(explore.cli_command(config), language="bash")
+        st.code(cli_command(JobConfig.from_dict(config)), language="bash")
     except Exception as err:  # noqa: BLE001 - a config from another version: the rest of the page stays usable
         st.error(f"Could not build the command: {md(err)}")

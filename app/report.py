@@ -23,8 +23,9 @@ from plotly.offline import get_plotlyjs
 from app.components.curves import alignment_figure
 from app.components.results import quality_rows
 from app.run_views import SCALES, corpus_figure, losses_figure, run_label, sample_figure, trajectories
-from atwu_core import explore, fact_views, headline, token_views
+from atwu_core import fact_views, headline, token_views
 from atwu_core.headline import HEADLINE
+from atwu_core.rerun import cli_command
 from atwu_core.run_table import run_colour
 from atwu_core.runs import RunSnapshot
 
@@ -129,7 +130,7 @@ def run_report(snap: RunSnapshot) -> str:
         f"<h1>{title}</h1>",
         f"<p>State: <b>{html.escape(snap.status.state)}</b>, {snap.status.steps_done}/{snap.status.steps_total} steps"
         f" · folder <code>{html.escape(Path(snap.dir).name)}</code></p>",
-        f"<p>Rerun: <code>{html.escape(explore.cli_command(snap.config))}</code></p>",
+        f"<p>Rerun: <code>{html.escape(cli_command(snap.job_config))}</code></p>",
         "<h2>Results</h2>",
         _table(numbers) if metrics else "<p>No metrics: the run did not reach its evaluation.</p>",
         f"<p><b>Facts</b>: {html.escape(fact_views.facts_line(metrics))}</p>" if metrics else "",

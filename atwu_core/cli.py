@@ -11,7 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from atwu_core.config import METHODS, PRESETS, default_preset, make_config, method_params, split_overrides
+from atwu_core.config import (
+    METHODS,
+    PRESETS,
+    JobConfig,
+    Setting,
+    default_preset,
+    job_settings,
+    make_config,
+    method_params,
+    split_overrides,
+)
 from atwu_core.files import ASSETS
 from atwu_core.headline import HEADLINE, NOT_RECORDED, not_meaningful
 
@@ -20,26 +30,26 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def job_config(args: argparse.Namespace) -> JobConfig:
+    """The job an `atwu unlearn` command line asks for: its flags over its `--set` pairs, each parsed by its field's
+    type (`Setting.parse`), over the preset (by default the model's) over the defaults."""
+    job, params = split_overrides(args.set or [])
+    for s in job_settings().values():  # one way to set a field: a flag wins over --set
+        value = getattr(args, s.name, None) if s.flag else None
+        if value is not None:
+            job[s.name] = value if isinstance(value, bool) else s.parse(value)
+    method, preset = job.pop("method", "atwu"), job.pop("preset", None)
+    chosen = default_preset(job.get("model", "demo"))
+    if preset is None:
+        print(f"preset: {chosen.name} (the default for this model: {chosen.reason}; --preset picks another)")
+    return make_config(method, preset or chosen.name, params, **job)
+
+
 def _unlearn(args: argparse.Namespace) -> int:
     from atwu_core.console import PhaseBars, phase_line
     from atwu_core.job import UnlearningJob
 
-    job, params = split_overrides(args.set or [])
-    flags = {
-        "model": args.model,
-        "data": args.data,
-        "retain_data": args.retain_data,
-        "steps": args.steps,
-        "seed": args.seed,
-        "lora_rank": args.lora_rank,
-        "full": args.full or None,
-        "retain_model": args.retain_model,
-    }
-    job.update({k: v for k, v in flags.items() if v is not None})  # one way to set a field: a flag wins over --set
-    chosen = default_preset(job.get("model", "demo"))
-    if args.preset is None:
-        print(f"preset: {chosen.name} (the default for this model: {chosen.reason}; --preset picks another)")
-    config = make_config(args.method, args.preset or chosen.name, params, **job)
+    config = job_config(args)
     if not args.quiet:
         phase_line(f"[loading] model {config.model}, data {config.data}")
     job = UnlearningJob(config, run_dir=args.out)
@@ -217,38 +227,40 @@ def _app(args: argparse.Namespace) -> int:
     return subprocess.call(app_command(args.address, args.port))
 
 
+def _flag_help(s: Setting) -> str:
+    """A job setting's help with what it takes (plain text takes anything, so says nothing more)."""
+    return s.help + (f" [{s.allowed}]" if s.kind is not str or s.choices or s.optional else "")
+
+
+def _set_listing() -> str:
+    return "\n".join(
+        f"  {s.name} = {s.text(s.default)}  {_flag_help(s)}"
+        for s in job_settings().values()
+        if s.name not in ("method", "preset", "params")
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atwu", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("unlearn", help="run an unlearning job into a run folder")
-    p.add_argument("--model", help="'demo', 'demo-smollm2', 'smollm2', a folder, a .gguf file or a hub id")
-    p.add_argument(
-        "--data",
-        help="'demo', a dataset folder, a `datasets` folder with target_words spans, a TOFU .json, or tofu:<split>",
+    p = sub.add_parser(
+        "unlearn",
+        help="run an unlearning job into a run folder",
+        epilog="job settings for --set (method parameters: `atwu methods`):\n" + _set_listing(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--retain-data", help="retain set for a single-file or span-folder --data (.json or .jsonl)")
-    p.add_argument("--method", default="atwu", choices=list(METHODS), help="unlearning method (see `atwu methods`)")
-    p.add_argument("--steps", type=int, help="model steps (default: the preset's)")
+    for s in job_settings().values():  # generated from JobConfig's fields: the rerun command uses the same flags
+        if s.kind is bool and s.flag:
+            p.add_argument(s.option, dest=s.name, action="store_true", default=None, help=_flag_help(s))
+        elif s.flag:
+            p.add_argument(s.option, dest=s.name, metavar=s.name.upper(), help=_flag_help(s))
     p.add_argument("--out", help="run folder (default: runs/<time>-<method>)")
-    p.add_argument("--seed", type=int, help="job seed (default 0)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--lora-rank", type=int, help="LoRA rank (default 8)")
-    group.add_argument("--full", action="store_true", help="fine-tune the full model instead of a LoRA adapter")
-    p.add_argument(
-        "--preset",
-        choices=PRESETS,
-        help="hyperparameter preset (default: by the model's size: demo if tiny, smollm2 if pretrained-sized)",
-    )
     p.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="override a job setting or method parameter (a flag above wins over --set)",
-    )
-    p.add_argument(
-        "--retain-model",
-        help="a model trained on the retain set only, for TOFU's forget quality (KS test on truth ratios)",
+        help="set a job setting (listed below) or a method parameter; a flag above wins over --set",
     )
     p.add_argument("--quiet", action="store_true", help="no phase lines, progress bars or step lines: only the results")
     p.set_defaults(func=_unlearn)

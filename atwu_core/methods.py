@@ -14,10 +14,11 @@ controls and `config.json` are all derived from these rows. Adding a scheme = on
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from atwu_core import weighting
+from atwu_core.settings import Setting, settings
 from atwu_core.weighting.params import (
     ATWUNPOParams,
     ATWUParams,
@@ -227,18 +228,21 @@ for _spec in (
 
 
 def written_params(method: str | None, values: dict) -> dict:
-    """A config.json's parameters in today's terms: ATWU written before `pair` existed ran the matched pair."""
+    """A config.json's parameters in today's terms (`config.migrate` calls it): ATWU written before `pair` existed
+    ran the matched pair; `hidden_norm` was a switch before it named its norm."""
+    if isinstance(values.get("hidden_norm"), bool):
+        values = {**values, "hidden_norm": "rms" if values["hidden_norm"] else "none"}
     return {**values, "pair": "matched"} if method == "atwu" and "pair" not in values else values
 
 
 def method_labels(method: str | None, values: dict) -> Labels | None:
-    """The labels of a run's per-token values, from its method's row and parameters (`config.json`); None for a
-    method no longer registered or parameters that no longer build."""
+    """The labels of a run's per-token values, from its method's row and parameters (a migrated `config.json`);
+    None for a method no longer registered or parameters that no longer build."""
     spec = REGISTRY.get(method)
     if spec is None or isinstance(spec.labels, Labels):
         return spec.labels if spec else None
     try:
-        return spec.labels(build_params(spec.name, written_params(method, values)))
+        return spec.labels(build_params(spec.name, values))
     except ValueError:
         return None
 
@@ -252,52 +256,9 @@ def method_spec(name: str) -> MethodSpec:
 # ----------------------------------------------------------------------------------- parameter views
 
 
-@dataclass(frozen=True)
-class ParamSpec:
-    """One parameter as a UI or the CLI shows it (derived from the dataclass field)."""
-
-    name: str
-    default: Any
-    help: str
-    choices: tuple[str, ...] = ()
-
-    @property
-    def kind(self) -> type:
-        return type(self.default)
-
-
-def method_params(method: str) -> tuple[ParamSpec, ...]:
-    cls = method_spec(method).params
-    return tuple(
-        ParamSpec(
-            f.name,
-            f.default if f.default is not MISSING else None,
-            f.metadata.get("help", ""),
-            tuple(f.metadata.get("choices", ())),
-        )
-        for f in fields(cls)
-    )
-
-
-def parse_value(spec: ParamSpec, value: object) -> object:
-    """Coerce a value (often a CLI string) to the parameter's type, with a clear error."""
-    kind = spec.kind
-    if isinstance(value, str) and kind is not str:
-        if kind is bool:
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"{spec.name} must be true or false, got {value!r}.")
-            return value.lower() in ("true", "1", "yes")
-        try:
-            return kind(value)
-        except ValueError:
-            raise ValueError(f"{spec.name} must be a {kind.__name__}, got {value!r}.") from None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if spec.name == "hidden_norm" and isinstance(value, bool):  # config.json written when it was a switch
-        return "rms" if value else "none"
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ValueError(f"{spec.name} must be a {kind.__name__}, got {value!r}.")
-    return value
+def method_params(method: str) -> tuple[Setting, ...]:
+    """The method's parameters as settings (help, type, choices, bounds), for the CLI and the app."""
+    return settings(method_spec(method).params)
 
 
 def build_params(method: str, values: dict) -> MethodParams:
@@ -306,7 +267,7 @@ def build_params(method: str, values: dict) -> MethodParams:
     unknown = set(values) - set(specs)
     if unknown:
         raise ValueError(f"{method} has no parameter {sorted(unknown)[0]!r}; its parameters are {', '.join(specs)}.")
-    return method_spec(method).params(**{k: parse_value(specs[k], v) for k, v in values.items()})
+    return method_spec(method).params(**{k: specs[k].coerce(v) for k, v in values.items()})
 
 
 @dataclass

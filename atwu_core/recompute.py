@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from atwu_core import evaluation, models
-from atwu_core.config import JobConfig
 from atwu_core.data import encode_records, load_data
 from atwu_core.files import write_json_atomic
 from atwu_core.runs import RunReader
@@ -28,7 +27,7 @@ def recompute(run_dir: str | Path, loaded: models.LoadedModel | None = None) -> 
             f"{run_dir}: no before or final record (state {snap.status.state}); only a run that reached its final "
             "pass can be re-evaluated."
         )
-    config = JobConfig.from_dict(run.config)
+    config = run.job_config
     dataset = load_data(config.data, config.retain_data)
     ids = {s.record_id for s in snap.samples}  # the forget records the run trained on, as its samples.json says
     forget = [r for r in dataset.forget if r.id in ids]

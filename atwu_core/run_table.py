@@ -8,7 +8,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from atwu_core.explore import cli_command
+from atwu_core.config import JobConfig
+from atwu_core.rerun import cli_command
 from atwu_core.runs import RunReader, list_runs
 
 # Tableau 10 in plotly's D3 order, less its grey (the charts' chance lines are grey).
@@ -71,11 +72,10 @@ def run_colours(run_dirs: Sequence[str | Path]) -> dict[str, str]:
     return out
 
 
-def settings_label(config: dict) -> str:
+def settings_label(config: JobConfig) -> str:
     """What a run shares with its other seeds: its rerun command without `--seed` (flags, then only the
     settings that differ from its preset)."""
-    command = cli_command({k: v for k, v in config.items() if k != "seed"})
-    return command.removeprefix("atwu unlearn ")
+    return cli_command(config, leave_out=("seed",)).removeprefix("atwu unlearn ")
 
 
 def mean_std(values: Iterable[float | None]) -> str:
@@ -95,12 +95,12 @@ def runs_table(root: str | Path | None = None) -> list[dict]:
         if row["state"] == "unreadable":
             continue
         try:
-            config = RunReader(row["run_dir"]).config
-            row["settings"] = settings_label(config)  # an unknown method or preset: that run's error only
+            config = RunReader(row["run_dir"]).job_config  # an unknown method or preset: that run's error only
+            row["settings"] = settings_label(config)
         except (OSError, ValueError) as err:  # deleted or rewritten since it was listed
             row.update(state="unreadable", error=str(err))
             continue
-        row["seed"] = config.get("seed")
+        row["seed"] = config.seed
     return rows
 
 

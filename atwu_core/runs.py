@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from atwu_core.config import JobConfig, migrate
 from atwu_core.files import json_line, read_json, write_json_at, write_json_atomic
 from atwu_core.records import (
     TOKEN_MAPS,
@@ -172,6 +173,11 @@ class RunSnapshot:
     def __post_init__(self) -> None:
         self.sample_index = {s.record_id: s for s in self.samples}
 
+    @property
+    def job_config(self) -> JobConfig:
+        """The job this run ran, typed (`config` is config.json as saved, migrated)."""
+        return JobConfig.from_dict(self.config)
+
     def matrix(self, sample_id: str, key: str = "scores") -> tuple[list[int], list[list[float]]]:
         """Steps x tokens of `key` (scores, loss_weights or probs) for one sample, over the steps whose batch held
         it."""
@@ -296,10 +302,17 @@ class RunReader:
 
     @property
     def config(self) -> dict:
+        """config.json in today's keys (`config.migrate`), with the run's name, tags and creation time beside the
+        settings: the view a listing wants (it opens whatever the settings say); `job_config` is the typed job."""
         config = self._json("config.json", check_config)
         if config is None:
             raise FileNotFoundError(f"{self.dir}: not a run folder (no config.json).")
-        return config
+        return migrate(config)
+
+    @property
+    def job_config(self) -> JobConfig:
+        """The job this run ran, typed; a ValueError when it no longer builds (a method not registered here)."""
+        return JobConfig.from_dict(self.config)
 
     @property
     def status(self) -> Status:

@@ -108,6 +108,11 @@ def lookup(metrics: dict, path: str) -> float | None:
     return node if isinstance(node, (int, float)) and not isinstance(node, bool) else None
 
 
+def given(**settings: object) -> dict:
+    """The job settings a benchmark sets: a None leaves the preset's value (`make_config` takes None as none)."""
+    return {k: v for k, v in settings.items() if v is not None}
+
+
 def mean_or_none(values: Iterable[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.mean(vals) if vals else None
@@ -388,8 +393,8 @@ def _digest(files: Iterable[Path]) -> str:
 
 
 # engine files that cannot change a finished job's numbers: the CLI, GGUF conversion, run-folder I/O, teaching and
-# world generation (a world's files are fingerprinted instead), config.py and presets.py (the resolved config is in
-# the key: a new or changed preset changes the key of exactly the jobs it configures)
+# world generation (a world's files are fingerprinted instead), config.py, settings.py and presets.py (the resolved
+# config is in the key: a new or changed preset changes the key of exactly the jobs it configures), the rerun command
 NOT_IN_RESULTS = {
     "__init__.py",
     "cli.py",
@@ -398,6 +403,8 @@ NOT_IN_RESULTS = {
     "finetune.py",
     "demo_world.py",
     "config.py",
+    "settings.py",
+    "rerun.py",
     "presets.py",
 }
 

@@ -34,6 +34,7 @@ from common import (
     cache_note,
     command_line,
     environment_line,
+    given,
     leak_by_label_table,
     load_world,
     lookup,
@@ -73,7 +74,7 @@ TRADEOFF_X, TRADEOFF_Y = "forget.after.rouge_l", "retain.after.rouge_l"
 
 def job_config(preset: str, task: Task, eval_cap: int | None) -> JobConfig:
     """The job a task runs: the world's preset, the task's method, seed and steps (eval cap None: the preset's)."""
-    return make_config(task.method, preset, steps=task.steps, seed=task.seed, eval_max_samples=eval_cap)
+    return make_config(task.method, preset, steps=task.steps, seed=task.seed, **given(eval_max_samples=eval_cap))
 
 
 # --------------------------------------------------------------------------------------------- tables

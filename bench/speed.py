@@ -48,7 +48,7 @@ from atwu_core.runs import RunReader
 from atwu_core.worker import JobQueue
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, environment_line, markdown_table, quiet, write_results_section  # noqa: E402
+from common import command_line, environment_line, given, markdown_table, quiet, write_results_section  # noqa: E402
 
 SPEED_METHODS = ("graddiff", "atwu", "npo", "wga", "tokenunlearn")
 BASELINE = "graddiff"
@@ -217,7 +217,7 @@ def throughput(
     """A default ATWU job end to end: training tokens/s as the engine reports it, plus the wall time with evaluation."""
     start = time.perf_counter()
     job = run_job(
-        make_config("atwu", preset, steps=steps, eval_max_samples=eval_cap),
+        make_config("atwu", preset, **given(steps=steps, eval_max_samples=eval_cap)),
         loaded=loaded,
         dataset=dataset,
         run_dir=run_dir,
@@ -619,7 +619,12 @@ def whole_job(name: str, device: str, steps: int | None, eval_cap: int, root: Pa
     with torch.no_grad():  # a random head gives every token ~1/V, which the job's collapse check refuses
         loaded.model.get_output_embeddings().weight.mul_(100.0)
     config = make_config(
-        "atwu", "demo", steps=steps, lora_rank=16, lora_alpha=32, lora_targets="all-linear", eval_max_samples=eval_cap
+        "atwu",
+        "demo",
+        lora_rank=16,
+        lora_alpha=32,
+        lora_targets="all-linear",
+        **given(steps=steps, eval_max_samples=eval_cap),
     )
     job = UnlearningJob(config, loaded=loaded, dataset=load_data("demo"), run_dir=root / f"job-{name}")
     start, first = time.perf_counter(), None

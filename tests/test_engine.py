@@ -15,7 +15,7 @@ import torch
 
 from atwu_core import losses, metrics
 from atwu_core.cli import main
-from atwu_core.config import JobConfig, make_config, parse_job_value, split_overrides
+from atwu_core.config import JobConfig, job_settings, make_config, split_overrides
 from atwu_core.data import DataError, Dataset, Record
 from atwu_core.forward import Forward
 from atwu_core.job import UnlearningJob, run_job
@@ -296,7 +296,7 @@ def test_set_and_flags_are_one_way_to_set_a_field(monkeypatch):
         "forget_ids": ["a", "b"],
         "chat_template": False,
     }
-    with pytest.raises(ValueError, match="chat_template must be bool"):
+    with pytest.raises(ValueError, match="chat_template must be true or false"):
         split_overrides(["chat_template=maybe"])
 
 
@@ -306,12 +306,13 @@ def test_the_config_holds_typed_parameters_and_config_json_keeps_its_form():
     written = json.loads(json.dumps(config.to_dict()))
     assert written["params"]["beta"] == 3.0 and written["params"]["pair"] == "headline"  # the flat dict, as before
     assert JobConfig.from_dict(written) == config
-    assert parse_job_value("eval_max_samples", "none") is None and parse_job_value("lora_layers", "3") == 3
-    assert parse_job_value("forget_ids", "a, b") == ["a", "b"] and parse_job_value("lr", "0.5") == 0.5
-    with pytest.raises(ValueError, match="eval_max_samples must be int or none, got 'many'"):
-        parse_job_value("eval_max_samples", "many")
-    with pytest.raises(ValueError, match="steps must be int, got 'none'"):
-        parse_job_value("steps", "none")
+    job = job_settings()
+    assert job["eval_max_samples"].parse("none") is None and job["lora_layers"].parse("3") == 3
+    assert job["forget_ids"].parse("a, b") == ["a", "b"] and job["lr"].parse("0.5") == 0.5
+    with pytest.raises(ValueError, match="eval_max_samples must be a whole number at least 1 or none, got 'many'"):
+        job["eval_max_samples"].parse("many")
+    with pytest.raises(ValueError, match="steps must be a whole number from 1 to 1000000, got 'none'"):
+        job["steps"].parse("none")
 
 
 # ------------------------------------------------------------------------------------------ old run folders

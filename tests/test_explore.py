@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from atwu_core import explore, fact_views, headline, progress, run_table, runs, token_csv, token_views
+from atwu_core import fact_views, headline, progress, rerun, run_table, runs, token_csv, token_views
 from atwu_core.metrics import alignment, forgetting
 from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord
 from atwu_core.runs import RunSnapshot, list_runs
@@ -175,11 +175,11 @@ def test_default_selection_and_config_diff() -> None:
         {"run_dir": "r1", "method": "atwu", "state": "completed"},
     ]
     assert run_table.default_selection(runs) == ["r3", "r1"]
-    diff = explore.config_diff(
+    diff = rerun.config_diff(
         {"x": {"lr": 1e-3, "params": {"beta": 5}, "created": "t1"}, "y": {"lr": 1e-3, "params": {"beta": 2}}}
     )
     assert diff == {"params.beta": {"x": 5, "y": 2}}
-    three = explore.config_diff(
+    three = rerun.config_diff(
         {
             "a": {"method": "atwu", "params": {"beta": 5, "budget": 0.2}},
             "b": {"method": "atwu", "params": {"beta": 5, "budget": 0.4}},
@@ -193,8 +193,8 @@ def test_default_selection_and_config_diff() -> None:
 def test_cli_command_reruns_the_config() -> None:
     from atwu_core.config import make_config
 
-    config = {**make_config("wga", "demo", {"wga_beta": 2.0}, steps=7, seed=3).to_dict(), "created": "now"}
-    args = shlex.split(explore.cli_command(config))
+    config = make_config("wga", "demo", {"wga_beta": 2.0}, steps=7, seed=3)
+    args = shlex.split(rerun.cli_command(config))
     assert args[:2] == ["atwu", "unlearn"] and args[args.index("--steps") + 1] == "7"
     assert args[args.index("--method") + 1] == "wga" and "wga_beta=2.0" in args
     assert "alpha=1.0" not in args  # only what differs from the preset is set

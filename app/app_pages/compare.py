@@ -12,9 +12,10 @@ from app.components.heatmap import MODEBAR, weight_heatmap
 from app.components.results import METRIC_HELP
 from app.run_views import run_label, trajectories, unique_names
 from app.untrusted import md, snapshot
-from atwu_core import explore, headline, token_views
+from atwu_core import headline, token_views
 from atwu_core.headline import HEADLINE, NOT_RECORDED, RANKING
 from atwu_core.metrics import alignment, alignment_curves, forgetting
+from atwu_core.rerun import config_diff
 from atwu_core.run_table import default_selection, run_colours, run_id
 from atwu_core.runs import RunSnapshot, list_runs
 
@@ -112,7 +113,7 @@ st.caption(
     "span tokens) and the facts still said (leak rate). Greyed: not meaningful (span tokens barely moved)."
 )
 if len(chosen) > 1:
-    diff = explore.config_diff({names[d]: snaps[d].config for d in chosen})
+    diff = config_diff({names[d]: snaps[d].config for d in chosen})
     with st.expander(f"Settings that differ ({len(diff)})"):
         if diff:
             st.dataframe(pd.DataFrame(diff).T.astype(str).rename_axis("setting"), key="compare_config_diff")

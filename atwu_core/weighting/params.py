@@ -1,22 +1,15 @@
 """Each weighting scheme's typed parameters, beside the schemes and free of torch (the registry, `atwu methods`
 and `--help` read them without loading torch).
 
-Fields carry `help`, `choices`, `minimum` and `maximum` metadata (as peft's LoraConfig does); `__post_init__`
-refuses values out of range and settings that the chosen variant would silently ignore.
+Fields are declared with `settings.param` (`help`, `choices`, `minimum`, `maximum`, as peft's LoraConfig does);
+`__post_init__` refuses values of the wrong type or out of range and settings the chosen variant would ignore.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, fields
 
-
-def param(
-    default: Any, help: str, choices: tuple[str, ...] = (), minimum: float | None = None, maximum: float | None = None
-) -> Any:
-    """A method parameter: its default, one line of help, its allowed values or bounds."""
-    return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum, "maximum": maximum})
+from atwu_core.settings import check, param
 
 
 @dataclass
@@ -26,16 +19,7 @@ class MethodParams:
     gamma: float = param(1.0, "Weight of the forget loss.", minimum=0.0)
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value, meta = getattr(self, f.name), f.metadata
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{f.name} must be a finite number, got {value}.")
-            if meta.get("choices") and value not in meta["choices"]:
-                raise ValueError(f"{f.name} must be one of {', '.join(meta['choices'])}, got {value!r}.")
-            if meta.get("minimum") is not None and value < meta["minimum"]:
-                raise ValueError(f"{f.name} must be at least {meta['minimum']}, got {value}.")
-            if meta.get("maximum") is not None and value > meta["maximum"]:
-                raise ValueError(f"{f.name} must be at most {meta['maximum']}, got {value}.")
+        check(self)
 
     def refuse_ignored(self, names: tuple[str, ...], when: str) -> None:
         """Refuse a setting changed from its default that `when` makes the method ignore (it would do nothing)."""
