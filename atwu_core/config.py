@@ -31,7 +31,6 @@ __all__ = [
     "make_config",
     "method_params",
     "migrate",
-    "resolve_params",
     "split_overrides",
 ]
 
@@ -207,11 +206,6 @@ def _check_device(device: str) -> None:
 def _preset_params(method: str, preset_name: str, overrides: dict | None) -> MethodParams:
     """Defaults < preset < overrides, every value type-checked against the method's parameter dataclass."""
     return build_params(method, {**presets.preset(preset_name).params.get(method, {}), **(overrides or {})})
-
-
-def resolve_params(method: str, preset_name: str = "demo", overrides: dict | None = None) -> dict:
-    """The method's parameters under a preset, as a name -> value dict (where the app's controls start)."""
-    return _preset_params(method, preset_name, overrides).to_dict()
 
 
 def make_config(method: str = "atwu", preset: str = "demo", params: dict | None = None, **job: object) -> JobConfig:

@@ -566,6 +566,25 @@ def test_run_page_offers_the_models_preset() -> None:
     assert at.number_input(key="job_lora_layers_smollm2").value == 12
 
 
+def test_run_page_controls_come_from_the_settings_fields() -> None:
+    from atwu_core.config import job_settings, method_params
+
+    at = app()
+    job = job_settings()
+    assert at.number_input(key="job_lora_rank_demo").help.startswith(job["lora_rank"].help)
+    assert at.number_input(key="job_lora_rank_demo").max == job["lora_rank"].maximum
+    assert at.number_input(key="lr_demo").help.startswith(job["lr"].help)
+    pair = next(s for s in method_params("atwu") if s.name == "pair")
+    assert at.selectbox(key="p_atwu_demo_pair").options == list(pair.choices)
+    assert at.selectbox(key="p_atwu_demo_pair").help.startswith(pair.help)
+    shown_run = lambda: at.session_state["run_dir"] if "run_dir" in at.session_state else None  # noqa: E731
+    before = shown_run()
+    at.text_area(key="job_lines_demo").set_value("max_new_tokens=20\ndtype=fp8").run()  # the rest, as --set takes it
+    at.button(key="run").click().run()
+    assert "dtype must be one of auto, float32" in errors(at) and "got 'fp8'" in errors(at)
+    assert shown_run() == before  # refused before any job was queued
+
+
 def test_data_page_bad_inputs() -> None:
     at = on_page(app(), "data")
     assert any("atwu-chip" in h.proto.body for h in at.get("html"))  # the tokenised preview

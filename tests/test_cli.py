@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 from transformers import DistilBertConfig, DistilBertModel
 
 from atwu_core.cli import build_parser, main
+from atwu_core.config import make_config
 from atwu_core.models import ModelLoadError, load_model
 
 
@@ -140,3 +142,75 @@ def test_finetune_shows_its_progress(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "[teaching]" in captured.out and "3/3 [" in captured.err
     assert "step 3: loss" in captured.out  # the check at the last step, above the bar
+
+
+# ------------------------------------------------------------------------------------------ settings from the fields
+
+
+def _unlearn_parser() -> argparse.ArgumentParser:
+    return next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["unlearn"]
+
+
+def test_every_job_setting_has_help_and_each_marked_one_its_flag():
+    from atwu_core.config import job_settings
+
+    job = job_settings()
+    assert all(s.help for s in job.values()), [s.name for s in job.values() if not s.help]
+    unlearn = _unlearn_parser()
+    options = {option: action for action in unlearn._actions for option in action.option_strings}
+    flagged = [s for s in job.values() if s.flag]
+    assert {options[s.option].dest for s in flagged} == {s.name for s in flagged}
+    # the flags people type today stay
+    old = ("--model", "--data", "--retain-data", "--method", "--preset", "--steps", "--seed", "--lora-rank", "--full")
+    assert set(old + ("--retain-model", "--out", "--set", "--quiet")) <= set(options)
+    listing = unlearn.format_help()  # --set's listing: every other job setting, with what it takes
+    assert all(f"  {name} = " in listing for name in job if name not in ("method", "preset", "params"))
+    assert "lora_dtype = float32" in listing and "one of float32, model" in listing
+
+
+RERUN_CASES = {
+    "wga, two flags and a parameter": lambda: make_config("wga", "demo", {"wga_beta": 2.0}, steps=7, seed=3),
+    "atwu under smollm2, settings back to none": lambda: make_config(
+        "atwu",
+        "smollm2",
+        {"budget": 0.3, "pair": "matched", "saturation": "scaled"},
+        lora_layers=None,
+        eval_max_samples=None,
+        forget_ids=["a", "b"],
+        chat_template=True,
+        retain_model="some/retain-model",
+        lr=5e-4,
+    ),
+    "full fine-tuning": lambda: make_config("graddiff", "paper", full=True, dtype="bfloat16", retain_data="r.jsonl"),
+    "tokenunlearn soft": lambda: make_config(
+        "tokenunlearn", "demo", {"tu_selection": "soft", "tu_temperature": 0.5}, seed=2**40, drop_nats=0.5
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(RERUN_CASES))
+def test_the_rerun_command_gives_the_same_config_through_the_cli(case):
+    from atwu_core.cli import job_config
+    from atwu_core.rerun import cli_command
+
+    config = RERUN_CASES[case]()
+    argv = shlex.split(cli_command(config))
+    assert argv[:2] == ["atwu", "unlearn"]
+    assert job_config(build_parser().parse_args(argv[1:])) == config
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"steps": 0}, "steps must be at least 1 (a whole number from 1 to 1000000), got 0."),
+        ({"lora_dtype": "half"}, "lora_dtype must be one of float32, model, got 'half'."),
+        ({"warmup_ratio": 1.5}, "warmup_ratio must be at most 1.0 (a number from 0.0 to 1.0), got 1.5."),
+        ({"eval_max_samples": 0}, "eval_max_samples must be at least 1 (a whole number at least 1 or none), got 0."),
+        ({"params": {"budget": 2}}, "budget must be at most 1.0 (a number from 0.0 to 1.0), got 2.0."),
+        ({"params": {"pair": "both"}}, "pair must be one of headline, matched, got 'both'."),
+    ],
+)
+def test_a_setting_out_of_its_range_or_choices_says_the_field_what_is_allowed_and_what_was_given(settings, message):
+    with pytest.raises(ValueError) as err:
+        make_config("atwu", "paper", **settings)
+    assert str(err.value) == message

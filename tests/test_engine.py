@@ -334,6 +334,30 @@ def test_an_old_format_run_folder_still_opens(tmp_path, capsys):
     assert "alignment  auroc=0.750" in capsys.readouterr().out
 
 
+def test_an_old_config_json_reads_in_todays_keys_through_one_migrate_everywhere(tmp_path):
+    """`reference` (today `retain_model`), ATWU before `pair`, `hidden_norm` as a switch: every reader of a saved
+    config sees today's keys, the typed one and the raw one alike."""
+    from atwu_core.methods import method_labels
+    from atwu_core.rerun import cli_command, config_diff
+    from atwu_core.run_table import runs_table
+
+    run_dir = shutil.copytree(OLD_RUN, tmp_path / "runs" / "old")
+    saved = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**saved, "reference": "some/retain-model"}))
+    reader = RunReader(run_dir)
+    raw = reader.config
+    assert "reference" not in raw and raw["retain_model"] == "some/retain-model"
+    assert raw["params"]["pair"] == "matched" and raw["params"]["hidden_norm"] == "none"
+    typed = reader.job_config
+    assert typed == reader.snapshot().job_config == JobConfig.load(run_dir / "config.json")
+    assert typed.retain_model == "some/retain-model" and typed.params.pair == "matched"
+    assert method_labels(raw["method"], raw["params"]).loss_weight == "g · p^β"  # the matched pair's, as it ran
+    assert "--retain-model some/retain-model" in cli_command(typed)
+    assert "--retain-model some/retain-model" in runs_table(tmp_path / "runs")[0]["settings"]
+    diff = config_diff({"old": raw, "today": make_config("atwu", "demo", steps=2, eval_max_samples=4).to_dict()})
+    assert diff["retain_model"] == {"old": "some/retain-model", "today": None} and "reference" not in diff
+
+
 def test_a_dataset_without_spans_is_refused_by_gt_mask(demo_loaded, tmp_path):
     data = Dataset("plain", [Record("a", "Who?", "Nobody at all.")], [Record("b", "What?", "Nothing much.")])
     with pytest.raises(Exception, match="gt-mask needs ground-truth spans"):

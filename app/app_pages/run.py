@@ -10,38 +10,63 @@ from app import links, session, state
 from app.components.results import results_card
 from app.run_views import progress_panel, run_detail
 from app.untrusted import isolated, md, snapshot
-from atwu_core.config import METHODS, PRESETS, ParamSpec, default_preset, make_config, method_params, resolve_params
+from atwu_core.config import (
+    METHODS,
+    PRESETS,
+    Setting,
+    default_preset,
+    job_settings,
+    make_config,
+    method_params,
+    split_overrides,
+)
 from atwu_core.run_table import run_id
 from atwu_core.runs import list_runs
 
 REFRESH_S = 1.0
-JOB_SETTINGS = {  # integer JobConfig fields worth changing from the app
-    "forget_batch_size": "Forget samples per step.",
-    "retain_batch_size": "Retain samples per step.",
-    "lora_rank": "LoRA rank.",
-    "lora_alpha": "LoRA alpha (scale = alpha / rank).",
-    "lora_layers": "LoRA on the top N decoder blocks only (empty: all); backpropagation stops below them.",
-    "max_length": "Longest prompt + answer in tokens; longer samples are truncated.",
-    "eval_max_samples": "Forget and retain samples scored before/after at the end (fewer = faster finish).",
-    "max_new_tokens": "Greedy answers stop at EOS or after this many new tokens (200: TOFU's and open-unlearning's).",
-}
+JS_SAFE = 2**53 - 1  # the browser's number inputs hold integers up to this
+MAIN_SETTINGS = ("steps", "lr", "seed")  # beside the method and preset
+JOB_SETTINGS = (  # in "Job settings"; any other one as a `key=value` line
+    "forget_batch_size",
+    "retain_batch_size",
+    "lora_rank",
+    "lora_alpha",
+    "lora_layers",
+    "max_length",
+    "eval_max_samples",
+    "max_new_tokens",
+)
 
 
-def param_widget(spec: ParamSpec, default: object, key: str) -> object:
-    """One input for a method hyperparameter, typed by its default."""
-    if spec.choices:
-        return st.selectbox(spec.name, spec.choices, index=spec.choices.index(default), help=spec.help, key=key)
-    if isinstance(default, bool):
-        return st.checkbox(spec.name, value=default, help=spec.help, key=key)
-    if isinstance(default, int):
-        return int(st.number_input(spec.name, value=default, step=1, help=spec.help, key=key))
-    if isinstance(default, float):
-        return float(st.number_input(spec.name, value=default, format="%g", help=spec.help, key=key))
-    return st.text_input(spec.name, value=str(default), help=spec.help, key=key)
+def setting_widget(s: Setting, value: object, key: str) -> object:
+    """One input for a job setting or method parameter: its label, help, choices and bounds from the field's
+    metadata (`settings.param`); text goes through the setting's own parser."""
+    label, text = s.name.replace("_", " "), f"{s.help} [{s.allowed}]"
+    if s.choices:
+        return st.selectbox(label, s.choices, index=s.choices.index(value), help=text, key=key)
+    if s.kind is bool:
+        return st.checkbox(label, value=value, help=text, key=key)
+    if s.kind in (int, float):
+        unbounded = -JS_SAFE if s.kind is int else None
+        low = s.kind(s.minimum) if s.minimum is not None else unbounded
+        high = s.kind(min(s.maximum, JS_SAFE)) if s.maximum is not None else None if unbounded is None else JS_SAFE
+        number = st.number_input(
+            label,
+            low,
+            high,
+            None if value is None else s.kind(value),
+            step=1 if s.kind is int else None,
+            format=None if s.kind is int else "%g",
+            placeholder="none" if s.optional else None,
+            help=text,
+            key=key,
+        )
+        return None if number is None else s.kind(number)
+    return s.parse(st.text_input(label, value=s.text(value) if value is not None else "", help=text, key=key))
 
 
-def settings() -> dict:
-    """The job settings widgets; returns make_config's arguments."""
+def settings() -> tuple[dict, str]:
+    """The job settings widgets; returns make_config's arguments and the `key=value` lines for the rest."""
     c1, c2 = st.columns([2, 1])
     method = c1.selectbox("Method", list(METHODS), key="method", help="The unlearning method.")
     c1.caption(METHODS[method].description)
@@ -55,42 +80,39 @@ def settings() -> dict:
         help="demo: fast settings for the tiny demo model; smollm2: for SmolLM2 on a CPU; paper: the published ones.",
     )
     c2.caption(f"Default for this model: `{chosen.name}` ({chosen.reason}).")
-    base = make_config(method, preset)
-    c1, c2, c3 = st.columns(3)
-    steps = int(c1.number_input("Steps", 1, 10_000, base.steps, key=f"steps_{preset}", help="Optimiser steps."))
-    lr = float(
-        c2.number_input(
-            "Learning rate",
-            1e-7,
-            1.0,
-            base.lr,
-            format="%g",
-            key=f"lr_{preset}",
-            help="LoRA learning rate (linear warm-up, then decay).",
-        )
-    )
-    seed = int(c3.number_input("Seed", 0, 2**31 - 1, base.seed, key="seed", help="Seeds batching and initialisation."))
+    base, job_fields = make_config(method, preset), job_settings()
+    job = {}
+    for col, name in zip(st.columns(len(MAIN_SETTINGS)), MAIN_SETTINGS, strict=True):
+        with col:
+            job[name] = setting_widget(job_fields[name], getattr(base, name), f"{name}_{preset}")
     with st.expander("Job settings"):
         cols = st.columns(3)
-        job = {}
-        for k, (name, text) in enumerate(JOB_SETTINGS.items()):
-            value = cols[k % 3].number_input(
-                name.replace("_", " "), 1, 100_000, getattr(base, name), step=1, help=text, key=f"job_{name}_{preset}"
-            )
-            job[name] = None if value is None else int(value)
-    defaults = resolve_params(method, preset)
-    with st.expander(f"{method} hyperparameters ({len(defaults)})"):
-        cols = st.columns(3)
-        params = {}
-        for k, spec in enumerate(method_params(method)):
+        for k, name in enumerate(JOB_SETTINGS):
             with cols[k % 3]:
-                params[spec.name] = param_widget(spec, defaults[spec.name], f"p_{method}_{preset}_{spec.name}")
-    return {"method": method, "preset": preset, "params": params, "steps": steps, "lr": lr, "seed": seed, **job}
+                job[name] = setting_widget(job_fields[name], getattr(base, name), f"job_{name}_{preset}")
+        others = [s.name for s in job_fields.values() if s.name not in (*MAIN_SETTINGS, *JOB_SETTINGS)]
+        lines = st.text_area(
+            "Other settings",
+            key=f"job_lines_{preset}",
+            placeholder="dtype=bfloat16\nchat_template=true",
+            help="One key=value per line, as `atwu unlearn --set` takes them (they win over the inputs above): "
+            f"{', '.join(n for n in others if n not in ('model', 'data', 'method', 'preset', 'params'))}, or a "
+            "method hyperparameter.",
+        )
+    params = {}
+    with st.expander(f"{method} hyperparameters ({len(base.params.to_dict())})"):
+        cols = st.columns(3)
+        for k, s in enumerate(method_params(method)):
+            with cols[k % 3]:
+                params[s.name] = setting_widget(s, getattr(base.params, s.name), f"p_{method}_{preset}_{s.name}")
+    return {"method": method, "preset": preset, "params": params, **job}, lines
 
 
-def start(arguments: dict) -> None:
+def start(arguments: dict, lines: str) -> None:
     """Queue a job on the session's model and data (it runs in a worker process); bad settings become messages."""
     try:
+        job, params = split_overrides([line.strip() for line in lines.splitlines() if line.strip()])
+        arguments = {**arguments, **job, "params": {**arguments["params"], **params}}
         config = make_config(**arguments, model=session.model_spec(), data=session.data_label())
         job = state.jobs().submit(config, session.current_data())
     except Exception as err:  # noqa: BLE001 - bad settings or data: shown, the app stays usable
@@ -155,7 +177,7 @@ st.caption(
     f"Model **{md(session.model_spec())}** · data **{md(session.data_label())}** "
     "(change them on the Model and Data pages)"
 )
-arguments = settings()
+arguments, lines = settings()
 latest = state.jobs().last  # a new tab or a refresh finds the server's latest job
 current = session.followed_run() or (str(latest.run_dir) if latest else None)
 if st.query_params.get("run") not in (None, run_id(current or "")):  # a link to another run opens that run
@@ -163,7 +185,7 @@ if st.query_params.get("run") not in (None, run_id(current or "")):  # a link to
 cancellable = current is not None and state.jobs().tracks(current)
 c1, c2, _ = st.columns([1, 1, 4])
 if c1.button("Run", type="primary", key="run", icon=":material/play_arrow:"):
-    start(arguments)
+    start(arguments, lines)
 if c2.button(
     "Cancel",
     key="cancel",
