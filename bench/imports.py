@@ -20,12 +20,12 @@ APP = "app"
 # The layer order, first to last; a module (`weighting` stands for the package and everything in it) may import
 # from its own layer and the earlier ones only. docs/architecture.md draws this line.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "base": ("files", "hub", "headline", "cancel", "job_error", "distributed"),
+    "base": ("files", "hub", "headline", "cancel", "job_error", "distributed", "settings"),
     "data": ("data", "demo_world"),
     "model": ("adapters", "gguf", "models", "generation"),
     "forward": ("forward", "losses"),
     "weighting": ("weighting",),
-    "method/config": ("methods", "presets", "config"),
+    "method/config": ("methods", "presets", "config", "rerun"),
     "records/runs": ("records", "runs", "writer_thread"),
     "metrics": ("metrics", "facts"),
     "evaluation": ("evaluation",),
@@ -42,7 +42,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "finetune",
         "demo_smollm2",
     ),
-    "views": ("token_views", "fact_views", "token_csv", "progress", "explore", "run_table", "asking"),
+    "views": ("token_views", "fact_views", "token_csv", "progress", "run_table", "asking"),
     "cli": ("cli",),
 }
 
