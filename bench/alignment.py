@@ -37,6 +37,7 @@ from common import (
     cache_note,
     command_line,
     environment_line,
+    given,
     leak_by_label_table,
     load_world,
     lookup,
@@ -70,7 +71,7 @@ class Variant:
         params = make_config(self.method, self.params_from).params.to_dict() if self.params_from else {}
         params.update(self.params)
         return make_config(
-            self.method, world_preset, params, steps=task.steps, seed=task.seed, eval_max_samples=eval_cap
+            self.method, world_preset, params, steps=task.steps, seed=task.seed, **given(eval_max_samples=eval_cap)
         )
 
 

@@ -161,7 +161,7 @@ def test_atomic_json_keeps_the_old_file_when_writing_fails(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"params": {"beta": "high"}}, "beta must be a float"),
+        ({"params": {"beta": "high"}}, "beta must be a number"),
         ({"params": {"nonsense": 1}}, "has no parameter 'nonsense'"),
         ({"params": {"saturation": "cubic"}}, "saturation must be one of fixed, scaled"),
         # settings the chosen variant ignores are refused, not silently dropped

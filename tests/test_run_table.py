@@ -56,7 +56,7 @@ def test_groups_by_settings_except_seed_and_by_tag(tmp_path: Path) -> None:
     assert three["score AUROC"] == f"0.800 ± {sd:.3f}" and three["forgetting AUROC"] == "0.600 ± 0.000"
     assert sorted(three["seeds"].split(", ")) == ["0", "1", "2"] and three["forget exact"] == "n/a"
     [one] = [g for g in by_settings.values() if g["runs"] == 1]
-    assert "lr=0.01" in one["group"] and one["score AUROC"] == "0.500"
+    assert "--lr 0.01" in one["group"] and one["score AUROC"] == "0.500"
     by_tag = {g["group"]: g for g in run_table.group_runs(rows, "tags")}
     assert {k: g["runs"] for k, g in by_tag.items()} == {"base": 2, "keep": 2, run_table.NO_TAG: 1}
     assert by_tag["keep"]["score AUROC"] == f"0.650 ± {statistics.stdev([0.8, 0.5]):.3f}"
