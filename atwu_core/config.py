@@ -153,8 +153,8 @@ class JobConfig:
         that join fields."""
         check(self)
         if self.full:
-            base = {**asdict(JobConfig()), **presets.preset(self.preset).job}
-            changed = [name for name in LORA_SETTINGS if getattr(self, name) != base[name]]
+            job, preset = job_settings(), presets.preset(self.preset).job
+            changed = [n for n in LORA_SETTINGS if getattr(self, n) != preset.get(n, job[n].default)]
             if changed:
                 raise ValueError(
                     f"{', '.join(changed)} {'has' if len(changed) == 1 else 'have'} no effect with full=True (the "

@@ -69,7 +69,7 @@ class Setting:
 
     def check(self, value: object) -> None:
         """Refuse a value of the wrong type, outside the choices or the bounds, saying what is allowed."""
-        if value is None and self.optional or self.kind is object:
+        if (value is None and self.optional) or self.kind is object:
             return
         ok = {
             bool: isinstance(value, bool),
