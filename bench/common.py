@@ -317,9 +317,7 @@ def smollm2_tofu_world(n_retain: int = 160, teach_steps: int = 300) -> World | N
     )
 
 
-WORLD_NAMES = (
-    "demo, demo-smollm2, tofu, smollm2-tofu, seedN[-pP-fF] (tiny model) or smollm2-seedN[-pP-fF] (SmolLM2)"
-)
+WORLD_NAMES = "demo, demo-smollm2, tofu, smollm2-tofu, seedN[-pP-fF] (tiny model) or smollm2-seedN[-pP-fF] (SmolLM2)"
 
 
 def load_world(name: str, options: WorldOptions) -> World | None:

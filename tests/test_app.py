@@ -577,7 +577,7 @@ def test_run_page_controls_come_from_the_settings_fields() -> None:
     pair = next(s for s in method_params("atwu") if s.name == "pair")
     assert at.selectbox(key="p_atwu_demo_pair").options == list(pair.choices)
     assert at.selectbox(key="p_atwu_demo_pair").help.startswith(pair.help)
-    shown_run = lambda: at.session_state["run_dir"] if "run_dir" in at.session_state else None  # noqa: E731
+    shown_run = lambda: at.session_state[session.FOLLOWED_RUN] if session.FOLLOWED_RUN in at.session_state else None  # noqa: E731
     before = shown_run()
     at.text_area(key="job_lines_demo").set_value("max_new_tokens=20\ndtype=fp8").run()  # the rest, as --set takes it
     at.button(key="run").click().run()
