@@ -114,7 +114,7 @@ def span_verdict_table(reader: RunReader, sample_id: str) -> None:
 def scorer_scores(run_dir: str, snapshot: str, question: str, text: str, through: str) -> tuple[EncodedSample, list]:
     """The run's saved scorer on `text`, through the model the user picked."""
     loaded = state.models().get(run_model(run_dir))
-    chat_template = bool(RunReader(run_dir).config.get("chat_template"))
+    chat_template = RunReader(run_dir).job_config.chat_template
     return asking.scorer_scores(
         loaded, run_dir, snapshot, question, text, after=through != THROUGH[0], chat_template=chat_template
     )
