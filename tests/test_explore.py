@@ -1,4 +1,5 @@
-"""atwu_core.explore: the explorer's derived tables, on a hand-made run whose numbers are known."""
+"""The explorer's derived views (token_views, fact_views, token_csv, progress, rerun), on a hand-made run whose
+numbers are known."""
 
 from __future__ import annotations
 
