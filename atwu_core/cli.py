@@ -179,7 +179,7 @@ def _methods(_args: argparse.Namespace) -> int:
                 for pr in PRESETS.values()
                 if p.name in pr.params.get(name, {})
             )
-            print(f"    {p.name} = {p.default!r}{presets}  {p.help}")
+            print(f"    {p.name} = {p.default!r}{presets}  {_described(p)}")
     print("\npresets (job settings; method settings shown in [ ] above):")
     for pr in PRESETS.values():
         print(
@@ -227,14 +227,14 @@ def _app(args: argparse.Namespace) -> int:
     return subprocess.call(app_command(args.address, args.port))
 
 
-def _flag_help(s: Setting) -> str:
+def _described(s: Setting) -> str:
     """A job setting's help with what it takes (plain text takes anything, so says nothing more)."""
     return s.help + (f" [{s.allowed}]" if s.kind is not str or s.choices or s.optional else "")
 
 
 def _set_listing() -> str:
     return "\n".join(
-        f"  {s.name} = {s.text(s.default)}  {_flag_help(s)}"
+        f"  {s.name} = {s.text(s.default)}  {_described(s)}"
         for s in job_settings().values()
         if s.name not in ("method", "preset", "params")
     )
@@ -252,9 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for s in job_settings().values():  # generated from JobConfig's fields: the rerun command uses the same flags
         if s.kind is bool and s.flag:
-            p.add_argument(s.option, dest=s.name, action="store_true", default=None, help=_flag_help(s))
+            p.add_argument(s.option, dest=s.name, action="store_true", default=None, help=_described(s))
         elif s.flag:
-            p.add_argument(s.option, dest=s.name, metavar=s.name.upper(), help=_flag_help(s))
+            p.add_argument(s.option, dest=s.name, metavar=s.name.upper(), help=_described(s))
     p.add_argument("--out", help="run folder (default: runs/<time>-<method>)")
     p.add_argument(
         "--set",
