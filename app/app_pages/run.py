@@ -90,14 +90,14 @@ def settings() -> tuple[dict, str]:
         for k, name in enumerate(JOB_SETTINGS):
             with cols[k % 3]:
                 job[name] = setting_widget(job_fields[name], getattr(base, name), f"job_{name}_{preset}")
-        others = [s.name for s in job_fields.values() if s.name not in (*MAIN_SETTINGS, *JOB_SETTINGS)]
+        chosen_elsewhere = (*MAIN_SETTINGS, *JOB_SETTINGS, "model", "data", "method", "preset", "params")
+        others = ", ".join(name for name in job_fields if name not in chosen_elsewhere)
         lines = st.text_area(
             "Other settings",
             key=f"job_lines_{preset}",
             placeholder="dtype=bfloat16\nchat_template=true",
             help="One key=value per line, as `atwu unlearn --set` takes them (they win over the inputs above): "
-            f"{', '.join(n for n in others if n not in ('model', 'data', 'method', 'preset', 'params'))}, or a "
-            "method hyperparameter.",
+            f"{others}, or a method hyperparameter.",
         )
     params = {}
     with st.expander(f"{method} hyperparameters ({len(base.params.to_dict())})"):
