@@ -152,6 +152,7 @@ class JobConfig:
         its type, choices and bounds (the method's parameters were checked when they were built), then the rules
         that join fields."""
         check(self)
+        self.params.check_job(self.steps)  # a method's settings that depend on the job's length
         if self.full:
             job, preset = job_settings(), presets.preset(self.preset).job
             changed = [n for n in LORA_SETTINGS if getattr(self, n) != preset.get(n, job[n].default)]

@@ -134,12 +134,18 @@ def judge(
     steps: Sequence[StepRecord],
     samples: Sequence[EncodedSample],
     config: JobConfig,
+    score_ema: TokenValues | None = None,
 ) -> dict:
-    """metrics.json: alignment of the final scores, realised forgetting (ranking and magnitude), their
-    trajectories, and quality; pools and the strong-drop threshold follow `config`."""
+    """metrics.json: alignment of the final scores (and of their average over the job, `ema_auroc`/`ema_auprc`,
+    where `score_ema` was recorded), realised forgetting (ranking and magnitude), their trajectories, and quality;
+    pools and the strong-drop threshold follow `config`."""
     pools = {"special_tokens": config.pool_special_tokens}
+    alignment = metrics.alignment(final_scores, samples, **pools)
+    if score_ema:
+        averaged = metrics.alignment(score_ema, samples, **pools)
+        alignment |= {"ema_auroc": averaged["auroc"], "ema_auprc": averaged["auprc"]}
     out: dict = {
-        "alignment": metrics.alignment(final_scores, samples, **pools),
+        "alignment": alignment,
         "forgetting": metrics.forgetting(probs_before, final_probs, samples, drop_nats=config.drop_nats, **pools),
         "trajectory": metrics.trajectory(steps, probs_before, samples, drop_nats=config.drop_nats, **pools),
     }

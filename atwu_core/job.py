@@ -24,7 +24,7 @@ from atwu_core.config import JobConfig
 from atwu_core.data import Dataset
 from atwu_core.forward import Forward, ForwardNeeds, answer_nll, batches, forward, random_batch
 from atwu_core.generation import evaluating, model_device, pad_token_id
-from atwu_core.job_end import check_trained, judged, save_model, timing
+from atwu_core.job_end import check_trained, judged, save_model, score_ema, timing
 from atwu_core.job_error import JobError
 from atwu_core.job_setup import set_up
 from atwu_core.optimiser import Optimiser
@@ -174,6 +174,8 @@ class UnlearningJob:
         model, steps, splits = trained.model, self.steps_done, self._splits()
         rec.phase("final", 0, len(self.forget), steps)
         final = self._final_pass(model, rec.progress("final", steps))
+        if self.method.scheme.score_ema is not None:
+            final.score_ema = score_ema(self.records, final, self.method.scheme.score_ema)
         rec.record(final)
         check_trained(model, final, self.loaded.info.vocab_size)
         rec.check()  # save_pretrained would re-create a vanished run folder's path

@@ -6,8 +6,10 @@ forget quality, model utility; timing)."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from atwu_core import evaluation, metrics
@@ -17,7 +19,7 @@ from atwu_core.files import replace_dir, set_file_modes
 from atwu_core.generation import model_device
 from atwu_core.job_error import JobError
 from atwu_core.models import LoadedModel
-from atwu_core.records import BeforeRecord, FinalRecord, StepRecord
+from atwu_core.records import BeforeRecord, FinalRecord, StepRecord, TokenValues
 
 
 def check_trained(model: torch.nn.Module, final: FinalRecord, vocab: int) -> None:
@@ -31,6 +33,25 @@ def check_trained(model: torch.nn.Module, final: FinalRecord, vocab: int) -> Non
             f"the model collapsed: every forget token has probability ~1/{vocab} after training "
             "(the updates diverged); lower the learning rate or gamma."
         )
+
+
+def score_ema(steps: Sequence[StepRecord], final: FinalRecord, decay: float) -> TokenValues:
+    """Each forget token's score averaged over the job: an average over the steps that scored its sample, then the
+    final pass (at step S + 1), each new score weighted 1 - decay^(steps since the last one). Decaying per model
+    step rather than per score keeps the window ~1 / (1 - decay) model steps on any forget set (a sample is scored
+    only when its batch draws it); with a sample in every batch it is the plain EMA. The first score starts it;
+    decay 0 gives the final scores."""
+    ema: dict[str, np.ndarray] = {}
+    last: dict[str, int] = {}
+    for step, scores in [*((r.step, r.scores) for r in steps), (final.step + 1, final.scores)]:
+        for sid, values in scores.items():
+            now = np.asarray(values, dtype=float)  # [T_i]
+            if sid in ema:
+                ema[sid] += (1.0 - decay ** (step - last[sid])) * (now - ema[sid])
+            else:
+                ema[sid] = now
+            last[sid] = step
+    return {sid: ema[sid].tolist() for sid in final.scores}
 
 
 def judged(
@@ -50,8 +71,9 @@ def judged(
     (before_quality, before_record), (forget_records, forget_samples) = before, forget
     after, answers = evaluated or (None, {})
     out = evaluation.judge(
-        before_quality, after, before_record.probs, final.scores, final.probs, records, forget_samples, config
-    )
+        before_quality, after, before_record.probs, final.scores, final.probs, records, forget_samples, config,
+        score_ema=final.score_ema,
+    )  # fmt: skip
     if after:
         out |= evaluation.after_extras(
             config, model, loaded.tokenizer, after, answers, splits[0], forget_records, before_record.probs

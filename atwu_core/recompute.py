@@ -44,7 +44,7 @@ def recompute(run_dir: str | Path, loaded: models.LoadedModel | None = None) -> 
         )
         metrics = evaluation.judge(
             before, after, snap.before.probs, snap.final.scores, snap.final.probs, snap.step_records,
-            forget_samples, config,
+            forget_samples, config, score_ema=snap.final.score_ema,
         )  # fmt: skip
         if after:
             metrics |= evaluation.after_extras(config, model, tok, after, answers, splits[0], forget, snap.before.probs)

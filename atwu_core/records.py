@@ -249,19 +249,24 @@ class StepRecord:
 
 @dataclass
 class FinalRecord:
-    """A last pass over every forget sample with the final model (and scorer): what the metrics judge."""
+    """A last pass over every forget sample with the final model (and scorer): what the metrics judge.
+
+    `score_ema`: each token's score averaged over the job (`job_end.score_ema`), for schemes that ask for it
+    (ATWU's `score_ema` decay); empty otherwise and in runs written before it."""
 
     step: int
     scores: TokenValues = field(repr=False)
     loss_weights: TokenValues = field(repr=False)
     probs: TokenValues = field(repr=False)
+    score_ema: TokenValues = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
-        return {"type": "final", "step": self.step, **_token_maps_json(self)}
+        ema = {"score_ema": _sig(self.score_ema)} if self.score_ema else {}
+        return {"type": "final", "step": self.step, **_token_maps_json(self), **ema}
 
     @classmethod
     def from_json(cls, data: dict) -> FinalRecord:
-        return cls(step=_int(data, "step"), **_token_maps(data))
+        return cls(step=_int(data, "step"), **_token_maps(data), score_ema=_token_values(data, "score_ema"))
 
 
 # reference: the loaded model's NLL on every forget token (one forward over the forget set, as the final pass is)

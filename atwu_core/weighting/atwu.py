@@ -91,13 +91,21 @@ def model_weights(
 
 
 def scorer_reward(
-    pair: str, g: torch.Tensor, nll: torch.Tensor, mask: torch.Tensor, beta: float, reward_norm: bool = False
+    pair: str,
+    g: torch.Tensor,
+    nll: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    reward_norm: bool = False,
+    read: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The scorer's reward term (minimised; `nll` detached): headline mean[(1 - g) nll]; matched
-    -mean[g p^beta nll], its reward divided by the batch mean with `reward_norm`."""
+    -mean[g p^beta nll], its reward divided by the batch mean with `reward_norm`. `read` [B, T] replaces the
+    reward's nll (not p's): the NLL increase since before training with reward=delta_nll."""
+    read = nll if read is None else read
     if pair == "headline":
-        return losses.masked_mean((1 - g) * nll, mask)
-    reward = torch.exp(-beta * nll) * nll
+        return losses.masked_mean((1 - g) * read, mask)
+    reward = torch.exp(-beta * nll) * read
     if reward_norm:
         reward = reward / losses.masked_mean(reward, mask).clamp_min(1e-12)
     return -losses.masked_mean(g * reward, mask)
@@ -138,11 +146,13 @@ def objective_pair(p: ATWUParams | ATWUNPOParams, objective: str) -> Pair:
         )
     if objective != "ga":
         raise ValueError(f"ATWU's scorer runs inside the ga or npo forget objective, not {objective!r}.")
-    return Pair(
-        p.pair,
-        lambda g, fw: model_weights(p.pair, g, fw.nll.detach(), fw.mask, p.beta, p.saturation),
-        lambda g, fw: scorer_reward(p.pair, g, fw.nll.detach(), fw.mask, p.beta, p.reward_norm),
-    )
+
+    def reward(g: torch.Tensor, fw: Forward) -> torch.Tensor:
+        nll = fw.nll.detach()
+        read = nll - fw.ref_nll if p.reward == "delta_nll" else None  # [B, T] the NLL increase since before training
+        return scorer_reward(p.pair, g, nll, fw.mask, p.beta, p.reward_norm, read)
+
+    return Pair(p.pair, lambda g, fw: model_weights(p.pair, g, fw.nll.detach(), fw.mask, p.beta, p.saturation), reward)
 
 
 # ----------------------------------------------------------------------------------- the scheme
@@ -156,6 +166,7 @@ class ATWUScorer(WeightingScheme):
         self.pair = objective_pair(params, objective)
         self.input = ScorerInput(params.hidden_layer, params.hidden_position, params.hidden_norm, params.hidden_centre)
         self.needs = ForwardNeeds(hidden_layer=params.hidden_layer)
+        self.score_ema = params.score_ema
         self.scorer: Scorer | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.schedule: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -165,8 +176,7 @@ class ATWUScorer(WeightingScheme):
         dim = ctx.model.config.get_text_config().hidden_size
         self.scorer = Scorer(dim, self.p.scorer_layers, self.p.scorer_width).to(model_device(ctx.model), torch.float32)
         self.optimizer = torch.optim.SGD(self.scorer.parameters(), lr=self.p.scorer_lr, momentum=0.9, weight_decay=1e-4)
-        every = 1 if self.p.update == "joint" else self.p.scorer_every
-        updates = max(1, ctx.steps // every)
+        updates = max(1, self.p.scorer_updates(ctx.steps))  # the schedule counts the updates after scorer_start
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: max(0.0, 1.0 - k / updates))
         self.out_dir = ctx.run_dir / "scorer" if ctx.run_dir is not None else None
 
@@ -180,8 +190,7 @@ class ATWUScorer(WeightingScheme):
         return TokenWeights(loss=self.pair.weights(g, fw), scores=g)
 
     def step(self, fw: Forward, step: int) -> tuple[TokenWeights, dict[str, torch.Tensor]]:
-        due = self.p.update == "joint" or step % self.p.scorer_every == 0
-        if not due:
+        if not self.p.scorer_due(step):
             return self.weigh(fw), {}
         if self.pair.name == "headline":  # the scorer steps first; the model's forget term uses the updated scorer
             logs = self._learn(fw)

@@ -42,6 +42,7 @@ class WeightingScheme:
     `finish` to save what they learned."""
 
     needs: ForwardNeeds = ForwardNeeds()
+    score_ema: float | None = None  # decay per step of the scores' average over the job, recorded beside the final
 
     def prepare(self, ctx: PrepareContext) -> None:
         """Precompute anything that depends on the original model (called once)."""

@@ -36,6 +36,9 @@ class MethodParams:
         """The retain loss's weight as the loop applies it (0 without a retain loss)."""
         return 0.0
 
+    def check_job(self, steps: int) -> None:
+        """Refuse settings that cannot work in a `steps`-step job (JobConfig.validate asks, before anything loads)."""
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -120,11 +123,42 @@ class ScorerParams(RetainParams):
     snapshot_every: int = param(
         0, "Save the scorer every n steps into the run folder (0: only the final one).", minimum=0
     )
+    scorer_start: int = param(
+        0,
+        "Warm start: the scorer's first update comes after this many model steps (0: the paper), so that its "
+        "reward reads an NLL that has moved; until then every score is the initial 0.5, and the scorer's lr "
+        "decays over the updates it makes after the start.",
+        minimum=0,
+    )
+    score_ema: float = param(
+        0.9,
+        "Decay per model step of each forget token's score average over the job, recorded beside the final scores "
+        "(score_ema in the final record, ema_auroc in metrics.json); 0: the final scores themselves.",
+        minimum=0.0,
+        maximum=0.999,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.scorer_layers == 1:
             self.refuse_ignored(("scorer_width",), "scorer_layers=1 (a linear probe has no hidden width)")
+
+    def scorer_due(self, step: int) -> bool:
+        """Whether model step `step` (from 1) has a scorer update: every `scorer_every` (joint: every) model step
+        after `scorer_start`."""
+        every = 1 if self.update == "joint" else self.scorer_every
+        return step > self.scorer_start and (step - self.scorer_start) % every == 0
+
+    def scorer_updates(self, steps: int) -> int:
+        """How many scorer updates a `steps`-step job makes (what the scorer's lr decays over)."""
+        return sum(self.scorer_due(step) for step in range(1, steps + 1))
+
+    def check_job(self, steps: int) -> None:
+        if self.scorer_start and not self.scorer_updates(steps):
+            raise ValueError(
+                f"scorer_start={self.scorer_start} leaves the scorer no update in a {steps}-step job; lower "
+                f"scorer_start or raise steps (the first update comes scorer_every steps after the start)."
+            )
 
 
 @dataclass
@@ -144,11 +178,23 @@ class ATWUParams(ScorerParams):
         "matched pair only: divide the scorer's reward by its batch mean (scale-free "
         "against the regularisers; needed on a memorised model, where p^beta nll starts near 0).",
     )
+    reward: str = param(
+        "nll",
+        "What the scorer's reward reads. nll: each token's NLL now (the paper). delta_nll: its increase since "
+        "before training, nll - nll_before, in place of nll: headline +mean[(1-g) delta], matched "
+        "-mean[g p^beta delta] (p now); 0 at the start, so the scorer follows what the model has forgotten.",
+        ("nll", "delta_nll"),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.pair == "headline":
             self.refuse_ignored(("saturation", "reward_norm"), "pair=headline (they are the matched pair's)")
+        if self.reward == "delta_nll" and self.reward_norm:
+            raise ValueError(
+                "reward_norm=True divides the reward by its batch mean, which with reward=delta_nll starts at 0 and "
+                "can be negative; set reward_norm=false or reward=nll."
+            )
 
 
 @dataclass
