@@ -5,17 +5,20 @@ oracle, on several worlds per model, job seeds 0..N-1 (mean ± std).
 Per job: score AUROC (the final token scores against the span tokens), forgetting AUROC and span share (each
 answer token's NLL increase, after vs before, against the spans), forget and retain exact-match, and the score
 AUROC at every recorded step (the trajectory figure). Every variant says which world its settings were tuned on;
-tuning worlds are marked and never count as held-out. Writes the alignment section of `<out>/results.md` and
-`<out>/figures/alignment_trajectory.png`; re-running regenerates them (finished jobs come from the cache).
+tuning worlds are marked and never count as held-out. Per world and method, facts forgotten against retain kept.
+Writes the alignment section of `<out>/results.md`, `<out>/figures/alignment_trajectory.png` and
+`<out>/figures/leak_vs_retain.png`; re-running regenerates them (finished jobs come from the cache).
 
     python bench/alignment.py                       # tiny model: demo + two generated worlds, 3 seeds; writes docs/
     python bench/alignment.py --quick               # CI smoke (< 3 min): demo world, 4 variants, 1 seed, writes nothing
     python bench/alignment.py --models tiny,smollm2 # adds SmolLM2 (hours on a CPU: teaching and 4-min jobs)
+    python bench/alignment.py --tuning --models smollm2 --seeds 1 --workers 1   # the SmolLM2 sweep, demo-smollm2 only
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -58,14 +61,15 @@ from atwu_core.config import JobConfig, make_config
 @dataclass(frozen=True)
 class Variant:
     """A row of the study: a method with the method settings of a preset (None: the world's own preset), plus
-    explicit overrides. Job settings (steps, lr, batch sizes, LoRA) are always the world's preset's, so every row
-    gets the same budget."""
+    explicit overrides. Job settings (lr, batch sizes, LoRA) are always the world's preset's; so are the steps,
+    unless the row is about the job's length (`steps`; `--steps` still overrides every row)."""
 
     name: str
     method: str
     tuned_on: str  # where its method settings were chosen
     params_from: str | None = None
     params: tuple[tuple[str, object], ...] = ()
+    steps: int | None = None  # None: the world's preset's
 
     def config(self, world_preset: str, task: Task, eval_cap: int | None) -> JobConfig:
         params = make_config(self.method, self.params_from).params.to_dict() if self.params_from else {}
@@ -76,6 +80,8 @@ class Variant:
 
 
 PAPER = "none: the paper's values"
+# the headline pair at the `demo` preset's faster scorer schedule: the `smollm2` preset's ATWU (atwu-headline-fast)
+FAST = (("pair", "headline"), ("reward_norm", False), ("beta", 5.0))
 VARIANTS: tuple[Variant, ...] = (
     Variant("atwu-paper", "atwu", PAPER, "paper"),
     Variant("atwu-matched", "atwu", PAPER, "paper", (("pair", "matched"),)),
@@ -85,13 +91,14 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("atwu-matched-norm", "atwu", "`seed7` (n, b, γ); β the paper's", "demo", (("beta", 5.0),)),
     # ours: the headline pair at the demo preset's faster scorer schedule (n 2, b 0.4, γ 2): the `smollm2` preset's ATWU
     Variant("atwu-headline-fast", "atwu", "n, b, γ: `seed7`; the pair: `demo-smollm2` (the `smollm2` preset)", "demo",
-            (("pair", "headline"), ("reward_norm", False), ("beta", 5.0))),
+            FAST),
     Variant("gt-mask", "gt-mask", "oracle: the spans themselves"),
     Variant("wga", "wga", "method defaults"),
     Variant("satimp", "satimp", "method defaults"),
     Variant("tokenunlearn", "tokenunlearn", "method defaults"),
     Variant("graddiff", "graddiff", "method defaults"),
     Variant("npo", "npo", "method defaults"),
+    Variant("simnpo", "simnpo", "method defaults"),
 )  # fmt: skip
 # The sweeps that chose each preset's ATWU settings, each run on its model's tuning world only (`--tuning`), one
 # knob changed per row. Tiny: from the matched pair + reward_norm at the demo schedule and beta 5; beta 2 won and is
@@ -114,9 +121,26 @@ TUNING: tuple[Variant, ...] = (
     Variant("tune-beta2-centre", "atwu", SWEPT, "demo", (("beta", 2.0), ("hidden_centre", True))),
     Variant("tune-beta2-rms", "atwu", SWEPT, "demo", (("beta", 2.0), ("hidden_norm", "rms"))),
 )  # fmt: skip
+# The real-text study's hypotheses (issue 25), from the two targeted SmolLM2 rows: the paper's scorer was still
+# climbing at step 40 and `smollm2`'s peaked mid-run (longer jobs); its first scorer step points away from the spans
+# because a memorised answer's NLL is ~0 everywhere (a warm start lets the NLL move first; the Δ NLL reward reads
+# only what moved); the last layer's states share a large mean direction (a middle layer, below the LoRA blocks, so
+# the scorer's input does not drift as the model unlearns). The EMA of the scores is a column of every row.
 TUNING_SMOLLM2: tuple[Variant, ...] = (
     Variant("tune-smollm2-paper-centre", "atwu", SWEPT_SMOLLM2, "paper", (("hidden_centre", True),)),
     Variant("tune-smollm2-centre", "atwu", SWEPT_SMOLLM2, "demo", (("beta", 5.0), ("hidden_centre", True))),
+    Variant("tune-smollm2-paper-80", "atwu", SWEPT_SMOLLM2, "paper", steps=80),
+    Variant("tune-smollm2-paper-160", "atwu", SWEPT_SMOLLM2, "paper", steps=160),
+    Variant("tune-smollm2-fast-80", "atwu", SWEPT_SMOLLM2, "demo", FAST, steps=80),
+    Variant("tune-smollm2-fast-160", "atwu", SWEPT_SMOLLM2, "demo", FAST, steps=160),
+    Variant("tune-smollm2-start5", "atwu", SWEPT_SMOLLM2, "demo", (*FAST, ("scorer_start", 5))),
+    Variant("tune-smollm2-start10", "atwu", SWEPT_SMOLLM2, "demo", (*FAST, ("scorer_start", 10))),
+    Variant("tune-smollm2-delta", "atwu", SWEPT_SMOLLM2, "demo", (*FAST, ("reward", "delta_nll"))),
+    Variant("tune-smollm2-layer15", "atwu", SWEPT_SMOLLM2, "demo", (*FAST, ("hidden_layer", 15))),
+    # ours, from the trajectories: `smollm2`'s scores peak at step ~25 and fall as forgetting spreads off the spans
+    # (forgetting AUROC 0.46 at the end on `smollm2-seed11`), while the paper's, at γ 1, is less spilled (0.56) and
+    # still climbing; γ 1 halves the forget push, so the spill comes later, at the fast scorer schedule
+    Variant("tune-smollm2-gamma1", "atwu", SWEPT_SMOLLM2, "demo", (*FAST, ("gamma", 1.0))),
 )  # fmt: skip
 ATWU = tuple(v.name for v in VARIANTS if v.method == "atwu")
 SWEEPS = {  # model -> (its tuning world, the sweep's rows: baselines first)
@@ -131,7 +155,7 @@ HEURISTICS = ("wga", "satimp")  # the targets ask ATWU to rank spans above these
 
 MODEL_WORLDS = {  # default worlds per model; sizes differ from the demo world's 30 people / 5 forgotten
     "tiny": ("demo", "seed11-p12-f3", "seed23-p32-f6"),
-    "smollm2": ("demo-smollm2", "smollm2-seed11", "smollm2-seed13-p12-f3"),
+    "smollm2": ("demo-smollm2", "smollm2-seed11", "smollm2-seed13-p12-f3", "smollm2-tofu"),
 }
 TUNING_WORLDS = {  # a world some preset was tuned on: reported, marked, never counted as held-out
     "seed7": "the `demo` preset's method and job settings were tuned on it",
@@ -166,6 +190,7 @@ def metric(path: str) -> Callable[[dict], float | None]:
 # (column header, per-job value)
 COLUMNS: tuple[tuple[str, Callable[[dict], float | None]], ...] = (
     ("score AUROC ↑", metric("alignment.auroc")),
+    ("EMA score AUROC ↑", metric("alignment.ema_auroc")),
     ("forgetting AUROC ↑", metric("forgetting.auroc")),
     ("span share ↑", metric("forgetting.span_share")),
     ("ΔNLL span ↑", metric("forgetting.mean_increase_span")),
@@ -201,7 +226,7 @@ def world_table(results: list[JobResult], variants: list[str]) -> str:
     """One row per variant, mean ± std over seeds; the first row is the model before unlearning."""
     before = next((r.metrics for r in results if "forget" in r.metrics), {})
     before_row = (
-        ["(before)", ""] + ["–"] * 5 + [mean_std([lookup(before, f"{s}.before.exact")]) for s in ("forget", "retain")]
+        ["(before)", ""] + ["–"] * 6 + [mean_std([lookup(before, f"{s}.before.exact")]) for s in ("forget", "retain")]
     )
     rows = [before_row + ["1.000", "", ""]]
     for v in variants:
@@ -240,7 +265,7 @@ def targets_table(by_world: dict[str, list[JobResult]], model: str, variants: li
         return min(gaps) if gaps else None
 
     rows = []
-    for v in [v for v in ATWU if v in variants]:
+    for v in [v for v in variants if BY_NAME[v].method == "atwu"]:
         runs = [x for w in worlds for x in values(by_world[w], v, SCORE)]
         rows.append([
             f"**{v}**" if v in TARGETED[model] else v,
@@ -280,6 +305,101 @@ def trajectory_table(by_world: dict[str, list[JobResult]], variants: list[str]) 
             ])  # fmt: skip
     head = ["world", "variant", "first", "middle", "peak", "final", "forgetting AUROC, final step"]
     return markdown_table(head, rows) if rows else ""
+
+
+# ----------------------------------------------------------------------------------------- facts against retain
+
+LEAK_BASELINES = ("wga", "npo", "graddiff", "simnpo")  # what ATWU's facts per unit of retain damage is set beside
+MIN_DAMAGE = 0.01  # retain damage below this is none: a ratio over it would divide by noise
+
+
+def facts_forgotten(metrics: dict) -> float | None:
+    """The share of the judged forget spans no longer said in the final greedy answers: 1 - leak rate."""
+    leak = lookup(metrics, "facts.leak_rate")
+    return None if leak is None else 1.0 - leak
+
+
+def trade_off(results: list[JobResult], variant: str) -> tuple[float, float, float] | None:
+    """(facts forgotten, retain damage = 1 - retain kept, facts forgotten per unit of damage: inf below MIN_DAMAGE),
+    from the means over seeds; None when the variant has no facts or no retain numbers."""
+    forgotten = mean_or_none(values(results, variant, facts_forgotten))
+    kept = mean_or_none(values(results, variant, retain_kept))
+    if forgotten is None or kept is None:
+        return None
+    damage = max(0.0, 1.0 - kept)
+    if damage < MIN_DAMAGE:
+        return forgotten, damage, math.inf if forgotten > 0 else 0.0
+    return forgotten, damage, forgotten / damage
+
+
+def leak_retain_table(by_world: dict[str, list[JobResult]], variants: list[str]) -> str:
+    """Per world and method: facts still said (leak rate) and forgotten against retain kept, and the facts forgotten
+    per unit of retain damage; then, per ATWU row, whether it forgets more facts per unit of damage than each of
+    LEAK_BASELINES on that world (equal ratios, both without damage: more facts forgotten wins)."""
+    rows, verdicts = [], []
+    for world, results in by_world.items():
+        points = {v: t for v in variants if (t := trade_off(results, v)) is not None}
+        for v, (forgotten, damage, ratio) in points.items():
+            rows.append([
+                world, v, mean_std(values(results, v, metric("facts.leak_rate"))), f"{forgotten:.3f}",
+                mean_std(values(results, v, retain_kept)), f"{damage:.3f}",
+                f"{ratio:.1f}" if math.isfinite(ratio) else f"no damage (< {MIN_DAMAGE})",
+            ])  # fmt: skip
+        for v in (v for v in points if BY_NAME[v].method == "atwu"):
+            mine = points[v][2], points[v][0]
+            theirs = {b: (points[b][2], points[b][0]) for b in LEAK_BASELINES if b in points}
+            cells = [
+                ("more" if mine > theirs[b] else "fewer" if mine < theirs[b] else "same") if b in theirs else "n/a"
+                for b in LEAK_BASELINES
+            ]
+            verdicts.append([world, v, *cells])
+    if not rows:
+        return ""
+    head = ["world", "variant", "leak rate ↓", "facts forgotten ↑", "retain kept ↑", "retain damage ↓",
+            "facts forgotten per unit of retain damage ↑"]  # fmt: skip
+    table = markdown_table(head, rows)
+    if verdicts:
+        vs = [f"than `{b}`" for b in LEAK_BASELINES]
+        table += (
+            "\n\nDoes ATWU forget more facts per unit of retain damage than the baselines (per world, means over "
+            "seeds)?\n\n" + markdown_table(["world", "ATWU row", *vs], verdicts)
+        )
+    return table
+
+
+def plot_leak_retain(by_world: dict[str, list[JobResult]], variants: list[str], path: Path) -> bool:
+    """Facts forgotten (1 - leak rate) against retain kept per method (mean ± std over seeds), one panel per world;
+    False when no job recorded facts."""
+    import matplotlib.pyplot as plt
+
+    panels = {w: [v for v in variants if trade_off(res, v) is not None] for w, res in by_world.items()}
+    panels = {w: vs for w, vs in panels.items() if vs}
+    if not panels:
+        return False
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.4 * rows), squeeze=False)
+    for ax, (world, shown) in zip(axes.flat, panels.items(), strict=False):
+        for v in shown:
+            kept = values(by_world[world], v, retain_kept)
+            forgotten = values(by_world[world], v, facts_forgotten)
+            x, y = statistics.mean(kept), statistics.mean(forgotten)
+            sx = statistics.stdev(kept) if len(kept) > 1 else 0.0
+            sy = statistics.stdev(forgotten) if len(forgotten) > 1 else 0.0
+            atwu = BY_NAME[v].method == "atwu"
+            ax.errorbar(x, y, xerr=sx, yerr=sy, fmt="o" if atwu else "s", markersize=7 if atwu else 5, capsize=2)
+            ax.annotate(v, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_title(world + ("" if held_out(world) else " (tuning world)"))
+        ax.set_xlabel("retain kept (retain exact after / before)")
+        ax.set_xlim(-0.03, 1.08)
+        ax.set_ylim(-0.03, 1.05)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("facts forgotten (1 - leak rate)")
+    fig.suptitle("Facts forgotten against retain kept (top right is best), mean ± std over seeds")
+    save_figure(fig, path, dpi=110)
+    return True
 
 
 def plot_trajectories(by_world: dict[str, list[JobResult]], variants: list[str], path: Path) -> bool:
@@ -389,11 +509,11 @@ def plan(grid: Grid, worlds: dict[str, World]) -> tuple[dict[Task, JobConfig], d
     unavailable: dict[str, str] = {}
     for seed in range(grid.seeds):
         for name, world in worlds.items():
-            steps = grid.steps or make_config("graddiff", world.preset).steps
+            preset_steps = make_config("graddiff", world.preset).steps
             for v in grid.variants:
                 if v in unavailable:
                     continue
-                task = Task(name, v, seed, steps)
+                task = Task(name, v, seed, grid.steps or BY_NAME[v].steps or preset_steps)
                 try:
                     jobs[task] = BY_NAME[v].config(world.preset, task, grid.eval_cap)
                 except ValueError as err:
@@ -412,10 +532,10 @@ def variants_table(variants: list[str], presets: set[str]) -> str:
         shown = (
             ", ".join(f"{k} {params[k]}" for k in keys if k in params) if var.method == "atwu" else "method defaults"
         )
-        rows.append(
-            [v, f"`{var.method}`", f"`{var.params_from}` preset" if var.params_from else "–", shown, var.tuned_on]
-        )
-    return markdown_table(["variant", "method", "method settings from", "ATWU settings", "tuned on"], rows)
+        preset = f"`{var.params_from}` preset" if var.params_from else "–"
+        rows.append([v, f"`{var.method}`", preset, shown, str(var.steps or "the world's preset's"), var.tuned_on])
+    head = ["variant", "method", "method settings from", "ATWU settings", "steps", "tuned on"]
+    return markdown_table(head, rows)
 
 
 def report(
@@ -431,6 +551,7 @@ def report(
     name: str,
 ) -> str:
     """Section `name` of results.md; draws its figure into `out/figures`."""
+    (out / "figures").mkdir(parents=True, exist_ok=True)
     jobs = [r for res in by_world.values() for r in res]
     walls = [w for r in jobs if (w := lookup(r.metrics, "bench.wall_seconds")) is not None]
     steps = sorted({r.steps for r in jobs})
@@ -474,11 +595,21 @@ def report(
         targets = targets_table(by_world, model, variants)
         if targets:
             parts.append(f"#### Targets on the {model} model (issue 10; bold: the targeted presets)\n\n{targets}")
+    leak = leak_retain_table(by_world, variants)
+    if leak:
+        figure = f"leak_vs_retain{name.removeprefix('alignment')}.png"
+        drawn = plot_leak_retain(by_world, variants, out / "figures" / figure)
+        parts.append(
+            "### Facts forgotten against retain kept\n\nFacts forgotten = 1 − leak rate (the share of the judged "
+            "forget spans no longer in the final greedy answers); retain damage = 1 − retain kept; their ratio is the "
+            "facts forgotten per unit of retain damage (from the means over seeds).\n\n"
+            + leak
+            + (f"\n\n![facts forgotten against retain kept](figures/{figure})" if drawn else "")
+        )
     traj = trajectory_table(by_world, variants)
     if traj:
         parts.append(f"### Score AUROC over training (mean over seeds)\n\n{traj}")
     figures = out / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
     if plot_trajectories(by_world, variants, figures / f"{name}_trajectory.png"):
         parts.append(f"![score AUROC against step](figures/{name}_trajectory.png)")
     failed = [r for r in jobs if "error" in r.metrics["bench"]]
@@ -514,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     for model in MODEL_WORLDS:
         if targets := targets_table(by_world, model, variants):
             print(f"\n## targets, {model}\n\n{targets}")
+    if leak := leak_retain_table(by_world, variants):
+        print(f"\n## facts forgotten against retain kept\n\n{leak}")
     print(f"\nalignment study: {elapsed:.0f} s")
     if out is not None:
         env += cache_note(elapsed, len(results), cache.hits)

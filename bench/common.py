@@ -364,12 +364,13 @@ class JobResult:
 
 def run_one(world: World, task: Task, config: JobConfig) -> JobResult:
     """One full job through the engine (training, final pass, before/after evaluation), timed end to end.
-    A failed job (e.g. a diverging loss) is a result too: its cells read n/a and the report lists it."""
+    A failed job (e.g. a diverging loss, or a setting the world's model refuses, such as a scorer layer it does
+    not have) is a result too: its cells read n/a and the report lists it."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="atwu-bench-") as tmp:
         try:
             metrics = run_job(config, loaded=world.loaded, dataset=world.dataset, run_dir=Path(tmp) / "run").metrics
-        except JobError as err:
+        except (JobError, ValueError) as err:
             metrics = {"bench": {"error": str(err)}}
     wall = time.perf_counter() - start
     metrics.setdefault("bench", {})["wall_seconds"] = wall

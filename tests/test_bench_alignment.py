@@ -3,6 +3,7 @@ winner is what `demo` ships, and no tuning world is ever counted as held-out."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ def test_each_tuning_row_changes_only_what_it_names(alignment):
         row = _params(alignment, v.name)
         changed = {k for k in row if row[k] != base[k]}
         assert changed <= {k for k, _ in v.params}, (v.name, changed)
-        assert changed, f"{v.name} runs the baseline itself"
+        assert changed or v.steps, f"{v.name} runs the baseline itself"
 
 
 def test_the_sweeps_winner_is_what_demo_ships(alignment):
@@ -55,3 +56,40 @@ def test_default_grid_reports_only_held_out_worlds_and_no_tuning_rows(alignment)
     assert all(alignment.held_out(w) for w in grid.worlds)
     assert not any(v.startswith("tune-") for v in grid.variants)
     assert {"atwu-paper", "atwu-matched", "atwu-demo", "gt-mask", "wga", "satimp", "npo"} <= set(grid.variants)
+
+
+def test_each_hypothesis_is_a_smollm2_tuning_row_and_smollm2_tofu_is_held_out(alignment):
+    rows = {v.name: v for v in alignment.TUNING_SMOLLM2}
+    assert {rows[f"tune-smollm2-{p}-{n}"].steps for p in ("paper", "fast") for n in (80, 160)} == {80, 160}
+    assert _params(alignment, "tune-smollm2-start10", "smollm2")["scorer_start"] == 10
+    assert _params(alignment, "tune-smollm2-delta", "smollm2")["reward"] == "delta_nll"
+    assert _params(alignment, "tune-smollm2-layer15", "smollm2")["hidden_layer"] == 15
+    fast = _params(alignment, "atwu-headline-fast", "smollm2")
+    for name in ("tune-smollm2-fast-80", "tune-smollm2-start5", "tune-smollm2-delta", "tune-smollm2-layer15"):
+        changed = {k for k, v in _params(alignment, name, "smollm2").items() if v != fast[k]}
+        assert len(changed) <= 1, (name, changed)  # one knob away from the `smollm2` preset's ATWU
+    grid, _ = alignment.resolve(alignment.parse_args(["--models", "smollm2"]))
+    assert "smollm2-tofu" in grid.worlds and alignment.held_out("smollm2-tofu") and "simnpo" in grid.variants
+    # a row's own steps reach its job; --steps overrides every row
+    world = {"w": alignment.World("w", None, None, "", (), "smollm2")}
+    one = alignment.Grid(("w",), ("tune-smollm2-paper-160", "atwu-paper"), 1, None, None)
+    assert sorted(t.steps for t in alignment.plan(one, world)[0]) == [40, 160]
+    assert {t.steps for t in alignment.plan(dataclasses.replace(one, steps=4), world)[0]} == {4}
+
+
+def test_a_quick_run_writes_the_tables_and_the_leak_against_retain_figure(alignment, monkeypatch, tmp_path):
+    """A real run on the tiny model (2 variants, 10 steps): EMA column, facts against retain table and figure."""
+    monkeypatch.setattr(alignment, "CACHE", tmp_path / "cache")
+    argv = ["--quick", "--variants", "atwu-demo,wga", "--workers", "1", "--out", str(tmp_path / "out")]
+    assert alignment.main(argv) == 0
+    text = (tmp_path / "out" / "results.md").read_text()
+    section = text.split("### Facts forgotten against retain kept")[1].split("###")[0]
+    assert "| demo | atwu-demo |" in section and "| demo | wga |" in section
+    *_, verdict = (line.split(" | ") for line in section.splitlines() if line.startswith("| demo | atwu-demo | "))
+    assert verdict[2] in ("more", "fewer", "same") and verdict[3] == "n/a"  # compared with wga; npo did not run
+    assert (tmp_path / "out" / "figures" / "leak_vs_retain.png").stat().st_size > 10_000
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| variant | tuned on | score AUROC"))
+    head, atwu, wga = (next(r for r in lines[start:] if r.startswith(k)).split(" | ") for k in ("| v", "| a", "| w"))
+    ema = head.index("EMA score AUROC ↑")
+    assert 0 < float(atwu[ema].split()[0]) < 1 and wga[ema] == "n/a"  # ATWU's scores averaged over the job, judged
