@@ -602,7 +602,8 @@ def report(
         parts.append(
             "### Facts forgotten against retain kept\n\nFacts forgotten = 1 − leak rate (the share of the judged "
             "forget spans no longer in the final greedy answers); retain damage = 1 − retain kept; their ratio is the "
-            "facts forgotten per unit of retain damage (from the means over seeds).\n\n"
+            "facts forgotten per unit of retain damage (from the means over seeds); the leak rate per span label is in "
+            "the table under each world.\n\n"
             + leak
             + (f"\n\n![facts forgotten against retain kept](figures/{figure})" if drawn else "")
         )
