@@ -287,7 +287,7 @@ def tofu_world(n_retain: int, teach_steps: int) -> World | None:
 TOFU_SPANS_DIR = REPO.parent / "shared" / "data" / "tofu-spans" / "forget01_with_common_words_gpt"
 
 
-def smollm2_tofu_world(n_retain: int = 160, teach_steps: int = 300) -> World | None:
+def smollm2_tofu_world(n_retain: int = 160, teach_steps: int = 200) -> World | None:
     """Real text: TOFU forget01 (40 QA, its GPT-annotated fact spans) + the first `n_retain` QA of retain99, taught
     to SmolLM2 as the synthetic SmolLM2 worlds are (cached). None when the TOFU folders are absent."""
     retain_file = TOFU_DIR / "retain99.json"
