@@ -37,10 +37,14 @@ def build(run_dir: str, what: str, stamp: tuple) -> bytes:
         return token_csv.tokens_csv(snap).encode()
     if what == "html":
         return run_report(snap).encode()
-    metrics = snap.metrics or {
-        "alignment": alignment(snap.latest("scores"), snap.samples),
-        "note": "run not finished: alignment of the latest recorded scores",
-    }
+    metrics = (
+        snap.metrics.to_json()
+        if snap.metrics is not None
+        else {
+            "alignment": alignment(snap.latest("scores"), snap.samples).to_json(),
+            "note": "run not finished: alignment of the latest recorded scores",
+        }
+    )
     return json.dumps(metrics, indent=1).encode()
 
 

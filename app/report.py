@@ -112,19 +112,7 @@ def drawn_samples(snap: RunSnapshot) -> list:
 def run_report(snap: RunSnapshot) -> str:
     """The whole run as one HTML page (offline: no network request)."""
     title = html.escape(run_label(snap.dir, snap.config))
-    metrics = snap.metrics or {}
-    chance, greyed = headline.chances(metrics), headline.not_meaningful(metrics)
-    numbers = [
-        {
-            "metric": h.label,
-            "value": ("yes" if value else "no") if isinstance(value, bool) else value,
-            "better": h.direction,
-            "chance": chance.get(h.label),
-            "meaning": ("NOT MEANINGFUL (span tokens barely moved): " if greyed and h.ranking else "") + h.help,
-        }
-        for h in HEADLINE
-        for value in [h.value(metrics)]
-    ]
+    metrics = snap.metrics
     figures = Figures()
     parts = [
         f"<h1>{title}</h1>",
@@ -132,15 +120,32 @@ def run_report(snap: RunSnapshot) -> str:
         f" · folder <code>{html.escape(Path(snap.dir).name)}</code></p>",
         f"<p>Rerun: <code>{html.escape(cli_command(snap.job_config))}</code></p>",
         "<h2>Results</h2>",
-        _table(numbers) if metrics else "<p>No metrics: the run did not reach its evaluation.</p>",
-        f"<p><b>Facts</b>: {html.escape(fact_views.facts_line(metrics))}</p>" if metrics else "",
-        _table(fact_views.fact_label_rows(metrics)),
-        _table(quality_rows(metrics)),
     ]
+    if metrics is None:
+        parts.append("<p>No metrics: the run did not reach its evaluation.</p>")
+    else:
+        chance, greyed = headline.chances(metrics), headline.not_meaningful(metrics)
+        numbers = [
+            {
+                "metric": h.label,
+                "value": ("yes" if value else "no") if isinstance(value, bool) else value,
+                "better": h.direction,
+                "chance": chance.get(h.label),
+                "meaning": ("NOT MEANINGFUL (span tokens barely moved): " if greyed and h.ranking else "") + h.help,
+            }
+            for h in HEADLINE
+            for value in [h.value(metrics)]
+        ]
+        parts += [
+            _table(numbers),
+            f"<p><b>Facts</b>: {html.escape(fact_views.facts_line(metrics))}</p>",
+            _table(fact_views.fact_label_rows(metrics)),
+            _table(quality_rows(metrics)),
+        ]
     if snap.step_records:
         parts += ["<h2>Training</h2>", figures.add(losses_figure(snap))]
         t = trajectories(snap)
-        if t["step"]:
+        if t.step:
             parts.append(figures.add(alignment_figure({title: t}, {title: run_colour(snap.dir)})))
     table = token_views.corpus_table(snap)
     parts += ["<h2>Every forget sample</h2>"]

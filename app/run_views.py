@@ -23,6 +23,7 @@ from app.untrusted import md
 from atwu_core import fact_views, progress, token_views
 from atwu_core.methods import method_labels
 from atwu_core.metrics import DROP_NATS, MEANINGFUL_SHARE, trajectory
+from atwu_core.metrics_record import Trajectory
 from atwu_core.records import SampleRecord
 from atwu_core.run_table import run_colour
 from atwu_core.runs import RunSnapshot
@@ -161,7 +162,7 @@ def sample_figure(
         panels = [Panel(p.name, m[1], p.zrange, p.colorscale, p.short) for p, m in zip(panels, merged, strict=False)]
         hover_probs = None  # a word has no single token probability
     before = snap.before.probs.get(sample.record_id) if snap.before is not None and not words else None
-    leaked = fact_views.leaked_token_mask(snap.metrics or {}, sample) if not words else None
+    leaked = fact_views.leaked_token_mask(snap.metrics, sample) if not words else None
     fig = token_heatmaps(
         steps,
         tokens,
@@ -229,7 +230,7 @@ def change_floor_control(key: str) -> float:
     )
 
 
-def trajectories(snap: RunSnapshot) -> dict[str, list]:
+def trajectories(snap: RunSnapshot) -> Trajectory:
     """Alignment against step for one run (scores and realised forgetting vs the spans)."""
     return trajectory(snap.step_records, snap.before.probs if snap.before is not None else None, snap.samples)
 
@@ -237,7 +238,7 @@ def trajectories(snap: RunSnapshot) -> dict[str, list]:
 def alignment_view(snap: RunSnapshot, *, key: str) -> None:
     """AUROC of the scores and of the forgetting so far against step, and the mean score in vs out of spans."""
     t = trajectories(snap)
-    if not t["step"]:
+    if not t.step:
         st.info("No step with ground-truth samples recorded yet.")
         return
     label = run_label(snap.dir, snap.config)
@@ -246,10 +247,10 @@ def alignment_view(snap: RunSnapshot, *, key: str) -> None:
         "Each point uses the samples in that step's batch: score AUROC judges the scores recorded at that step, "
         "forgetting AUROC the log-probability drop since before training."
     )
-    size, share = t["mean_increase_span"][-1], t["strong_drop_share"][-1]
+    size, share = t.mean_increase_span[-1], t.strong_drop_share[-1]
     if size is not None:
         st.caption(
-            f"Beside that ranking, its size at step {t['step'][-1]}: mean ΔNLL on span tokens {size:.3f} nats, "
+            f"Beside that ranking, its size at step {t.step[-1]}: mean ΔNLL on span tokens {size:.3f} nats, "
             f"{share:.0%} of span tokens fell by more than {DROP_NATS:g} nat (so the ranking "
             f"{'is' if share >= MEANINGFUL_SHARE else 'is not'} meaningful)."
         )

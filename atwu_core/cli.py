@@ -24,6 +24,7 @@ from atwu_core.config import (
 )
 from atwu_core.files import ASSETS
 from atwu_core.headline import HEADLINE, NOT_RECORDED, not_meaningful
+from atwu_core.metrics_record import Metrics
 
 
 def _fmt(value) -> str:
@@ -67,11 +68,11 @@ def _unlearn(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_metrics(metrics: dict) -> None:
+def _print_metrics(metrics: Metrics) -> None:
     """The CLI summary: the headline numbers (`HEADLINE`) a line per metrics.json block, then quality, forget
     quality, model utility and timing; what an older run folder lacks reads "not recorded"."""
     for block, rows in itertools.groupby(HEADLINE, key=lambda h: h.path.split(".")[0]):
-        values = {h.path.split(".", 1)[1]: h.value(metrics) for h in rows}
+        values = {h.key: h.value(metrics) for h in rows}
         missing = [k for k, v in values.items() if v == NOT_RECORDED]
         cols = "  ".join(f"{k}={_fmt(v)}" for k, v in values.items() if k not in missing)
         if missing:
@@ -80,31 +81,27 @@ def _print_metrics(metrics: dict) -> None:
     if not_meaningful(metrics):
         print("           (forgetting not meaningful: span tokens barely moved; its ranking is noise)")
     for split in ("forget", "retain"):
-        if split in metrics:
-            for when in ("before", "after"):
-                q = metrics[split].get(when) or {}
+        if (block := metrics.quality(split)) is not None:
+            for when, q in (("before", block.before), ("after", block.after)):
                 cols = "  ".join(
-                    f"{k}={_fmt(q[k])}"
+                    f"{k}={_fmt(v)}"
                     for k in ("exact", "rouge_l", "prob", "extraction_strength", "exact_memorization", "truth_ratio")
-                    if k in q
+                    if q is not None and (v := getattr(q, k)) is not None
                 )
                 print(f"{split:7s} {when:6s} {cols or NOT_RECORDED}")
-    fq = metrics.get("forget_quality")
-    if isinstance(fq, dict):
-        print(f"forget quality (KS p-value vs the retain model, n={fq['n']}) = {fq['value']:.3g}")
-    elif fq is not None:  # a float in runs written before n was recorded
-        print(f"forget quality (KS p-value vs the retain model, n not recorded) = {fq:.3g}")
-    mu = metrics.get("model_utility")
-    if mu is not None:
-        print(f"model utility (TOFU) = {_fmt(mu['value'])}" + (f"  ({mu['why']})" if mu.get("why") else ""))
-    if "timing" in metrics:
-        t = metrics["timing"]
-        phases = ", ".join(f"{k} {v:.1f}s" for k, v in t.get("phase_seconds", {}).items())
+    if (fq := metrics.forget_quality) is not None:
+        n = fq.n if fq.n is not None else "not recorded"  # runs written before n was recorded
+        value = f"{fq.value:.3g}" if fq.value is not None else "undefined"
+        print(f"forget quality (KS p-value vs the retain model, n={n}) = {value}")
+    if (mu := metrics.model_utility) is not None:
+        print(f"model utility (TOFU) = {_fmt(mu.value)}" + (f"  ({mu.why})" if mu.why else ""))
+    if (t := metrics.timing) is not None:
+        phases = ", ".join(f"{k} {v:.1f}s" for k, v in t.phase_seconds.items())
         print(
-            f"timing  {t['total_seconds']:.1f}s total"
-            + (f", training {t['training_seconds']:.1f}s" if "training_seconds" in t else "")
-            + f", {t['mean_step_seconds']:.3f}s/step, {t['tokens_per_second']:.0f} tokens/s, "
-            f"peak {t['peak_memory_mb']:.0f} MB" + (f"\ntiming  phases: {phases}" if phases else "")
+            f"timing  {t.total_seconds:.1f}s total"
+            + (f", training {t.training_seconds:.1f}s" if t.training_seconds is not None else "")
+            + f", {t.mean_step_seconds:.3f}s/step, {t.tokens_per_second:.0f} tokens/s, "
+            f"peak {t.peak_memory_mb:.0f} MB" + (f"\ntiming  phases: {phases}" if phases else "")
         )
 
 
@@ -120,7 +117,7 @@ def _eval(args: argparse.Namespace) -> int:
     if metrics is None:
         raise ValueError(f"{args.run_dir}: no metrics.json (state: {status.state}, error: {status.error}).")
     if args.json:
-        print(json.dumps(metrics, indent=1))
+        print(json.dumps(metrics.to_json(), indent=1))
     else:
         config = run.config
         print(f"{config.get('method')} on {config.get('model')} / {config.get('data')}: {status.state}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 
 import numpy as np
 import torch
@@ -16,12 +16,14 @@ from atwu_core.cancel import CancelToken
 from atwu_core.config import JobConfig
 from atwu_core.data import EncodedSample, Record, encode_records, load_utility_sets
 from atwu_core.generation import greedy_answers
+from atwu_core.metrics_record import BeforeAfter, ForgetQuality, Metrics, ModelUtility, Quality, UtilityPart
 from atwu_core.records import StepRecord, TokenValues
 
 Progress = Callable[[int, int], None]  # (samples done, samples in all); may raise Cancelled to stop
 CHUNK = 16  # samples per progress report: metrics.quality's own batch size, so reporting costs no speed
 MEANS = ("prob", "rouge_l", "exact", "extraction_strength")  # metrics.quality's per-sample means
 MERGED_APART = ("exact_memorization", "truth_ratio", "truth_ratio_form", "truth_ratios")  # merged below, by hand
+Qualities = dict[str, Quality]  # split name -> its quality
 Answers = dict[str, tuple[list[dict], list[str]]]  # split -> (metrics.answer_stats per sample, greedy answers)
 TRUTH_RATIO_FORM = {"forget": "forget"}  # every other split is judged like TOFU's retain-like splits
 
@@ -55,7 +57,7 @@ def quality(
     config: JobConfig,
     progress: Progress,
     memo_key: str | None = None,
-) -> tuple[dict[str, dict], Answers]:
+) -> tuple[Qualities, Answers]:
     """`metrics.quality_and_answers` per split under `model`: the summaries, and the per-sample details of the
     splits computed now. With `memo_key` a summary is kept on the loaded model: its weights never change (jobs
     train an adapter or a copy), so every later job skips it (and gets no details for it)."""
@@ -93,7 +95,7 @@ def split_quality(
     config: JobConfig,
     progress: Callable[[int], None],
     chunk: int = CHUNK,
-) -> tuple[dict, list[dict], list[str]]:
+) -> tuple[Quality, list[dict], list[str]]:
     """`metrics.quality_and_answers` of a split, computed `chunk` samples at a time with `progress(samples done)`
     after each (an evaluation of many samples is minutes on a CPU), merged into the whole split's result: the
     per-sample means weighted by sample count, the truth ratios concatenated and reported in the split's form
@@ -110,24 +112,24 @@ def split_quality(
         stats += part_stats
         generated += part_answers
         progress(min(end, len(split.samples)))
-    unknown = {k for part in parts for k in part} - {"n", *MEANS, *MERGED_APART}
+    unknown = {f.name for f in fields(Quality)} - {"n", *MEANS, *MERGED_APART}
     if unknown:  # a new quality number must say how chunks combine, not be dropped
         raise ValueError(f"evaluation: no rule to merge {sorted(unknown)} over chunks; add it to MEANS or merge it.")
-    n = sum(part["n"] for part in parts)
-    out = {"n": n} | {key: sum(part[key] * part["n"] for part in parts) / n for key in MEANS}
+    n = sum(part.n for part in parts)
     memorized = [s["exact_memorization"] for s in stats if s["exact_memorization"] is not None]
-    out["exact_memorization"] = float(np.mean(memorized)) if memorized else None
-    ratios = [r for part in parts for r in part.get("truth_ratios", [])]
-    if ratios:
-        out["truth_ratio"] = metrics.TRUTH_RATIO_FORMS[form](ratios)
-        out["truth_ratio_form"] = form
-        out["truth_ratios"] = ratios
+    ratios = [r for part in parts for r in part.truth_ratios or []]
+    out = Quality(
+        n=n,
+        **{key: sum(getattr(part, key) * part.n for part in parts) / n for key in MEANS},
+        exact_memorization=float(np.mean(memorized)) if memorized else None,
+        **(metrics.truth_ratio_fields(ratios, form) if ratios else {}),
+    )
     return out, stats, generated
 
 
 def judge(
-    before: dict[str, dict],
-    after: dict[str, dict] | None,
+    before: Qualities,
+    after: Qualities | None,
     probs_before: TokenValues,
     final_scores: TokenValues,
     final_probs: TokenValues,
@@ -135,7 +137,7 @@ def judge(
     samples: Sequence[EncodedSample],
     config: JobConfig,
     score_ema: TokenValues | None = None,
-) -> dict:
+) -> Metrics:
     """metrics.json: alignment of the final scores (and of their average over the job, `ema_auroc`/`ema_auprc`,
     where `score_ema` was recorded), realised forgetting (ranking and magnitude), their trajectories, and quality;
     pools and the strong-drop threshold follow `config`."""
@@ -143,15 +145,13 @@ def judge(
     alignment = metrics.alignment(final_scores, samples, **pools)
     if score_ema:
         averaged = metrics.alignment(score_ema, samples, **pools)
-        alignment |= {"ema_auroc": averaged["auroc"], "ema_auprc": averaged["auprc"]}
-    out: dict = {
-        "alignment": alignment,
-        "forgetting": metrics.forgetting(probs_before, final_probs, samples, drop_nats=config.drop_nats, **pools),
-        "trajectory": metrics.trajectory(steps, probs_before, samples, drop_nats=config.drop_nats, **pools),
-    }
-    for name in after or {}:
-        out[name] = {"before": before[name], "after": after[name]}
-    return out
+        alignment = replace(alignment, ema_auroc=averaged.auroc, ema_auprc=averaged.auprc)
+    return Metrics(
+        alignment=alignment,
+        forgetting=metrics.forgetting(probs_before, final_probs, samples, drop_nats=config.drop_nats, **pools),
+        trajectory=metrics.trajectory(steps, probs_before, samples, drop_nats=config.drop_nats, **pools),
+        **{name: BeforeAfter(before=before[name], after=after[name]) for name in after or {}},
+    )
 
 
 def splits(
@@ -172,21 +172,21 @@ def after_extras(
     config: JobConfig,
     model: torch.nn.Module,
     tokenizer,
-    after: dict[str, dict],
+    after: Qualities,
     answers: Answers,
     forget_split: Split,
     forget: list[Record],
     probs_before: TokenValues,
 ) -> dict:
-    """The final model's `facts` (over the judged forget split), and TOFU's `forget_quality` and `model_utility`
-    where their inputs (a retain model, utility sets) are given."""
+    """`Metrics`' fields for the final model: `facts` (over the judged forget split), and TOFU's `forget_quality`
+    and `model_utility` where their inputs (a retain model, utility sets) are given."""
     stats, generated = answers[forget_split.name]
     asked = [r for r in forget_split.records if r.forget_spans and r.paraphrased_question]
     paraphrased = _answers_to(model, tokenizer, [Record(r.id, r.paraphrased_question, r.answer) for r in asked], config)
     out = {
         "facts": facts.facts(forget_split.records, forget_split.samples, generated, stats, probs_before, paraphrased)
     }
-    if config.retain_model and after["forget"].get("truth_ratios"):
+    if config.retain_model and after["forget"].truth_ratios:
         out["forget_quality"] = forget_quality(config, model, tokenizer, forget)
     if config.utility_data:
         out["model_utility"] = model_utility(config, model, tokenizer, after.get("retain"))
@@ -202,7 +202,7 @@ def _answers_to(model: torch.nn.Module, tokenizer, records: list[Record], config
     return {r.id: t for r, t in zip(records, texts, strict=True)}
 
 
-def forget_quality(config: JobConfig, model: torch.nn.Module, tokenizer, forget: list[Record]) -> dict:
+def forget_quality(config: JobConfig, model: torch.nn.Module, tokenizer, forget: list[Record]) -> ForgetQuality:
     """TOFU's forget quality: KS test of the unlearned model's truth ratios against a retain-only model's, on the
     whole forget split (TOFU's) or its first `forget_quality_max_samples` records; `n` says how many."""
     records = forget[: config.forget_quality_max_samples]
@@ -211,10 +211,10 @@ def forget_quality(config: JobConfig, model: torch.nn.Module, tokenizer, forget:
     reference = metrics.truth_ratios(
         retain_model.model, retain_model.tokenizer, records, chat_template=config.chat_template
     )
-    return {"value": metrics.forget_quality(ratios, reference), "n": len(ratios)}
+    return ForgetQuality(value=metrics.forget_quality(ratios, reference), n=len(ratios))
 
 
-def model_utility(config: JobConfig, model: torch.nn.Module, tokenizer, retain_after: dict | None) -> dict:
+def model_utility(config: JobConfig, model: torch.nn.Module, tokenizer, retain_after: Quality | None) -> ModelUtility:
     """TOFU's model utility from `config.utility_data`: the 9 values and their harmonic mean (`value`, None with a
     `why` when the retain set has no paraphrased and perturbed answers to give its truth ratio)."""
     sets = load_utility_sets(config.utility_data)
@@ -224,9 +224,10 @@ def model_utility(config: JobConfig, model: torch.nn.Module, tokenizer, retain_a
         samples = encode_records(records, tokenizer, config.max_length, config.chat_template)
         retain_after = metrics.quality(model, tokenizer, records, samples, truth_ratio_form="retain", **options)
     parts = {name: metrics.utility_set_quality(model, tokenizer, records, **options) for name, records in sets.items()}
-    if not retain_after or "truth_ratio" not in retain_after:
+    if retain_after is None or retain_after.truth_ratio is None:
         why = "the retain set has no paraphrased and perturbed answers; give retain_perturbed.json beside the sets"
-        return {"value": None, "why": why, "parts": parts}
-    parts["retain"] = {k: retain_after[k] for k in ("n", "prob", "rouge_l", "truth_ratio")}
-    values = {f"{name}.{key}": part[key] for name, part in parts.items() for key in ("prob", "rouge_l", "truth_ratio")}
-    return {"value": metrics.model_utility(values), "parts": parts}
+        return ModelUtility(value=None, why=why, parts=parts)
+    keys = ("prob", "rouge_l", "truth_ratio")
+    parts["retain"] = UtilityPart(n=retain_after.n, **{k: getattr(retain_after, k) for k in keys})
+    values = {f"{name}.{key}": getattr(part, key) for name, part in parts.items() for key in keys}
+    return ModelUtility(value=metrics.model_utility(values), parts=parts)

@@ -1,16 +1,22 @@
 """A run's headline numbers: one row each, read by every place that shows them (the results card, Compare, the
-HTML report, the CLI summary). A new headline number is one row here plus its computation in metrics.json."""
+HTML report, the CLI summary). A new headline number is one row here plus its computation and its field on the
+block of `metrics_record` it belongs to."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only a type: this module imports nothing of the engine, so any layer may use it
+    from atwu_core.metrics_record import Metrics
 
 NOT_RECORDED = "not recorded"  # what a run folder written before a block (or key) existed shows for it
 
 
 @dataclass(frozen=True)
 class Headline:
-    """One headline number. `path` is its dotted place in metrics.json; `direction` the way it should move for a
+    """One headline number. `path` is its dotted attribute path on `Metrics` (the first name its block);
+    `direction` the way it should move for a
     job that forgets its spans and nothing else ("" for a flag); `chance` what scores ignoring the spans read
     ("auroc": 0.5, "share": the share of span tokens; None for a number without one); `ranking` marks the
     forgetting ranking numbers, which rank noise (shown greyed) when `forgetting.meaningful` is False; `card` the
@@ -26,14 +32,25 @@ class Headline:
     card: int | None = None
     compare: bool = True
 
-    def value(self, metrics: dict) -> object:
-        """The number in `metrics` (None where it was undefined), or NOT_RECORDED where the run has no such key."""
-        node: object = metrics
-        for key in self.path.split("."):
-            if not isinstance(node, dict) or key not in node:
-                return NOT_RECORDED
-            node = node[key]
-        return node
+    @property
+    def key(self) -> str:
+        """The number's own name (the last part of its path)."""
+        return self.path.rsplit(".", 1)[-1]
+
+    def value(self, metrics: Metrics) -> object:
+        """The number in `metrics` (None where it was undefined), or NOT_RECORDED where the run has no block that
+        holds it (written before it existed)."""
+        return find(metrics, self.path)
+
+
+def find(node: object, path: str) -> object:
+    """The value at a dotted path of attributes (keys in the per-label and per-sample maps) from `node`: None where
+    it was undefined, NOT_RECORDED where a block on the way is absent (None) or a map lacks the key."""
+    for key in path.split("."):
+        if node is None or (isinstance(node, dict) and key not in node):
+            return NOT_RECORDED
+        node = node[key] if isinstance(node, dict) else getattr(node, key)
+    return node
 
 
 HEADLINE: tuple[Headline, ...] = (
@@ -65,24 +82,24 @@ HEADLINE: tuple[Headline, ...] = (
         "↑", chance="share", ranking=True, card=1,
     ),
     Headline(
-        "mean ΔNLL span", "forgetting.mean_increase_span",
+        "mean ΔNLL span", "forgetting.magnitude.mean_increase_span",
         "Magnitude: mean rise in NLL (nats) of span tokens, log p before − log p after.",
         "↑", card=1,
     ),
     Headline(
-        "mean ΔNLL other", "forgetting.mean_increase_other",
+        "mean ΔNLL other", "forgetting.magnitude.mean_increase_other",
         "Magnitude: mean rise in NLL (nats) of the other answer tokens (EOS and special tokens left out).",
         "↓", card=1, compare=False,
     ),
     Headline(
-        "span tokens fell > drop", "forgetting.strong_drop_share",
+        "span tokens fell > drop", "forgetting.magnitude.strong_drop_share",
         "Share of span tokens whose log-probability fell by more than drop_nats (1 nat by default). Forgetting is "
         "meaningful when it is at least 0.1; otherwise the span tokens barely moved and forgetting AUROC and span "
         "share (greyed) rank noise.",
         "↑", card=2, compare=False,
     ),
     Headline(
-        "meaningful", "forgetting.meaningful",
+        "meaningful", "forgetting.magnitude.meaningful",
         "Whether the span tokens moved enough (share fallen > drop_nats ≥ 0.1) for the ranking to mean anything.",
         "", compare=False,
     ),
@@ -103,20 +120,21 @@ BY_LABEL = {h.label: h for h in HEADLINE}
 RANKING = tuple(h.label for h in HEADLINE if h.ranking)  # greyed where `meaningful` is False
 
 
-def values(metrics: dict) -> dict[str, object]:
+def values(metrics: Metrics) -> dict[str, object]:
     """Every headline number of a run by label (NOT_RECORDED for what an older run lacks)."""
     return {h.label: h.value(metrics) for h in HEADLINE}
 
 
-def not_meaningful(metrics: dict) -> bool:
+def not_meaningful(metrics: Metrics) -> bool:
     """The forgetting ranking numbers rank noise: the span tokens barely moved."""
     return BY_LABEL["meaningful"].value(metrics) is False
 
 
-def chances(metrics: dict) -> dict[str, float | None]:
+def chances(metrics: Metrics) -> dict[str, float | None]:
     """Each ranking number's chance level by label: AUROC 0.5; AUPRC, precision@k and span share the share of
     span tokens among the judged tokens."""
-    align = metrics.get("alignment") or {}
-    share = align["n_positive"] / align["n_tokens"] if align.get("n_tokens") else None
+    align = metrics.alignment
+    n_tokens, n_positive = (align.n_tokens, align.n_positive) if align is not None else (None, None)
+    share = n_positive / n_tokens if n_tokens and n_positive is not None else None
     level = {"auroc": 0.5, "share": share}
     return {h.label: level[h.chance] for h in HEADLINE if h.chance is not None}

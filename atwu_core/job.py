@@ -27,6 +27,7 @@ from atwu_core.generation import evaluating, model_device, pad_token_id
 from atwu_core.job_end import check_trained, judged, save_model, score_ema, timing
 from atwu_core.job_error import JobError
 from atwu_core.job_setup import set_up
+from atwu_core.metrics_record import Metrics
 from atwu_core.optimiser import Optimiser
 from atwu_core.readout import BatchReadout
 from atwu_core.recorder import RunRecorder, recorder_for
@@ -59,7 +60,7 @@ class UnlearningJob:
         self.ref_nll: list[torch.Tensor] = []  # per forget sample: answer-token NLL under the loaded model
         self._read = BatchReadout(self.forget)  # the step's one host sync
         self.before: BeforeRecord | None = None
-        self.metrics: dict | None = None
+        self.metrics: Metrics | None = None
         self.recorder: RunRecorder | None = None  # made when the job starts; it holds the status (and state)
         self.optimiser: Optimiser | None = None
         self.on_status: Callable[[Status], None] | None = None  # told of every status write (the CLI's bars)
@@ -129,7 +130,7 @@ class UnlearningJob:
                 self._finish(rec, trained, before_quality, time.perf_counter() - t_start, completed, cancel)
                 rec.flush()
 
-    def run(self, cancel: CancelToken | None = None) -> dict | None:
+    def run(self, cancel: CancelToken | None = None) -> Metrics | None:
         """Run to the end (no live consumer); returns the metrics (None if it stopped before them)."""
         for _ in self.stream(cancel):
             pass
@@ -137,7 +138,7 @@ class UnlearningJob:
 
     # ------------------------------------------------------------------------------------------ phases
 
-    def _before(self, rec: RunRecorder, cancel: CancelToken) -> dict:
+    def _before(self, rec: RunRecorder, cancel: CancelToken) -> evaluation.Qualities:
         """Each forget token's NLL under the loaded model (the reference every method reads, and the baseline of
         realised forgetting), and the loaded model's quality (memoised on it)."""
         cfg = self.config
@@ -164,7 +165,7 @@ class UnlearningJob:
         self,
         rec: RunRecorder,
         trained: models.Trainable,
-        before_quality: dict,
+        before_quality: evaluation.Qualities,
         train_seconds: float,
         completed: bool,
         cancel: CancelToken,
@@ -192,7 +193,7 @@ class UnlearningJob:
             self.config, self.loaded, model, splits, (self.dataset.forget, self.forget),
             (before_quality, self.before), final, self.records, after,
         )  # fmt: skip
-        self.metrics["timing"] = timing(rec.phase_seconds(), train_seconds, self.step_seconds, self.records, model)
+        self.metrics.timing = timing(rec.phase_seconds(), train_seconds, self.step_seconds, self.records, model)
         rec.metrics(self.metrics)
         rec.end("completed" if completed else "cancelled", steps)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from atwu_core.data import EncodedSample, Record
 from atwu_core.files import replace_dir, set_file_modes
 from atwu_core.generation import model_device
 from atwu_core.job_error import JobError
+from atwu_core.metrics_record import Metrics, Timing
 from atwu_core.models import LoadedModel
 from atwu_core.records import BeforeRecord, FinalRecord, StepRecord, TokenValues
 
@@ -60,11 +62,11 @@ def judged(
     model: torch.nn.Module,
     splits: list[evaluation.Split],
     forget: tuple[list[Record], list[EncodedSample]],
-    before: tuple[dict, BeforeRecord],
+    before: tuple[evaluation.Qualities, BeforeRecord],
     final: FinalRecord,
     records: list[StepRecord],
-    evaluated: tuple[dict, evaluation.Answers] | None,
-) -> dict:
+    evaluated: tuple[evaluation.Qualities, evaluation.Answers] | None,
+) -> Metrics:
     """metrics.json without its timing: the final scores and forgetting judged against the spans; with `evaluated`
     (`evaluation.quality` after training, of a completed job) also quality after, facts, forget quality and model
     utility. `before` is (quality before, the before record)."""
@@ -75,8 +77,11 @@ def judged(
         score_ema=final.score_ema,
     )  # fmt: skip
     if after:
-        out |= evaluation.after_extras(
-            config, model, loaded.tokenizer, after, answers, splits[0], forget_records, before_record.probs
+        out = replace(
+            out,
+            **evaluation.after_extras(
+                config, model, loaded.tokenizer, after, answers, splits[0], forget_records, before_record.probs
+            ),
         )
     return out
 
@@ -87,18 +92,18 @@ def timing(
     step_seconds: list[float],
     records: list[StepRecord],
     model: torch.nn.Module,
-) -> dict:
+) -> Timing:
     """metrics.json's `timing`: seconds per phase and in all, the training loop's step time and throughput, and
     the device's peak memory."""
-    return {
-        "total_seconds": round(sum(phase_seconds.values()), 3),
-        "training_seconds": round(train_seconds, 3),
-        "phase_seconds": phase_seconds,
-        "mean_step_seconds": round(sum(step_seconds) / max(1, len(step_seconds)), 5),
-        "tokens_per_second": round(sum(r.tokens for r in records) / max(1e-9, sum(step_seconds)), 1),
-        "peak_memory_mb": round(metrics.peak_memory_mb(model_device(model)), 1),
-        "steps": len(records),
-    }
+    return Timing(
+        total_seconds=round(sum(phase_seconds.values()), 3),
+        training_seconds=round(train_seconds, 3),
+        phase_seconds=phase_seconds,
+        mean_step_seconds=round(sum(step_seconds) / max(1, len(step_seconds)), 5),
+        tokens_per_second=round(sum(r.tokens for r in records) / max(1e-9, sum(step_seconds)), 1),
+        peak_memory_mb=round(metrics.peak_memory_mb(model_device(model)), 1),
+        steps=len(records),
+    )
 
 
 def save_model(model: torch.nn.Module, tokenizer, run_dir: Path, full: bool) -> None:

@@ -1,7 +1,7 @@
 """What a run is judged by: answer quality on forget/retain sets, and how well token weights match the spans.
 
-The names of the dicts returned here are the keys of a run's `metrics.json`, which the app, the CLI and
-the benchmark scripts read; change them only together with those readers.
+The blocks returned here are those of a run's `metrics.json` (`atwu_core.metrics_record`), which the app, the
+CLI and the benchmark scripts read by attribute.
 
 Alignment: pooled over every answer token of the samples that have ground truth, the token weights are
 scores and the span mask is the label. AUROC and AUPRC come from scikit-learn (ties count half, so
@@ -25,6 +25,16 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from atwu_core import losses
 from atwu_core.data import IGNORE_INDEX, EncodedSample, Record, encode_records
 from atwu_core.generation import collate, evaluating, greedy_answers, model_device, pad_token_id
+from atwu_core.metrics_record import (
+    Alignment,
+    Forgetting,
+    ForgettingSample,
+    Magnitude,
+    Quality,
+    Separation,
+    Trajectory,
+    UtilityPart,
+)
 
 # --------------------------------------------------------------------------------------------- token scores
 
@@ -105,7 +115,7 @@ def quality(
     records: Sequence[Record],
     samples: Sequence[EncodedSample],
     **options,
-) -> dict:
+) -> Quality:
     """`quality_and_answers` without the per-sample details."""
     return quality_and_answers(model, tokenizer, records, samples, **options)[0]
 
@@ -121,7 +131,7 @@ def quality_and_answers(
     chat_template: bool = False,
     truth_ratio_form: str = "forget",
     max_new_tokens: int = MAX_NEW_TOKENS,
-) -> tuple[dict, list[dict], list[str]]:
+) -> tuple[Quality, list[dict], list[str]]:
     """(summary, `answer_stats` per sample, greedy answers) over the first `max_samples` records.
 
     The summary: mean `prob`, `rouge_l` (recall of the greedy answer against the answer), `exact`
@@ -139,19 +149,16 @@ def quality_and_answers(
     stats = answer_stats(model, samples, pad, batch_size)
     generated = greedy_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens, batch_size=batch_size)
     memorized = [s["exact_memorization"] for s in stats if s["exact_memorization"] is not None]
-    result = {
-        "n": len(samples),
-        "prob": float(np.mean([s["prob"] for s in stats])),
-        "rouge_l": float(np.mean([_ROUGE.score(r.answer, g)["rougeL"].recall for r, g in zip(records, generated)])),
-        "exact": float(np.mean([_normalise(g) == _normalise(r.answer) for r, g in zip(records, generated)])),
-        "extraction_strength": float(np.mean([s["extraction_strength"] for s in stats])),
-        "exact_memorization": float(np.mean(memorized)) if memorized else None,
-    }
     ratios = truth_ratios(model, tokenizer, records, batch_size=batch_size, chat_template=chat_template)
-    if ratios:
-        result["truth_ratio"] = TRUTH_RATIO_FORMS[truth_ratio_form](ratios)
-        result["truth_ratio_form"] = truth_ratio_form
-        result["truth_ratios"] = ratios
+    result = Quality(
+        n=len(samples),
+        prob=float(np.mean([s["prob"] for s in stats])),
+        rouge_l=float(np.mean([_ROUGE.score(r.answer, g)["rougeL"].recall for r, g in zip(records, generated)])),
+        exact=float(np.mean([_normalise(g) == _normalise(r.answer) for r, g in zip(records, generated)])),
+        extraction_strength=float(np.mean([s["extraction_strength"] for s in stats])),
+        exact_memorization=float(np.mean(memorized)) if memorized else None,
+        **(truth_ratio_fields(ratios, truth_ratio_form) if ratios else {}),
+    )
     return result, stats, generated
 
 
@@ -177,6 +184,11 @@ def truth_ratio_retain_form(ratios: Sequence[float]) -> float:
 
 
 TRUTH_RATIO_FORMS = {"forget": truth_ratio_forget_form, "retain": truth_ratio_retain_form}
+
+
+def truth_ratio_fields(ratios: list[float], form: str) -> dict:
+    """A `Quality`'s truth-ratio fields: the reported number in `form`, the form, the per-record ratios."""
+    return {"truth_ratio": TRUTH_RATIO_FORMS[form](ratios), "truth_ratio_form": form, "truth_ratios": ratios}
 
 
 def _option_losses(
@@ -235,7 +247,7 @@ def utility_set_quality(
     batch_size: int = 16,
     chat_template: bool = False,
     max_new_tokens: int = MAX_NEW_TOKENS,
-) -> dict:
+) -> UtilityPart:
     """TOFU's three values on a real-authors or world-facts set: `prob` (`option_probability`), `rouge_l` and
     `truth_ratio` (retain form, the answer as the base)."""
     records = [r for r in records if r.perturbed_answer]
@@ -246,12 +258,12 @@ def utility_set_quality(
     )
     samples = encode_records(list(records), tokenizer, chat_template=chat_template)
     generated = greedy_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return {
-        "n": len(records),
-        "prob": float(np.mean([option_probability(b, p) for b, p in options])),
-        "rouge_l": float(np.mean([_ROUGE.score(r.answer, g)["rougeL"].recall for r, g in zip(records, generated)])),
-        "truth_ratio": truth_ratio_retain_form([truth_ratio(b, p) for b, p in options]),
-    }
+    return UtilityPart(
+        n=len(records),
+        prob=float(np.mean([option_probability(b, p) for b, p in options])),
+        rouge_l=float(np.mean([_ROUGE.score(r.answer, g)["rougeL"].recall for r, g in zip(records, generated)])),
+        truth_ratio=truth_ratio_retain_form([truth_ratio(b, p) for b, p in options]),
+    )
 
 
 def model_utility(values: Mapping[str, float]) -> float:
@@ -312,6 +324,7 @@ def precision_at_k(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _separation(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """`Separation`'s fields (the keyword arguments of it and of the blocks that extend it)."""
     if labels.all() or not labels.any():
         return {"auroc": None, "auprc": None, "precision_at_k": None}
     return {
@@ -323,20 +336,20 @@ def _separation(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | Non
 
 def alignment(
     weights: Mapping[str, Sequence[float]], samples: Sequence[EncodedSample], *, special_tokens: bool = False
-) -> dict:
+) -> Alignment:
     """How well token weights single out the ground-truth span tokens: pooled `auroc`, `auprc`, `precision_at_k`
     (None when the pool has one class), `n_tokens`, `n_positive`, `n_samples`, and the same three per sample.
     The pool leaves out EOS and special tokens unless `special_tokens`."""
     scored = _scored(weights, samples, special_tokens)
     scores = np.concatenate([s for _, s, _ in scored]) if scored else np.zeros(0)
     labels = np.concatenate([y for _, _, y in scored]) if scored else np.zeros(0, dtype=bool)
-    return {
+    return Alignment(
         **_separation(scores, labels),
-        "n_tokens": int(labels.size),
-        "n_positive": int(labels.sum()),
-        "n_samples": len(scored),
-        "per_sample": {sid: _separation(s, y) for sid, s, y in scored},
-    }
+        n_tokens=int(labels.size),
+        n_positive=int(labels.sum()),
+        n_samples=len(scored),
+        per_sample={sid: Separation(**_separation(s, y)) for sid, s, y in scored},
+    )
 
 
 def alignment_curves(
@@ -382,7 +395,7 @@ def forgetting(
     *,
     special_tokens: bool = False,
     drop_nats: float = DROP_NATS,
-) -> dict:
+) -> Forgetting:
     """Which tokens the job actually forgot, judged against the spans: `auroc`/`auprc`/`precision_at_k` of each
     token's NLL increase and `span_share` = sum over span tokens of max(increase, 0) / the same over all tokens
     (ranking), beside the magnitude: `mean_increase_span`/`_other` (nats) and `strong_drop_share` (span tokens
@@ -391,24 +404,18 @@ def forgetting(
     deltas = {sid: nll_increase(probs_before[sid], probs_after[sid]) for sid in probs_after if sid in probs_before}
     scored = _scored(deltas, samples, special_tokens)
     rule = {"drop_nats": drop_nats, "meaningful_rule": f"strong_drop_share >= {MEANINGFUL_SHARE}"}
-    if not scored:
-        return {
-            "auroc": None, "auprc": None, "precision_at_k": None, "span_share": None, "mean_increase_span": None,
-            "mean_increase_other": None, "strong_drop_share": None, "meaningful": False, **rule, "per_sample": {},
-        }  # fmt: skip
-    delta = np.concatenate([d for _, d, _ in scored])
-    labels = np.concatenate([y for _, _, y in scored])
+    delta = np.concatenate([d for _, d, _ in scored]) if scored else np.zeros(0)
+    labels = np.concatenate([y for _, _, y in scored]) if scored else np.zeros(0, dtype=bool)
     gain = np.maximum(delta, 0.0)
     magnitude = _magnitude(delta, labels, drop_nats)
     share = magnitude["strong_drop_share"]
-    return {
+    return Forgetting(
         **_separation(delta, labels),
-        "span_share": float(gain[labels].sum() / gain.sum()) if gain.sum() > 0 else None,
-        **magnitude,
-        "meaningful": share is not None and share >= MEANINGFUL_SHARE,
+        span_share=float(gain[labels].sum() / gain.sum()) if gain.sum() > 0 else None,
+        magnitude=Magnitude(**magnitude, meaningful=share is not None and share >= MEANINGFUL_SHARE),
         **rule,
-        "per_sample": {sid: {**_separation(d, y), "mean_increase": float(d.mean())} for sid, d, y in scored},
-    }
+        per_sample={sid: ForgettingSample(**_separation(d, y), mean_increase=float(d.mean())) for sid, d, y in scored},
+    )
 
 
 def trajectory(
@@ -418,7 +425,7 @@ def trajectory(
     *,
     special_tokens: bool = False,
     drop_nats: float = DROP_NATS,
-) -> dict:
+) -> Trajectory:
     """Alignment against step: for each step record, over the samples in that step's batch, the AUROC of the
     recorded scores and of the NLL increase so far, the magnitude of that increase (`forgetting`'s), and the mean
     score inside and outside the spans."""
@@ -447,7 +454,7 @@ def trajectory(
         out["score_out_span"].append(float(scores[~labels].mean()) if (~labels).any() else None)
         for key, value in forgot.items():
             out[key].append(value)
-    return out
+    return Trajectory(**out)
 
 
 def by_span_label(values: Mapping[str, Sequence[float]], samples: Sequence) -> dict[str, dict[str, float]]:

@@ -8,16 +8,18 @@ recomputed with the run's saved adapter (or --full model). The old metrics' `tim
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from atwu_core import evaluation, models
 from atwu_core.data import encode_records, load_data
 from atwu_core.files import write_json_atomic
+from atwu_core.metrics_record import Metrics
 from atwu_core.runs import RunReader
 
 
-def recompute(run_dir: str | Path, loaded: models.LoadedModel | None = None) -> dict:
+def recompute(run_dir: str | Path, loaded: models.LoadedModel | None = None) -> Metrics:
     """Recompute and write `run_dir`'s metrics.json; returns the new metrics. Runs without a final pass (stopped
     before it) have nothing to judge and are refused."""
     run = RunReader(run_dir)
@@ -47,10 +49,9 @@ def recompute(run_dir: str | Path, loaded: models.LoadedModel | None = None) -> 
             forget_samples, config, score_ema=snap.final.score_ema,
         )  # fmt: skip
         if after:
-            metrics |= evaluation.after_extras(config, model, tok, after, answers, splits[0], forget, snap.before.probs)
-    old = run.metrics or {}
-    if "timing" in old:
-        metrics["timing"] = old["timing"]
-    metrics["recomputed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json_atomic(Path(run_dir) / "metrics.json", metrics)
+            extras = evaluation.after_extras(config, model, tok, after, answers, splits[0], forget, snap.before.probs)
+            metrics = replace(metrics, **extras)
+    metrics.timing = snap.metrics.timing if snap.metrics is not None else None
+    metrics.recomputed = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json_atomic(Path(run_dir) / "metrics.json", metrics.to_json())
     return metrics

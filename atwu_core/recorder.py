@@ -14,6 +14,7 @@ import torch
 
 from atwu_core.config import JobConfig
 from atwu_core.evaluation import Progress
+from atwu_core.metrics_record import Metrics
 from atwu_core.models import ModelInfo
 from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord
 from atwu_core.runs import RunWriter
@@ -70,8 +71,8 @@ class RunRecorder:
     def record(self, record: BeforeRecord | StepRecord | FinalRecord) -> None:
         self._writer.append(record)
 
-    def metrics(self, metrics: dict) -> None:
-        self._writer.write_json("metrics.json", metrics)
+    def metrics(self, metrics: Metrics) -> None:
+        self._writer.write_json("metrics.json", metrics.to_json())
 
     def phase_seconds(self) -> dict[str, float]:
         """Seconds per phase so far, the current one included (readers calibrate ETAs on them)."""

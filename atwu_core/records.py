@@ -4,7 +4,7 @@
     records.jsonl  BeforeRecord, then a StepRecord per step, then a FinalRecord (one JSON object a line)
     status.json    Status           where the job is: phase, steps done, error
     config.json    JobConfig        (atwu_core.config) plus versions and model info
-    metrics.json   a plain dict     (atwu_core.metrics builds it)
+    metrics.json   Metrics          (atwu_core.metrics_record)
 
 Every per-token map is {sample id: [one value per answer token]}, answer tokens in order, EOS included.
 Old run folders (keys `weights`, no `phase`) still read: `from_json` maps them.
@@ -72,11 +72,6 @@ def _list(data: dict, key: str, ok, what: str, default: list | None = None) -> l
 
 def _is_number(v: object) -> bool:
     return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-
-
-def _optional_number(value: object, key: str) -> None:
-    if not _is_number(value):
-        raise _fail(key, "a number or null", value)
 
 
 def _numbers_map(data: dict, key: str) -> dict[str, float | None]:
@@ -343,39 +338,4 @@ def check_config(data: object) -> dict:
     _list(data, "tags", lambda t: isinstance(t, str) and len(t) <= MAX_NAME, "short strings", [])
     if not isinstance(data.get("params", {}), dict):
         raise _fail("params", "an object", data.get("params"))
-    return data
-
-
-METRIC_FIELDS = {  # the numbers views read from metrics.json, per section
-    "alignment": ("auroc", "auprc", "precision_at_k"),
-    "forgetting": ("auroc", "auprc", "span_share"),
-    "timing": (
-        "total_seconds",
-        "training_seconds",
-        "mean_step_seconds",
-        "tokens_per_second",
-        "peak_memory_mb",
-        "steps",
-    ),
-}
-QUALITY_FIELDS = ("exact", "rouge_l", "prob", "truth_ratio", "extraction_strength")
-
-
-def check_metrics(data: object) -> dict:
-    """metrics.json as the views read it: every number they show is a number or null, every section an object.
-    Returns the same dict."""
-    data = _object(data, "the file")
-    for section, keys in METRIC_FIELDS.items():
-        block = _object(data.get(section) or {}, f"field {section!r}")
-        for key in keys:
-            _optional_number(block.get(key), f"{section}.{key}")
-    for split in ("forget", "retain"):
-        block = _object(data.get(split) or {}, f"field {split!r}")
-        for when in ("before", "after"):
-            quality = _object(block.get(when) or {}, f"field '{split}.{when}'")
-            for key in QUALITY_FIELDS:
-                _optional_number(quality.get(key), f"{split}.{when}.{key}")
-    quality = data.get("forget_quality")  # a number in older runs, {"value", "n"} since
-    _optional_number(quality.get("value") if isinstance(quality, dict) else quality, "forget_quality")
-    _numbers_map(_object(data.get("timing") or {}, "field 'timing'"), "phase_seconds")
     return data

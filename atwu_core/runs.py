@@ -24,6 +24,7 @@ from pathlib import Path
 
 from atwu_core.config import JobConfig, migrate
 from atwu_core.files import json_line, read_json, write_json_at, write_json_atomic
+from atwu_core.metrics_record import Metrics
 from atwu_core.records import (
     TOKEN_MAPS,
     BeforeRecord,
@@ -34,7 +35,6 @@ from atwu_core.records import (
     StepRecord,
     TokenValues,
     check_config,
-    check_metrics,
     parse_line,
 )
 
@@ -166,7 +166,7 @@ class RunSnapshot:
     before: BeforeRecord | None
     step_records: list[StepRecord]
     final: FinalRecord | None
-    metrics: dict | None
+    metrics: Metrics | None
     skipped_lines: int = 0
     sample_index: dict[str, SampleRecord] = field(init=False, repr=False)
 
@@ -328,8 +328,8 @@ class RunReader:
         return self._json("samples.json", _samples) or []
 
     @property
-    def metrics(self) -> dict | None:
-        return self._json("metrics.json", check_metrics)
+    def metrics(self) -> Metrics | None:
+        return self._json("metrics.json", Metrics.from_json)
 
     def records(self, log: RecordLog | None = None) -> RecordLog:
         """records.jsonl parsed: `log` continues from where an earlier call stopped (only new lines are read)."""
@@ -388,7 +388,7 @@ def _alive(pid: int | None) -> bool:
 
 def _summary(path: Path) -> dict:
     run = RunReader(path)
-    config, status, metrics = run.config, run.status, run.metrics or {}
+    config, status, metrics = run.config, run.status, run.metrics
     return {
         "run_dir": str(path),
         "name": config.get("name") or path.name,
@@ -400,10 +400,10 @@ def _summary(path: Path) -> dict:
         "state": status.state,
         "steps": status.steps_done,
         "error": status.error,
-        "auroc": (metrics.get("alignment") or {}).get("auroc"),
-        "forgetting_auroc": (metrics.get("forgetting") or {}).get("auroc"),
-        "forget_exact": ((metrics.get("forget") or {}).get("after") or {}).get("exact"),
-        "retain_exact": ((metrics.get("retain") or {}).get("after") or {}).get("exact"),
+        "auroc": metrics and metrics.alignment and metrics.alignment.auroc,
+        "forgetting_auroc": metrics and metrics.forgetting and metrics.forgetting.auroc,
+        "forget_exact": metrics and metrics.exact_after("forget"),
+        "retain_exact": metrics and metrics.exact_after("retain"),
     }
 
 

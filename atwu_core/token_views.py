@@ -122,8 +122,8 @@ def corpus_table(snap: RunSnapshot) -> list[dict]:
     mean score and mean log-probability change inside and outside its spans."""
     scores = snap.latest("scores")
     change = latest_logprob_change(snap)
-    score_auroc = alignment(scores, snap.samples)["per_sample"]
-    forgot = forgetting(snap.before.probs, snap.latest("probs"), snap.samples)["per_sample"] if snap.before else {}
+    score_auroc = alignment(scores, snap.samples).per_sample
+    forgot = forgetting(snap.before.probs, snap.latest("probs"), snap.samples).per_sample if snap.before else {}
     out = []
     for s in snap.samples:
         if s.record_id not in scores:
@@ -138,8 +138,8 @@ def corpus_table(snap: RunSnapshot) -> list[dict]:
                 "span labels": ", ".join(sorted({lab for lab in s.span_labels if lab})),
                 "tokens": len(s.tokens),
                 "span tokens": int(mask.sum()),
-                "score AUROC": (score_auroc.get(s.record_id) or {}).get("auroc"),
-                "forgetting AUROC": (forgot.get(s.record_id) or {}).get("auroc"),
+                "score AUROC": score_auroc[s.record_id].auroc if s.record_id in score_auroc else None,
+                "forgetting AUROC": forgot[s.record_id].auroc if s.record_id in forgot else None,
                 "mean score in spans": _mean(values[mask]),
                 "mean score outside": _mean(values[~mask]),
                 "mean Δ log p in spans": _mean(delta[mask]) if delta is not None else None,

@@ -177,43 +177,43 @@ def held_out(world: str) -> bool:
 # ----------------------------------------------------------------------------------------- per-job numbers
 
 
-def retain_kept(metrics: dict) -> float | None:
+def retain_kept(result: JobResult) -> float | None:
     """Retain exact-match after as a fraction of before: the target is relative to what the model knew."""
-    after, before = lookup(metrics, "retain.after.exact"), lookup(metrics, "retain.before.exact")
+    after, before = lookup(result, "metrics.retain.after.exact"), lookup(result, "metrics.retain.before.exact")
     return after / before if after is not None and before else None
 
 
-def metric(path: str) -> Callable[[dict], float | None]:
-    return lambda metrics: lookup(metrics, path)
+def metric(path: str) -> Callable[[JobResult], float | None]:
+    return lambda result: lookup(result, path)
 
 
 # (column header, per-job value)
-COLUMNS: tuple[tuple[str, Callable[[dict], float | None]], ...] = (
-    ("score AUROC ↑", metric("alignment.auroc")),
-    ("EMA score AUROC ↑", metric("alignment.ema_auroc")),
-    ("forgetting AUROC ↑", metric("forgetting.auroc")),
-    ("span share ↑", metric("forgetting.span_share")),
-    ("ΔNLL span ↑", metric("forgetting.mean_increase_span")),
-    ("leak rate ↓", metric("facts.leak_rate")),
-    ("forget exact ↓", metric("forget.after.exact")),
-    ("retain exact ↑", metric("retain.after.exact")),
+COLUMNS: tuple[tuple[str, Callable[[JobResult], float | None]], ...] = (
+    ("score AUROC ↑", metric("metrics.alignment.auroc")),
+    ("EMA score AUROC ↑", metric("metrics.alignment.ema_auroc")),
+    ("forgetting AUROC ↑", metric("metrics.forgetting.auroc")),
+    ("span share ↑", metric("metrics.forgetting.span_share")),
+    ("ΔNLL span ↑", metric("metrics.forgetting.magnitude.mean_increase_span")),
+    ("leak rate ↓", metric("metrics.facts.leak_rate")),
+    ("forget exact ↓", metric("metrics.forget.after.exact")),
+    ("retain exact ↑", metric("metrics.retain.after.exact")),
     ("retain kept ↑", retain_kept),
-    ("wall s", metric("bench.wall_seconds")),
+    ("wall s", metric("wall_seconds")),
 )
 SCORE = COLUMNS[0][1]
 
 
-def values(results: list[JobResult], variant: str, get: Callable[[dict], float | None]) -> list[float]:
-    return [v for r in results if r.method == variant and (v := get(r.metrics)) is not None]
+def values(results: list[JobResult], variant: str, get: Callable[[JobResult], float | None]) -> list[float]:
+    return [v for r in results if r.method == variant and (v := get(r)) is not None]
 
 
 def trajectory(results: list[JobResult], variant: str, key: str = "score_auroc") -> dict[int, float]:
     """Mean over seeds of a per-step trajectory (`metrics.trajectory`), by step."""
     by_step: dict[int, list[float]] = {}
     for r in results:
-        traj = r.metrics.get("trajectory") or {}
-        if r.method == variant:
-            for step, value in zip(traj.get("step", []), traj.get(key, []), strict=True):
+        traj = r.metrics.trajectory if r.metrics else None
+        if r.method == variant and traj is not None:
+            for step, value in zip(traj.step, getattr(traj, key), strict=True):
                 if value is not None:
                     by_step.setdefault(step, []).append(value)
     return {step: statistics.mean(vs) for step, vs in sorted(by_step.items())}
@@ -224,14 +224,16 @@ def trajectory(results: list[JobResult], variant: str, key: str = "score_auroc")
 
 def world_table(results: list[JobResult], variants: list[str]) -> str:
     """One row per variant, mean ± std over seeds; the first row is the model before unlearning."""
-    before = next((r.metrics for r in results if "forget" in r.metrics), {})
+    before = next((r for r in results if r.metrics and r.metrics.forget), None)
     before_row = (
-        ["(before)", ""] + ["–"] * 6 + [mean_std([lookup(before, f"{s}.before.exact")]) for s in ("forget", "retain")]
+        ["(before)", ""]
+        + ["–"] * 6
+        + [mean_std([lookup(before, f"metrics.{s}.before.exact")]) for s in ("forget", "retain")]
     )
     rows = [before_row + ["1.000", "", ""]]
     for v in variants:
         cells = [mean_std(values(results, v, get)) for _, get in COLUMNS]
-        finished = sum(r.method == v and "error" not in r.metrics["bench"] for r in results)
+        finished = sum(r.method == v and r.error is None for r in results)
         rows.append([v, BY_NAME[v].tuned_on, *cells, str(finished)])
     return markdown_table(["variant", "tuned on", *[c for c, _ in COLUMNS], "n"], rows)
 
@@ -251,7 +253,7 @@ def targets_table(by_world: dict[str, list[JobResult]], model: str, variants: li
     if not worlds:
         return ""
 
-    def worst(variant: str, get: Callable[[dict], float | None], lowest: bool) -> float | None:
+    def worst(variant: str, get: Callable[[JobResult], float | None], lowest: bool) -> float | None:
         means = [m for w in worlds if (m := mean_or_none(values(by_world[w], variant, get))) is not None]
         return (min(means) if lowest else max(means)) if means else None
 
@@ -272,7 +274,7 @@ def targets_table(by_world: dict[str, list[JobResult]], model: str, variants: li
             check(worst(v, SCORE, True), AUROC_TARGET[model], True),
             check(min(runs) if runs else None, MIN_RUN_AUROC, True),
             check(margin(v), 0.0, True),
-            check(worst(v, metric("forget.after.exact"), False), MAX_FORGET_EXACT, False),
+            check(worst(v, metric("metrics.forget.after.exact"), False), MAX_FORGET_EXACT, False),
             check(worst(v, retain_kept, True), MIN_RETAIN_KEPT, True),
         ])  # fmt: skip
     head = [
@@ -313,9 +315,9 @@ LEAK_BASELINES = ("wga", "npo", "graddiff", "simnpo")  # what ATWU's facts per u
 MIN_DAMAGE = 0.01  # retain damage below this is none: a ratio over it would divide by noise
 
 
-def facts_forgotten(metrics: dict) -> float | None:
+def facts_forgotten(result: JobResult) -> float | None:
     """The share of the judged forget spans no longer said in the final greedy answers: 1 - leak rate."""
-    leak = lookup(metrics, "facts.leak_rate")
+    leak = lookup(result, "metrics.facts.leak_rate")
     return None if leak is None else 1.0 - leak
 
 
@@ -341,7 +343,7 @@ def leak_retain_table(by_world: dict[str, list[JobResult]], variants: list[str])
         points = {v: t for v in variants if (t := trade_off(results, v)) is not None}
         for v, (forgotten, damage, ratio) in points.items():
             rows.append([
-                world, v, mean_std(values(results, v, metric("facts.leak_rate"))), f"{forgotten:.3f}",
+                world, v, mean_std(values(results, v, metric("metrics.facts.leak_rate"))), f"{forgotten:.3f}",
                 mean_std(values(results, v, retain_kept)), f"{damage:.3f}",
                 f"{ratio:.1f}" if math.isfinite(ratio) else f"no damage (< {MIN_DAMAGE})",
             ])  # fmt: skip
@@ -553,7 +555,7 @@ def report(
     """Section `name` of results.md; draws its figure into `out/figures`."""
     (out / "figures").mkdir(parents=True, exist_ok=True)
     jobs = [r for res in by_world.values() for r in res]
-    walls = [w for r in jobs if (w := lookup(r.metrics, "bench.wall_seconds")) is not None]
+    walls = [r.wall_seconds for r in jobs]
     steps = sorted({r.steps for r in jobs})
     parts = [
         f"## {'Tuning ATWU' if name.startswith('alignment-tuning') else 'Alignment'} (`{command}`)",
@@ -613,11 +615,10 @@ def report(
     figures = out / "figures"
     if plot_trajectories(by_world, variants, figures / f"{name}_trajectory.png"):
         parts.append(f"![score AUROC against step](figures/{name}_trajectory.png)")
-    failed = [r for r in jobs if "error" in r.metrics["bench"]]
+    failed = [r for r in jobs if r.error is not None]
     if failed:
         parts.append(
-            "### Failed jobs\n\n"
-            + "\n".join(f"- {r.world} {r.method} seed {r.seed}: {r.metrics['bench']['error']}" for r in failed)
+            "### Failed jobs\n\n" + "\n".join(f"- {r.world} {r.method} seed {r.seed}: {r.error}" for r in failed)
         )
     return "\n\n".join(parts)  # fmt: skip
 

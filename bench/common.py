@@ -19,7 +19,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,7 +31,9 @@ from atwu_core.data import Dataset, demo_data_dir, load_data, load_dataset_dir, 
 from atwu_core.demo_smollm2 import build_demo_smollm2
 from atwu_core.demo_world import generate_world
 from atwu_core.finetune import finetune_dataset_dir
+from atwu_core.headline import find
 from atwu_core.job import JobError, run_job
+from atwu_core.metrics_record import Metrics
 from atwu_core.models import DEMO_MODEL, DEMO_SMOLLM2_ADAPTER, LoadedModel, load_model
 from atwu_core.run_table import mean_std  # noqa: F401 - the bench tables' format, shared with the app
 
@@ -98,14 +100,11 @@ def environment_line(threads: int, what: str = "Measured") -> str:
 # ----------------------------------------------------------------------------------------- numbers and tables
 
 
-def lookup(metrics: dict, path: str) -> float | None:
-    """A number in a nested metrics dict by dotted path (`forget.after.exact`), None when absent or not a number."""
-    node: object = metrics
-    for key in path.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+def lookup(node: object, path: str) -> float | None:
+    """A number at a dotted path of attributes (or keys) from `node` (`metrics.forget.after.exact` of a
+    `JobResult`), None when absent or not a number."""
+    value = find(node, path)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def given(**settings: object) -> dict:
@@ -121,11 +120,11 @@ def mean_or_none(values: Iterable[float | None]) -> float | None:
 def leak_by_label_table(results: list, methods: list[str]) -> str:
     """Leak rate (share of spans still said in the final greedy answers) per method and span label, mean ± std over
     seeds; empty when no job recorded facts."""
-    labels = sorted({label for r in results for label in ((r.metrics.get("facts") or {}).get("per_label") or {})})
+    labels = sorted({label for r in results if r.metrics and r.metrics.facts for label in r.metrics.facts.per_label})
     if not labels:
         return ""
     rows = [
-        [m] + [mean_std(lookup(r.metrics, f"facts.per_label.{label}.leak_rate") for r in results if r.method == m)
+        [m] + [mean_std(lookup(r, f"metrics.facts.per_label.{label}.leak_rate") for r in results if r.method == m)
                for label in labels]
         for m in methods
     ]  # fmt: skip
@@ -359,7 +358,17 @@ class JobResult:
     method: str
     seed: int
     steps: int
-    metrics: dict  # the job's metrics.json plus bench.wall_seconds (and bench.error when the job failed)
+    metrics: Metrics | None  # the job's metrics.json (None when the job failed)
+    wall_seconds: float
+    error: str | None = None  # why the job failed
+
+    def to_json(self) -> dict:
+        return {**vars(self), "metrics": self.metrics.to_json() if self.metrics is not None else None}
+
+    @classmethod
+    def from_json(cls, data: dict) -> JobResult:
+        metrics = Metrics.from_json(data["metrics"]) if data["metrics"] is not None else None
+        return cls(**{**data, "metrics": metrics})
 
 
 def run_one(world: World, task: Task, config: JobConfig) -> JobResult:
@@ -368,19 +377,19 @@ def run_one(world: World, task: Task, config: JobConfig) -> JobResult:
     not have) is a result too: its cells read n/a and the report lists it."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="atwu-bench-") as tmp:
+        metrics, error = None, None
         try:
             metrics = run_job(config, loaded=world.loaded, dataset=world.dataset, run_dir=Path(tmp) / "run").metrics
         except (JobError, ValueError) as err:
-            metrics = {"bench": {"error": str(err)}}
+            error = str(err)
     wall = time.perf_counter() - start
-    metrics.setdefault("bench", {})["wall_seconds"] = wall
-    status = f"FAILED: {metrics['bench']['error']}" if "error" in metrics["bench"] else ""
+    status = f"FAILED: {error}" if error is not None else ""
     print(
         f"  {task.world:14s} {task.method:18s} seed {task.seed} steps {task.steps:3d}: {wall:5.1f} s {status}",
         file=sys.stderr,
         flush=True,
     )
-    return JobResult(task.world, task.method, task.seed, task.steps, metrics)
+    return JobResult(task.world, task.method, task.seed, task.steps, metrics, wall, error)
 
 
 def _digest(files: Iterable[Path]) -> str:
@@ -437,11 +446,11 @@ class ResultCache:
         if self.fresh or not path.is_file():
             return None
         self.hits += 1
-        return JobResult(**json.loads(path.read_text(encoding="utf-8")))
+        return JobResult.from_json(json.loads(path.read_text(encoding="utf-8")))
 
     def put(self, task: Task, config: JobConfig, result: JobResult) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._path(task, config).write_text(json.dumps(asdict(result)), encoding="utf-8")
+        self._path(task, config).write_text(json.dumps(result.to_json()), encoding="utf-8")
 
 
 _WORKER: dict = {}  # in a worker process: how worlds are built, and the worlds loaded so far

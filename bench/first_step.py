@@ -88,7 +88,7 @@ def world_row(name: str, options: WorldOptions) -> list[str] | None:
             ranking = torch.zeros_like(fw.nll, dtype=torch.float32)  # [B, T]
             ranking[fw.mask] = x @ d
             weights = dict(zip((s.record_id for s in samples), losses.per_sequence(ranking, fw.mask)))
-            cells.append(f"{metrics.alignment(weights, samples)['auroc']:.3f}")
+            cells.append(f"{metrics.alignment(weights, samples).auroc:.3f}")
     return [f"`{name}`" + ("" if held_out(name) else " (tuning world)"), *cells]
 
 

@@ -51,22 +51,23 @@ from atwu_core.config import METHODS, JobConfig, make_config
 
 QUICK_METHODS = ("atwu", "graddiff", "wga")
 
-# (column header, metric path in a job's metrics, lower is better)
+# (column header, a job's number as its attribute path on `JobResult`, lower is better)
 COLUMNS: tuple[tuple[str, str, bool], ...] = (
-    ("forget exact ↓", "forget.after.exact", True),
-    ("forget ROUGE-L ↓", "forget.after.rouge_l", True),
-    ("forget prob ↓", "forget.after.prob", True),
-    ("retain exact ↑", "retain.after.exact", False),
-    ("retain ROUGE-L ↑", "retain.after.rouge_l", False),
-    ("retain prob ↑", "retain.after.prob", False),
-    ("leak rate ↓", "facts.leak_rate", True),
-    ("extractable ↓", "facts.extractable_rate", True),
-    ("ΔNLL span ↑", "forgetting.mean_increase_span", False),
-    ("AUROC ↑", "alignment.auroc", False),
-    ("AUPRC ↑", "alignment.auprc", False),
-    ("wall s", "bench.wall_seconds", True),
+    ("forget exact ↓", "metrics.forget.after.exact", True),
+    ("forget ROUGE-L ↓", "metrics.forget.after.rouge_l", True),
+    ("forget prob ↓", "metrics.forget.after.prob", True),
+    ("retain exact ↑", "metrics.retain.after.exact", False),
+    ("retain ROUGE-L ↑", "metrics.retain.after.rouge_l", False),
+    ("retain prob ↑", "metrics.retain.after.prob", False),
+    ("leak rate ↓", "metrics.facts.leak_rate", True),
+    ("extractable ↓", "metrics.facts.extractable_rate", True),
+    ("ΔNLL span ↑", "metrics.forgetting.magnitude.mean_increase_span", False),
+    ("AUROC ↑", "metrics.alignment.auroc", False),
+    ("AUPRC ↑", "metrics.alignment.auprc", False),
+    ("wall s", "wall_seconds", True),
 )
-TRADEOFF_X, TRADEOFF_Y = "forget.after.rouge_l", "retain.after.rouge_l"
+TRADEOFF_X, TRADEOFF_Y = "metrics.forget.after.rouge_l", "metrics.retain.after.rouge_l"
+AUROC = "metrics.alignment.auroc"
 
 
 # --------------------------------------------------------------------------------------------- jobs
@@ -82,7 +83,7 @@ def job_config(preset: str, task: Task, eval_cap: int | None) -> JobConfig:
 
 def quality_table(results: list[JobResult], methods: list[str]) -> str:
     """One row per method, mean ± std over seeds; the first row is the model before unlearning."""
-    before = next((r.metrics for r in results if "forget" in r.metrics), {})
+    before = next((r for r in results if r.metrics and r.metrics.forget), None)
     before_row = ["(before)"] + [
         mean_std([lookup(before, path.replace(".after.", ".before."))]) if ".after." in path else "–"
         for _, path, _ in COLUMNS
@@ -90,8 +91,8 @@ def quality_table(results: list[JobResult], methods: list[str]) -> str:
     before_row.append("")
     rows = [
         [m]
-        + [mean_std(lookup(r.metrics, path) for r in results if r.method == m) for _, path, _ in COLUMNS]
-        + [str(sum(r.method == m and "error" not in r.metrics["bench"] for r in results))]
+        + [mean_std(lookup(r, path) for r in results if r.method == m) for _, path, _ in COLUMNS]
+        + [str(sum(r.method == m and r.error is None for r in results))]
         for m in methods
     ]
     return markdown_table(["method"] + [c for c, _, _ in COLUMNS] + ["n"], [before_row] + rows)
@@ -103,9 +104,9 @@ def atwu_standing(results: list[JobResult], methods: list[str]) -> str:
         return ""
     rows = []
     for header, path, lower in COLUMNS:
-        if path.startswith("bench."):  # jobs share the machine with each other and with others: no fair ranking by time
+        if path == "wall_seconds":  # jobs share the machine with each other and with others: no fair ranking by time
             continue
-        means = {m: mean_or_none(lookup(r.metrics, path) for r in results if r.method == m) for m in methods}
+        means = {m: mean_or_none(lookup(r, path) for r in results if r.method == m) for m in methods}
         means = {m: v for m, v in means.items() if v is not None}
         if "atwu" not in means or len(means) < 2:
             continue
@@ -121,7 +122,7 @@ def tradeoff_table(sweep: dict[str, dict[int, JobResult]], steps: list[int]) -> 
     rows = [
         [m]
         + [
-            f"{mean_std([lookup(points[s].metrics, TRADEOFF_X)])} / {mean_std([lookup(points[s].metrics, TRADEOFF_Y)])}"
+            f"{mean_std([lookup(points[s], TRADEOFF_X)])} / {mean_std([lookup(points[s], TRADEOFF_Y)])}"
             if s in points
             else "not run"
             for s in steps
@@ -140,9 +141,9 @@ def plot_tradeoff(sweep: dict[str, dict[int, JobResult]], world: str, path: Path
 
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     for method, points in sweep.items():
-        runs = [points[s] for s in sorted(points) if lookup(points[s].metrics, TRADEOFF_X) is not None]
-        xs = [lookup(r.metrics, TRADEOFF_X) for r in runs]
-        ys = [lookup(r.metrics, TRADEOFF_Y) for r in runs]
+        runs = [points[s] for s in sorted(points) if lookup(points[s], TRADEOFF_X) is not None]
+        xs = [lookup(r, TRADEOFF_X) for r in runs]
+        ys = [lookup(r, TRADEOFF_Y) for r in runs]
         (line,) = ax.plot(xs, ys, marker="o", linewidth=2.5 if method.startswith("atwu") else 1.2, label=method)
         for r, x, y in zip(runs, xs, ys, strict=True):
             ax.annotate(
@@ -162,16 +163,13 @@ def plot_alignment(by_world: dict[str, list[JobResult]], methods: list[str], pat
     import matplotlib.pyplot as plt
     import numpy as np
 
-    worlds = [w for w, res in by_world.items() if any(lookup(r.metrics, "alignment.auroc") is not None for r in res)]
+    worlds = [w for w, res in by_world.items() if any(lookup(r, AUROC) is not None for r in res)]
     if not worlds:
         return False
     fig, ax = plt.subplots(figsize=(min(11.0, max(6.0, 0.5 * len(methods) * len(worlds))), 4.5))
     width = 0.8 / len(worlds)
     for k, world in enumerate(worlds):
-        vals = [
-            [v for r in by_world[world] if r.method == m and (v := lookup(r.metrics, "alignment.auroc")) is not None]
-            for m in methods
-        ]
+        vals = [[v for r in by_world[world] if r.method == m and (v := lookup(r, AUROC)) is not None] for m in methods]
         means = [statistics.mean(v) if v else np.nan for v in vals]
         stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
         ax.bar(
@@ -430,16 +428,13 @@ def report(
     if plot_alignment(by_world, methods, figures / "alignment_auroc.png"):
         parts.append("### Alignment AUROC per method\n\n![alignment AUROC](figures/alignment_auroc.png)")
     failed = [
-        r
-        for res in [*by_world.values(), *(p.values() for p in sweep.values())]
-        for r in res
-        if "error" in r.metrics["bench"]
+        r for res in [*by_world.values(), *(p.values() for p in sweep.values())] for r in res if r.error is not None
     ]
     if failed:
         parts.append(
             "### Failed jobs\n\n"
             + "\n".join(
-                f"- {r.world} {r.method} seed {r.seed} steps {r.steps}: {r.metrics['bench']['error']}"
+                f"- {r.world} {r.method} seed {r.seed} steps {r.steps}: {r.error}"
                 for r in {(r.world, r.method, r.seed, r.steps): r for r in failed}.values()  # the sweep repeats jobs
             )
         )

@@ -40,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = data.parent / f"run-{method}-{int(time.time())}"
         config = make_config(method, "smollm2", params, model=f"smollm2+seed{args.seed}", **job_overrides)
         m = run_job(config, loaded=loaded, dataset=dataset, run_dir=run_dir).metrics
-        f, r = m["forget"], m["retain"]
+        f, r = m.forget, m.retain
         print(
-            f"{method}: AUROC {m['alignment']['auroc']:.3f} AUPRC {m['alignment']['auprc']:.3f} | forget exact "
-            f"{f['before']['exact']:.2f} -> {f['after']['exact']:.3f}, ROUGE-L {f['after']['rouge_l']:.3f} | "
-            f"retain exact {r['before']['exact']:.2f} -> {r['after']['exact']:.3f}, "
-            f"ROUGE-L {r['after']['rouge_l']:.3f} | {time.perf_counter() - start:.0f} s ({run_dir})",
+            f"{method}: AUROC {m.alignment.auroc:.3f} AUPRC {m.alignment.auprc:.3f} | forget exact "
+            f"{f.before.exact:.2f} -> {f.after.exact:.3f}, ROUGE-L {f.after.rouge_l:.3f} | "
+            f"retain exact {r.before.exact:.2f} -> {r.after.exact:.3f}, "
+            f"ROUGE-L {r.after.rouge_l:.3f} | {time.perf_counter() - start:.0f} s ({run_dir})",
             flush=True,
         )
     return 0

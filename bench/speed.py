@@ -223,7 +223,7 @@ def throughput(
         run_dir=run_dir,
     )
     return {
-        **job.metrics["timing"],
+        **job.metrics.timing.to_json(),
         "wall_seconds": time.perf_counter() - start,
         "steps_total": job.config.steps,
         "eval_max_samples": job.config.eval_max_samples,

@@ -158,7 +158,7 @@ def copy_run(run_dir: str, name: str) -> str:
 
 def test_run_completes_with_metrics(completed_run: str) -> None:
     snap = RunReader(completed_run).snapshot()
-    assert snap.metrics["alignment"]["n_tokens"] > 0 and snap.metrics["forgetting"]["auroc"] is not None
+    assert snap.metrics.alignment.n_tokens > 0 and snap.metrics.forgetting.auroc is not None
     assert len(snap.step_records) == 3 and snap.before is not None and snap.final is not None
     assert snap.config["steps"] == 3 and snap.config["forget_batch_size"] == 8
 
@@ -167,20 +167,20 @@ def test_results_card(completed_run: str) -> None:
     at = run_page(completed_run)
     metrics = {m.label: m for m in at.metric}
     expected = RunReader(completed_run).metrics
-    forgot, facts = expected["forgetting"], expected["facts"]
-    ranking = ["forgetting AUROC", "span share"] if forgot["meaningful"] else []  # else greyed text, not metrics
+    forgot, facts = expected.forgetting, expected.facts
+    ranking = ["forgetting AUROC", "span share"] if forgot.magnitude.meaningful else []  # else greyed text, not metrics
     magnitude = ["mean ΔNLL span", "mean ΔNLL other", "span tokens fell > drop", "leak rate", "extractable rate"]
     assert list(metrics) == ["score AUROC", "score AUPRC", "score P@k", *ranking, *magnitude]
-    assert metrics["score AUROC"].value == f"{expected['alignment']['auroc']:.3f}"
-    assert metrics["mean ΔNLL span"].value == f"{forgot['mean_increase_span']:.3f}"
-    assert metrics["leak rate"].value == f"{facts['leak_rate']:.3f}"
+    assert metrics["score AUROC"].value == f"{expected.alignment.auroc:.3f}"
+    assert metrics["mean ΔNLL span"].value == f"{forgot.magnitude.mean_increase_span:.3f}"
+    assert metrics["leak rate"].value == f"{facts.leak_rate:.3f}"
     assert all(m.help for m in metrics.values())
     text = " ".join(m.value for m in at.markdown)
-    assert f"still said: {facts['n_leaked']} of {facts['n_spans']} spans" in text
-    if not forgot["meaningful"]:
-        assert f"**{forgot['auroc']:.3f}**" in text and "not meaningful" in text
+    assert f"still said: {facts.n_leaked} of {facts.n_spans} spans" in text
+    if not forgot.magnitude.meaningful:
+        assert f"**{forgot.auroc:.3f}**" in text and "not meaningful" in text
     by_label = table(at, "still said")
-    assert by_label["spans"].sum() == facts["n_spans"] and by_label["still said"].sum() == facts["n_leaked"]
+    assert by_label["spans"].sum() == facts.n_spans and by_label["still said"].sum() == facts.n_leaked
     quality = table(at, "set")
     assert set(quality["set"]) == {"forget", "retain"} and {"exact", "rouge_l", "prob"} <= set(quality["metric"])
     at.button(key="run_to_compare").click().run()
@@ -226,11 +226,11 @@ def test_alignment_over_time(completed_run: str) -> None:
     fig = chart(at, "Alignment over training")
     lines = [t for t in fig["data"] if t.get("legend") != "legend2"]
     assert {t["meta"] for t in lines} == {"score AUROC", "forgetting AUROC", "score in spans", "score outside"}
-    steps = RunReader(completed_run).snapshot().metrics["trajectory"]["step"]
+    steps = RunReader(completed_run).snapshot().metrics.trajectory.step
     assert lines[0]["x"] == steps
     assert {t["line"]["color"] for t in lines} == {run_colour(completed_run)}
-    traj = RunReader(completed_run).snapshot().metrics["trajectory"]
-    size = f"mean ΔNLL on span tokens {traj['mean_increase_span'][-1]:.3f} nats"
+    traj = RunReader(completed_run).snapshot().metrics.trajectory
+    size = f"mean ΔNLL on span tokens {traj.mean_increase_span[-1]:.3f} nats"
     assert any(size in c.value for c in at.caption)  # the ranking's magnitude beside it
     second = copy_run(completed_run, "second-copy")
     compare = on_page(app(), "compare")
@@ -330,7 +330,7 @@ def test_a_second_run_waits_its_turn_and_a_refresh_finds_it(completed_run: str) 
     at.button(key="cancel").click().run()  # SIGTERM to the worker: it stops before its next step
     status = finish(at, first)
     assert status.state == "cancelled" and 0 < status.steps_done < 500
-    assert "auroc" in RunReader(first).metrics["alignment"]  # a cancelled job still finishes its records
+    assert RunReader(first).metrics.alignment.auroc is not None  # a cancelled job still finishes its records
     assert "Cancelled after" in " ".join(w.value for w in at.warning)
     assert "ETA" not in progress_text(at)
 
@@ -379,9 +379,9 @@ def test_compare_shows_alignment(completed_run: str) -> None:
     frame = table(at, "span share")
     assert 0.0 <= frame["score AUROC"].iloc[0] <= 1.0 and 0.0 <= frame["forgetting AUROC"].iloc[0] <= 1.0
     metrics = RunReader(completed_run).metrics
-    assert frame["leak rate"].iloc[0] == pytest.approx(metrics["facts"]["leak_rate"])
-    assert frame["mean ΔNLL span"].iloc[0] == pytest.approx(metrics["forgetting"]["mean_increase_span"])
-    assert frame["meaningful"].iloc[0] == ("yes" if metrics["forgetting"]["meaningful"] else "no")
+    assert frame["leak rate"].iloc[0] == pytest.approx(metrics.facts.leak_rate)
+    assert frame["mean ΔNLL span"].iloc[0] == pytest.approx(metrics.forgetting.magnitude.mean_increase_span)
+    assert frame["meaningful"].iloc[0] == ("yes" if metrics.forgetting.magnitude.meaningful else "no")
     at.segmented_control(key="per_sample_number").set_value("precision_at_k").run()
     assert any(str(d.value.index.name).startswith("sample (precision@k") for d in at.dataframe)
     high_out, low_in = [d.value["score"].tolist() for d in at.dataframe if "rank percentile" in d.value.columns]
@@ -479,8 +479,8 @@ def test_query_before_after(completed_run: str) -> None:
     assert [i.value for i in at.info][: len(answers)] == answers and at.get("plotly_chart")  # kept while scoring
     assert any("scorer output g" in h.proto.body for h in at.get("html"))
     verdicts = table(at, "verdict")  # the first forget question's spans, as the run recorded them
-    recorded = RunReader(completed_run).metrics["facts"]["per_sample"][RunReader(completed_run).samples[0].record_id]
-    assert verdicts["verdict"].tolist() == ["still said" if v["leaked"] else "not said" for v in recorded["spans"]]
+    recorded = RunReader(completed_run).metrics.facts.per_sample[RunReader(completed_run).samples[0].record_id]
+    assert verdicts["verdict"].tolist() == ["still said" if v.leaked else "not said" for v in recorded.spans]
     at.radio(key="query_kind").set_value("Type a prompt").run()
     at.button(key="query_go").click().run()
     assert "Type a prompt" in errors(at)

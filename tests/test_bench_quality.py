@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from atwu_core.metrics_record import Metrics
+
 
 @pytest.fixture(scope="module")
 def quality(bench):
@@ -12,8 +14,8 @@ def quality(bench):
 
 def test_a_failed_job_is_listed_once(quality, bench, tmp_path):
     result = bench("common").JobResult
-    ok = result("demo", "wga", 0, 40, {"forget": {"after": {"exact": 0.0}}, "bench": {"wall_seconds": 1.0}})
-    failed = result("demo", "gt-mask", 0, 40, {"bench": {"wall_seconds": 0.5, "error": "DataError: needs spans"}})
+    ok = result("demo", "wga", 0, 40, Metrics.from_json({"forget": {"after": {"exact": 0.0}}}), wall_seconds=1.0)
+    failed = result("demo", "gt-mask", 0, 40, None, wall_seconds=0.5, error="DataError: needs spans")
     mode = quality.MODES["full"]
     section = quality.report(
         {"demo": [ok, failed]},

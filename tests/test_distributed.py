@@ -70,7 +70,7 @@ def test_two_processes_equal_one(two_process_run, demo_loaded, demo_world, tmp_p
     for sid, scores in a.final.scores.items():
         assert b.final.scores[sid] == pytest.approx(scores, **TOL)
         assert b.final.probs[sid] == pytest.approx(a.final.probs[sid], **TOL)
-    assert _numbers(b.metrics) == pytest.approx(_numbers(a.metrics), **TOL)
+    assert _numbers(b.metrics.to_json()) == pytest.approx(_numbers(a.metrics.to_json()), **TOL)
 
 
 def _numbers(metrics: dict, prefix: str = "") -> dict[str, float]:

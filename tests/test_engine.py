@@ -170,12 +170,12 @@ def test_forgetting_metrics_on_a_hand_made_case():
     before = {"a": [0.9, 0.8, 0.9, 0.5]}
     after = {"a": [0.09, 0.4, 0.9, 0.6]}  # span tokens' NLL rises by log 10 and log 2; the others by 0 and -log 1.2
     out = metrics.forgetting(before, after, samples)
-    assert out["auroc"] == 1.0
-    assert out["span_share"] == pytest.approx(1.0)  # no other token's NLL rose
+    assert out.auroc == 1.0
+    assert out.span_share == pytest.approx(1.0)  # no other token's NLL rose
     after["a"][2] = 0.45  # now a frame token is forgotten too, by log 2
     out = metrics.forgetting(before, after, samples)
-    assert out["span_share"] == pytest.approx((math.log(10) + math.log(2)) / (math.log(10) + 2 * math.log(2)))
-    assert out["auroc"] == pytest.approx(0.75)  # (1 + 0.5 tie) / 2 for the span token of log 2; 1 for log 10
+    assert out.span_share == pytest.approx((math.log(10) + math.log(2)) / (math.log(10) + 2 * math.log(2)))
+    assert out.auroc == pytest.approx(0.75)  # (1 + 0.5 tie) / 2 for the span token of log 2; 1 for log 10
 
 
 # ------------------------------------------------------------------------------------------ jobs on the demo model
@@ -271,7 +271,7 @@ def test_a_scheme_registered_from_outside_runs_without_touching_the_job_or_the_a
     assert shown[0] in reported  # the HTML report (which draws scores) names them as the app does
     first = RunReader(job.run_dir).final.scores[job.forget[0].record_id]
     assert first[:4] == [1.0, 0.0, 0.0, 1.0]
-    assert job.metrics["forget"]["after"]["prob"] < job.metrics["forget"]["before"]["prob"]
+    assert job.metrics.forget.after.prob < job.metrics.forget.before.prob
 
 
 def test_set_and_flags_are_one_way_to_set_a_field(monkeypatch):
@@ -373,6 +373,6 @@ def test_a_float16_model_trains_its_lora_with_a_loss_scaler(demo_world, tmp_path
     job = run_job(config, loaded=half, dataset=demo_world, run_dir=tmp_path / "r")
     assert job.optimiser.scaler.is_enabled() and job.optimiser.scaler.get_scale() > 0
     assert all(math.isfinite(v) for r in job.records for v in r.losses.values())
-    assert job.metrics["forget"]["after"]["prob"] < job.metrics["forget"]["before"]["prob"]  # it did train
+    assert job.metrics.forget.after.prob < job.metrics.forget.before.prob  # it did train
     with pytest.raises(ValueError, match="full fine-tuning in float16"):
         _short("graddiff", dtype="float16", full=True)

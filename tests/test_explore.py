@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from atwu_core import fact_views, headline, progress, rerun, run_table, runs, token_csv, token_views
-from atwu_core.metrics import alignment, forgetting
+from atwu_core.metrics import alignment, forgetting, trajectory
+from atwu_core.metrics_record import Facts, Metrics
 from atwu_core.records import BeforeRecord, FinalRecord, SampleRecord, Status, StepRecord
 from atwu_core.runs import RunSnapshot, list_runs
 
@@ -109,10 +110,10 @@ def test_disagreement_ranks_are_tie_aware() -> None:
 
 
 def test_chance_levels() -> None:
-    chance = headline.chances({"alignment": {"n_tokens": 40, "n_positive": 10}})
+    chance = headline.chances(Metrics.from_json({"alignment": {"n_tokens": 40, "n_positive": 10}}))
     ranking = {"score AUROC": 0.5, "score AUPRC": 0.25, "score P@k": 0.25, "forgetting AUROC": 0.5, "span share": 0.25}
     assert chance == ranking
-    assert headline.chances({})["score AUPRC"] is None
+    assert headline.chances(Metrics())["score AUPRC"] is None
 
 
 def test_every_headline_row_reaches_the_cli_summary_and_the_report(snap: RunSnapshot, capsys) -> None:
@@ -120,22 +121,72 @@ def test_every_headline_row_reaches_the_cli_summary_and_the_report(snap: RunSnap
     from app.report import run_report
     from atwu_core.cli import _print_metrics
 
-    facts = {"leak_rate": 0.25, "extractable_rate": 0.5, "n_leaked": 1, "n_spans": 4, "per_label": {}}
-    metrics = {
-        "alignment": alignment(snap.final.scores, snap.samples),
-        "forgetting": forgetting(snap.before.probs, snap.final.probs, snap.samples),
-        "facts": facts,
-    }
+    facts = Facts(
+        n_samples=2, n_spans=4, n_leaked=1, n_extractable=2, leak_rate=0.25, extractable_rate=0.5,
+        paraphrased_leak_rate=None, per_label={}, per_sample={},
+    )  # fmt: skip
+    metrics = Metrics(
+        alignment=alignment(snap.final.scores, snap.samples),
+        forgetting=forgetting(snap.before.probs, snap.final.probs, snap.samples),
+        facts=facts,
+    )
     _print_metrics(metrics)
     printed = capsys.readouterr().out
     for h in headline.HEADLINE:
-        block, key = h.path.split(".", 1)
-        assert h.value(metrics) != headline.NOT_RECORDED and f"{key}=" in printed, h.label
+        assert h.value(metrics) != headline.NOT_RECORDED and f"{h.key}=" in printed, h.label
     assert "leak_rate=0.250  extractable_rate=0.500" in printed
     snap.metrics = metrics
     page = run_report(snap)
     for h in headline.HEADLINE:  # a row of its own: the label in a cell, the help beside it
         assert f"<td>{html.escape(h.label, quote=False)}</td>" in page and html.escape(h.help, quote=False) in page
+
+
+def test_an_old_metrics_json_reads_as_not_recorded_and_a_bad_field_is_named(snap: RunSnapshot, capsys) -> None:
+    """metrics.json is `Metrics.to_json()`; a file written before `facts` and the forgetting magnitude existed
+    (today's with those keys deleted) reads back with those blocks None, shown "not recorded"; a malformed or
+    out-of-range value is refused with its file and field."""
+    from app.report import run_report
+    from atwu_core.cli import _print_metrics
+    from atwu_core.runs import RunReader
+
+    fresh = Metrics(
+        alignment=alignment(snap.final.scores, snap.samples),
+        forgetting=forgetting(snap.before.probs, snap.final.probs, snap.samples),
+        trajectory=trajectory(snap.step_records, snap.before.probs, snap.samples),
+    ).to_json()
+    assert list(fresh) == ["alignment", "forgetting", "trajectory"]
+    assert list(fresh["forgetting"])[3:8] == [
+        "span_share", "mean_increase_span", "mean_increase_other", "strong_drop_share", "meaningful",
+    ]  # fmt: skip
+    assert Metrics.from_json(json.loads(json.dumps(fresh))).to_json() == fresh  # the same keys, the same values
+    old = json.loads(json.dumps(fresh))
+    for key in ("mean_increase_span", "mean_increase_other", "strong_drop_share", "meaningful"):
+        del old["forgetting"][key]
+    (snap.dir / "config.json").write_text(json.dumps(snap.config))
+    (snap.dir / "metrics.json").write_text(json.dumps(old))
+    metrics = RunReader(snap.dir).metrics
+    assert metrics.facts is None and metrics.forgetting.magnitude is None and metrics.forgetting.auroc is not None
+    values = headline.values(metrics)
+    assert values["leak rate"] == values["mean ΔNLL span"] == values["meaningful"] == headline.NOT_RECORDED
+    assert not headline.not_meaningful(metrics)  # not recorded is not "not meaningful": nothing greyed
+    _print_metrics(metrics)
+    printed = capsys.readouterr().out
+    assert "facts      not recorded" in printed
+    assert "mean_increase_span, mean_increase_other, strong_drop_share, meaningful: not recorded" in printed
+    snap.metrics = metrics
+    assert "<td>not recorded</td>" in run_report(snap) and "still said: not recorded" in run_report(snap)
+    for change, field in (
+        (lambda m: m["forgetting"].update(span_share="high"), "forgetting.span_share"),
+        (lambda m: m["alignment"].update(auroc=1.5), "alignment.auroc"),
+        (lambda m: m["trajectory"]["step"].append(3), "trajectory.score_auroc"),
+        (lambda m: m["alignment"]["per_sample"]["a"].update(auprc=[0.5]), "alignment.per_sample.a.auprc"),
+        (lambda m: m.update(facts={"n_spans": 2}), "facts.n_samples"),
+    ):
+        bad = json.loads(json.dumps(fresh))
+        change(bad)
+        (snap.dir / "metrics.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=rf"metrics.json: field '{field}'"):
+            _ = RunReader(snap.dir).metrics
 
 
 def test_tokens_csv_has_before_every_step_and_final(snap: RunSnapshot) -> None:
@@ -258,15 +309,27 @@ def test_leaked_spans_mark_their_tokens_and_old_runs_read_not_recorded():
         [5, 6, 7, 8, 9, 10, 11], [(0, 5), (5, 12), (12, 16), (16, 21), (21, 24), (24, 32), (32, 33)],
         [True, True, False, False, False, True, False], ["name", "name", None, None, None, "birthplace", None], True,
     )  # fmt: skip
+    verdict = {"leaked_paraphrased": None, "extractable": False, "logprob_before": None, "logprob_after": -1.0}
     spans = [
-        {"start": 0, "end": 12, "label": "name", "leaked": False},
-        {"start": 25, "end": 32, "label": "birthplace", "leaked": True},
+        {"start": 0, "end": 12, "label": "name", "text": "Mator Wynton", "leaked": False, **verdict},
+        {"start": 25, "end": 32, "label": "birthplace", "text": "Ulmholm", "leaked": True, **verdict},
     ]
-    metrics = {"facts": {"per_sample": {"r0": {"spans": spans}}, "n_leaked": 1, "n_spans": 2,
-               "per_label": {"birthplace": {"leaked": 1, "spans": 1}, "name": {"leaked": 0, "spans": 1}}}}  # fmt: skip
+    rates = {
+        "extractable": 0,
+        "leak_rate": None,
+        "extractable_rate": 0.0,
+        "paraphrased_spans": 0,
+        "paraphrased_leak_rate": None,
+    }
+    metrics = Metrics.from_json({"facts": {
+        "per_sample": {"r0": {"answer": "Ulmholm", "spans": spans}}, "n_samples": 1, "n_leaked": 1, "n_spans": 2,
+        "n_extractable": 0, "leak_rate": 0.5, "extractable_rate": 0.0, "paraphrased_leak_rate": None,
+        "per_label": {"birthplace": {"leaked": 1, "spans": 1, **rates}, "name": {"leaked": 0, "spans": 1, **rates}},
+    }})  # fmt: skip
     assert fact_views.leaked_token_mask(metrics, sample) == [False, False, False, False, False, True, False]
     assert fact_views.facts_line(metrics) == "still said: 1 of 2 spans (birthplace 1/1, name 0/1)"
-    assert fact_views.leaked_token_mask({}, sample) is None
-    old = headline.values({"alignment": {"auroc": 0.7}, "forgetting": {"auroc": 0.8, "span_share": 0.9}})
-    assert old["leak rate"] == old["mean ΔNLL span"] == old["meaningful"] == headline.NOT_RECORDED
-    assert old["forgetting AUROC"] == 0.8 and fact_views.facts_line({}) == "still said: not recorded"
+    assert fact_views.leaked_token_mask(None, sample) is None
+    old = Metrics.from_json({"alignment": {"auroc": 0.7}, "forgetting": {"auroc": 0.8, "span_share": 0.9}})
+    values = headline.values(old)
+    assert values["leak rate"] == values["mean ΔNLL span"] == values["meaningful"] == headline.NOT_RECORDED
+    assert values["forgetting AUROC"] == 0.8 and fact_views.facts_line(old) == "still said: not recorded"

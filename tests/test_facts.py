@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 from atwu_core.data import Record, Span, encode_records
 from atwu_core.facts import facts
 from atwu_core.files import ASSETS
+from atwu_core.metrics_record import FactRates
 
 RECORD = Record(
     "r0",
@@ -35,19 +36,19 @@ def test_facts_judge_each_span_by_its_text_its_tokens_and_the_paraphrased_questi
     before = {"r0": [0.9] * n0, "r1": [0.9] * n1}
     answers = ["M Wynton was born in  ULMHOLM.", "I do not know."]  # case and spacing do not matter
     result = facts([RECORD, OTHER], samples, answers, stats, before, {"r0": "Mator Wynton, from Caerholm."})
-    spans = result["per_sample"]["r0"]["spans"]
-    assert [(v["text"], v["leaked"], v["leaked_paraphrased"], v["extractable"]) for v in spans] == [
+    spans = result.per_sample["r0"].spans
+    assert [(v.text, v.leaked, v.leaked_paraphrased, v.extractable) for v in spans] == [
         ("Mator Wynton", False, True, False),
         ("Ulmholm", True, False, True),
     ]
-    assert spans[0]["logprob_after"] == pytest.approx(-0.5 * len(name))
-    assert spans[0]["logprob_before"] == pytest.approx(len(name) * math.log(0.9))
-    other = result["per_sample"]["r1"]["spans"][0]
-    assert (other["leaked"], other["leaked_paraphrased"], other["extractable"]) == (False, None, True)
-    assert (result["n_spans"], result["n_leaked"], result["n_extractable"]) == (3, 1, 2)
-    assert result["leak_rate"] == pytest.approx(1 / 3) and result["paraphrased_leak_rate"] == 0.5
-    assert result["per_label"]["birthplace"] == {
-        "spans": 1, "leaked": 1, "extractable": 1, "leak_rate": 1.0, "extractable_rate": 1.0,
-        "paraphrased_spans": 1, "paraphrased_leak_rate": 0.0,
-    }  # fmt: skip
-    assert result["per_sample"]["r0"]["paraphrased_answer"] == "Mator Wynton, from Caerholm."
+    assert spans[0].logprob_after == pytest.approx(-0.5 * len(name))
+    assert spans[0].logprob_before == pytest.approx(len(name) * math.log(0.9))
+    other = result.per_sample["r1"].spans[0]
+    assert (other.leaked, other.leaked_paraphrased, other.extractable) == (False, None, True)
+    assert (result.n_spans, result.n_leaked, result.n_extractable) == (3, 1, 2)
+    assert result.leak_rate == pytest.approx(1 / 3) and result.paraphrased_leak_rate == 0.5
+    assert result.per_label["birthplace"] == FactRates(
+        spans=1, leaked=1, extractable=1, leak_rate=1.0, extractable_rate=1.0,
+        paraphrased_spans=1, paraphrased_leak_rate=0.0,
+    )  # fmt: skip
+    assert result.per_sample["r0"].paraphrased_answer == "Mator Wynton, from Caerholm."

@@ -152,4 +152,4 @@ def test_a_job_on_cuda_runs_the_model_in_bf16_and_the_scorer_and_losses_in_fp32(
     assert all(math.isfinite(v) for r in job.records for v in r.losses.values())
     fw = forward(loaded.model, job.forget, [0, 1], pad_token_id(loaded.tokenizer), ForwardNeeds(logprobs=True))
     assert fw.nll.dtype == fw.logprobs.dtype == torch.float32
-    assert job.metrics["timing"]["peak_memory_mb"] > 0
+    assert job.metrics.timing.peak_memory_mb > 0

@@ -17,6 +17,7 @@ from atwu_core.cancel import CancelToken
 from atwu_core.config import METHODS, make_config
 from atwu_core.files import write_json_atomic
 from atwu_core.job import JobError, UnlearningJob, run_job
+from atwu_core.metrics_record import Metrics
 from atwu_core.records import Status
 from atwu_core.runs import RunReader, RunWriter, list_runs, wait_for_state
 
@@ -49,11 +50,12 @@ def test_every_method_runs_and_records_every_token(method, demo_loaded, demo_wor
         assert all(torch.isfinite(torch.tensor(list(rec.losses.values()))))
     assert run.final is not None and set(run.final.scores) == set(samples)
     m = run.metrics
-    assert 0.0 <= m["alignment"]["auroc"] <= 1.0
+    assert 0.0 <= m.alignment.auroc <= 1.0
     for split in ("forget", "retain"):
         for when in ("before", "after"):
-            assert set(m[split][when]) >= {"prob", "rouge_l", "exact", "extraction_strength"}
-    assert m["timing"]["tokens_per_second"] > 0
+            quality = getattr(m.quality(split), when)
+            assert None not in (quality.prob, quality.rouge_l, quality.exact, quality.extraction_strength)
+    assert m.timing.tokens_per_second > 0
     assert run.status.state == "completed"
     assert not isinstance(demo_loaded.model, PeftModel)
     assert _fingerprint(demo_loaded.model) == before, "the loaded model must never be modified"
@@ -61,7 +63,7 @@ def test_every_method_runs_and_records_every_token(method, demo_loaded, demo_wor
 
 def test_uniform_weights_give_chance_alignment(demo_loaded, demo_world, tmp_path):
     job = run_job(_short("graddiff", steps=1), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
-    assert job.metrics["alignment"]["auroc"] == pytest.approx(0.5)
+    assert job.metrics.alignment.auroc == pytest.approx(0.5)
 
 
 def test_atwu_scores_start_at_one_half_and_move(demo_loaded, demo_world, tmp_path):
@@ -125,7 +127,7 @@ def test_cancel_is_honoured_within_a_step_and_leaves_everything_usable(demo_load
     assert status.state == job.state == "cancelled" and status.steps_done < 500
     assert len(RunReader(job.run_dir).step_records()) == status.steps_done
     assert (job.run_dir / "adapter" / "adapter_config.json").is_file()
-    assert "auroc" in RunReader(job.run_dir).metrics["alignment"]
+    assert RunReader(job.run_dir).metrics.alignment.auroc is not None
     assert _fingerprint(demo_loaded.model) == before
     run_job(_short("ga", steps=1), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r3")  # still usable
 
@@ -185,13 +187,13 @@ def test_default_atwu_job_forgets_keeps_and_aligns(demo_loaded, demo_world, tmp_
     job = run_job(make_config("atwu"), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "atwu")
     m = job.metrics
     _facts_match_a_direct_check(job, demo_loaded, demo_world)
-    assert m["forget"]["after"]["exact"] <= 0.10
-    assert m["retain"]["after"]["exact"] >= 0.90 * m["retain"]["before"]["exact"]
-    assert m["alignment"]["auroc"] >= 0.80
+    assert m.forget.after.exact <= 0.10
+    assert m.retain.after.exact >= 0.90 * m.retain.before.exact
+    assert m.alignment.auroc >= 0.80
     wga = run_job(
         make_config("wga", eval_max_samples=4), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "wga"
     )
-    assert m["alignment"]["auroc"] > wga.metrics["alignment"]["auroc"] + 0.1
+    assert m.alignment.auroc > wga.metrics.alignment.auroc + 0.1
 
 
 def _facts_match_a_direct_check(job: UnlearningJob, demo_loaded, demo_world) -> None:
@@ -199,32 +201,32 @@ def _facts_match_a_direct_check(job: UnlearningJob, demo_loaded, demo_world) -> 
     from atwu_core.generation import greedy_answer
     from atwu_core.models import adapter_enabled
 
-    facts = job.metrics["facts"]
+    facts = job.metrics.facts
     norm = lambda text: " ".join(text.lower().split())  # noqa: E731
     leaked: dict[str, int] = {}
     with adapter_enabled(demo_loaded, job.run_dir) as unlearned:
         for record in demo_world.forget:
             said = norm(greedy_answer(unlearned, demo_loaded.tokenizer, record.question, max_new_tokens=200))
-            verdicts = facts["per_sample"][record.id]["spans"]
+            verdicts = facts.per_sample[record.id].spans
             direct = [norm(record.answer[sp.start : sp.end]) in said for sp in record.forget_spans]
-            assert [v["leaked"] for v in verdicts] == direct, record.id
+            assert [v.leaked for v in verdicts] == direct, record.id
             for sp, hit in zip(record.forget_spans, direct):
                 leaked[sp.label] = leaked.get(sp.label, 0) + hit
-    assert facts["n_spans"] == sum(len(r.forget_spans) for r in demo_world.forget)
-    assert {k: v["leaked"] for k, v in facts["per_label"].items()} == leaked
-    assert facts["leak_rate"] == pytest.approx(sum(leaked.values()) / facts["n_spans"])
-    assert facts["n_leaked"] < facts["n_spans"]  # the default job forgets some facts outright
+    assert facts.n_spans == sum(len(r.forget_spans) for r in demo_world.forget)
+    assert {k: v.leaked for k, v in facts.per_label.items()} == leaked
+    assert facts.leak_rate == pytest.approx(sum(leaked.values()) / facts.n_spans)
+    assert facts.n_leaked < facts.n_spans  # the default job forgets some facts outright
 
 
 def test_two_ga_steps_forget_nothing_and_say_so(demo_loaded, demo_world, tmp_path):
     """A 2-step GA job barely moves the span tokens: its forgetting ranking is flagged as not meaningful, and
     nearly every fact is still said (issue 20: it scored forgetting AUROC 0.80, span share 0.98)."""
     job = run_job(make_config("ga", steps=2), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "ga")
-    forgot, facts = job.metrics["forgetting"], job.metrics["facts"]
-    assert forgot["meaningful"] is False and forgot["strong_drop_share"] < 0.1
-    assert forgot["mean_increase_span"] < 0.1
-    assert facts["leak_rate"] >= 0.9 and facts["extractable_rate"] >= 0.9
-    assert len(job.metrics["trajectory"]["mean_increase_span"]) == 2
+    forgot, facts = job.metrics.forgetting, job.metrics.facts
+    assert forgot.magnitude.meaningful is False and forgot.magnitude.strong_drop_share < 0.1
+    assert forgot.magnitude.mean_increase_span < 0.1
+    assert facts.leak_rate >= 0.9 and facts.extractable_rate >= 0.9
+    assert len(job.metrics.trajectory.mean_increase_span) == 2
 
 
 def test_a_run_whose_process_died_reads_as_interrupted(tmp_path):
@@ -267,15 +269,15 @@ def test_the_before_evaluation_is_computed_once_per_model_and_data(demo_loaded, 
     second = run_job(_short("graddiff", steps=2), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "b")
     assert len(demo_loaded.memo) == entries  # reused, not recomputed
     for split in ("forget", "retain"):
-        assert second.metrics[split]["before"] == first.metrics[split]["before"]
+        assert second.metrics.quality(split).before == first.metrics.quality(split).before
     from atwu_core import metrics
 
     fresh = metrics.quality(demo_loaded.model, demo_loaded.tokenizer, demo_world.forget[:4], first.forget[:4])
-    assert fresh == first.metrics["forget"]["before"]
+    assert fresh == first.metrics.forget.before
     other = run_job(
         _short("ga", steps=1, eval_max_samples=3), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "c"
     )
-    assert other.metrics["forget"]["before"]["n"] == 3  # another cap is another entry
+    assert other.metrics.forget.before.n == 3  # another cap is another entry
 
 
 def test_presets_follow_what_the_model_is(tmp_path):
@@ -354,16 +356,16 @@ def test_evaluation_in_chunks_gives_the_whole_splits_quality(demo_loaded, demo_w
         make_config("ga"), seen.append, chunk=3,
     )  # fmt: skip
     whole = metrics.quality(demo_loaded.model, demo_loaded.tokenizer, records, samples)
-    assert seen == [3, 6, 7] and merged["n"] == whole["n"] == 7 and 0 < whole["exact"] < 1
-    assert merged.keys() == whole.keys() and "truth_ratio" in whole
+    assert seen == [3, 6, 7] and merged.n == whole.n == 7 and 0 < whole.exact < 1
+    assert merged.to_json().keys() == whole.to_json().keys() and whole.truth_ratio is not None
     assert len(stats) == len(answers) == 7
     for key in ("prob", "rouge_l", "exact", "extraction_strength", "exact_memorization", "truth_ratio"):
-        assert merged[key] == pytest.approx(whole[key], rel=1e-5), key
-    assert merged["truth_ratios"] == pytest.approx(whole["truth_ratios"], rel=1e-5)
+        assert getattr(merged, key) == pytest.approx(getattr(whole, key), rel=1e-5), key
+    assert merged.truth_ratios == pytest.approx(whole.truth_ratios, rel=1e-5)
 
 
-def _verdicts(metrics: dict) -> dict[str, list[tuple[bool, bool]]]:
-    return {k: [(v["leaked"], v["extractable"]) for v in s["spans"]] for k, s in metrics["facts"]["per_sample"].items()}
+def _verdicts(metrics: Metrics) -> dict[str, list[tuple[bool, bool]]]:
+    return {k: [(v.leaked, v.extractable) for v in s.spans] for k, s in metrics.facts.per_sample.items()}
 
 
 def test_recompute_rederives_a_runs_metrics_from_its_folder(demo_loaded, demo_world, tmp_path, capsys):
@@ -374,15 +376,16 @@ def test_recompute_rederives_a_runs_metrics_from_its_folder(demo_loaded, demo_wo
 
     job = run_job(_short("ga", steps=2), loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "r")
     written = job.metrics
-    old = {k: v for k, v in written.items() if k not in ("facts", "forgetting")}
+    old = {k: v for k, v in written.to_json().items() if k not in ("facts", "forgetting")}
     (job.run_dir / "metrics.json").write_text(json.dumps(old))
     main(["eval", str(job.run_dir)])
     assert "facts      not recorded" in capsys.readouterr().out  # an old run reads "not recorded"
     again = recompute(job.run_dir, loaded=demo_loaded)
-    assert again["facts"]["per_label"] == written["facts"]["per_label"]
+    assert again.facts.per_label == written.facts.per_label
     assert _verdicts(again) == _verdicts(written)
-    assert again["forgetting"]["meaningful"] == written["forgetting"]["meaningful"]
-    assert again["forgetting"]["mean_increase_span"] == pytest.approx(written["forgetting"]["mean_increase_span"], 1e-2)
+    assert again.forgetting.magnitude.meaningful == written.forgetting.magnitude.meaningful
+    size, size_written = again.forgetting.magnitude.mean_increase_span, written.forgetting.magnitude.mean_increase_span
+    assert size == pytest.approx(size_written, 1e-2)
     for key in ("exact", "rouge_l", "prob", "extraction_strength", "truth_ratio"):
-        assert again["forget"]["after"][key] == pytest.approx(written["forget"]["after"][key])
-    assert again["timing"] == written["timing"] and RunReader(job.run_dir).metrics == again
+        assert getattr(again.forget.after, key) == pytest.approx(getattr(written.forget.after, key))
+    assert again.timing == written.timing and RunReader(job.run_dir).metrics == again

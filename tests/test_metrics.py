@@ -37,6 +37,7 @@ from atwu_core.metrics import (
     per_token_nll,
     quality,
 )
+from atwu_core.metrics_record import Separation
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 STRENGTH = 10.0  # logit of the wired next token; every other token has logit 0
@@ -193,7 +194,7 @@ def test_greedy_answers_follow_the_wiring_and_stop_at_eos(wired, tokenizer) -> N
 def test_quality_of_the_wired_model_is_known_exactly(wired, tokenizer) -> None:
     model, sample = wired
     result = quality(model, tokenizer, [RECORD], [sample])
-    assert result == pytest.approx(
+    assert result.to_json() == pytest.approx(
         {
             "n": 1,
             "prob": p_wired(len(tokenizer)),
@@ -216,15 +217,15 @@ def test_truth_ratio_compares_perturbed_with_paraphrased_answers(wired, tokenize
         RECORD, paraphrased_answer=RECORD.answer, perturbed_answer=[RECORD.answer, "Ada Quill lives nowhere."]
     )
     only_wrong = replace(wrong, perturbed_answer=["Ada Quill lives nowhere."])
-    assert quality(model, tokenizer, [tied], [sample])["truth_ratios"] == [pytest.approx(1.0)]
+    assert quality(model, tokenizer, [tied], [sample]).truth_ratios == [pytest.approx(1.0)]
     result = quality(model, tokenizer, [wrong], [sample])
-    (r_wrong,) = quality(model, tokenizer, [only_wrong], [sample])["truth_ratios"]
+    (r_wrong,) = quality(model, tokenizer, [only_wrong], [sample]).truth_ratios
     assert r_wrong < 0.1
     # TOFU's geometric form: the perturbed answers' losses are averaged before exponentiating (sqrt(1 * r_wrong)),
     # not their ratios averaged ((1 + r_wrong) / 2)
-    assert result["truth_ratios"] == [pytest.approx(math.sqrt(r_wrong), rel=1e-5)]
-    assert result["truth_ratio"] == pytest.approx(math.sqrt(r_wrong), rel=1e-5)  # forget form: min(R, 1/R) = R
-    assert result["truth_ratio_form"] == "forget"
+    assert result.truth_ratios == [pytest.approx(math.sqrt(r_wrong), rel=1e-5)]
+    assert result.truth_ratio == pytest.approx(math.sqrt(r_wrong), rel=1e-5)  # forget form: min(R, 1/R) = R
+    assert result.truth_ratio_form == "forget"
 
 
 # --------------------------------------------------------------------------------------------- demo model
@@ -233,10 +234,10 @@ def test_truth_ratio_compares_perturbed_with_paraphrased_answers(wired, tokenize
 def test_demo_model_has_memorised_the_forget_set(demo) -> None:
     model, tokenizer, world = demo
     result = quality(model, tokenizer, world.forget, encode_records(world.forget, tokenizer))
-    assert result["n"] == len(world.forget)
-    assert result["exact"] >= 0.9 and result["rouge_l"] >= 0.95
-    assert result["prob"] >= 0.8 and result["extraction_strength"] >= 0.9
-    assert len(result["truth_ratios"]) == len(world.forget) and all(r > 0 for r in result["truth_ratios"])
+    assert result.n == len(world.forget)
+    assert result.exact >= 0.9 and result.rouge_l >= 0.95
+    assert result.prob >= 0.8 and result.extraction_strength >= 0.9
+    assert len(result.truth_ratios) == len(world.forget) and all(r > 0 for r in result.truth_ratios)
     assert greedy_answer(model, tokenizer, world.forget[0].question) == world.forget[0].answer
 
 
@@ -288,24 +289,24 @@ def test_alignment_of_perfect_reversed_and_uniform_weights(spans) -> None:
     reversed_ = {sid: [1 - w for w in ws] for sid, ws in perfect.items()}
     uniform = {sid: [0.3] * len(ws) for sid, ws in perfect.items()}
     best, worst, flat = alignment(perfect, spans), alignment(reversed_, spans), alignment(uniform, spans)
-    assert (best["n_tokens"], best["n_positive"], best["n_samples"]) == (9, 3, 2)
-    assert (best["auroc"], best["auprc"], best["precision_at_k"]) == (1.0, 1.0, 1.0)
-    assert (worst["auroc"], worst["precision_at_k"]) == (0.0, 0.0)
-    assert worst["auprc"] == pytest.approx(3 / 9)  # all span tokens tied last: precision = the span rate
-    assert flat["auroc"] == 0.5
-    assert flat["precision_at_k"] == pytest.approx(3 / 9)  # the tie at the cut-off counts at the span rate
-    assert flat["auprc"] == pytest.approx(3 / 9)
-    assert best["per_sample"]["a"] == {"auroc": 1.0, "auprc": 1.0, "precision_at_k": 1.0}
-    assert set(best["per_sample"]) == {"a", "b"}
+    assert (best.n_tokens, best.n_positive, best.n_samples) == (9, 3, 2)
+    assert (best.auroc, best.auprc, best.precision_at_k) == (1.0, 1.0, 1.0)
+    assert (worst.auroc, worst.precision_at_k) == (0.0, 0.0)
+    assert worst.auprc == pytest.approx(3 / 9)  # all span tokens tied last: precision = the span rate
+    assert flat.auroc == 0.5
+    assert flat.precision_at_k == pytest.approx(3 / 9)  # the tie at the cut-off counts at the span rate
+    assert flat.auprc == pytest.approx(3 / 9)
+    assert best.per_sample["a"] == Separation(auroc=1.0, auprc=1.0, precision_at_k=1.0)
+    assert set(best.per_sample) == {"a", "b"}
 
 
 def test_precision_at_k_counts_the_top_k_and_splits_ties(spans) -> None:
     # pooled: 3 span tokens; the top 3 weights are a span token (0.9), a non-span (0.8), a span token (0.7)
     weights = {"a": [0.8, 0.9, 0.1, 0.2, 0.2], "b": [0.7, 0.1, 0.1, 0.1]}
-    assert alignment(weights, spans)["precision_at_k"] == pytest.approx(2 / 3)
+    assert alignment(weights, spans).precision_at_k == pytest.approx(2 / 3)
     # a tie at the cut-off: 0.9 (span) then 0.5 shared by 1 span + 1 non-span token for the last 2 places
     tied = {"a": [0.5, 0.9, 0.5, 0.1, 0.1], "b": [0.1, 0.1, 0.1, 0.1]}
-    assert alignment(tied, spans)["precision_at_k"] == pytest.approx((1 + 2 * 0.5) / 3)
+    assert alignment(tied, spans).precision_at_k == pytest.approx((1 + 2 * 0.5) / 3)
 
 
 def test_alignment_rejects_wrong_lengths_and_marks_one_class_samples(spans) -> None:
@@ -313,7 +314,7 @@ def test_alignment_rejects_wrong_lengths_and_marks_one_class_samples(spans) -> N
         alignment({"a": [0.1, 0.2, 0.3, 0.4]}, spans)
     all_span = [_sample([1, 2, 3], 1, [True, True], "all")]
     result = alignment({"all": [0.1, 0.9]}, all_span)
-    assert result["auroc"] is None and result["per_sample"]["all"]["auroc"] is None
+    assert result.auroc is None and result.per_sample["all"].auroc is None
 
 
 def test_alignment_curves_and_disagreements(spans) -> None:
@@ -347,5 +348,5 @@ def test_truth_ratio_survives_probabilities_that_underflow(wired, tokenizer) -> 
         paraphrased_answer="Ada Quill lives nowhere.",
         perturbed_answer=["Ada Quill lives nowhere.", RECORD.answer],
     )
-    (ratio,) = quality(sharp, tokenizer, [record], [sample])["truth_ratios"]
+    (ratio,) = quality(sharp, tokenizer, [record], [sample]).truth_ratios
     assert math.isfinite(ratio) and ratio > 1  # (1 + e^(a large gap)) / 2, not 0/0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from atwu_core.metrics import (
     truth_ratio_forget_form,
     truth_ratio_retain_form,
 )
+from atwu_core.metrics_record import ForgetQuality
 
 
 def test_truth_ratio_is_geometric_over_perturbed_answers() -> None:
@@ -93,10 +95,8 @@ def test_pools_leave_out_eos_unless_asked() -> None:
     # scores rank span tokens above text tokens, but EOS (always negative) gets the top score
     weights = {"a": [0.1, 0.6, 0.7, 0.2, 0.9], "b": [0.5, 0.3, 0.1, 0.95]}
     without, with_eos = alignment(weights, samples), alignment(weights, samples, special_tokens=True)
-    assert without["auroc"] == 1.0 and without["n_tokens"] == 7
-    assert with_eos["auroc"] == pytest.approx(
-        12 / 18
-    )  # each span token loses to the 2 EOS and with_eos["n_tokens"] == 9
+    assert without.auroc == 1.0 and without.n_tokens == 7
+    assert with_eos.auroc == pytest.approx(12 / 18)  # each span token loses to the 2 EOS and with_eos.n_tokens == 9
     # realised forgetting: EOS's NLL rose most, the span tokens' by 2 nats, the rest not at all
     before = {"a": [0.9] * 5, "b": [0.9] * 4}
     after = {
@@ -104,8 +104,8 @@ def test_pools_leave_out_eos_unless_asked() -> None:
         "b": [0.9 * math.exp(-2), 0.9, 0.9, 0.9 * math.exp(-5)],
     }
     f = forgetting(before, after, samples)
-    assert f["auroc"] == 1.0 and f["span_share"] == pytest.approx(1.0)
-    assert forgetting(before, after, samples, special_tokens=True)["auroc"] < 1.0
+    assert f.auroc == 1.0 and f.span_share == pytest.approx(1.0)
+    assert forgetting(before, after, samples, special_tokens=True).auroc < 1.0
 
 
 def test_forgetting_reports_magnitude_and_meaningful() -> None:
@@ -114,11 +114,12 @@ def test_forgetting_reports_magnitude_and_meaningful() -> None:
     tiny = {"a": [0.9, 0.9 * math.exp(-0.001), 0.9 * math.exp(-0.001), 0.9, 0.9]}  # ranked perfectly, 0.001 nats
     big = {"a": [0.9 * math.exp(-0.5), 0.9 * math.exp(-3), 0.9 * math.exp(-0.2), 0.9, 0.9]}
     small, large = forgetting(before, tiny, samples), forgetting(before, big, samples)
-    assert small["auroc"] == 1.0 and not small["meaningful"]
-    assert small["mean_increase_span"] == pytest.approx(0.001, rel=1e-3) and small["strong_drop_share"] == 0.0
-    assert large["meaningful"] and large["strong_drop_share"] == 0.5
-    assert large["mean_increase_span"] == pytest.approx(1.6) and large["mean_increase_other"] == pytest.approx(0.25)
-    assert forgetting(before, big, samples, drop_nats=5.0)["meaningful"] is False
+    assert small.auroc == 1.0 and not small.magnitude.meaningful
+    small, large = small.magnitude, large.magnitude
+    assert small.mean_increase_span == pytest.approx(0.001, rel=1e-3) and small.strong_drop_share == 0.0
+    assert large.meaningful and large.strong_drop_share == 0.5
+    assert large.mean_increase_span == pytest.approx(1.6) and large.mean_increase_other == pytest.approx(0.25)
+    assert forgetting(before, big, samples, drop_nats=5.0).magnitude.meaningful is False
 
 
 SHARED_TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
@@ -136,22 +137,22 @@ def test_model_utility_from_real_authors_world_facts_and_retain(demo_loaded, dem
     retain_after = quality(model, tok, retain, encode_records(retain, tok), truth_ratio_form="retain")
     config = make_config("ga", utility_data=str(folder))
     result = model_utility_of(config, model, tok, retain_after)
-    parts = result["parts"]
+    parts = result.parts
     assert set(parts) == {"real_authors_perturbed", "world_facts_perturbed", "retain"}
-    values = [parts[s][k] for s in parts for k in ("prob", "rouge_l", "truth_ratio")]
-    assert all(0.0 <= v <= 1.0 for v in values) and result["value"] == pytest.approx(hmean(values))
-    assert parts["retain"]["truth_ratio"] == pytest.approx(truth_ratio_retain_form(retain_after["truth_ratios"]))
+    values = [getattr(parts[s], k) for s in parts for k in ("prob", "rouge_l", "truth_ratio")]
+    assert all(0.0 <= v <= 1.0 for v in values) and result.value == pytest.approx(hmean(values))
+    assert parts["retain"].truth_ratio == pytest.approx(truth_ratio_retain_form(retain_after.truth_ratios))
     # the demo model never saw real authors: its probability of the true answer among 4 options is no better
     # than about chance, while it still prefers the true retain answers
-    assert parts["real_authors_perturbed"]["prob"] < 0.6 and parts["retain"]["truth_ratio"] > 0.2
-    no_truth = {k: v for k, v in retain_after.items() if k != "truth_ratio"}
-    assert model_utility_of(config, model, tok, no_truth)["value"] is None
+    assert parts["real_authors_perturbed"].prob < 0.6 and parts["retain"].truth_ratio > 0.2
+    no_truth = replace(retain_after, truth_ratio=None)
+    assert model_utility_of(config, model, tok, no_truth).value is None
 
 
 def test_forget_quality_of_a_job_runs_over_the_whole_forget_split(demo_loaded, demo_world) -> None:
     model, tok = demo_loaded.model, demo_loaded.tokenizer
     config = make_config("ga", retain_model="demo")  # the same model as its own reference: identical ratios
     result = forget_quality_of(config, model, tok, demo_world.forget)
-    assert result == {"value": 1.0, "n": len(demo_world.forget)}
+    assert result == ForgetQuality(value=1.0, n=len(demo_world.forget))
     capped = make_config("ga", retain_model="demo", forget_quality_max_samples=8)
-    assert forget_quality_of(capped, model, tok, demo_world.forget)["n"] == 8
+    assert forget_quality_of(capped, model, tok, demo_world.forget).n == 8

@@ -63,5 +63,5 @@ def test_short_atwu_job_on_demo_smollm2_saves_its_adapter(smollm2_demo, demo_wor
     job = run_job(config, loaded=smollm2_demo, dataset=demo_world, run_dir=tmp_path / "run")
     assert job.state == "completed"
     assert (job.run_dir / "adapter" / "adapter_model.safetensors").is_file()
-    assert job.metrics["alignment"]["n_samples"] == 2
-    assert job.metrics["forget"]["before"]["n"] == 2
+    assert job.metrics.alignment.n_samples == 2
+    assert job.metrics.forget.before.n == 2

@@ -3,6 +3,8 @@ alignment over training, ROC/PR, per-sample numbers, one sample's scores, and wh
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 
@@ -15,6 +17,7 @@ from app.untrusted import md, snapshot
 from atwu_core import headline, token_views
 from atwu_core.headline import HEADLINE, NOT_RECORDED, RANKING
 from atwu_core.metrics import alignment, alignment_curves, forgetting
+from atwu_core.metrics_record import Metrics
 from atwu_core.rerun import config_diff
 from atwu_core.run_table import default_selection, run_colours, run_id
 from atwu_core.runs import RunSnapshot, list_runs
@@ -30,17 +33,15 @@ def scaled(row: list[float]) -> list[float]:
 def summary(snap: RunSnapshot) -> dict:
     """A run's headline numbers (the `HEADLINE` rows Compare shows): from metrics.json once finished, else
     recomputed from its latest records. What the run did not record is blank, and `meaningful` says so in words."""
-    metrics = dict(snap.metrics or {})
-    metrics.setdefault("alignment", alignment(snap.latest("scores"), snap.samples))
-    if "forgetting" not in metrics and snap.before:
-        metrics["forgetting"] = forgetting(snap.before.probs, snap.latest("probs"), snap.samples)
+    metrics = snap.metrics or Metrics(alignment=alignment(snap.latest("scores"), snap.samples))
+    if metrics.forgetting is None and snap.before:
+        metrics = replace(metrics, forgetting=forgetting(snap.before.probs, snap.latest("probs"), snap.samples))
     meaningful = headline.BY_LABEL["meaningful"].value(metrics)
-    after = lambda split: ((metrics.get(split) or {}).get("after") or {}).get("exact")  # noqa: E731
     return {
         **{h.label: None if (v := h.value(metrics)) == NOT_RECORDED else v for h in HEADLINE if h.compare},
         "meaningful": {True: "yes", False: "no"}.get(meaningful, NOT_RECORDED),
-        "forget exact after": after("forget"),
-        "retain exact after": after("retain"),
+        "forget exact after": metrics.exact_after("forget"),
+        "retain exact after": metrics.exact_after("retain"),
     }
 
 
@@ -123,7 +124,7 @@ if len(chosen) > 1:
 
 st.subheader("Alignment over training")
 paths = {names[d]: trajectories(snaps[d]) for d in chosen}
-paths = {n: t for n, t in paths.items() if t["step"]}
+paths = {n: t for n, t in paths.items() if t.step}
 if paths:
     st.plotly_chart(alignment_figure(paths, colours), key="compare_alignment", config=MODEBAR)
 else:
@@ -131,7 +132,7 @@ else:
 
 scores = {d: snaps[d].latest("scores") for d in chosen}
 results = {d: alignment(scores[d], snaps[d].samples) for d in chosen}
-if not any(results[d]["n_positive"] for d in chosen):
+if not any(results[d].n_positive for d in chosen):
     st.warning("These runs' samples have no ground-truth spans, so alignment cannot be scored.")
 curves = {d: alignment_curves(scores[d], snaps[d].samples) for d in chosen}
 c1, c2 = st.columns(2)
@@ -168,7 +169,9 @@ number = (
     )
     or "auroc"
 )
-per_sample = pd.DataFrame({names[d]: {sid: v[number] for sid, v in results[d]["per_sample"].items()} for d in chosen})
+per_sample = pd.DataFrame(
+    {names[d]: {sid: getattr(v, number) for sid, v in results[d].per_sample.items()} for d in chosen}
+)
 st.dataframe(per_sample.rename_axis(f"sample ({NUMBERS[number]} of the final scores)"), key="per_sample_table")
 
 index = {d: snaps[d].sample_index for d in chosen}

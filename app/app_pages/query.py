@@ -90,7 +90,7 @@ def show_answer(result: dict) -> None:
 def span_verdict_table(reader: RunReader, sample_id: str) -> None:
     """The run's recorded verdict on each span of a forget question (its final model's greedy answer, at the
     answer limit the job used), or that the run did not record one."""
-    verdicts = span_verdicts(reader.metrics or {}, sample_id)
+    verdicts = span_verdicts(reader.metrics, sample_id)
     st.markdown("**Facts of this answer** (the job's final model, recorded at its end)")
     if verdicts is None:
         st.caption(f"Span verdicts: {NOT_RECORDED} (the run predates them or did not finish its evaluation).")
@@ -98,12 +98,12 @@ def span_verdict_table(reader: RunReader, sample_id: str) -> None:
     st.dataframe(
         pd.DataFrame(
             {
-                "span": [v["text"] for v in verdicts],
-                "label": [v["label"] for v in verdicts],
-                "verdict": ["still said" if v["leaked"] else "not said" for v in verdicts],
-                "extractable": [v["extractable"] for v in verdicts],
-                "log p before": [v["logprob_before"] for v in verdicts],
-                "log p after": [v["logprob_after"] for v in verdicts],
+                "span": [v.text for v in verdicts],
+                "label": [v.label for v in verdicts],
+                "verdict": ["still said" if v.leaked else "not said" for v in verdicts],
+                "extractable": [v.extractable for v in verdicts],
+                "log p before": [v.logprob_before for v in verdicts],
+                "log p after": [v.logprob_after for v in verdicts],
             }
         ),
         hide_index=True,

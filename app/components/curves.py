@@ -7,6 +7,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from app.components.heatmap import INK, token_label
+from atwu_core.metrics_record import Trajectory
 
 PALETTE = qualitative.D3
 
@@ -131,7 +132,7 @@ SERIES = (  # alignment series: (panel column, trajectory key, name, line style)
 )
 
 
-def alignment_figure(trajectories: dict[str, dict[str, list]], colours: dict[str, str]) -> go.Figure:
+def alignment_figure(trajectories: dict[str, Trajectory], colours: dict[str, str]) -> go.Figure:
     """Alignment over training, one colour (the run's own) and one legend entry per run; the line style says
     the series, explained once in a second legend: AUROC of the scores (solid) and of the realised forgetting
     (dashed) against the span tokens, and the mean score inside (solid) vs outside (dotted) the spans."""
@@ -145,8 +146,8 @@ def alignment_figure(trajectories: dict[str, dict[str, list]], colours: dict[str
         for k, (col, key, what, dash) in enumerate(SERIES):
             fig.add_trace(
                 go.Scatter(
-                    x=t["step"],
-                    y=t[key],
+                    x=t.step,
+                    y=getattr(t, key),
                     name=run,
                     legendgroup=run,
                     showlegend=k == 0,
@@ -176,7 +177,7 @@ def alignment_figure(trajectories: dict[str, dict[str, list]], colours: dict[str
     fig.add_hline(y=0.5, line={"dash": "dot", "color": "grey"}, row=1, col=1)
     fig.update_yaxes(title={"text": "AUROC"}, range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(title={"text": "mean score"}, row=1, col=2)
-    longest = max((len(t["step"]) for t in trajectories.values()), default=1)
+    longest = max((len(t.step) for t in trajectories.values()), default=1)
     fig.update_xaxes(title={"text": "training step"}, dtick=max(1, round(longest / 10)))  # whole steps only
     fig.update_layout(
         title={"text": "Alignment over training"},

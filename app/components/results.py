@@ -8,6 +8,7 @@ from app import session
 from atwu_core import headline
 from atwu_core.fact_views import fact_label_rows, facts_line
 from atwu_core.headline import HEADLINE, NOT_RECORDED
+from atwu_core.metrics_record import Metrics
 
 # Shown as help wherever these numbers appear (results card, Compare, Runs): the headline rows' own, then quality.
 METRIC_HELP = {
@@ -32,7 +33,7 @@ def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
 
 
-def _numbers(metrics: dict, row: int, greyed: bool, chance: dict[str, float | None]) -> None:
+def _numbers(metrics: Metrics, row: int, greyed: bool, chance: dict[str, float | None]) -> None:
     """One st.metric per headline number on this card row, with the direction that is better (and chance, for
     ranking numbers); ranking numbers are greyed (with why) when the forgetting is not meaningful."""
     shown = [h for h in HEADLINE if h.card == row]
@@ -60,32 +61,28 @@ BETTER = {
 }  # fmt: skip
 
 
-def quality_rows(metrics: dict) -> list[dict]:
-    """Forget and retain before → after, one row per quality number, with the direction that is better."""
+def quality_rows(metrics: Metrics | None) -> list[dict]:
+    """Forget and retain before → after, one row per quality number the run recorded, with the direction that
+    is better."""
     rows = []
     for split in ("forget", "retain"):
-        block = metrics.get(split) or {}
-        before, after = block.get("before") or {}, block.get("after") or {}
+        block = metrics.quality(split) if metrics is not None else None
+        if block is None:
+            continue
         for key in QUALITY:
-            if key in before or key in after:
-                rows.append(
-                    {
-                        "set": split,
-                        "metric": key,
-                        "better": BETTER[split][key],
-                        "before": before.get(key),
-                        "after": after.get(key),
-                    }
-                )
+            before, after = (getattr(q, key) if q is not None else None for q in (block.before, block.after))
+            if before is not None or after is not None:
+                better = BETTER[split][key]
+                rows.append({"set": split, "metric": key, "better": better, "before": before, "after": after})
     return rows
 
 
-def results_card(metrics: dict | None, run_dir: str, *, key: str) -> None:
+def results_card(metrics: Metrics | None, run_dir: str, *, key: str) -> None:
     """Score alignment, realised forgetting and forget/retain quality before → after, with links to Compare and
     Query for this run; says so when the run has no metrics (failed before the end, or still running)."""
     with st.container(border=True, key=f"results_{key}"):
         st.markdown("#### Results")
-        if not metrics:
+        if metrics is None:
             st.info("No results: the run did not reach its evaluation.")
             return
         chance, greyed = headline.chances(metrics), headline.not_meaningful(metrics)
