@@ -45,9 +45,11 @@ class Headline:
 
 def find(node: object, path: str) -> object:
     """The value at a dotted path of attributes (keys in the per-label and per-sample maps) from `node`: None where
-    it was undefined, NOT_RECORDED where a block on the way is absent (None) or a map lacks the key."""
+    it was undefined, NOT_RECORDED where a block on the way is absent (None), a map lacks the key or a block read
+    from an older file lacks the field (`metrics_record.Block.recorded`)."""
     for key in path.split("."):
-        if node is None or (isinstance(node, dict) and key not in node):
+        recorded = getattr(node, "recorded", None)
+        if node is None or (isinstance(node, dict) and key not in node) or (recorded and not recorded(key)):
             return NOT_RECORDED
         node = node[key] if isinstance(node, dict) else getattr(node, key)
     return node

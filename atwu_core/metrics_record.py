@@ -28,7 +28,8 @@ _ABSENT = object()
 class Block:
     """A dataclass that reads and writes its JSON object field by field, checked by the fields' types: `int`
     (a count), `float` (a number; `RATE` fields within [0, 1]), `bool`, `str`, `list[...]`, `dict[str, ...]` and
-    nested blocks; `X | None` fields read as None when the key is absent or null."""
+    nested blocks; `X | None` fields read as None when the key is absent or null, and `recorded` tells the two apart
+    (a file written before a key existed lacks it)."""
 
     def to_json(self) -> dict:
         out: dict = {}
@@ -52,7 +53,14 @@ class Block:
             else:
                 where_f = f"{where}.{f.name}" if where else f.name
                 values[f.name] = _read(data.get(f.name, _ABSENT), hints[f.name], where_f, f.metadata)
-        return cls(**values)
+        out = cls(**values)
+        out._absent = frozenset(f.name for f in fields(cls) if not f.metadata.get("flat") and f.name not in data)
+        return out
+
+    def recorded(self, name: str) -> bool:
+        """Whether field `name` was in the file this block was read from (a block built by its producer holds
+        every field)."""
+        return name not in getattr(self, "_absent", ())
 
 
 @functools.cache

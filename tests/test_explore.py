@@ -160,14 +160,16 @@ def test_an_old_metrics_json_reads_as_not_recorded_and_a_bad_field_is_named(snap
     ]  # fmt: skip
     assert Metrics.from_json(json.loads(json.dumps(fresh))).to_json() == fresh  # the same keys, the same values
     old = json.loads(json.dumps(fresh))
-    for key in ("mean_increase_span", "mean_increase_other", "strong_drop_share", "meaningful"):
+    for key in ("mean_increase_span", "mean_increase_other", "strong_drop_share", "meaningful", "auprc"):
         del old["forgetting"][key]
+    del old["alignment"]["precision_at_k"]
     (snap.dir / "config.json").write_text(json.dumps(snap.config))
     (snap.dir / "metrics.json").write_text(json.dumps(old))
     metrics = RunReader(snap.dir).metrics
     assert metrics.facts is None and metrics.forgetting.magnitude is None and metrics.forgetting.auroc is not None
     values = headline.values(metrics)
     assert values["leak rate"] == values["mean ΔNLL span"] == values["meaningful"] == headline.NOT_RECORDED
+    assert values["score P@k"] == headline.NOT_RECORDED and values["score AUROC"] == fresh["alignment"]["auroc"]
     assert not headline.not_meaningful(metrics)  # not recorded is not "not meaningful": nothing greyed
     _print_metrics(metrics)
     printed = capsys.readouterr().out
