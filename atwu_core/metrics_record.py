@@ -20,6 +20,7 @@ from atwu_core.records import MAX_COUNT, RecordError, _fail, _object
 
 MAX_TEXT = 100_000  # characters in one string of metrics.json (an answer, a label, a date)
 RATE = {"range": (0.0, 1.0)}  # a share, a probability or an AUROC-like number
+SLACK = 1e-6  # a range check's tolerance: a mean of ones or a ratio of sums may land a rounding error past 1
 FLAT = {"flat": True}  # a sub-block whose keys sit inline in its parent's object (None when the file lacks them)
 OMIT = {"omit": True}  # a key written only when it has a value (None: the key is absent)
 _ABSENT = object()
@@ -115,7 +116,7 @@ def _read(value: object, kind: object, where: str, meta: typing.Mapping, nullabl
         return value
     if kind is float:
         lo, hi = meta.get("range", (-math.inf, math.inf))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo - SLACK <= value <= hi + SLACK:
             bounds = f" (from {lo:g} to {hi:g})" if "range" in meta else ""
             raise _fail(where, "a number" + (" or null" if nullable else "") + bounds, value)
         return float(value)
