@@ -5,10 +5,8 @@ block of `metrics_record` it belongs to."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # only a type: this module imports nothing of the engine, so any layer may use it
-    from atwu_core.metrics_record import Metrics
+from atwu_core.metrics_record import Metrics
 
 NOT_RECORDED = "not recorded"  # what a run folder written before a block (or key) existed shows for it
 

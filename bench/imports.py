@@ -20,13 +20,13 @@ APP = "app"
 # The layer order, first to last; a module (`weighting` stands for the package and everything in it) may import
 # from its own layer and the earlier ones only. docs/architecture.md draws this line.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "base": ("files", "hub", "headline", "cancel", "job_error", "distributed", "settings"),
+    "base": ("files", "hub", "cancel", "job_error", "distributed", "settings"),
     "data": ("data", "demo_world"),
     "model": ("adapters", "gguf", "models", "generation"),
     "forward": ("forward", "losses"),
     "weighting": ("weighting",),
     "method/config": ("methods", "presets", "config", "rerun"),
-    "records/runs": ("records", "runs", "writer_thread"),
+    "records/runs": ("records", "metrics_record", "headline", "runs", "writer_thread"),
     "metrics": ("metrics", "facts"),
     "evaluation": ("evaluation",),
     "job": (
