@@ -14,12 +14,11 @@ NOT_RECORDED = "not recorded"  # what a run folder written before a block (or ke
 @dataclass(frozen=True)
 class Headline:
     """One headline number. `path` is its dotted attribute path on `Metrics` (the first name its block);
-    `direction` the way it should move for a
-    job that forgets its spans and nothing else ("" for a flag); `chance` what scores ignoring the spans read
-    ("auroc": 0.5, "share": the share of span tokens; None for a number without one); `ranking` marks the
-    forgetting ranking numbers, which rank noise (shown greyed) when `forgetting.meaningful` is False; `card` the
-    results card's row (None: not a number there); `compare` whether Compare shows it as a number (the rest are on
-    each run's card; Compare says `meaningful` in words)."""
+    `direction` the way it should move for a job that forgets its spans and nothing else ("" for a flag); `chance`
+    what scores ignoring the spans read ("auroc": 0.5, "share": the share of span tokens; None for a number without
+    one); `ranking` marks the forgetting ranking numbers, which rank noise (shown greyed) when
+    `forgetting.magnitude.meaningful` is False; `card` the results card's row (None: not a number there); `compare`
+    whether Compare shows it as a number (the rest are on each run's card; Compare says `meaningful` in words)."""
 
     label: str
     path: str
