@@ -78,12 +78,13 @@ def test_the_score_ema_is_recorded_beside_the_final_scores_and_judged(demo_loade
     assert any(
         e != pytest.approx(s, abs=1e-4) for sid in final.scores for e, s in zip(final.score_ema[sid], final.scores[sid])
     )
-    alignment = job.metrics["alignment"]
-    assert 0 <= alignment["ema_auroc"] <= 1 and 0 <= alignment["ema_auprc"] <= 1
-    assert alignment["ema_auroc"] != pytest.approx(alignment["auroc"], abs=1e-6)
+    alignment = job.metrics.alignment
+    assert 0 <= alignment.ema_auroc <= 1 and 0 <= alignment.ema_auprc <= 1
+    assert alignment.ema_auroc != pytest.approx(alignment.auroc, abs=1e-6)
+    assert RunReader(tmp_path / "r").metrics.alignment == alignment  # written and read back
     wga = make_config("wga", "demo", steps=1, eval_max_samples=2)
     wga = run_job(wga, loaded=demo_loaded, dataset=demo_world, run_dir=tmp_path / "wga")
-    assert "ema_auroc" not in wga.metrics["alignment"] and not RunReader(tmp_path / "wga").final.score_ema
+    assert "ema_auroc" not in wga.metrics.to_json()["alignment"] and not RunReader(tmp_path / "wga").final.score_ema
 
 
 def test_the_scorer_reads_a_middle_layer_at_the_predicting_position(demo_loaded, demo_world, tmp_path):
