@@ -77,6 +77,6 @@ def export_panel(run_dir: str, config: dict, *, key: str) -> None:
     )
     try:
         st.markdown("**Rerun from the command line**")
-        st.code(cli_command(JobConfig.from_dict(config)), language="bash")
+        st.code(cli_command(JobConfig.from_json(config)), language="bash")
     except Exception as err:  # noqa: BLE001 - a config from another version: the rest of the page stays usable
         st.error(f"Could not build the command: {md(err)}")

@@ -130,11 +130,11 @@ class JobConfig:
                 f"{self.method} takes {method_spec(self.method).params.__name__}, not {type(self.params).__name__}."
             )
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> JobConfig:
+    def from_json(cls, data: dict) -> JobConfig:
         """A saved config (config.json, a worker's spec), migrated to today's keys; metadata beside it is dropped."""
         data = migrate(data)
         known = {f.name for f in fields(cls)}
@@ -145,7 +145,7 @@ class JobConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> JobConfig:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def validate(self) -> None:
         """Refuse settings that cannot work, with what to do, before any model or data is loaded: each field against
@@ -183,7 +183,7 @@ def job_settings() -> dict[str, Setting]:
 
 def migrate(data: dict) -> dict:
     """A saved config (config.json) in today's keys, whichever version wrote it: the one place legacy names are
-    renamed, for every reader (`JobConfig.from_dict`, `RunReader.config`). Returns a new dict."""
+    renamed, for every reader (`JobConfig.from_json`, `RunReader.config`). Returns a new dict."""
     data = dict(data)
     if "reference" in data:  # the field's name before `ref` came to mean the adapter-disabled model only
         data["retain_model"] = data.pop("reference")

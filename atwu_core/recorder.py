@@ -52,7 +52,7 @@ class RunRecorder:
         """config.json (the settings, library versions, creation time, model facts) and samples.json."""
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         info = {"versions": _versions(), "created": created, "model_info": asdict(model_info)}
-        self._writer.write_json("config.json", {**config.to_dict(), **info})
+        self._writer.write_json("config.json", {**config.to_json(), **info})
         self._writer.write_json("samples.json", [s.to_json() for s in samples])
 
     def phase(self, phase: str, done: int, total: int, steps_done: int) -> None:

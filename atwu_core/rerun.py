@@ -11,7 +11,7 @@ from atwu_core.config import METADATA_KEYS, JobConfig, job_settings, make_config
 
 
 def flat_settings(config: dict) -> dict[str, object]:
-    """A config (`JobConfig.to_dict()` or a migrated config.json) as flat settings (`params.beta`, …), without
+    """A config (`JobConfig.to_json()` or a migrated config.json) as flat settings (`params.beta`, …), without
     what does not decide the job."""
     out = {k: v for k, v in config.items() if k not in (*METADATA_KEYS, "params")}
     out.update({f"params.{k}": v for k, v in (config.get("params") or {}).items()})

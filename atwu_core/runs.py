@@ -176,7 +176,7 @@ class RunSnapshot:
     @property
     def job_config(self) -> JobConfig:
         """The job this run ran, typed (`config` is config.json as saved, migrated)."""
-        return JobConfig.from_dict(self.config)
+        return JobConfig.from_json(self.config)
 
     def matrix(self, sample_id: str, key: str = "scores") -> tuple[list[int], list[list[float]]]:
         """Steps x tokens of `key` (scores, loss_weights or probs) for one sample, over the steps whose batch held
@@ -312,7 +312,7 @@ class RunReader:
     @property
     def job_config(self) -> JobConfig:
         """The job this run ran, typed; a ValueError when it no longer builds (a method not registered here)."""
-        return JobConfig.from_dict(self.config)
+        return JobConfig.from_json(self.config)
 
     @property
     def status(self) -> Status:

@@ -63,7 +63,7 @@ class JobQueue:
             path.mkdir(parents=True, exist_ok=True)  # reserves the name; an empty folder is not yet a run
             spec_dir = Path(tempfile.mkdtemp(prefix="atwu-job-"))
             save_dataset_dir(dataset, spec_dir / "data")
-            write_json_atomic(spec_dir / "job.json", {"config": config.to_dict(), "run_dir": str(path.resolve())})
+            write_json_atomic(spec_dir / "job.json", {"config": config.to_json(), "run_dir": str(path.resolve())})
             job = QueuedJob(config, path, spec_dir)
             self._queue.append(job)
             self.last = job
@@ -190,7 +190,7 @@ def end_if_unfinished(run_dir: Path, config: JobConfig, state: str, reason: str)
     if status is not None and status.state not in ("running", "interrupted", "unknown"):
         return
     if not (run_dir / "config.json").is_file():
-        write_json_atomic(run_dir / "config.json", config.to_dict())
+        write_json_atomic(run_dir / "config.json", config.to_json())
     ended = Status(state=state, error=reason)
     if status is not None:
         ended.steps_done, ended.steps_total, ended.phase = status.steps_done, status.steps_total, status.phase
@@ -206,7 +206,7 @@ def work(spec_dir: Path) -> int:
     from atwu_core.job import UnlearningJob
 
     spec = json.loads((spec_dir / "job.json").read_text(encoding="utf-8"))
-    config, run_dir = JobConfig.from_dict(spec["config"]), Path(spec["run_dir"])
+    config, run_dir = JobConfig.from_json(spec["config"]), Path(spec["run_dir"])
     cancel = CancelToken()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: cancel.cancel())
     try:

@@ -72,7 +72,7 @@ class Variant:
     steps: int | None = None  # None: the world's preset's
 
     def config(self, world_preset: str, task: Task, eval_cap: int | None) -> JobConfig:
-        params = make_config(self.method, self.params_from).params.to_dict() if self.params_from else {}
+        params = make_config(self.method, self.params_from).params.to_json() if self.params_from else {}
         params.update(self.params)
         return make_config(
             self.method, world_preset, params, steps=task.steps, seed=task.seed, **given(eval_max_samples=eval_cap)
@@ -528,7 +528,7 @@ def variants_table(variants: list[str], presets: set[str]) -> str:
     rows = []
     for v in variants:
         var = BY_NAME[v]
-        params = var.config(min(presets), Task("", v, 0, 1), None).params.to_dict()
+        params = var.config(min(presets), Task("", v, 0, 1), None).params.to_json()
         keys = ("pair", "scorer_every", "budget", "gamma", "beta", "reward_norm")
         keys += tuple(k for k, _ in var.params if k not in keys)  # what a row changes beyond those
         shown = (

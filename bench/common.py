@@ -436,7 +436,7 @@ class ResultCache:
 
     def _path(self, task: Task, config: JobConfig) -> Path:
         key = json.dumps(
-            {"config": config.to_dict(), "world": self.worlds[task.world], "engine": self.engine}, sort_keys=True
+            {"config": config.to_json(), "world": self.worlds[task.world], "engine": self.engine}, sort_keys=True
         )
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         return self.folder / f"{task.world}-{task.method}-s{task.seed}-n{task.steps}-{digest}.json"

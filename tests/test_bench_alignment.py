@@ -18,7 +18,7 @@ def alignment(bench):
 
 def _params(alignment, variant: str, preset: str = "demo") -> dict:
     task = alignment.Task("w", variant, 0, 40)
-    return alignment.BY_NAME[variant].config(preset, task, None).params.to_dict()
+    return alignment.BY_NAME[variant].config(preset, task, None).params.to_json()
 
 
 def test_tuning_grid_is_each_models_sweep_on_its_tuning_world(alignment):
@@ -44,11 +44,11 @@ def test_each_tuning_row_changes_only_what_it_names(alignment):
 def test_the_sweeps_winner_is_what_demo_ships(alignment):
     assert (
         _params(alignment, "tune-beta2")
-        == make_config("atwu", "demo").params.to_dict()
+        == make_config("atwu", "demo").params.to_json()
         == _params(alignment, "atwu-demo")
     )
     # and the SmolLM2 sweep's winner is the smollm2 preset's ATWU, as the README says
-    assert _params(alignment, "atwu-headline-fast", "smollm2") == make_config("atwu", "smollm2").params.to_dict()
+    assert _params(alignment, "atwu-headline-fast", "smollm2") == make_config("atwu", "smollm2").params.to_json()
 
 
 def test_default_grid_reports_only_held_out_worlds_and_no_tuning_rows(alignment):

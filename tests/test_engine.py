@@ -303,9 +303,9 @@ def test_set_and_flags_are_one_way_to_set_a_field(monkeypatch):
 def test_the_config_holds_typed_parameters_and_config_json_keeps_its_form():
     config = make_config("atwu", "paper", {"beta": 3})
     assert isinstance(config.params, ATWUParams) and config.params.beta == 3.0
-    written = json.loads(json.dumps(config.to_dict()))
+    written = json.loads(json.dumps(config.to_json()))
     assert written["params"]["beta"] == 3.0 and written["params"]["pair"] == "headline"  # the flat dict, as before
-    assert JobConfig.from_dict(written) == config
+    assert JobConfig.from_json(written) == config
     job = job_settings()
     assert job["eval_max_samples"].parse("none") is None and job["lora_layers"].parse("3") == 3
     assert job["forget_ids"].parse("a, b") == ["a", "b"] and job["lr"].parse("0.5") == 0.5
@@ -354,7 +354,7 @@ def test_an_old_config_json_reads_in_todays_keys_through_one_migrate_everywhere(
     assert method_labels(raw["method"], raw["params"]).loss_weight == "g · p^β"  # the matched pair's, as it ran
     assert "--retain-model some/retain-model" in cli_command(typed)
     assert "--retain-model some/retain-model" in runs_table(tmp_path / "runs")[0]["settings"]
-    diff = config_diff({"old": raw, "today": make_config("atwu", "demo", steps=2, eval_max_samples=4).to_dict()})
+    diff = config_diff({"old": raw, "today": make_config("atwu", "demo", steps=2, eval_max_samples=4).to_json()})
     assert diff["retain_model"] == {"old": "some/retain-model", "today": None} and "reference" not in diff
 
 

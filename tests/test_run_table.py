@@ -16,7 +16,7 @@ from atwu_core.config import make_config
 def write_run(root: Path, name: str, seed: int, auroc: float | None, tags: list[str], lr: float = 1e-3) -> Path:
     run = root / name
     run.mkdir()
-    config = {**make_config("wga", "demo", steps=5, seed=seed, lr=lr).to_dict(), "tags": tags}
+    config = {**make_config("wga", "demo", steps=5, seed=seed, lr=lr).to_json(), "tags": tags}
     (run / "config.json").write_text(json.dumps(config))
     (run / "status.json").write_text(json.dumps({"state": "completed", "steps_done": 5, "steps_total": 5}))
     if auroc is not None:

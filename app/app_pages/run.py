@@ -100,7 +100,7 @@ def settings() -> tuple[dict, str]:
             f"{others}, or a method hyperparameter.",
         )
     params = {}
-    with st.expander(f"{method} hyperparameters ({len(base.params.to_dict())})"):
+    with st.expander(f"{method} hyperparameters ({len(base.params.to_json())})"):
         cols = st.columns(3)
         for k, s in enumerate(method_params(method)):
             with cols[k % 3]:

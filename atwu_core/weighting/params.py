@@ -39,7 +39,7 @@ class MethodParams:
     def check_job(self, steps: int) -> None:
         """Refuse settings that cannot work in a `steps`-step job (JobConfig.validate asks, before anything loads)."""
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         return asdict(self)
 
 
