@@ -126,7 +126,7 @@ def press_run(
         page.get_by_role("option", name=method, exact=True).click()
         settle(page)
     if steps is not None:
-        box = page.get_by_label("Steps", exact=True)
+        box = page.get_by_label("steps", exact=True)
         box.fill(str(steps))
         box.press("Enter")
         settle(page)

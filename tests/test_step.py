@@ -98,7 +98,7 @@ def test_lora_dtype_model_keeps_the_adapter_in_bf16(demo_world, tmp_path):
 
 
 def test_lora_dtype_is_checked(demo_world):
-    with pytest.raises(ValueError, match="lora_dtype must be float32 or model"):
+    with pytest.raises(ValueError, match="lora_dtype must be one of float32, model"):
         _config("graddiff", lora_dtype="bf16")
     with pytest.raises(ValueError, match="use dtype=bfloat16, or lora_dtype=float32"):
         _config("graddiff", lora_dtype="model", dtype="float16")
