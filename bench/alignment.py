@@ -141,6 +141,9 @@ TUNING_SMOLLM2: tuple[Variant, ...] = (
     # (forgetting AUROC 0.46 at the end on `smollm2-seed11`), while the paper's, at γ 1, is less spilled (0.56) and
     # still climbing; γ 1 halves the forget push, so the spill comes later, at the fast scorer schedule
     Variant("tune-smollm2-gamma1", "atwu", SWEPT_SMOLLM2, "demo", (*FAST, ("gamma", 1.0))),
+    # the two knobs that moved the seed-0 sweep (layer 15: 0.94, warm start 10: 0.90, from 0.79), together
+    Variant("tune-smollm2-layer15-start10", "atwu", SWEPT_SMOLLM2, "demo",
+            (*FAST, ("hidden_layer", 15), ("scorer_start", 10))),
 )  # fmt: skip
 ATWU = tuple(v.name for v in VARIANTS if v.method == "atwu")
 SWEEPS = {  # model -> (its tuning world, the sweep's rows: baselines first)
