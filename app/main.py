@@ -23,7 +23,7 @@ RUN = PAGES / "run.py"
 def home() -> None:
     """The root URL opens the Run page at /run (the default page of st.navigation has no path of its own, so
     Run is not the default: every page keeps a URL), carrying the link's query string along."""
-    st.switch_page(RUN, query_params=st.query_params.to_json())
+    st.switch_page(RUN, query_params=st.query_params.to_dict())
 
 
 def main() -> None:
