@@ -204,7 +204,7 @@ def _check_device(device: str) -> None:
         raise ValueError(f"device={device} but MPS is not available here; use device=auto or cpu.")
 
 
-def _preset_params(method: str, preset_name: str, overrides: dict | None) -> MethodParams:
+def preset_params(method: str, preset_name: str, overrides: dict | None) -> MethodParams:
     """Defaults < preset < overrides, every value type-checked against the method's parameter dataclass."""
     return build_params(method, {**presets.preset(preset_name).params.get(method, {}), **(overrides or {})})
 
@@ -217,7 +217,7 @@ def make_config(method: str = "atwu", preset: str = "demo", params: dict | None 
     if bad:
         raise ValueError(f"unknown job settings {sorted(bad)}; known: {sorted(job_fields)}.")
     job = {**presets.preset(preset).job, **job}
-    config = JobConfig(method=method, preset=preset, params=_preset_params(method, preset, params), **job)
+    config = JobConfig(method=method, preset=preset, params=preset_params(method, preset, params), **job)
     config.validate()
     return config
 

@@ -53,7 +53,8 @@ from common import (
     write_results_section,
 )
 
-from atwu_core.config import JobConfig, make_config
+from atwu_core.config import JobConfig, make_config, preset_params
+from atwu_core.methods import MethodParams
 
 # ----------------------------------------------------------------------------------------- variants and worlds
 
@@ -71,9 +72,13 @@ class Variant:
     params: tuple[tuple[str, object], ...] = ()
     steps: int | None = None  # None: the world's preset's
 
-    def config(self, world_preset: str, task: Task, eval_cap: int | None) -> JobConfig:
+    def method_params(self, world_preset: str) -> MethodParams:
+        """The row's method parameters as the engine resolves them (on a world with `world_preset`)."""
         params = make_config(self.method, self.params_from).params.to_json() if self.params_from else {}
-        params.update(self.params)
+        return preset_params(self.method, world_preset, {**params, **dict(self.params)})
+
+    def config(self, world_preset: str, task: Task, eval_cap: int | None) -> JobConfig:
+        params = self.method_params(world_preset).to_json()
         return make_config(
             self.method, world_preset, params, steps=task.steps, seed=task.seed, **given(eval_max_samples=eval_cap)
         )
@@ -531,7 +536,7 @@ def variants_table(variants: list[str], presets: set[str]) -> str:
     rows = []
     for v in variants:
         var = BY_NAME[v]
-        params = var.config(min(presets), Task("", v, 0, 1), None).params.to_json()
+        params = var.method_params(min(presets)).to_json()  # no job: a warm-start row needs no step count here
         keys = ("pair", "scorer_every", "budget", "gamma", "beta", "reward_norm")
         keys += tuple(k for k, _ in var.params if k not in keys)  # what a row changes beyond those
         shown = (
