@@ -53,6 +53,7 @@ def test_run_shows_results_and_both_heatmaps(tmp_path: Path) -> None:
         assert card.get_by_text(re.compile(r"still said: \d+ of \d+ spans")).count() >= 1
         assert card.get_by_text("leak rate").count() >= 1 and card.get_by_text("mean ΔNLL span").count() >= 1
         assert card.get_by_role("button", name=re.compile("Compare this run")).count() == 1
+        settle(page)  # a rerun still under way keeps the previous run's figure beside the new one until it ends
         figure = page.locator(".js-plotly-plot", has_text="what was scored (top)")
         assert figure.locator(".heatmaplayer").count() == 2  # score and log-probability change
         assert figure.get_by_text("log-probability change since before training", exact=False).count() >= 1
