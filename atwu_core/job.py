@@ -101,13 +101,15 @@ class UnlearningJob:
                 compiled.enter_context(models.compiled_blocks(model, cfg.compile))  # the training steps only
                 while self.steps_done < cfg.steps and not distributed.any_rank(cancel.cancelled):
                     t0, step = time.perf_counter(), self.steps_done + 1
-                    # forward the forget batch; the scheme weighs its tokens (and learns, if it does)
+                    # forward a forget batch and a retain batch (with its loss)
                     fw = self._forward(model, random_batch(rng, len(self.forget), cfg.forget_batch_size))
-                    weights, logged = scheme.step(fw, step)
+                    retain_fw, retain_loss = self._retain(trained, rng)
+                    # the scheme weighs the forget tokens (and learns, if it does, from both batches)
+                    weights, logged = scheme.step(fw, step, retain_fw)
                     # the method's loss: gamma * forget + alpha * retain
                     forget_loss = method.forget_loss(fw, weights.loss)
-                    retain_loss, retain_tokens = self._retain_loss(trained, rng)
                     loss = method.gamma * forget_loss + method.alpha * retain_loss
+                    retain_tokens = retain_fw.tokens if retain_fw is not None else 0
                     # the model's update, queued without waiting for the device
                     grad_norm = opt.update(loss)
                     # the record: losses, learning rates, this batch's scores, loss weights and probabilities, read
@@ -242,20 +244,21 @@ class UnlearningJob:
         fw.ref_nll = fw.scatter_rows([self.ref_nll[i] for i in index])
         return fw
 
-    def _retain_loss(self, trained: models.Trainable, rng: random.Random) -> tuple[torch.Tensor, int]:
-        """The method's retain loss on a retain batch (with the reference's forward when it asks), or nothing."""
+    def _retain(self, trained: models.Trainable, rng: random.Random) -> tuple[Forward | None, torch.Tensor]:
+        """A retain batch's forward (with what the scheme reads from it) and the method's retain loss on it (with
+        the reference's forward when it asks); no batch and a zero loss for a method without one."""
         retain = self.method.retain
         if retain is None:
-            return torch.zeros((), device=model_device(trained.model)), 0
+            return None, torch.zeros((), device=model_device(trained.model))
         index = random_batch(rng, len(self.retain), self.config.retain_batch_size)
-        needs = ForwardNeeds(logprobs=retain.reference)
+        needs = ForwardNeeds(logprobs=retain.reference, hidden_layer=self.method.scheme.retain_needs.hidden_layer)
         with torch.profiler.record_function("atwu.retain"):
             fw = forward(trained.model, self.retain, index, self.pad_id, needs)
             ref_fw = None
             if retain.reference:
                 with torch.no_grad(), trained.ref() as ref:
-                    ref_fw = forward(ref, self.retain, index, self.pad_id, needs)
-            return retain.loss(fw, ref_fw), fw.tokens
+                    ref_fw = forward(ref, self.retain, index, self.pad_id, ForwardNeeds(logprobs=True))
+            return fw, retain.loss(fw, ref_fw)
 
     def _final_pass(self, model: torch.nn.Module, progress: evaluation.Progress) -> FinalRecord:
         final = FinalRecord(step=self.steps_done, **{key: {} for key in TOKEN_MAPS})

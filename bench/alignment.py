@@ -149,6 +149,12 @@ TUNING_SMOLLM2: tuple[Variant, ...] = (
     # the two knobs that moved the seed-0 sweep (layer 15: 0.94, warm start 10: 0.90, from 0.79), together
     Variant("tune-smollm2-layer15-start10", "atwu", SWEPT_SMOLLM2, "demo",
             (*FAST, ("hidden_layer", 15), ("scorer_start", 10))),
+    # ours, from TOFU's held-out failure (layer 15 ranks its spans at 0.32): the paper's scorer never sees retain
+    # data, so tokens a forget answer shares in form with retain answers ("The author's ... was born in") can hold
+    # the budget; the retain contrast (λ_R 1) shows it the retain batch's tokens as negatives
+    Variant("tune-smollm2-contrast", "atwu", SWEPT_SMOLLM2, "demo", (*FAST, ("retain_contrast", 1.0))),
+    Variant("tune-smollm2-layer15-contrast", "atwu", SWEPT_SMOLLM2, "demo",
+            (*FAST, ("hidden_layer", 15), ("retain_contrast", 1.0))),
 )  # fmt: skip
 ATWU = tuple(v.name for v in VARIANTS if v.method == "atwu")
 SWEEPS = {  # model -> (its tuning world, the sweep's rows: baselines first)

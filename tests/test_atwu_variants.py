@@ -13,7 +13,7 @@ from atwu_core.job_end import score_ema
 from atwu_core.models import adapter_enabled
 from atwu_core.records import FinalRecord, StepRecord
 from atwu_core.runs import RunReader
-from atwu_core.weighting.atwu import ScorerInput, apply_scorer, load_scorer, objective_pair
+from atwu_core.weighting.atwu import ScorerInput, apply_scorer, load_scorer, objective_pair, retain_contrast
 from atwu_core.weighting.params import ATWUParams
 
 
@@ -109,3 +109,32 @@ def test_the_scorer_reads_a_middle_layer_at_the_predicting_position(demo_loaded,
     assert max(abs(g - 0.5) for s in job.forget for g in final[s.record_id]) > 1e-4
     for sample, scores in zip(job.forget, again):
         assert scores == pytest.approx(final[sample.record_id], abs=1e-4)
+
+
+def test_the_retain_contrast_teaches_the_scorer_that_retain_tokens_are_not_forget_specific(
+    demo_loaded, demo_world, tmp_path
+):
+    g = torch.tensor([[0.0, 0.5, 0.9]])
+    assert retain_contrast(g, torch.tensor([[True, True, False]])).item() == pytest.approx(
+        0.5 * torch.log(torch.tensor(2.0)).item()
+    )
+    jobs, retain_g = {}, {}
+    for weight in (0.0, 2.0):
+        jobs[weight] = job = run_job(
+            _config(steps=6, retain_contrast=weight),
+            loaded=demo_loaded,
+            dataset=demo_world,
+            run_dir=tmp_path / f"{weight}",
+        )
+        scorer, inp = load_scorer(job.run_dir)
+        with torch.no_grad():
+            scores = apply_scorer(scorer, inp, demo_loaded.model, job.retain, job.pad_id)
+        retain_g[weight] = sum(map(sum, scores)) / sum(map(len, scores))
+    logged = [r.losses["scorer_retain_g"] for r in jobs[2.0].records]
+    assert len(logged) == 6 and logged[-1] < logged[0] - 0.05  # the retain batch's mean score falls as it learns
+    assert all("scorer_retain_g" not in r.losses for r in jobs[0.0].records)
+    assert retain_g[2.0] < retain_g[0.0] - 0.05, retain_g
+    with pytest.raises(ValueError, match="retain_contrast=1.0 reads the retain batch, which retain_loss=none"):
+        _config(retain_contrast=1.0, retain_loss="none")
+    with pytest.raises(ValueError, match="retain_contrast with hidden_centre=true"):
+        _config(retain_contrast=1.0, hidden_centre=True)

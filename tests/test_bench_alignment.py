@@ -64,8 +64,10 @@ def test_each_hypothesis_is_a_smollm2_tuning_row_and_smollm2_tofu_is_held_out(al
     assert _params(alignment, "tune-smollm2-start10", "smollm2")["scorer_start"] == 10
     assert _params(alignment, "tune-smollm2-delta", "smollm2")["reward"] == "delta_nll"
     assert _params(alignment, "tune-smollm2-layer15", "smollm2")["hidden_layer"] == 15
+    assert _params(alignment, "tune-smollm2-contrast", "smollm2")["retain_contrast"] == 1.0
     fast = _params(alignment, "atwu-headline-fast", "smollm2")
-    for name in ("tune-smollm2-fast-80", "tune-smollm2-start5", "tune-smollm2-delta", "tune-smollm2-layer15"):
+    one_knob = ("tune-smollm2-fast-80", "tune-smollm2-start5", "tune-smollm2-delta", "tune-smollm2-layer15")
+    for name in (*one_knob, "tune-smollm2-contrast"):
         changed = {k for k, v in _params(alignment, name, "smollm2").items() if v != fast[k]}
         assert len(changed) <= 1, (name, changed)  # one knob away from the `smollm2` preset's ATWU
     grid, _ = alignment.resolve(alignment.parse_args(["--models", "smollm2"]))

@@ -10,6 +10,10 @@ them. Two objective pairs from the authors' code (model forget term / scorer rew
 
 plus, for both, lambda_E mean H(g) + lambda_P mean_i (s_i - b)^2 + lambda_2 ||theta||^2, s_i the straight-through
 fraction of sequence i's tokens with g > 0.5. Inside NPO (`atwu-npo`) the weights are g T_i / sum_t g.
+
+Our variant (`retain_contrast` lambda_R > 0, not the paper's): + lambda_R mean over the retain batch's answer tokens
+of -log(1 - g), so the scorer also sees retain tokens, as negatives; the tokens a forget answer shares in form with
+retain answers are then pushed off, and the budget goes to what only the forget answers hold.
 """
 
 from __future__ import annotations
@@ -125,6 +129,12 @@ def regularisers(g: torch.Tensor, mask: torch.Tensor, budget: float) -> tuple[to
     return entropy, (selected - budget).pow(2).mean(), selected
 
 
+def retain_contrast(g_retain: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Our retain-contrast term: mean over retain answer tokens of -log(1 - g), a retain token's binary
+    cross-entropy against "not forget-specific" (0 when the scorer gives it 0)."""
+    return losses.masked_mean(-torch.log1p(-g_retain.clamp(max=1 - 1e-6)), mask)
+
+
 @dataclass(frozen=True)
 class Pair:
     """One objective pair, chosen once per job: the model's forget-loss weights and the scorer's reward (minimised),
@@ -166,6 +176,7 @@ class ATWUScorer(WeightingScheme):
         self.pair = objective_pair(params, objective)
         self.input = ScorerInput(params.hidden_layer, params.hidden_position, params.hidden_norm, params.hidden_centre)
         self.needs = ForwardNeeds(hidden_layer=params.hidden_layer)
+        self.retain_needs = ForwardNeeds(hidden_layer=params.hidden_layer if params.retain_contrast else None)
         self.score_ema = params.score_ema
         self.scorer: Scorer | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -189,32 +200,44 @@ class ATWUScorer(WeightingScheme):
             g = self.scores(fw)
         return TokenWeights(loss=self.pair.weights(g, fw), scores=g)
 
-    def step(self, fw: Forward, step: int) -> tuple[TokenWeights, dict[str, torch.Tensor]]:
+    def step(
+        self, fw: Forward, step: int, retain: Forward | None = None
+    ) -> tuple[TokenWeights, dict[str, torch.Tensor]]:
         if not self.p.scorer_due(step):
             return self.weigh(fw), {}
         if self.pair.name == "headline":  # the scorer steps first; the model's forget term uses the updated scorer
-            logs = self._learn(fw)
+            logs = self._learn(fw, retain)
             weights = self.weigh(fw)
         else:
             weights = self.weigh(fw)
-            logs = self._learn(fw)
+            logs = self._learn(fw, retain)
         if self.p.snapshot_every and step % self.p.snapshot_every == 0:
             self.save(f"step-{step:06d}")
         return weights, logs
 
-    def _learn(self, fw: Forward) -> dict[str, torch.Tensor]:
+    def _learn(self, fw: Forward, retain: Forward | None) -> dict[str, torch.Tensor]:
         g = self.scores(fw)
         reward = self.pair.reward(g, fw)
         entropy, budget, selected = regularisers(g, fw.mask, self.p.budget)
         l2 = sum(w.pow(2).sum() for w in self.scorer.parameters())
         loss = reward + self.p.lambda_e * entropy + self.p.lambda_p * budget + self.p.lambda_2 * l2
+        logs = {}
+        if self.p.retain_contrast:
+            if retain is None:
+                raise ValueError("retain_contrast needs the step's retain batch; this method drew none.")
+            g_retain = self.scores(retain)  # [B_r, T_r]
+            loss = loss + self.p.retain_contrast * retain_contrast(g_retain, retain.mask)
+            logs["scorer_retain_g"] = losses.masked_mean(g_retain, retain.mask).detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), 1.0)
         self.optimizer.step()
         self.schedule.step()
         # 0-dim tensors: the job reads them with the step's record, in its one host sync
-        return {"scorer": loss.detach(), "scorer_reward": reward.detach(), "scorer_selected": selected.mean().detach()}
+        return {
+            "scorer": loss.detach(), "scorer_reward": reward.detach(), "scorer_selected": selected.mean().detach(),
+            **logs,
+        }  # fmt: skip
 
     def learning_rates(self) -> dict[str, float]:
         return {"scorer": self.schedule.get_last_lr()[0]} if self.schedule is not None else {}

@@ -42,6 +42,7 @@ class WeightingScheme:
     `finish` to save what they learned."""
 
     needs: ForwardNeeds = ForwardNeeds()
+    retain_needs: ForwardNeeds = ForwardNeeds()  # what it reads from the retain batch's forward (to learn from)
     score_ema: float | None = None  # decay per step of the scores' average over the job, recorded beside the final
 
     def prepare(self, ctx: PrepareContext) -> None:
@@ -51,8 +52,11 @@ class WeightingScheme:
         ones = fw.mask.float()
         return TokenWeights(loss=ones, scores=ones)
 
-    def step(self, fw: Forward, step: int) -> tuple[TokenWeights, dict[str, torch.Tensor | float]]:
-        """The weights for this training step, and values to log; a learning scheme also learns here. Log 0-dim
+    def step(
+        self, fw: Forward, step: int, retain: Forward | None = None
+    ) -> tuple[TokenWeights, dict[str, torch.Tensor | float]]:
+        """The weights for this training step, and values to log; a learning scheme also learns here, from the
+        forget batch `fw` and the step's retain batch (`retain`, None for a method without one). Log 0-dim
         tensors, not `.item()`s: the job reads them with the step's record, without another host sync."""
         return self.weigh(fw), {}
 

@@ -137,11 +137,28 @@ class ScorerParams(RetainParams):
         minimum=0.0,
         maximum=0.999,
     )
+    retain_contrast: float = param(
+        0.0,
+        "Weight of a term teaching the scorer that the retain batch's answer tokens are not forget-specific: "
+        "lambda_R mean over retain tokens of -log(1 - g) (0: the paper, whose scorer never sees retain data). It "
+        "reads the retain batch the retain loss draws, so it needs a retain loss.",
+        minimum=0.0,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.scorer_layers == 1:
             self.refuse_ignored(("scorer_width",), "scorer_layers=1 (a linear probe has no hidden width)")
+        if self.retain_contrast and self.retain_loss == "none":
+            raise ValueError(
+                f"retain_contrast={self.retain_contrast} reads the retain batch, which retain_loss=none never draws; "
+                "set retain_loss to nll or kl, or retain_contrast=0."
+            )
+        if self.retain_contrast and self.hidden_centre:
+            raise ValueError(
+                "retain_contrast with hidden_centre=true would centre the retain batch on its own mean and so "
+                "remove the forget-retain difference the contrast learns from; set one of them off."
+            )
 
     def scorer_due(self, step: int) -> bool:
         """Whether model step `step` (from 1) has a scorer update: every `scorer_every` (joint: every) model step
