@@ -195,7 +195,7 @@ class FailsAt(WeightingScheme):
     def __init__(self, at: int, error: BaseException):
         self.at, self.error = at, error
 
-    def step(self, fw: Forward, step: int) -> tuple[TokenWeights, dict[str, float]]:
+    def step(self, fw: Forward, step: int, retain: Forward | None = None) -> tuple[TokenWeights, dict[str, float]]:
         if step == self.at:
             raise self.error
         return self.weigh(fw), {}

@@ -57,7 +57,7 @@ class NaNAt(WeightingScheme):
     def __init__(self, at: int):
         self.at = at
 
-    def step(self, fw, step: int) -> tuple[TokenWeights, dict]:
+    def step(self, fw, step: int, retain=None) -> tuple[TokenWeights, dict]:
         weights = self.weigh(fw)
         if step >= self.at:
             weights.loss = weights.loss * float("nan")
