@@ -74,7 +74,7 @@ class Variant:
 
     def method_params(self, world_preset: str) -> MethodParams:
         """The row's method parameters as the engine resolves them (on a world with `world_preset`)."""
-        params = make_config(self.method, self.params_from).params.to_json() if self.params_from else {}
+        params = preset_params(self.method, self.params_from, None).to_json() if self.params_from else {}
         return preset_params(self.method, world_preset, {**params, **dict(self.params)})
 
     def config(self, world_preset: str, task: Task, eval_cap: int | None) -> JobConfig:
