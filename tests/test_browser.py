@@ -53,9 +53,12 @@ def test_run_shows_results_and_both_heatmaps(tmp_path: Path) -> None:
         assert card.get_by_text(re.compile(r"still said: \d+ of \d+ spans")).count() >= 1
         assert card.get_by_text("leak rate").count() >= 1 and card.get_by_text("mean ΔNLL span").count() >= 1
         assert card.get_by_role("button", name=re.compile("Compare this run")).count() == 1
+        from playwright.sync_api import expect  # imported here: without playwright the module is skipped
+
         settle(page)  # a rerun still under way keeps the previous run's figure beside the new one until it ends
         figure = page.locator(".js-plotly-plot", has_text="what was scored (top)")
-        assert figure.locator(".heatmaplayer").count() == 2  # score and log-probability change
+        # score and log-probability change; under load a rerun can still show the previous figure for a while
+        expect(figure.locator(".heatmaplayer")).to_have_count(2, timeout=60_000)
         assert figure.get_by_text("log-probability change since before training", exact=False).count() >= 1
         page.locator(".atwu-chip").first.wait_for(timeout=60_000)  # the chips draw after the charts
         assert page.get_by_text(re.compile(r"ETA")).count() == 0  # none once finished
