@@ -155,6 +155,11 @@ TUNING_SMOLLM2: tuple[Variant, ...] = (
     Variant("tune-smollm2-contrast", "atwu", SWEPT_SMOLLM2, "demo", (*FAST, ("retain_contrast", 1.0))),
     Variant("tune-smollm2-layer15-contrast", "atwu", SWEPT_SMOLLM2, "demo",
             (*FAST, ("hidden_layer", 15), ("retain_contrast", 1.0))),
+    # ours, from the held-out trajectories at job seed 1: at layer 15 the scores' level swings between all ~0 and
+    # all ~1 (the budget term and momentum SGD acting on a probe over the raw residual stream, whose scale the last
+    # layer's final norm no longer sets); RMS-normalising the input gives the probe the last layer's scale back
+    Variant("tune-smollm2-layer15-rms", "atwu", SWEPT_SMOLLM2, "demo",
+            (*FAST, ("hidden_layer", 15), ("hidden_norm", "rms"))),
 )  # fmt: skip
 ATWU = tuple(v.name for v in VARIANTS if v.method == "atwu")
 SWEEPS = {  # model -> (its tuning world, the sweep's rows: baselines first)
