@@ -180,8 +180,10 @@ TUNING_WORLDS = {  # a world some preset was tuned on: reported, marked, never c
     "seed7": "the `demo` preset's method and job settings were tuned on it",
     "demo-smollm2": "the `smollm2` preset's lr and ATWU objective were chosen on it",
 }
-AUROC_TARGET = {"tiny": 0.90, "smollm2": 0.85}
-MIN_RUN_AUROC, MAX_FORGET_EXACT, MIN_RETAIN_KEPT = 0.75, 0.05, 0.95
+# per model, (the worst held-out world's mean score AUROC, the lowest single run): issue 10's for the tiny model,
+# issue 25's for SmolLM2 (whose stretch goal is issue 10's 0.85)
+AUROC_TARGET = {"tiny": (0.90, 0.75), "smollm2": (0.80, 0.70)}
+MAX_FORGET_EXACT, MIN_RETAIN_KEPT = 0.05, 0.95
 QUICK_VARIANTS = ("atwu-paper", "atwu-demo", "wga", "gt-mask")
 
 
@@ -285,21 +287,22 @@ def targets_table(by_world: dict[str, list[JobResult]], model: str, variants: li
                 gaps.append(mine - max(others))
         return min(gaps) if gaps else None
 
+    world_target, run_target = AUROC_TARGET[model]
     rows = []
     for v in [v for v in variants if BY_NAME[v].method == "atwu"]:
         runs = [x for w in worlds for x in values(by_world[w], v, SCORE)]
         rows.append([
             f"**{v}**" if v in TARGETED[model] else v,
-            check(worst(v, SCORE, True), AUROC_TARGET[model], True),
-            check(min(runs) if runs else None, MIN_RUN_AUROC, True),
+            check(worst(v, SCORE, True), world_target, True),
+            check(min(runs) if runs else None, run_target, True),
             check(margin(v), 0.0, True),
             check(worst(v, metric("metrics.forget.after.exact"), False), MAX_FORGET_EXACT, False),
             check(worst(v, retain_kept, True), MIN_RETAIN_KEPT, True),
         ])  # fmt: skip
     head = [
         "variant",
-        f"score AUROC, worst world mean ≥ {AUROC_TARGET[model]}",
-        f"lowest single run ≥ {MIN_RUN_AUROC}",
+        f"score AUROC, worst world mean ≥ {world_target}",
+        f"lowest single run ≥ {run_target}",
         "minus max(WGA, SatImp), worst world > 0",
         f"forget exact, worst ≤ {MAX_FORGET_EXACT}",
         f"retain kept, worst ≥ {MIN_RETAIN_KEPT}",
@@ -615,7 +618,8 @@ def report(
                 parts.append(f"Facts still said after unlearning, per span label (`{w}`):\n\n{by_label}")
         targets = targets_table(by_world, model, variants)
         if targets:
-            parts.append(f"#### Targets on the {model} model (issue 10; bold: the targeted presets)\n\n{targets}")
+            source = "issue 25" if model == "smollm2" else "issue 10"
+            parts.append(f"#### Targets on the {model} model ({source}; bold: the targeted presets)\n\n{targets}")
     leak = leak_retain_table(by_world, variants)
     if leak:
         figure = f"leak_vs_retain{name.removeprefix('alignment')}.png"
