@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Self
 
-from atwu_core.records import MAX_COUNT, RecordError, _fail, _object
+from atwu_core.records import MAX_COUNT, RecordError, field_error, json_object
 
 MAX_TEXT = 100_000  # characters in one string of metrics.json (an answer, a label, a date)
 RATE = {"range": (0.0, 1.0)}  # a share, a probability or an AUROC-like number
@@ -44,7 +44,7 @@ class Block:
 
     @classmethod
     def from_json(cls, data: object, where: str = "") -> Self:
-        data = _object(data, f"field {where!r}" if where else "the file")
+        data = json_object(data, f"field {where!r}" if where else "the file")
         hints = _hints(cls)
         values = {}
         for f in fields(cls):
@@ -98,31 +98,31 @@ def _read(value: object, kind: object, where: str, meta: typing.Mapping, nullabl
         raise RecordError(f"field {where!r} is missing")
     if origin is list:
         if not isinstance(value, list):
-            raise _fail(where, "a list", value)
+            raise field_error(where, "a list", value)
         return [_read(v, args[0], f"{where}[{k}]", meta) for k, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise _fail(where, "an object", value)
+            raise field_error(where, "an object", value)
         return {_read(k, str, f"{where} key", {}): _read(v, args[1], f"{where}.{k}", meta) for k, v in value.items()}
     if isinstance(kind, type) and issubclass(kind, Block):
         return kind.from_json(value, where)
     if kind is bool:
         if not isinstance(value, bool):
-            raise _fail(where, "true or false", value)
+            raise field_error(where, "true or false", value)
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-            raise _fail(where, f"an integer from 0 to {MAX_COUNT}", value)
+            raise field_error(where, f"an integer from 0 to {MAX_COUNT}", value)
         return value
     if kind is float:
         lo, hi = meta.get("range", (-math.inf, math.inf))
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo - SLACK <= value <= hi + SLACK:
             bounds = f" (from {lo:g} to {hi:g})" if "range" in meta else ""
-            raise _fail(where, "a number" + (" or null" if nullable else "") + bounds, value)
+            raise field_error(where, "a number" + (" or null" if nullable else "") + bounds, value)
         return float(value)
     if kind is str:
         if not isinstance(value, str) or len(value) > MAX_TEXT:
-            raise _fail(where, f"a string of at most {MAX_TEXT} characters", value)
+            raise field_error(where, f"a string of at most {MAX_TEXT} characters", value)
         return value
     raise TypeError(f"{where}: no reader for {kind!r}")  # a field declared with a type this module cannot check
 

@@ -29,7 +29,9 @@ class RecordError(ValueError):
     the file). Run folders travel between people, so every value is checked before a view uses it."""
 
 
-def _fail(key: str, what: str, value: object) -> RecordError:
+def field_error(key: str, what: str, value: object) -> RecordError:
+    """The error every run-file reader raises (here and in `metrics_record`): the field, what it must be, a
+    short repr of what it held."""
     return RecordError(f"field {key!r} must be {what}, got {_short(value)}")
 
 
@@ -43,14 +45,14 @@ def _int(data: dict, key: str, default: int | None = 0, lo: int = 0, hi: int = M
     if value is None and default is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise _fail(key, f"an integer from {lo} to {hi}", value)
+        raise field_error(key, f"an integer from {lo} to {hi}", value)
     return value
 
 
 def _number(data: dict, key: str, default: float = 0.0) -> float:
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(key, "a number", value)
+        raise field_error(key, "a number", value)
     return float(value)
 
 
@@ -59,14 +61,14 @@ def _text(data: dict, key: str, default: str | None = "", limit: int | None = MA
     if value is None and default is None:
         return None
     if not isinstance(value, str) or (limit is not None and len(value) > limit):
-        raise _fail(key, "a string" + (f" of at most {limit} characters" if limit else ""), value)
+        raise field_error(key, "a string" + (f" of at most {limit} characters" if limit else ""), value)
     return value
 
 
 def _list(data: dict, key: str, ok, what: str, default: list | None = None) -> list:
     value = data.get(key, default)
     if not isinstance(value, list) or not all(ok(v) for v in value):
-        raise _fail(key, f"a list of {what}", value)
+        raise field_error(key, f"a list of {what}", value)
     return value
 
 
@@ -77,7 +79,7 @@ def _is_number(v: object) -> bool:
 def _numbers_map(data: dict, key: str) -> dict[str, float | None]:
     value = data.get(key, {})
     if not isinstance(value, dict) or not all(isinstance(k, str) and _is_number(v) for k, v in value.items()):
-        raise _fail(key, "an object of numbers", value)
+        raise field_error(key, "an object of numbers", value)
     return value
 
 
@@ -87,11 +89,12 @@ def _token_values(data: dict, key: str) -> TokenValues:
     if not isinstance(value, dict) or not all(
         isinstance(sid, str) and isinstance(v, list) and all(map(_is_number, v)) for sid, v in value.items()
     ):
-        raise _fail(key, "an object of {sample id: [numbers]}", value)
+        raise field_error(key, "an object of {sample id: [numbers]}", value)
     return value
 
 
-def _object(data: object, what: str) -> dict:
+def json_object(data: object, what: str) -> dict:
+    """`data` when it is a JSON object; a file of the wrong shape is refused before any field is read."""
     if not isinstance(data, dict):
         raise RecordError(f"{what} is not a JSON object (it holds a {type(data).__name__})")
     return data
@@ -146,7 +149,7 @@ class SampleRecord:
 
     @classmethod
     def from_json(cls, data: object) -> SampleRecord:
-        data = _object(data, "a sample")
+        data = json_object(data, "a sample")
         tokens = _list(data, "tokens", lambda t: isinstance(t, str), "strings")
         mask = _list(data, "span_mask", lambda m: m in (0, 1), "0/1 flags")
         labels = data.get("span_labels") or [("forget" if m else None) for m in mask]
@@ -163,9 +166,9 @@ class SampleRecord:
                 raise RecordError(f"field {key!r} has {len(values)} entries for {len(tokens)} tokens")
         ground_truth = data.get("has_ground_truth", any(mask))
         if not isinstance(ground_truth, bool):
-            raise _fail("has_ground_truth", "true or false", ground_truth)
+            raise field_error("has_ground_truth", "true or false", ground_truth)
         if not isinstance(data.get("id"), str):
-            raise _fail("id", "a string", data.get("id"))
+            raise field_error("id", "a string", data.get("id"))
         return cls(
             record_id=data["id"],
             question=_text(data, "question", limit=None),
@@ -289,19 +292,19 @@ class Status:
 
     @classmethod
     def from_json(cls, data: object) -> Status:
-        data = _object(data, "the file")
+        data = json_object(data, "the file")
         if "state" not in data:
             raise RecordError("field 'state' is missing")
         phase = data.get("phase") or ("training" if data["state"] == "running" else "done")  # before phases existed
         seconds = _numbers_map(data, "phase_seconds")
         if any(v is None for v in seconds.values()):
-            raise _fail("phase_seconds", "an object of numbers", seconds)
+            raise field_error("phase_seconds", "an object of numbers", seconds)
         updated = _text(data, "updated", None)
         if updated is not None:
             try:
                 datetime.fromisoformat(updated)
             except ValueError:
-                raise _fail("updated", "an ISO date and time", updated) from None
+                raise field_error("updated", "an ISO date and time", updated) from None
         return cls(
             state=_text(data, "state"),
             steps_done=_int(data, "steps_done"),
@@ -324,7 +327,7 @@ class Status:
 def parse_line(data: object) -> BeforeRecord | StepRecord | FinalRecord | None:
     """One records.jsonl line as its record (None for a type this version does not know); RecordError names the
     field that is wrong."""
-    kind = _object(data, "a record").get("type")
+    kind = json_object(data, "a record").get("type")
     kind = {"before": BeforeRecord, "step": StepRecord, "final": FinalRecord}.get(kind if isinstance(kind, str) else "")
     return kind.from_json(data) if kind is not None else None
 
@@ -332,10 +335,10 @@ def parse_line(data: object) -> BeforeRecord | StepRecord | FinalRecord | None:
 def check_config(data: object) -> dict:
     """config.json as the views read it: the fields they show or use typed (the job's own settings are checked
     by `JobConfig` when a run is redone). Returns the same dict."""
-    data = _object(data, "the file")
+    data = json_object(data, "the file")
     for key in ("method", "model", "name", "data", "preset", "created", "retain_data"):
         _text(data, key, None)
     _list(data, "tags", lambda t: isinstance(t, str) and len(t) <= MAX_NAME, "short strings", [])
     if not isinstance(data.get("params", {}), dict):
-        raise _fail("params", "an object", data.get("params"))
+        raise field_error("params", "an object", data.get("params"))
     return data

@@ -160,6 +160,12 @@ TUNING_SMOLLM2: tuple[Variant, ...] = (
     # layer's final norm no longer sets); RMS-normalising the input gives the probe the last layer's scale back
     Variant("tune-smollm2-layer15-rms", "atwu", SWEPT_SMOLLM2, "demo",
             (*FAST, ("hidden_layer", 15), ("hidden_norm", "rms"))),
+    # ours, from a kept TOFU run folder of the RMS row (seed 0): the headline reward reads the NLL, which GA drives
+    # past 10 nats on every answer token by step 16 and then higher off the spans than on them (22 against 17 nats
+    # at step 40), so the reward points off the spans and the scores saturate (0.97 on and off them); the matched
+    # pair's reward p^β nll peaks at the forgetting frontier (nll = 1/β) and vanishes on tokens already forgotten
+    Variant("tune-smollm2-layer15-rms-matched", "atwu", SWEPT_SMOLLM2, "demo",
+            (("hidden_layer", 15), ("hidden_norm", "rms"))),
 )  # fmt: skip
 ATWU = tuple(v.name for v in VARIANTS if v.method == "atwu")
 SWEEPS = {  # model -> (its tuning world, the sweep's rows: baselines first)
