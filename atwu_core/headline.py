@@ -70,6 +70,17 @@ HEADLINE: tuple[Headline, ...] = (
         "↑", chance="share", card=0,
     ),
     Headline(
+        "mean score span", "alignment.mean_span",
+        "Magnitude beside the score ranking: the mean final score of span tokens. A high AUROC between scores that "
+        "all sit near 1 (or 0) still weights every token alike.",
+        "↑", card=0,
+    ),
+    Headline(
+        "mean score other", "alignment.mean_other",
+        "The mean final score of the other answer tokens (EOS and special tokens left out).",
+        "↓", card=0, compare=False,
+    ),
+    Headline(
         "forgetting AUROC", "forgetting.auroc",
         "The same AUROC for each token's realised forgetting, log p before − log p after: did the probability drop "
         "land on the spans?",

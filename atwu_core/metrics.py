@@ -338,8 +338,9 @@ def alignment(
     weights: Mapping[str, Sequence[float]], samples: Sequence[EncodedSample], *, special_tokens: bool = False
 ) -> Alignment:
     """How well token weights single out the ground-truth span tokens: pooled `auroc`, `auprc`, `precision_at_k`
-    (None when the pool has one class), `n_tokens`, `n_positive`, `n_samples`, and the same three per sample.
-    The pool leaves out EOS and special tokens unless `special_tokens`."""
+    (None when the pool has one class), `n_tokens`, `n_positive`, `n_samples`, the same three per sample, and the
+    mean weight on span and other tokens (None for an empty class). The pool leaves out EOS and special tokens
+    unless `special_tokens`."""
     scored = _scored(weights, samples, special_tokens)
     scores = np.concatenate([s for _, s, _ in scored]) if scored else np.zeros(0)
     labels = np.concatenate([y for _, _, y in scored]) if scored else np.zeros(0, dtype=bool)
@@ -349,6 +350,8 @@ def alignment(
         n_positive=int(labels.sum()),
         n_samples=len(scored),
         per_sample={sid: Separation(**_separation(s, y)) for sid, s, y in scored},
+        mean_span=float(scores[labels].mean()) if labels.any() else None,
+        mean_other=float(scores[~labels].mean()) if not labels.all() else None,
     )
 
 

@@ -163,9 +163,10 @@ TUNING_SMOLLM2: tuple[Variant, ...] = (
     # ours, from a kept TOFU run folder of the RMS row (seed 0): the headline reward reads the NLL, which GA drives
     # past 10 nats on every answer token by step 16 and then higher off the spans than on them (22 against 17 nats
     # at step 40), so the reward points off the spans and the scores saturate (0.97 on and off them); the matched
-    # pair's reward p^β nll peaks at the forgetting frontier (nll = 1/β) and vanishes on tokens already forgotten
+    # pair's reward p^β nll (β 2, the `demo` preset's) peaks at the forgetting frontier (nll = 1/β) and vanishes on
+    # tokens already forgotten
     Variant("tune-smollm2-layer15-rms-matched", "atwu", SWEPT_SMOLLM2, "demo",
-            (("hidden_layer", 15), ("hidden_norm", "rms"))),
+            (("beta", 2.0), ("hidden_layer", 15), ("hidden_norm", "rms"))),
 )  # fmt: skip
 ATWU = tuple(v.name for v in VARIANTS if v.method == "atwu")
 SWEEPS = {  # model -> (its tuning world, the sweep's rows: baselines first)
@@ -214,9 +215,16 @@ def metric(path: str) -> Callable[[JobResult], float | None]:
     return lambda result: lookup(result, path)
 
 
+def score_gap(result: JobResult) -> float | None:
+    """The mean final score on span tokens minus on the others: the magnitude beside the score AUROC."""
+    span, other = lookup(result, "metrics.alignment.mean_span"), lookup(result, "metrics.alignment.mean_other")
+    return span - other if span is not None and other is not None else None
+
+
 # (column header, per-job value)
 COLUMNS: tuple[tuple[str, Callable[[JobResult], float | None]], ...] = (
     ("score AUROC ↑", metric("metrics.alignment.auroc")),
+    ("score gap ↑", score_gap),
     ("EMA score AUROC ↑", metric("metrics.alignment.ema_auroc")),
     ("forgetting AUROC ↑", metric("metrics.forgetting.auroc")),
     ("span share ↑", metric("metrics.forgetting.span_share")),
@@ -598,10 +606,12 @@ def report(
         ),
         (
             "Score AUROC = the final token scores against the span tokens (uniform-weight methods: 0.5 by "
-            "construction); forgetting AUROC = each answer token's NLL increase (after vs before) against the spans; "
-            "span share = the span tokens' share of the positive NLL increase; ΔNLL span = its mean size on span "
-            "tokens (nats); leak rate = share of span texts still in the final greedy answers; retain kept = retain "
-            "exact after / before. Mean ± std over seeds. A tuning world is marked and excluded from the targets."
+            "construction); score gap = the mean final score on span tokens minus on the others (its magnitude: "
+            "n/a in results cached before it was recorded); forgetting AUROC = each answer token's NLL increase "
+            "(after vs before) against the spans; span share = the span tokens' share of the positive NLL "
+            "increase; ΔNLL span = its mean size on span tokens (nats); leak rate = share of span texts still in "
+            "the final greedy answers; retain kept = retain exact after / before. Mean ± std over seeds. A tuning "
+            "world is marked and excluded from the targets."
         ),
         variants_table(variants, set(presets.values())),
     ]

@@ -298,6 +298,11 @@ def test_alignment_of_perfect_reversed_and_uniform_weights(spans) -> None:
     assert flat.auprc == pytest.approx(3 / 9)
     assert best.per_sample["a"] == Separation(auroc=1.0, auprc=1.0, precision_at_k=1.0)
     assert set(best.per_sample) == {"a", "b"}
+    # the magnitude beside the ranking: the same ranking at a margin of 0.01 and of 1
+    assert (best.mean_span, best.mean_other) == (1.0, 0.0)
+    assert (flat.mean_span, flat.mean_other) == (pytest.approx(0.3), pytest.approx(0.3))
+    squashed = alignment({sid: [0.97 + 0.01 * w for w in ws] for sid, ws in perfect.items()}, spans)
+    assert squashed.auroc == 1.0 and squashed.mean_span - squashed.mean_other == pytest.approx(0.01)
 
 
 def test_precision_at_k_counts_the_top_k_and_splits_ties(spans) -> None:
@@ -315,6 +320,7 @@ def test_alignment_rejects_wrong_lengths_and_marks_one_class_samples(spans) -> N
     all_span = [_sample([1, 2, 3], 1, [True, True], "all")]
     result = alignment({"all": [0.1, 0.9]}, all_span)
     assert result.auroc is None and result.per_sample["all"].auroc is None
+    assert result.mean_span == pytest.approx(0.5) and result.mean_other is None  # no other token to average
 
 
 def test_alignment_curves_and_disagreements(spans) -> None:
