@@ -70,13 +70,13 @@ HEADLINE: tuple[Headline, ...] = (
         "↑", chance="share", card=0,
     ),
     Headline(
-        "mean score span", "alignment.mean_span",
+        "mean score span", "alignment.score_in_span",
         "Magnitude beside the score ranking: the mean final score of span tokens. A high AUROC between scores that "
         "all sit near 1 (or 0) still weights every token alike.",
         "↑", card=0,
     ),
     Headline(
-        "mean score other", "alignment.mean_other",
+        "mean score other", "alignment.score_out_span",
         "The mean final score of the other answer tokens (EOS and special tokens left out).",
         "↓", card=0, compare=False,
     ),

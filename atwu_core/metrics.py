@@ -339,8 +339,8 @@ def alignment(
 ) -> Alignment:
     """How well token weights single out the ground-truth span tokens: pooled `auroc`, `auprc`, `precision_at_k`
     (None when the pool has one class), `n_tokens`, `n_positive`, `n_samples`, the same three per sample, and the
-    mean weight on span and other tokens (None for an empty class). The pool leaves out EOS and special tokens
-    unless `special_tokens`."""
+    mean weight inside and outside the spans (`score_in_span`, `score_out_span`). The pool leaves out EOS and
+    special tokens unless `special_tokens`."""
     scored = _scored(weights, samples, special_tokens)
     scores = np.concatenate([s for _, s, _ in scored]) if scored else np.zeros(0)
     labels = np.concatenate([y for _, _, y in scored]) if scored else np.zeros(0, dtype=bool)
@@ -350,9 +350,16 @@ def alignment(
         n_positive=int(labels.sum()),
         n_samples=len(scored),
         per_sample={sid: Separation(**_separation(s, y)) for sid, s, y in scored},
-        mean_span=float(scores[labels].mean()) if labels.any() else None,
-        mean_other=float(scores[~labels].mean()) if not labels.all() else None,
+        **_score_levels(scores, labels),
     )
+
+
+def _score_levels(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """The mean score inside and outside the spans (None for an empty side): the magnitude beside the ranking."""
+    return {
+        "score_in_span": float(scores[labels].mean()) if labels.any() else None,
+        "score_out_span": float(scores[~labels].mean()) if (~labels).any() else None,
+    }
 
 
 def alignment_curves(
@@ -453,9 +460,7 @@ def trajectory(
         out["step"].append(rec.step)
         out["score_auroc"].append(_separation(scores, labels)["auroc"])
         out["forgetting_auroc"].append(forgot_auroc)
-        out["score_in_span"].append(float(scores[labels].mean()) if labels.any() else None)
-        out["score_out_span"].append(float(scores[~labels].mean()) if (~labels).any() else None)
-        for key, value in forgot.items():
+        for key, value in (_score_levels(scores, labels) | forgot).items():
             out[key].append(value)
     return Trajectory(**out)
 

@@ -142,15 +142,16 @@ class Separation(Block):
 @dataclass(kw_only=True)
 class Alignment(Separation):
     """The final scores against the spans, pooled over the judged tokens, and per sample; with `score_ema` (ATWU)
-    the same pooled AUROC and AUPRC of each token's score averaged over the job. `mean_span` / `mean_other` are the
-    magnitude beside the ranking: an AUROC of 0.6 between scores of 0.98 and 0.97 weights every token alike."""
+    the same pooled AUROC and AUPRC of each token's score averaged over the job. `score_in_span` / `score_out_span`
+    (the mean score inside and outside the spans) are the magnitude beside the ranking: an AUROC of 0.6 between
+    scores of 0.98 and 0.97 weights every token alike."""
 
     n_tokens: int | None
     n_positive: int | None
     n_samples: int | None
     per_sample: dict[str, Separation]
-    mean_span: float | None = None  # the mean score of the pooled span tokens
-    mean_other: float | None = None  # ... and of the other pooled answer tokens
+    score_in_span: float | None = None  # the mean score of the pooled span tokens
+    score_out_span: float | None = None  # ... and of the other pooled answer tokens
     ema_auroc: float | None = field(default=None, metadata=RATE | OMIT)  # ATWU with score_ema: the averaged scores'
     ema_auprc: float | None = field(default=None, metadata=RATE | OMIT)
 

@@ -217,7 +217,7 @@ def metric(path: str) -> Callable[[JobResult], float | None]:
 
 def score_gap(result: JobResult) -> float | None:
     """The mean final score on span tokens minus on the others: the magnitude beside the score AUROC."""
-    span, other = lookup(result, "metrics.alignment.mean_span"), lookup(result, "metrics.alignment.mean_other")
+    span, other = lookup(result, "metrics.alignment.score_in_span"), lookup(result, "metrics.alignment.score_out_span")
     return span - other if span is not None and other is not None else None
 
 

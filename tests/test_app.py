@@ -173,8 +173,8 @@ def test_results_card(completed_run: str) -> None:
     scores = ["score AUROC", "score AUPRC", "score P@k", "mean score span", "mean score other"]
     assert list(metrics) == [*scores, *ranking, *magnitude]
     assert metrics["score AUROC"].value == f"{expected.alignment.auroc:.3f}"
-    assert metrics["mean score span"].value == f"{expected.alignment.mean_span:.3f}"
-    assert metrics["mean score other"].value == f"{expected.alignment.mean_other:.3f}"
+    assert metrics["mean score span"].value == f"{expected.alignment.score_in_span:.3f}"
+    assert metrics["mean score other"].value == f"{expected.alignment.score_out_span:.3f}"
     assert metrics["mean ΔNLL span"].value == f"{forgot.magnitude.mean_increase_span:.3f}"
     assert metrics["leak rate"].value == f"{facts.leak_rate:.3f}"
     assert all(m.help for m in metrics.values())

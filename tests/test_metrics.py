@@ -299,10 +299,10 @@ def test_alignment_of_perfect_reversed_and_uniform_weights(spans) -> None:
     assert best.per_sample["a"] == Separation(auroc=1.0, auprc=1.0, precision_at_k=1.0)
     assert set(best.per_sample) == {"a", "b"}
     # the magnitude beside the ranking: the same ranking at a margin of 0.01 and of 1
-    assert (best.mean_span, best.mean_other) == (1.0, 0.0)
-    assert (flat.mean_span, flat.mean_other) == (pytest.approx(0.3), pytest.approx(0.3))
+    assert (best.score_in_span, best.score_out_span) == (1.0, 0.0)
+    assert (flat.score_in_span, flat.score_out_span) == (pytest.approx(0.3), pytest.approx(0.3))
     squashed = alignment({sid: [0.97 + 0.01 * w for w in ws] for sid, ws in perfect.items()}, spans)
-    assert squashed.auroc == 1.0 and squashed.mean_span - squashed.mean_other == pytest.approx(0.01)
+    assert squashed.auroc == 1.0 and squashed.score_in_span - squashed.score_out_span == pytest.approx(0.01)
 
 
 def test_precision_at_k_counts_the_top_k_and_splits_ties(spans) -> None:
@@ -320,7 +320,7 @@ def test_alignment_rejects_wrong_lengths_and_marks_one_class_samples(spans) -> N
     all_span = [_sample([1, 2, 3], 1, [True, True], "all")]
     result = alignment({"all": [0.1, 0.9]}, all_span)
     assert result.auroc is None and result.per_sample["all"].auroc is None
-    assert result.mean_span == pytest.approx(0.5) and result.mean_other is None  # no other token to average
+    assert result.score_in_span == pytest.approx(0.5) and result.score_out_span is None  # no other token to average
 
 
 def test_alignment_curves_and_disagreements(spans) -> None:
