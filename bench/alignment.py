@@ -72,6 +72,11 @@ class Variant:
     params: tuple[tuple[str, object], ...] = ()
     steps: int | None = None  # None: the world's preset's
 
+    @property
+    def atwu(self) -> bool:
+        """An ATWU row (inside GA or NPO): it has a scorer, so the targets and the verdicts judge it."""
+        return self.method in ("atwu", "atwu-npo")
+
     def method_params(self, world_preset: str) -> MethodParams:
         """The row's method parameters as the engine resolves them (on a world with `world_preset`)."""
         params = preset_params(self.method, self.params_from, None).to_json() if self.params_from else {}
@@ -167,8 +172,22 @@ TUNING_SMOLLM2: tuple[Variant, ...] = (
     # tokens already forgotten
     Variant("tune-smollm2-layer15-rms-matched", "atwu", SWEPT_SMOLLM2, "demo",
             (("beta", 2.0), ("hidden_layer", 15), ("hidden_norm", "rms"))),
+    # ours, from TOFU's ΔNLL: GA drives every answer token's NLL past 10 nats by step 16, where the headline reward
+    # points off the spans; NPO's loss saturates per answer (NPO alone raises TOFU's NLL 4.8 nats on the spans, 3.6
+    # off them), so the scorer inside NPO (`atwu-npo`, the authors' variant) reads an NLL that stays in the range
+    # where the spans move first; its weights g T / Σ g are scale-free, so the budget alone sets the level
+    Variant("tune-smollm2-npo-layer15-rms", "atwu-npo", SWEPT_SMOLLM2, "demo",
+            (("hidden_layer", 15), ("hidden_norm", "rms"))),
+    # ours, from the same run folder: its scores saturated (0.98 on the spans and 0.97 off them; selected share 1.0
+    # against a budget of 0.4) because a reward of tens of nats outweighs the budget; standardised within each answer
+    # the reward only ranks tokens and the budget sets the level; capped at log(vocabulary) = 10.8 nats (chance), the
+    # tokens GA pushed past chance read alike, so its overshoot off the spans cannot steer the scorer
+    Variant("tune-smollm2-layer15-rms-std", "atwu", SWEPT_SMOLLM2, "demo",
+            (*FAST, ("hidden_layer", 15), ("hidden_norm", "rms"), ("reward_standardise", True))),
+    Variant("tune-smollm2-layer15-rms-std-cap", "atwu", SWEPT_SMOLLM2, "demo",
+            (*FAST, ("hidden_layer", 15), ("hidden_norm", "rms"), ("reward_standardise", True), ("reward_cap", 10.8))),
 )  # fmt: skip
-ATWU = tuple(v.name for v in VARIANTS if v.method == "atwu")
+ATWU = tuple(v.name for v in VARIANTS if v.atwu)
 SWEEPS = {  # model -> (its tuning world, the sweep's rows: baselines first)
     "tiny": ("seed7", ("atwu-matched-norm", *(v.name for v in TUNING))),
     "smollm2": ("demo-smollm2", (*ATWU, *(v.name for v in TUNING_SMOLLM2))),
@@ -303,7 +322,7 @@ def targets_table(by_world: dict[str, list[JobResult]], model: str, variants: li
 
     world_target, run_target = AUROC_TARGET[model]
     rows = []
-    for v in [v for v in variants if BY_NAME[v].method == "atwu"]:
+    for v in [v for v in variants if BY_NAME[v].atwu]:
         runs = [x for w in worlds for x in values(by_world[w], v, SCORE)]
         rows.append([
             f"**{v}**" if v in TARGETED[model] else v,
@@ -383,7 +402,7 @@ def leak_retain_table(by_world: dict[str, list[JobResult]], variants: list[str])
                 mean_std(values(results, v, retain_kept)), f"{damage:.3f}",
                 f"{ratio:.1f}" if math.isfinite(ratio) else f"no damage (< {MIN_DAMAGE})",
             ])  # fmt: skip
-        for v in (v for v in points if BY_NAME[v].method == "atwu"):
+        for v in (v for v in points if BY_NAME[v].atwu):
             mine = points[v][2], points[v][0]
             theirs = {b: (points[b][2], points[b][0]) for b in LEAK_BASELINES if b in points}
             cells = [
@@ -424,7 +443,7 @@ def plot_leak_retain(by_world: dict[str, list[JobResult]], variants: list[str], 
             x, y = statistics.mean(kept), statistics.mean(forgotten)
             sx = statistics.stdev(kept) if len(kept) > 1 else 0.0
             sy = statistics.stdev(forgotten) if len(forgotten) > 1 else 0.0
-            atwu = BY_NAME[v].method == "atwu"
+            atwu = BY_NAME[v].atwu
             ax.errorbar(x, y, xerr=sx, yerr=sy, fmt="o" if atwu else "s", markersize=7 if atwu else 5, capsize=2)
             ax.annotate(v, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_title(world + ("" if held_out(world) else " (tuning world)"))
@@ -567,9 +586,7 @@ def variants_table(variants: list[str], presets: set[str]) -> str:
         params = var.method_params(min(presets)).to_json()  # no job: a warm-start row needs no step count here
         keys = ("pair", "scorer_every", "budget", "gamma", "beta", "reward_norm")
         keys += tuple(k for k, _ in var.params if k not in keys)  # what a row changes beyond those
-        shown = (
-            ", ".join(f"{k} {params[k]}" for k in keys if k in params) if var.method == "atwu" else "method defaults"
-        )
+        shown = ", ".join(f"{k} {params[k]}" for k in keys if k in params) if var.atwu else "method defaults"
         preset = f"`{var.params_from}` preset" if var.params_from else "–"
         rows.append([v, f"`{var.method}`", preset, shown, str(var.steps or "the world's preset's"), var.tuned_on])
     head = ["variant", "method", "method settings from", "ATWU settings", "steps", "tuned on"]

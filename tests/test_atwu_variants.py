@@ -13,7 +13,16 @@ from atwu_core.job_end import score_ema
 from atwu_core.models import adapter_enabled
 from atwu_core.records import FinalRecord, StepRecord
 from atwu_core.runs import RunReader
-from atwu_core.weighting.atwu import ScorerInput, apply_scorer, load_scorer, objective_pair, retain_contrast
+from atwu_core.weighting.atwu import (
+    ATWUScorer,
+    ScorerInput,
+    apply_scorer,
+    load_scorer,
+    objective_pair,
+    retain_contrast,
+    reward_read,
+)
+from atwu_core.weighting.base import PrepareContext
 from atwu_core.weighting.params import ATWUParams
 
 
@@ -138,3 +147,43 @@ def test_the_retain_contrast_teaches_the_scorer_that_retain_tokens_are_not_forge
         _config(retain_contrast=1.0, retain_loss="none")
     with pytest.raises(ValueError, match="retain_contrast with hidden_centre=true"):
         _config(retain_contrast=1.0, hidden_centre=True)
+
+
+def test_the_reward_read_caps_then_standardises_within_each_answer():
+    nll = torch.tensor([[1.0, 3.0, 20.0, 0.0], [12.0, 15.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    assert torch.equal(reward_read(nll, mask, 0.0, False), nll)  # the paper: the NLL itself
+    capped = reward_read(nll, mask, 10.0, False)
+    assert capped.tolist() == [[1.0, 3.0, 10.0, 0.0], [10.0, 10.0, 0.0, 0.0]]
+    z = reward_read(nll, mask, 10.0, True)
+    first = torch.tensor([1.0, 3.0, 10.0])
+    assert torch.allclose(z[0, :3], (first - first.mean()) / first.std(unbiased=False))
+    assert z[0, 3] == 0 and torch.equal(z[1], torch.zeros(4))  # every token past the cap reads alike: no push
+
+
+def test_a_standardised_reward_leaves_the_level_to_the_budget_where_a_raw_nll_saturates(demo_loaded):
+    """TOFU's failure in miniature: every answer token at ~20 nats. The raw headline reward pushes every score up
+    (their selected share goes to 1 against a budget of 0.3); standardised, it only ranks tokens, so the share stays
+    near the budget and the scores keep their order."""
+    gen = torch.Generator().manual_seed(0)
+    dim = demo_loaded.model.config.hidden_size
+    hidden = torch.randn(8, 13, dim, generator=gen)  # [B, L, d]: 12 answer tokens after a 1-token prompt
+    mask = torch.ones(8, 12, dtype=torch.bool)
+    nll = 20 + torch.randn(8, 12, generator=gen)  # [B, T]
+    fw = Forward(nll=nll, mask=mask, sample_index=list(range(8)), tokens=8 * 13, hidden=hidden, ref_nll=nll * 0)
+    shares, order = {}, {}
+    for standardise in (False, True):
+        params = ATWUParams(scorer_every=1, budget=0.3, reward_standardise=standardise)
+        scheme = ATWUScorer(params, "ga")
+        scheme.prepare(PrepareContext(demo_loaded.model, None, [], [], steps=40, max_length=16, chat_template=False))
+        torch.manual_seed(0)
+        logs = [scheme.step(fw, step)[1] for step in range(1, 41)]
+        shares[standardise] = logs[-1]["scorer_selected"].item()
+        g = scheme.weigh(fw).scores  # [B, T]
+        order[standardise] = torch.corrcoef(torch.stack([g.flatten(), nll.flatten()]))[0, 1].item()
+    assert shares[False] >= 0.95
+    assert 0.15 <= shares[True] <= 0.45
+    # both follow the NLL, the standardised scorer more closely: its scores are not squashed against 1
+    assert order[True] > 0.3 and order[True] > order[False] + 0.2
+    with pytest.raises(ValueError, match="reward_standardise=True has no effect with pair=matched"):
+        ATWUParams(pair="matched", reward_standardise=True)

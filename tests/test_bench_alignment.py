@@ -33,8 +33,11 @@ def test_tuning_grid_is_each_models_sweep_on_its_tuning_world(alignment):
 
 
 def test_each_tuning_row_changes_only_what_it_names(alignment):
+    task = alignment.Task("w", "base", 0, 40)
     for v in (*alignment.TUNING, *alignment.TUNING_SMOLLM2):
         base = _params(alignment, "atwu-paper" if v.params_from == "paper" else "atwu-matched-norm")
+        if v.method != "atwu":  # ATWU inside NPO: its own preset's settings, nothing changed
+            base = dataclasses.replace(v, params=(), steps=None).config("demo", task, None).params.to_json()
         row = _params(alignment, v.name)
         changed = {k for k in row if row[k] != base[k]}
         assert changed <= {k for k, _ in v.params}, (v.name, changed)
@@ -65,6 +68,10 @@ def test_each_hypothesis_is_a_smollm2_tuning_row_and_smollm2_tofu_is_held_out(al
     assert _params(alignment, "tune-smollm2-delta", "smollm2")["reward"] == "delta_nll"
     assert _params(alignment, "tune-smollm2-layer15", "smollm2")["hidden_layer"] == 15
     assert _params(alignment, "tune-smollm2-contrast", "smollm2")["retain_contrast"] == 1.0
+    std_cap = _params(alignment, "tune-smollm2-layer15-rms-std-cap", "smollm2")
+    assert std_cap["reward_standardise"] and std_cap["reward_cap"] == 10.8 and std_cap["hidden_norm"] == "rms"
+    npo = alignment.BY_NAME["tune-smollm2-npo-layer15-rms"]
+    assert npo.atwu and npo.method_params("smollm2").hidden_layer == 15  # an ATWU row, judged by the targets
     fast = _params(alignment, "atwu-headline-fast", "smollm2")
     one_knob = ("tune-smollm2-fast-80", "tune-smollm2-start5", "tune-smollm2-delta", "tune-smollm2-layer15")
     for name in (*one_knob, "tune-smollm2-contrast"):

@@ -11,9 +11,13 @@ them. Two objective pairs from the authors' code (model forget term / scorer rew
 plus, for both, lambda_E mean H(g) + lambda_P mean_i (s_i - b)^2 + lambda_2 ||theta||^2, s_i the straight-through
 fraction of sequence i's tokens with g > 0.5. Inside NPO (`atwu-npo`) the weights are g T_i / sum_t g.
 
-Our variant (`retain_contrast` lambda_R > 0, not the paper's): + lambda_R mean over the retain batch's answer tokens
-of -log(1 - g), so the scorer also sees retain tokens, as negatives; the tokens a forget answer shares in form with
-retain answers are then pushed off, and the budget goes to what only the forget answers hold.
+Our variants, not the paper's:
+- `retain_contrast` lambda_R > 0: + lambda_R mean over the retain batch's answer tokens of -log(1 - g), so the scorer
+  also sees retain tokens, as negatives; the tokens a forget answer shares in form with retain answers are then
+  pushed off, and the budget goes to what only the forget answers hold.
+- `reward_cap` / `reward_standardise`: the reward reads min(nll, cap), standardised within each answer (headline),
+  so GA's overshoot far past chance cannot steer the scorer and the budget, not the NLL's scale, sets how many
+  tokens are selected.
 """
 
 from __future__ import annotations
@@ -115,6 +119,21 @@ def scorer_reward(
     return -losses.masked_mean(g * reward, mask)
 
 
+def reward_read(read: torch.Tensor, mask: torch.Tensor, cap: float, standardise: bool) -> torch.Tensor:
+    """What the scorer's reward reads [B, T], from the NLL (or its increase) [B, T]: capped at `cap` nats (0: not),
+    then, with `standardise`, centred on each answer's mean and divided by its std (floored at 0.1 nats, so an
+    answer whose tokens all read alike, say all past the cap, reads 0: no push either way)."""
+    if cap:
+        read = read.clamp(max=cap)
+    if not standardise:
+        return read
+    m = mask.float()
+    n = m.sum(1, keepdim=True).clamp_min(1)  # [B, 1]
+    centred = (read - (read * m).sum(1, keepdim=True) / n) * m  # [B, T]
+    std = (centred.pow(2).sum(1, keepdim=True) / n).sqrt()  # [B, 1]
+    return centred / std.clamp_min(0.1)
+
+
 def npo_weights(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """ATWU inside NPO: weights g T_i / sum_t g, summing to each answer's length as NPO's summed NLL expects."""
     return g * mask.sum(1, keepdim=True) / g.sum(1, keepdim=True).clamp_min(1e-8)
@@ -159,7 +178,8 @@ def objective_pair(p: ATWUParams | ATWUNPOParams, objective: str) -> Pair:
 
     def reward(g: torch.Tensor, fw: Forward) -> torch.Tensor:
         nll = fw.nll.detach()
-        read = nll - fw.ref_nll if p.reward == "delta_nll" else None  # [B, T] the NLL increase since before training
+        read = nll - fw.ref_nll if p.reward == "delta_nll" else nll  # [B, T] delta: the increase since before training
+        read = reward_read(read, fw.mask, p.reward_cap, p.reward_standardise)
         return scorer_reward(p.pair, g, nll, fw.mask, p.beta, p.reward_norm, read)
 
     return Pair(p.pair, lambda g, fw: model_weights(p.pair, g, fw.nll.detach(), fw.mask, p.beta, p.saturation), reward)

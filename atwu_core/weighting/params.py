@@ -202,11 +202,30 @@ class ATWUParams(ScorerParams):
         "-mean[g p^beta delta] (p now); 0 at the start, so the scorer follows what the model has forgotten.",
         ("nll", "delta_nll"),
     )
+    reward_cap: float = param(
+        0.0,
+        "Cap, in nats, on what the scorer's reward reads (0: none; the paper). Past log(vocabulary size), 10.8 on "
+        "SmolLM2, a token is less likely than a uniform guess: capped there, every token forgotten that far reads "
+        "alike, so GA's overshoot past it (which on TOFU runs higher off the spans than on them) stops steering the "
+        "scorer. Ours, from TOFU.",
+        minimum=0.0,
+    )
+    reward_standardise: bool = param(
+        False,
+        "headline pair only: standardise what the reward reads within each answer (minus the answer's mean, over "
+        "its std, floored at 0.1 nats), so the reward only ranks an answer's tokens and the budget alone sets how "
+        "many are selected; unstandardised, an NLL of tens of nats outweighs the budget and every score saturates "
+        "at 1. Ours, from TOFU.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.pair == "headline":
             self.refuse_ignored(("saturation", "reward_norm"), "pair=headline (they are the matched pair's)")
+        else:
+            self.refuse_ignored(
+                ("reward_standardise",), "pair=matched (it is the headline pair's; the matched pair has reward_norm)"
+            )
         if self.reward == "delta_nll" and self.reward_norm:
             raise ValueError(
                 "reward_norm=True divides the reward by its batch mean, which with reward=delta_nll starts at 0 and "
