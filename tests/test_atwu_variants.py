@@ -161,6 +161,17 @@ def test_the_reward_read_caps_then_standardises_within_each_answer():
     assert z[0, 3] == 0 and torch.equal(z[1], torch.zeros(4))  # every token past the cap reads alike: no push
 
 
+def test_the_headline_reward_pushes_each_score_by_its_capped_standardised_read():
+    nll = torch.tensor([[2.0, 0.5, 12.0]])
+    fw = Forward(nll=nll, mask=torch.ones(1, 3, dtype=torch.bool), sample_index=[0], tokens=3, ref_nll=nll * 0)
+    read = torch.tensor([2.0, 0.5, 10.0])
+    for standardise, expected in ((False, read), (True, (read - read.mean()) / read.std(unbiased=False))):
+        g = torch.full((1, 3), 0.5, requires_grad=True)
+        params = ATWUParams(reward_cap=10.0, reward_standardise=standardise)
+        objective_pair(params, "ga").reward(g, fw).backward()
+        assert torch.allclose(g.grad[0] * 3, -expected), standardise  # +mean[(1 - g) read]: d/dg = -read / 3
+
+
 def test_a_standardised_reward_leaves_the_level_to_the_budget_where_a_raw_nll_saturates(demo_loaded):
     """TOFU's failure in miniature: every answer token at ~20 nats. The raw headline reward pushes every score up
     (their selected share goes to 1 against a budget of 0.3); standardised, it only ranks tokens, so the share stays
