@@ -109,7 +109,7 @@ def scorer_reward(
 ) -> torch.Tensor:
     """The scorer's reward term (minimised; `nll` detached): headline mean[(1 - g) nll]; matched
     -mean[g p^beta nll], its reward divided by the batch mean with `reward_norm`. `read` [B, T] replaces the
-    reward's nll (not p's): the NLL increase since before training with reward=delta_nll."""
+    reward's nll (not p's): the NLL increase with reward=delta_nll, capped or standardised (`reward_read`)."""
     read = nll if read is None else read
     if pair == "headline":
         return losses.masked_mean((1 - g) * read, mask)
