@@ -54,7 +54,8 @@ from common import (
 )
 
 from atwu_core.config import JobConfig, make_config, preset_params
-from atwu_core.methods import MethodParams
+from atwu_core.methods import MethodParams, method_spec
+from atwu_core.weighting.params import ScorerParams
 
 # ----------------------------------------------------------------------------------------- variants and worlds
 
@@ -74,8 +75,8 @@ class Variant:
 
     @property
     def atwu(self) -> bool:
-        """An ATWU row (inside GA or NPO): it has a scorer, so the targets and the verdicts judge it."""
-        return self.method in ("atwu", "atwu-npo")
+        """An ATWU row (inside GA or NPO): its method has a scorer, so the targets and the verdicts judge it."""
+        return issubclass(method_spec(self.method).params, ScorerParams)
 
     def method_params(self, world_preset: str) -> MethodParams:
         """The row's method parameters as the engine resolves them (on a world with `world_preset`)."""
