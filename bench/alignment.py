@@ -224,6 +224,16 @@ def held_out(world: str) -> bool:
     return world not in TUNING_WORLDS
 
 
+def tuning_mark(world: str) -> str:
+    """What a world's name is followed by in tables and titles."""
+    return "" if held_out(world) else " (tuning world)"
+
+
+def study_worlds(models: list[str]) -> dict[str, str]:
+    """world -> its model: each model's tuning world first, then its default worlds, each once."""
+    return {w: m for m in models for w in (SWEEPS[m][0], *MODEL_WORLDS[m])}
+
+
 # ----------------------------------------------------------------------------------------- per-job numbers
 
 
@@ -449,7 +459,7 @@ def plot_leak_retain(by_world: dict[str, list[JobResult]], variants: list[str], 
             atwu = BY_NAME[v].atwu
             ax.errorbar(x, y, xerr=sx, yerr=sy, fmt="o" if atwu else "s", markersize=7 if atwu else 5, capsize=2)
             ax.annotate(v, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.set_title(world + ("" if held_out(world) else " (tuning world)"))
+        ax.set_title(world + tuning_mark(world))
         ax.set_xlabel("retain kept (retain exact after / before)")
         ax.set_xlim(-0.03, 1.08)
         ax.set_ylim(-0.03, 1.05)
@@ -478,7 +488,7 @@ def plot_trajectories(by_world: dict[str, list[JobResult]], variants: list[str],
         for v, traj in lines.items():
             ax.plot(list(traj), list(traj.values()), linewidth=2.2 if v.startswith("atwu") else 1.1, label=v)
         ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
-        ax.set_title(world + ("" if held_out(world) else " (tuning world)"))
+        ax.set_title(world + tuning_mark(world))
         ax.set_xlabel("step")
         ax.set_ylim(0, 1.03)  # the oracle's 1.0 stays visible
         ax.grid(alpha=0.3)
@@ -702,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     by_world = {name: [r for t, r in results.items() if t.world == name] for name in worlds}
     elapsed = time.perf_counter() - t_start
     for name, res in by_world.items():
-        print(f"\n## {name}{'' if held_out(name) else ' (tuning world)'}\n\n{world_table(res, variants)}", flush=True)
+        print(f"\n## {name}{tuning_mark(name)}\n\n{world_table(res, variants)}", flush=True)
     for model in MODEL_WORLDS:
         if targets := targets_table(by_world, model, variants):
             print(f"\n## targets, {model}\n\n{targets}")

@@ -6,6 +6,7 @@ The scripts import it as `from common import ...`: `python bench/<script>.py` pu
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import multiprocessing
@@ -26,8 +27,17 @@ from pathlib import Path
 import torch
 
 import atwu_core
-from atwu_core.config import JobConfig, default_preset
-from atwu_core.data import Dataset, demo_data_dir, load_data, load_dataset_dir, load_tofu_json, save_dataset_dir
+from atwu_core.config import JobConfig, default_preset, make_config
+from atwu_core.data import (
+    Dataset,
+    EncodedSample,
+    demo_data_dir,
+    encode_records,
+    load_data,
+    load_dataset_dir,
+    load_tofu_json,
+    save_dataset_dir,
+)
 from atwu_core.demo_smollm2 import build_demo_smollm2
 from atwu_core.demo_world import generate_world
 from atwu_core.finetune import finetune_dataset_dir
@@ -75,6 +85,20 @@ def command_line(script: str, argv: list[str] | None) -> str:
         elif not arg.startswith("--out="):
             shown.append(shlex.quote(arg))
     return " ".join([f"python bench/{script}", *shown])
+
+
+def world_script_args(doc: str, models: str, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments of a script that reads each world's untouched model (no jobs): --models (default `models`),
+    --threads (set here), --out; also quiets the libraries."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--models", default=models, help=f"comma-separated: tiny, smollm2 (default {models})")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--out", default=str(REPO / "docs"), help="folder for results.md (default docs)")
+    args = ap.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    torch.set_num_threads(args.threads)
+    quiet()
+    return args
 
 
 def quiet() -> None:
@@ -150,6 +174,15 @@ class World:
 
     def fingerprint(self) -> str:
         return _digest(f for folder in self.files for f in sorted(folder.rglob("*")) if f.is_file())
+
+    def encoded(self) -> tuple[list[EncodedSample], list[EncodedSample]]:
+        """(forget, retain) tokenised as this world's jobs tokenise them (its preset's length and chat template)."""
+        cfg, tok = make_config("atwu", self.preset), self.loaded.tokenizer
+        forget, retain = (
+            encode_records(r, tok, cfg.max_length, cfg.chat_template)
+            for r in (self.dataset.forget, self.dataset.retain)
+        )
+        return forget, retain
 
 
 @dataclass(frozen=True)

@@ -21,17 +21,16 @@ towards the non-span tokens, and the job has to undo it. Writes the `first-step`
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
-from alignment import MODEL_WORLDS, SWEEPS, held_out
-from common import REPO, WorldOptions, environment_line, load_world, markdown_table, quiet, write_results_section
+from alignment import study_worlds, tuning_mark
+from common import WorldOptions, environment_line, load_world, markdown_table, world_script_args, write_results_section
 
 from atwu_core import losses, metrics
 from atwu_core.config import make_config
-from atwu_core.data import EncodedSample, encode_records
+from atwu_core.data import EncodedSample
 from atwu_core.forward import Forward, ForwardNeeds, forward
 from atwu_core.generation import evaluating
 from atwu_core.weighting.atwu import ScorerInput
@@ -70,12 +69,8 @@ def world_row(name: str, options: WorldOptions) -> list[str] | None:
     world = load_world(name, options)
     if world is None:
         return None
-    cfg = make_config("atwu", world.preset)
-    tok = world.loaded.tokenizer
-    samples, retain = (
-        encode_records(r, tok, cfg.max_length, cfg.chat_template) for r in (world.dataset.forget, world.dataset.retain)
-    )
-    model, pad_id = world.loaded.model, tok.pad_token_id or 0
+    samples, retain = world.encoded()
+    model, pad_id = world.loaded.model, world.loaded.tokenizer.pad_token_id or 0
     fw, fw_retain = forward_all(model, samples, pad_id), forward_all(model, retain, pad_id)
     x_retain = ScorerInput()(fw_retain.hidden, fw_retain.mask)[fw_retain.mask]  # [M, d], raw: CONTRAST is centring-free
     nll = fw.nll[fw.mask].float()  # [N]
@@ -89,20 +84,13 @@ def world_row(name: str, options: WorldOptions) -> list[str] | None:
             ranking[fw.mask] = x @ d
             weights = dict(zip((s.record_id for s in samples), losses.per_sequence(ranking, fw.mask)))
             cells.append(f"{metrics.alignment(weights, samples).auroc:.3f}")
-    return [f"`{name}`" + ("" if held_out(name) else " (tuning world)"), *cells]
+    return [f"`{name}`{tuning_mark(name)}", *cells]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2 (default both)")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    ap.add_argument("--out", default=str(REPO / "docs"), help="folder for results.md (default docs)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    quiet()
+    args = world_script_args(__doc__, "tiny,smollm2", argv)
     env = environment_line(args.threads)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    names = dict.fromkeys(w for m in models for w in (SWEEPS[m][0], *MODEL_WORLDS[m]))  # tuning world first, once
+    names = study_worlds(args.models)
     rows = [row for name in names if (row := world_row(name, WorldOptions())) is not None]
     kinds = directions(torch.zeros(1, 1), torch.zeros(1), torch.zeros(1, 1))
     head = ["world", *(f"{i}: {d}" for i, inp in INPUTS.items() for d in kinds if not skipped(inp, d))]

@@ -15,19 +15,16 @@ against the spans, with the signal's level on and off the spans beside it:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
-from alignment import MODEL_WORLDS, SWEEPS, held_out
-from common import REPO, WorldOptions, environment_line, load_world, markdown_table, quiet, write_results_section
+from alignment import study_worlds, tuning_mark
+from common import WorldOptions, environment_line, load_world, markdown_table, world_script_args, write_results_section
 
 from atwu_core import metrics
-from atwu_core.config import make_config
-from atwu_core.data import EncodedSample, encode_records
+from atwu_core.data import EncodedSample
 from atwu_core.forward import answer_nll
 from atwu_core.models import LoadedModel, load_model
 
@@ -59,11 +56,7 @@ def world_row(name: str, untaught: LoadedModel | None) -> list[str] | None:
     world = load_world(name, WorldOptions())
     if world is None:
         return None
-    cfg = make_config("atwu", world.preset)
-    tok = world.loaded.tokenizer
-    samples, retain = (
-        encode_records(r, tok, cfg.max_length, cfg.chat_template) for r in (world.dataset.forget, world.dataset.retain)
-    )
+    samples, retain = world.encoded()
     taught = nll(world.loaded, samples)
     rare = rare_in_retain(samples, retain)
     cells = signal_cells(samples, taught)
@@ -74,24 +67,15 @@ def world_row(name: str, untaught: LoadedModel | None) -> list[str] | None:
     absent = [(r == 0).astype(float) for r in rare]  # the share of tokens retain never holds, on / off the spans
     a = metrics.alignment({s.record_id: v.tolist() for s, v in zip(samples, absent)}, samples)
     cells += [*signal_cells(samples, rare, levels=False), f"{a.score_in_span:.2f} / {a.score_out_span:.2f}"]
-    return [f"`{name}`" + ("" if held_out(name) else " (tuning world)"), f"{a.n_tokens} ({a.n_positive})", *cells]
+    return [f"`{name}`{tuning_mark(name)}", f"{a.n_tokens} ({a.n_positive})", *cells]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="smollm2", help="comma-separated: tiny, smollm2 (default smollm2)")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    ap.add_argument("--out", default=str(REPO / "docs"), help="folder for results.md (default docs)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    quiet()
+    args = world_script_args(__doc__, "smollm2", argv)
     env = environment_line(args.threads)
-    rows = []
-    for model in (m.strip() for m in args.models.split(",") if m.strip()):
-        untaught = load_model(UNTAUGHT[model]) if model in UNTAUGHT else None
-        for name in dict.fromkeys((SWEEPS[model][0], *MODEL_WORLDS[model])):  # tuning world first, once
-            if (row := world_row(name, untaught)) is not None:
-                rows.append(row)
+    worlds = study_worlds(args.models)
+    untaught = {m: load_model(UNTAUGHT[m]) for m in set(worlds.values()) if m in UNTAUGHT}
+    rows = [row for name, m in worlds.items() if (row := world_row(name, untaught.get(m))) is not None]
     head = [
         "world",
         "tokens (span)",
