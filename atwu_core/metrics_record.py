@@ -16,7 +16,15 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Self
 
-from atwu_core.records import MAX_COUNT, RecordError, field_error, json_object
+from atwu_core.records import (
+    RecordError,
+    check_bool,
+    check_int,
+    check_number,
+    check_text,
+    field_error,
+    json_object,
+)
 
 MAX_TEXT = 100_000  # characters in one string of metrics.json (an answer, a label, a date)
 RATE = {"range": (0.0, 1.0)}  # a share, a probability or an AUROC-like number
@@ -107,23 +115,15 @@ def _read(value: object, kind: object, where: str, meta: typing.Mapping, nullabl
     if isinstance(kind, type) and issubclass(kind, Block):
         return kind.from_json(value, where)
     if kind is bool:
-        if not isinstance(value, bool):
-            raise field_error(where, "true or false", value)
-        return value
+        return check_bool(value, where)
     if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-            raise field_error(where, f"an integer from 0 to {MAX_COUNT}", value)
-        return value
+        return check_int(value, where)
     if kind is float:
         lo, hi = meta.get("range", (-math.inf, math.inf))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo - SLACK <= value <= hi + SLACK:
-            bounds = f" (from {lo:g} to {hi:g})" if "range" in meta else ""
-            raise field_error(where, "a number" + (" or null" if nullable else "") + bounds, value)
-        return float(value)
+        what = "a number" + (" or null" if nullable else "") + (f" (from {lo:g} to {hi:g})" if "range" in meta else "")
+        return check_number(value, where, what, lo - SLACK, hi + SLACK)
     if kind is str:
-        if not isinstance(value, str) or len(value) > MAX_TEXT:
-            raise field_error(where, f"a string of at most {MAX_TEXT} characters", value)
-        return value
+        return check_text(value, where, MAX_TEXT)
     raise TypeError(f"{where}: no reader for {kind!r}")  # a field declared with a type this module cannot check
 
 

@@ -40,29 +40,45 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _int(data: dict, key: str, default: int | None = 0, lo: int = 0, hi: int = MAX_COUNT) -> int | None:
-    value = data.get(key, default)
-    if value is None and default is None:
-        return None
+# the scalar checks every run-file reader uses (here and `metrics_record.Block`), each naming the field it checks
+
+
+def check_int(value: object, key: str, lo: int = 0, hi: int = MAX_COUNT) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise field_error(key, f"an integer from {lo} to {hi}", value)
     return value
 
 
-def _number(data: dict, key: str, default: float = 0.0) -> float:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise field_error(key, "a number", value)
+def check_number(value: object, key: str, what: str = "a number", lo: float = -math.inf, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise field_error(key, what, value)
     return float(value)
+
+
+def check_text(value: object, key: str, limit: int | None) -> str:
+    if not isinstance(value, str) or (limit is not None and len(value) > limit):
+        raise field_error(key, "a string" + (f" of at most {limit} characters" if limit else ""), value)
+    return value
+
+
+def check_bool(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise field_error(key, "true or false", value)
+    return value
+
+
+def _int(data: dict, key: str, default: int | None = 0, lo: int = 0, hi: int = MAX_COUNT) -> int | None:
+    value = data.get(key, default)
+    return None if value is None and default is None else check_int(value, key, lo, hi)
+
+
+def _number(data: dict, key: str, default: float = 0.0) -> float:
+    return check_number(data.get(key, default), key)
 
 
 def _text(data: dict, key: str, default: str | None = "", limit: int | None = MAX_NAME) -> str | None:
     value = data.get(key, default)
-    if value is None and default is None:
-        return None
-    if not isinstance(value, str) or (limit is not None and len(value) > limit):
-        raise field_error(key, "a string" + (f" of at most {limit} characters" if limit else ""), value)
-    return value
+    return None if value is None and default is None else check_text(value, key, limit)
 
 
 def _list(data: dict, key: str, ok, what: str, default: list | None = None) -> list:
@@ -164,9 +180,7 @@ class SampleRecord:
         for key, values in (("span_mask", mask), ("span_labels", labels)):
             if len(values) != len(tokens):
                 raise RecordError(f"field {key!r} has {len(values)} entries for {len(tokens)} tokens")
-        ground_truth = data.get("has_ground_truth", any(mask))
-        if not isinstance(ground_truth, bool):
-            raise field_error("has_ground_truth", "true or false", ground_truth)
+        ground_truth = check_bool(data.get("has_ground_truth", any(mask)), "has_ground_truth")
         if not isinstance(data.get("id"), str):
             raise field_error("id", "a string", data.get("id"))
         return cls(
