@@ -26,17 +26,18 @@ from common import WorldOptions, environment_line, load_world, markdown_table, w
 from atwu_core import metrics
 from atwu_core.data import EncodedSample
 from atwu_core.forward import answer_nll
+from atwu_core.metrics_record import Alignment
 from atwu_core.models import LoadedModel, load_model
 
 UNTAUGHT = {"smollm2": "smollm2"}  # model -> the model its worlds were taught into
 
 
-def signal_cells(samples: list[EncodedSample], values: list[np.ndarray], levels: bool = True) -> list[str]:
-    """AUROC against the spans of one per-token signal [one array per sample], and its mean on / off the spans."""
-    weights = {s.record_id: v.tolist() for s, v in zip(samples, values)}
-    a = metrics.alignment(weights, samples)
-    if not levels:
-        return [f"{a.auroc:.3f}"]
+def judged(samples: list[EncodedSample], values: list[np.ndarray]) -> Alignment:
+    """One per-token signal [one array per sample] against the spans: its AUROC and its mean on / off them."""
+    return metrics.alignment({s.record_id: v.tolist() for s, v in zip(samples, values)}, samples)
+
+
+def signal_cells(a: Alignment) -> list[str]:
     return [f"{a.auroc:.3f}", f"{a.score_in_span:.2f} / {a.score_out_span:.2f}"]
 
 
@@ -57,17 +58,19 @@ def world_row(name: str, untaught: LoadedModel | None) -> list[str] | None:
     if world is None:
         return None
     samples, retain = world.encoded()
-    taught = nll(world.loaded, samples)
     rare = rare_in_retain(samples, retain)
-    cells = signal_cells(samples, taught)
-    if untaught is not None:
-        cells += signal_cells(samples, nll(untaught, samples))
-    else:
-        cells += ["n/a (trained from scratch)", "–"]
-    absent = [(r == 0).astype(float) for r in rare]  # the share of tokens retain never holds, on / off the spans
-    a = metrics.alignment({s.record_id: v.tolist() for s, v in zip(samples, absent)}, samples)
-    cells += [*signal_cells(samples, rare, levels=False), f"{a.score_in_span:.2f} / {a.score_out_span:.2f}"]
-    return [f"`{name}`{tuning_mark(name)}", f"{a.n_tokens} ({a.n_positive})", *cells]
+    absent = judged(samples, [(r == 0).astype(float) for r in rare])  # the share of tokens retain never holds
+    untaught_cells = (
+        signal_cells(judged(samples, nll(untaught, samples))) if untaught else ["n/a (trained from scratch)", "–"]
+    )
+    return [
+        f"`{name}`{tuning_mark(name)}",
+        f"{absent.n_tokens} ({absent.n_positive})",
+        *signal_cells(judged(samples, nll(world.loaded, samples))),
+        *untaught_cells,
+        f"{judged(samples, rare).auroc:.3f}",
+        f"{absent.score_in_span:.2f} / {absent.score_out_span:.2f}",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
