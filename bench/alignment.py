@@ -542,6 +542,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=2, help="jobs run in this many processes at once (default 2)")
     ap.add_argument("--fresh", action="store_true", help="rerun every job, ignoring results cached by earlier runs")
     ap.add_argument("--report-only", action="store_true", help="run nothing: tables and figure from cached jobs only")
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the run folders of the jobs this run runs in this folder, one per job (cached jobs are not run: "
+        "add --fresh), for bench/token_signals.py --runs or the app",
+    )
     ap.add_argument("--out", help="folder for results.md and figures/ (default: docs, or nothing with --quick)")
     return ap.parse_args(argv)  # fmt: skip
 
@@ -708,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipping {v}: {why}", file=sys.stderr)
     variants = [v for v in grid.variants if v not in unavailable]
     cache = ResultCache(CACHE / "results", worlds, args.fresh)
-    results = run_tasks(jobs, worlds, cache, RunOptions(args.workers, args.threads, args.report_only), options)
+    run = RunOptions(args.workers, args.threads, args.report_only, args.keep)
+    results = run_tasks(jobs, worlds, cache, run, options)
     by_world = {name: [r for t, r in results.items() if t.world == name] for name in worlds}
     elapsed = time.perf_counter() - t_start
     for name, res in by_world.items():

@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -87,13 +88,19 @@ def command_line(script: str, argv: list[str] | None) -> str:
     return " ".join([f"python bench/{script}", *shown])
 
 
-def world_script_args(doc: str, models: str, argv: list[str] | None) -> argparse.Namespace:
+def world_script_args(doc: str, models: str, argv: list[str] | None, runs: bool = False) -> argparse.Namespace:
     """The arguments of a script that reads each world's untouched model (no jobs): --models (default `models`),
-    --threads (set here), --out; also quiets the libraries."""
+    --threads (set here), --out, and with `runs` --runs (kept run folders to judge instead); also quiets the
+    libraries."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--models", default=models, help=f"comma-separated: tiny, smollm2 (default {models})")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--out", default=str(REPO / "docs"), help="folder for results.md (default docs)")
+    if runs:
+        ap.add_argument(
+            "--runs", nargs="+", default=[], metavar="DIR",
+            help="run folders kept by bench/alignment.py --keep: judge their final scores and print the table",
+        )  # fmt: skip
     args = ap.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     torch.set_num_threads(args.threads)
@@ -404,10 +411,11 @@ class JobResult:
         return cls(**{**data, "metrics": metrics})
 
 
-def run_one(world: World, task: Task, config: JobConfig) -> JobResult:
+def run_one(world: World, task: Task, config: JobConfig, keep: Path | None = None) -> JobResult:
     """One full job through the engine (training, final pass, before/after evaluation), timed end to end.
     A failed job (e.g. a diverging loss, or a setting the world's model refuses, such as a scorer layer it does
-    not have) is a result too: its cells read n/a and the report lists it."""
+    not have) is a result too: its cells read n/a and the report lists it. `keep`: a folder to copy the job's run
+    folder into (`kept_run_dir`), for token-level analysis; otherwise it goes with the job."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="atwu-bench-") as tmp:
         metrics, error = None, None
@@ -415,6 +423,10 @@ def run_one(world: World, task: Task, config: JobConfig) -> JobResult:
             metrics = run_job(config, loaded=world.loaded, dataset=world.dataset, run_dir=Path(tmp) / "run").metrics
         except (JobError, ValueError) as err:
             error = str(err)
+        if keep is not None and (Path(tmp) / "run").is_dir():  # a job refused before it claimed its folder has none
+            kept = kept_run_dir(keep, task)
+            shutil.copytree(Path(tmp) / "run", kept, dirs_exist_ok=True)
+            (kept / KEPT_TASK).write_text(json.dumps(vars(task)), encoding="utf-8")
     wall = time.perf_counter() - start
     status = f"FAILED: {error}" if error is not None else ""
     print(
@@ -423,6 +435,14 @@ def run_one(world: World, task: Task, config: JobConfig) -> JobResult:
         flush=True,
     )
     return JobResult(task.world, task.method, task.seed, task.steps, metrics, wall, error)
+
+
+KEPT_TASK = "bench-task.json"  # in a kept run folder: its Task (the job's config does not name the bench's world)
+
+
+def kept_run_dir(keep: Path, task: Task) -> Path:
+    """Where `run_one` keeps a task's run folder: `<keep>/<world>-<row>-s<seed>-n<steps>`, with `KEPT_TASK`."""
+    return keep / f"{task.world}-{task.method}-s{task.seed}-n{task.steps}"
 
 
 def _digest(files: Iterable[Path]) -> str:
@@ -489,10 +509,10 @@ class ResultCache:
 _WORKER: dict = {}  # in a worker process: how worlds are built, and the worlds loaded so far
 
 
-def _worker_init(threads: int, options: WorldOptions) -> None:
+def _worker_init(threads: int, options: WorldOptions, keep: Path | None) -> None:
     torch.set_num_threads(threads)
     quiet()
-    _WORKER.update(options=options, worlds={})
+    _WORKER.update(options=options, worlds={}, keep=keep)
 
 
 def _worker_run(job: tuple[Task, JobConfig]) -> tuple[Task, JobResult]:
@@ -500,7 +520,7 @@ def _worker_run(job: tuple[Task, JobConfig]) -> tuple[Task, JobResult]:
     worlds = _WORKER["worlds"]
     if task.world not in worlds:
         worlds[task.world] = load_world(task.world, _WORKER["options"])
-    return task, run_one(worlds[task.world], task, config)
+    return task, run_one(worlds[task.world], task, config, _WORKER["keep"])
 
 
 @dataclass(frozen=True)
@@ -508,6 +528,7 @@ class RunOptions:
     workers: int = 2  # jobs in this many processes at once (small models scale better over processes than threads)
     threads: int = 1  # torch threads per process
     report_only: bool = False  # run nothing: only what the cache holds
+    keep: Path | None = None  # keep the run folders of the jobs run here (`kept_run_dir`); cached jobs have none
 
 
 def run_tasks(
@@ -522,10 +543,10 @@ def run_tasks(
         return results
     if run.workers <= 1:
         for task in todo:
-            results[task] = run_one(worlds[task.world], task, jobs[task])
+            results[task] = run_one(worlds[task.world], task, jobs[task], run.keep)
             cache.put(task, jobs[task], results[task])
         return results
-    with multiprocessing.get_context("spawn").Pool(run.workers, _worker_init, (run.threads, options)) as pool:
+    with multiprocessing.get_context("spawn").Pool(run.workers, _worker_init, (run.threads, options, run.keep)) as pool:
         for task, result in pool.imap_unordered(_worker_run, [(t, jobs[t]) for t in todo]):
             cache.put(task, jobs[task], result)
             results[task] = result

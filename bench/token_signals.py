@@ -9,25 +9,42 @@ against the spans, with the signal's level on and off the spans beside it:
 - **rare in retain**: minus how often the token (its id) occurs in the retain answers. ATWU's definition made
   static: the retain loss trains on the retain answers' tokens, so a token they never hold cannot conflict with it.
 
+With `--runs`, it judges run folders kept by `bench/alignment.py --keep` the same way: their final scores against
+the spans and against that definition (the tokens the retain answers never hold), and against the spans within each
+side of it. A scorer that follows the definition where the spans disagree with it ranks the definition high and the
+spans low.
+
     python bench/token_signals.py                  # the SmolLM2 worlds (taught once, cached)
     python bench/token_signals.py --models tiny,smollm2
+    python bench/token_signals.py --runs runs/smollm2-tofu-tune-smollm2-layer15-rms-s0-n40 ...
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from alignment import study_worlds, tuning_mark
-from common import WorldOptions, environment_line, load_world, markdown_table, world_script_args, write_results_section
+from common import (
+    KEPT_TASK,
+    WorldOptions,
+    environment_line,
+    load_world,
+    markdown_table,
+    world_script_args,
+    write_results_section,
+)
+from sklearn.metrics import roc_auc_score
 
 from atwu_core import metrics
 from atwu_core.data import EncodedSample
 from atwu_core.forward import answer_nll
 from atwu_core.metrics_record import Alignment
 from atwu_core.models import LoadedModel, load_model
+from atwu_core.runs import RunReader
 
 UNTAUGHT = {"smollm2": "smollm2"}  # model -> the model its worlds were taught into
 
@@ -73,8 +90,52 @@ def world_row(name: str, untaught: LoadedModel | None) -> list[str] | None:
     ]
 
 
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> str:
+    return f"{roc_auc_score(labels, scores):.3f}" if 0 < labels.sum() < labels.size else "n/a"
+
+
+def pooled(samples: list[EncodedSample], values: list) -> np.ndarray:
+    """Per-token values [one sequence per sample] pooled over the samples' answer tokens, EOS left out."""
+    return np.concatenate([np.asarray(v, dtype=float)[np.asarray(s.content_mask)] for s, v in zip(samples, values)])
+
+
+def run_row(folder: Path) -> list[str]:
+    """A kept run's final scores (pooled over its forget answers' tokens, EOS left out, as the alignment study's
+    pool) against the spans, against the tokens the retain answers never hold, and against the spans within the
+    tokens retain holds and within those it never holds."""
+    task = json.loads((folder / KEPT_TASK).read_text(encoding="utf-8"))
+    samples, retain = load_world(task["world"], WorldOptions()).encoded()
+    final = RunReader(folder).final
+    if final is None:
+        raise SystemExit(f"{folder}: the run has no final scores (it did not finish).")
+    absent = rare_in_retain(samples, retain)
+    scores = pooled(samples, [final.scores[s.record_id] for s in samples])
+    spans, absent = pooled(samples, [s.span_mask for s in samples]) == 1, pooled(samples, absent) == 0
+    return [
+        f"`{task['world']}`, {task['method']}, seed {task['seed']}, {task['steps']} steps",
+        _auroc(spans, scores),
+        _auroc(absent, scores),
+        f"{scores[absent].mean():.2f} / {scores[~absent].mean():.2f}",
+        _auroc(spans[~absent], scores[~absent]),
+        _auroc(spans[absent], scores[absent]),
+    ]
+
+
+RUN_HEAD = [
+    "run",
+    "scores vs spans: AUROC",
+    "vs absent from retain: AUROC",
+    "mean score, absent / present",
+    "vs spans, within present",
+    "vs spans, within absent",
+]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = world_script_args(__doc__, "smollm2", argv)
+    args = world_script_args(__doc__, "smollm2", argv, runs=True)
+    if args.runs:
+        print(markdown_table(RUN_HEAD, [run_row(Path(f)) for f in args.runs]))
+        return 0
     env = environment_line(args.threads)
     worlds = study_worlds(args.models)
     untaught = {m: load_model(UNTAUGHT[m]) for m in set(worlds.values()) if m in UNTAUGHT}
