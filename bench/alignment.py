@@ -546,7 +546,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--keep",
         type=Path,
         help="keep the run folders of the jobs this run runs in this folder, one per job (cached jobs are not run: "
-        "add --fresh), for bench/token_signals.py --runs or the app",
+        "add --fresh), for bench/token_signals.py --runs",
     )
     ap.add_argument("--out", help="folder for results.md and figures/ (default: docs, or nothing with --quick)")
     return ap.parse_args(argv)  # fmt: skip
