@@ -108,9 +108,9 @@ def run_row(folder: Path) -> list[str]:
     final = RunReader(folder).final
     if final is None:
         raise SystemExit(f"{folder}: the run has no final scores (it did not finish).")
-    absent = rare_in_retain(samples, retain)
     scores = pooled(samples, [final.scores[s.record_id] for s in samples])
-    spans, absent = pooled(samples, [s.span_mask for s in samples]) == 1, pooled(samples, absent) == 0
+    spans = pooled(samples, [s.span_mask for s in samples]) == 1
+    absent = pooled(samples, rare_in_retain(samples, retain)) == 0  # tokens the retain answers never hold
     return [
         f"`{task['world']}`, {task['method']}, seed {task['seed']}, {task['steps']} steps",
         _auroc(spans, scores),
