@@ -21,6 +21,7 @@ spans low.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections import Counter
@@ -99,12 +100,21 @@ def pooled(samples: list[EncodedSample], values: list) -> np.ndarray:
     return np.concatenate([np.asarray(v, dtype=float)[np.asarray(s.content_mask)] for s, v in zip(samples, values)])
 
 
+@functools.cache
+def encoded_world(name: str) -> tuple[list[EncodedSample], list[EncodedSample]]:
+    """A world's (forget, retain) encodings, loaded once however many kept runs of it are judged."""
+    world = load_world(name, WorldOptions())
+    if world is None:
+        raise SystemExit(f"world {name!r} is not available here (its data is absent), so its runs cannot be judged.")
+    return world.encoded()
+
+
 def run_row(folder: Path) -> list[str]:
     """A kept run's final scores (pooled over its forget answers' tokens, EOS left out, as the alignment study's
     pool) against the spans, against the tokens the retain answers never hold, and against the spans within the
     tokens retain holds and within those it never holds."""
     task = json.loads((folder / KEPT_TASK).read_text(encoding="utf-8"))
-    samples, retain = load_world(task["world"], WorldOptions()).encoded()
+    samples, retain = encoded_world(task["world"])
     final = RunReader(folder).final
     if final is None:
         raise SystemExit(f"{folder}: the run has no final scores (it did not finish).")
