@@ -483,10 +483,12 @@ def plot_trajectories(by_world: dict[str, list[JobResult]], variants: list[str],
         return False
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
+    colours = {v: f"C{i % 10}" for i, v in enumerate(variants)}  # a variant keeps its colour in every panel
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False, sharey=True)
     for ax, (world, lines) in zip(axes.flat, panels.items(), strict=False):
         for v, traj in lines.items():
-            ax.plot(list(traj), list(traj.values()), linewidth=2.2 if v.startswith("atwu") else 1.1, label=v)
+            width = 2.2 if v.startswith("atwu") else 1.1
+            ax.plot(list(traj), list(traj.values()), color=colours[v], linewidth=width, label=v)
         ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
         ax.set_title(world + tuning_mark(world))
         ax.set_xlabel("step")
@@ -495,7 +497,8 @@ def plot_trajectories(by_world: dict[str, list[JobResult]], variants: list[str],
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     axes[0][0].set_ylabel("score AUROC (recorded scores vs spans)")
-    axes[0][0].legend(fontsize=7)
+    drawn = {label: line for ax in axes.flat for line, label in zip(*ax.get_legend_handles_labels())}
+    axes[0][0].legend(drawn.values(), drawn.keys(), fontsize=7)  # every variant drawn, not just the first panel's
     fig.suptitle("Score AUROC per step, mean over seeds")
     save_figure(fig, path, dpi=110)
     return True

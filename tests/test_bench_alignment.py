@@ -102,3 +102,29 @@ def test_a_quick_run_writes_the_tables_and_the_leak_against_retain_figure(alignm
     head, atwu, wga = (next(r for r in lines[start:] if r.startswith(k)).split(" | ") for k in ("| v", "| a", "| w"))
     ema = head.index("EMA score AUROC ↑")
     assert 0 < float(atwu[ema].split()[0]) < 1 and wga[ema] == "n/a"  # ATWU's scores averaged over the job, judged
+
+
+def test_the_trajectory_figure_names_every_variant_in_one_colour_across_panels(alignment, monkeypatch, tmp_path):
+    """A variant that only a later panel draws is in the legend, and keeps its colour from panel to panel."""
+    from atwu_core.metrics_record import Metrics
+
+    def result(world: str, variant: str, values: list[float]) -> object:
+        n = len(values)
+        per_step = dict.fromkeys(("forgetting_auroc", "score_in_span", "score_out_span"), [None] * n)
+        older = dict.fromkeys(("mean_increase_span", "mean_increase_other", "strong_drop_share"))  # may be None
+        trajectory = {"step": list(range(1, n + 1)), "score_auroc": values, **per_step, **older}
+        return alignment.JobResult(world, variant, 0, n, Metrics.from_json({"trajectory": trajectory}), 1.0)
+
+    by_world = {
+        "a": [result("a", "wga", [0.5, 0.5]), result("a", "atwu-demo", [0.4, 0.6])],
+        "b": [result("b", "tune-x", [0.3, 0.2]), result("b", "atwu-demo", [0.5, 0.7])],
+    }
+    figures = []
+    monkeypatch.setattr(alignment, "save_figure", lambda fig, path, dpi=120: figures.append(fig))
+    assert alignment.plot_trajectories(by_world, ["atwu-demo", "tune-x", "wga"], tmp_path / "t.png")
+    (fig,) = figures
+    first, second = fig.axes[:2]
+    assert [t.get_text() for t in first.get_legend().get_texts()] == ["atwu-demo", "wga", "tune-x"]
+    colour = [{line.get_label(): line.get_color() for line in ax.lines} for ax in (first, second)]
+    assert colour[0]["atwu-demo"] == colour[1]["atwu-demo"]
+    assert len({colour[0]["atwu-demo"], colour[0]["wga"], colour[1]["tune-x"]}) == 3
